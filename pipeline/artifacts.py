@@ -1,0 +1,92 @@
+"""Artifact file names (spelled here and nowhere else), atomic writes and content hashes.
+
+Every stage writes through :func:`atomic_write` (temp file in the same directory, fsync,
+rename), so a killed process never leaves a half-written artifact under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+# ---- names inside a run directory -------------------------------------------------------
+TEACHER = "teacher.{modality}.pt"
+STUDENT = "student.pt"
+STUDENT_REVERSE = "student.reverse.pt"  # --bidirectional: the student on the teacher's modality
+METRICS = "metrics.jsonl"
+TEACHER_METRICS = "teacher.{modality}.metrics.jsonl"
+DATASET = "{preset}-{digest}.npz"  # inside data.cache_dir
+
+
+def config_sidecar(artifact: Path) -> Path:
+    """The resolved config saved next to an artifact: ``teacher.image.pt`` -> ``teacher.image.config.yaml``."""
+    return artifact.with_name(artifact.stem + ".config.yaml")
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "wb") -> Iterator[io.IOBase]:
+    """Open a temp file next to ``path``; on success fsync and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def digest(obj) -> str:
+    """Short content hash of a JSON-able object (build parameters, configs)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an .npz that is byte-identical for identical arrays (fixed zip timestamps, sorted keys).
+
+    ``np.savez`` stamps each member with the current time, so two builds of the same data differ.
+    """
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line (metrics logs; a torn last line is the worst a crash can do)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")

@@ -1,0 +1,158 @@
+"""The ``fdkd`` command line (typer). Each command is a thin shell over one stage's ``run``.
+
+Every stage command takes ``--config FILE`` (default: the built-in avdigits config) and any
+number of ``--set a.b=c`` overrides; errors are printed as one clear message, exit code 2 for
+bad configuration or input, 1 for a failed stage.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import typer
+
+from pipeline.progress import console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="fdkd: cross-modal distillation (FD-CMKD) to a validated edge student.")
+data_app = typer.Typer(no_args_is_help=True, help="Build the built-in paired data or check a user manifest.")
+app.add_typer(data_app, name="data")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Run config YAML (default: built-in avdigits).")
+SetOpt = typer.Option([], "--set", "-s", help="Override a config key: --set distill.optim.epochs=5")
+NameOpt = typer.Option(None, "--name", help="Run name (directory under runs_dir); same as --set name=...")
+
+
+def _fail(msg: str, code: int = 2):
+    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+def handles_errors(fn):
+    """Turn the expected failures into one clear message instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from pipeline.config import ConfigError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            _fail(str(e))
+        except RuntimeError as e:
+            _fail(str(e), 1)
+
+    return wrapper
+
+
+def _config(config: Path | None, sets: list[str], **extra):
+    from pipeline.config import load_config
+
+    overrides = list(sets) + [f"{k}={v}" for k, v in extra.items() if v is not None]
+    return load_config(config, overrides)
+
+
+@data_app.command("avdigits")
+@handles_errors
+def data_avdigits(config: Path | None = ConfigOpt, sets: list[str] = SetOpt):
+    """Build the built-in avdigits set: sklearn digit images + eSpeak NG spoken digits (cached)."""
+    _build_builtin(_config(config, sets, **{"data.source": "avdigits"}))
+
+
+@data_app.command("avmnist")
+@handles_errors
+def data_avmnist(config: Path | None = ConfigOpt, sets: list[str] = SetOpt):
+    """Build the larger avmnist benchmark set: 5,000 MNIST digits x 4 clips (needs fdkd[avmnist])."""
+    _build_builtin(_config(config, ["data.avdigits.preset=avmnist", "data.avdigits.clips_per_image=4", *sets],
+                           **{"data.source": "avdigits"}))
+
+
+def _build_builtin(cfg) -> None:
+    import time
+
+    from pipeline.data import avdigits
+    from pipeline.data.dataset import SPLITS, load_dataset
+
+    t0 = time.perf_counter()
+    with console.status("building paired data") as status:
+        path = avdigits.build(cfg.data.avdigits, cfg.data.cache_dir, progress=status.update)
+        ds = load_dataset(path)
+    counts = ", ".join(f"{s} {len(ds.indices(s))}" for s in SPLITS)
+    voices = {s: len(v) for s, v in ds.meta["voice_splits"].items()}
+    console.print(f"[green]dataset[/] {path}  ({counts}; voice variants per split {voices}; "
+                  f"{time.perf_counter() - t0:.1f} s)", highlight=False)
+
+
+@data_app.command("manifest")
+@handles_errors
+def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest"),
+                  sample_rate: int = typer.Option(16000, help="Expected WAV sample rate"),
+                  classes: str | None = typer.Option(None, help="Comma-separated known labels"),
+                  as_json: bool = typer.Option(False, "--json", help="Print the report as JSON")):
+    """Check a user manifest: every problem of every row, in one report."""
+    from pipeline.data.manifest import check_manifest
+
+    rows, problems = check_manifest(path, sample_rate, classes.split(",") if classes else None)
+    if as_json:
+        typer.echo(json.dumps({"rows": len(rows), "problems": [p.__dict__ for p in problems]}, indent=2))
+    elif problems:
+        from rich.table import Table
+
+        table = Table(title=f"{path}: {len(problems)} problem(s) in {len(rows)} row(s)")
+        for col in ("line", "column", "path", "problem"):
+            table.add_column(col)
+        for p in problems:
+            table.add_row(str(p.line), p.column, p.path, p.message)
+        console.print(table)
+    else:
+        console.print(f"[green]ok[/] {path}: {len(rows)} rows, no problems")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handles_errors
+def teacher(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt,
+            modality: str | None = typer.Option(None, help="image or audio (default: teacher.modality)")):
+    """Train the unimodal teacher on its modality (or check the one given by teacher.checkpoint)."""
+    from pipeline import teacher as stage
+
+    cfg = _config(config, sets, name=name)
+    if modality not in (None, "image", "audio"):
+        _fail(f"--modality must be image or audio, got {modality!r}")
+    path, metrics = stage.run(cfg, modality)
+    console.print(f"[green]teacher[/] {path}  {json.dumps(metrics)}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def distill(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt,
+            method: str | None = typer.Option(None, help="none | kd | feat | dkd | dist | fd"),
+            bidirectional: bool | None = typer.Option(None, "--bidirectional/--one-way",
+                                                         help="Also train the reverse direction"),
+            seed: int | None = typer.Option(None, help="Random seed")):
+    """Distill the student from the frozen teacher (FD-CMKD or a baseline)."""
+    from pipeline import distill as stage
+
+    extra = {"name": name, "distill.method": method, "seed": seed,
+             "distill.bidirectional": None if bidirectional is None else str(bidirectional).lower()}
+    cfg = _config(config, sets, **extra)
+    path, results = stage.run(cfg)
+    for direction, metrics in results.items():
+        console.print(f"[green]{direction}[/] {json.dumps(metrics)}", highlight=False)
+    console.print(f"[green]student[/] {path}", highlight=False)
+
+
+@app.command("config")
+@handles_errors
+def show_config(config: Path | None = ConfigOpt, sets: list[str] = SetOpt):
+    """Print the resolved configuration (defaults + file + overrides)."""
+    from pipeline.config import dump_config
+
+    typer.echo(dump_config(_config(config, sets)))
+
+
+if __name__ == "__main__":
+    app()

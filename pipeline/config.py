@@ -1,0 +1,266 @@
+"""Run configuration: one YAML file per run, validated by pydantic, with ``--set a.b=c`` overrides.
+
+Unknown keys and wrong types are errors that name the key (``ConfigError``). The resolved
+configuration is written next to every artifact (``save_config``) and embedded in checkpoints.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Modality = Literal["image", "audio"]
+MethodName = Literal["none", "kd", "feat", "dkd", "dist", "fd"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key or file at fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AVDigitsConfig(_Strict):
+    """Built-in paired data: real digit images + eSpeak NG spoken digit words."""
+
+    preset: Literal["avdigits", "avmnist"] = "avdigits"
+    seed: int = 0
+    clips_per_image: int = Field(1, ge=1)
+    max_images: int | None = Field(None, ge=10)
+    accents: tuple[str, ...] = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc",
+                                "en-gb-x-gbclan", "en-gb-x-gbcwmd")
+    pitch: tuple[int, int] = (20, 80)
+    rate: tuple[int, int] = (130, 260)
+    gain_db: tuple[float, float] = (-12.0, 0.0)
+    snr_db: tuple[float, float] = (-5.0, 20.0)
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+
+    @field_validator("pitch", "rate", "gain_db", "snr_db")
+    @classmethod
+    def _ordered(cls, v):
+        if v[0] > v[1]:
+            raise ValueError(f"range must be (low, high), got {v}")
+        return v
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions(cls, v):
+        if min(v) <= 0 or abs(sum(v) - 1) > 1e-6:
+            raise ValueError(f"train/val/test fractions must be positive and sum to 1, got {v}")
+        return v
+
+
+class ManifestDataConfig(_Strict):
+    """User data: a CSV/JSONL manifest of paired files (see ``fdkd data manifest``)."""
+
+    path: Path
+    teacher_modality: Modality = "image"
+    image_size: tuple[int, int] = (32, 32)
+    image_channels: Literal[1, 3] = 1
+    sample_rate: int = 16000
+    clip_seconds: float = 1.0
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    source: Literal["avdigits", "manifest"] = "avdigits"
+    cache_dir: Path = Path("runs/data")
+    avdigits: AVDigitsConfig = AVDigitsConfig()
+    manifest: ManifestDataConfig | None = None
+
+    @model_validator(mode="after")
+    def _manifest_given(self):
+        if self.source == "manifest" and self.manifest is None:
+            raise ValueError("data.source is 'manifest' but data.manifest is not set")
+        return self
+
+
+class ModelConfig(_Strict):
+    """An encoder: ``conv`` (built in) or ``timm:<name>`` (needs the [timm] extra)."""
+
+    arch: str = "conv"
+    width: int = Field(16, ge=1)
+    depth: int = Field(2, ge=1, le=6)
+    # conv only: "auto" halves inputs whose short side is >= 32 (spectrograms) before the first block
+    stem_stride: int | Literal["auto"] = "auto"
+
+    def resolved_stem_stride(self, input_shape: tuple[int, ...]) -> int:
+        if self.stem_stride == "auto":
+            return 2 if min(input_shape[-2:]) >= 32 else 1
+        return self.stem_stride
+
+    @field_validator("stem_stride")
+    @classmethod
+    def _stride(cls, v):
+        if v != "auto" and not 1 <= v <= 4:
+            raise ValueError(f"stem_stride must be 1..4 or 'auto', got {v}")
+        return v
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v):
+        if v != "conv" and not v.startswith("timm:"):
+            raise ValueError(f"arch must be 'conv' or 'timm:<name>', got {v!r}")
+        return v
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.05, gt=0)
+    final_lr: float = Field(1e-4, ge=0)
+    poly_power: float = 0.9
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class TeacherConfig(_Strict):
+    modality: Modality = "image"
+    model: ModelConfig = ModelConfig(width=64, depth=3)
+    optim: OptimConfig = OptimConfig(epochs=15)
+    checkpoint: Path | None = None  # load instead of training: fdkd checkpoint or TorchScript
+    checkpoint_arch: ModelConfig | None = None  # for a bare state dict: the architecture it fits
+
+
+class KDConfig(_Strict):
+    alpha: float = Field(1.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+
+
+class FeatConfig(_Strict):
+    beta: float = Field(1.0, ge=0)
+
+
+class DKDConfig(_Strict):
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(8.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+    warmup_epochs: int = Field(5, ge=0)
+
+
+class DISTConfig(_Strict):
+    beta: float = Field(1.0, ge=0)
+    gamma: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+
+
+class FDConfig(_Strict):
+    """FD-CMKD weights (METHOD.md): L = L_task + w_align*L_align + w_low*L_low + w_high*L_high."""
+
+    cut: int | None = Field(None, ge=1)  # None: D // 4
+    w_align: float = Field(1.0, ge=0)
+    w_low: float = Field(1.0, ge=0)
+    w_high: float = Field(1.0, ge=0)
+    band_heads: bool = False
+    w_band_heads: float = Field(1.0, ge=0)
+    # ablations
+    band_split: bool = True  # False: both terms and both classifiers see the whole DC-free feature
+    shared_classifier: bool = True
+    log_mse: bool = True  # False: plain MSE on the high band
+
+
+class DistillConfig(_Strict):
+    method: MethodName = "fd"
+    bidirectional: bool = False
+    teacher_cache: bool = True  # frozen, un-augmented teacher: compute its outputs once
+    grad_norm_every: int = Field(10, ge=0)  # 0: never measure per-term gradient norms
+    student: ModelConfig = ModelConfig(width=16, depth=3)
+    optim: OptimConfig = OptimConfig()
+    kd: KDConfig = KDConfig()
+    feat: FeatConfig = FeatConfig()
+    dkd: DKDConfig = DKDConfig()
+    dist: DISTConfig = DISTConfig()
+    fd: FDConfig = FDConfig()
+
+
+class RunConfig(_Strict):
+    name: str = "avdigits"
+    seed: int = 0
+    runs_dir: Path = Path("runs")
+    threads: int | None = Field(None, ge=1)
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    distill: DistillConfig = DistillConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError(f"run name must be a plain directory name, got {v!r}")
+        return v
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.name
+
+    @property
+    def student_modality(self) -> Modality:
+        return "audio" if self.teacher.modality == "image" else "image"
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("pipeline") / "configs" / "avdigits.yaml"))
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set has an empty key segment in {key!r}")
+    node = tree
+    for i, p in enumerate(parts[:-1]):
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {e}") from None
+
+
+def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read ``path`` (default: the built-in avdigits config), apply overrides, validate."""
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for o in overrides:
+        apply_override(tree, o)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, str(path))) from None
+
+
+def config_to_dict(cfg: BaseModel) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

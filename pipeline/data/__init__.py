@@ -1,0 +1,27 @@
+"""Paired two-modality data: the built-in avdigits/avmnist sets and user manifests.
+
+``prepare(cfg)`` builds (or finds in the cache) the dataset file the config names;
+``load(cfg)`` returns it as a :class:`~pipeline.data.dataset.PairedDataset`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import RunConfig
+
+
+def prepare(cfg: RunConfig, progress=None) -> Path:
+    if cfg.data.source == "avdigits":
+        from pipeline.data import avdigits
+
+        return avdigits.build(cfg.data.avdigits, cfg.data.cache_dir, progress=progress)
+    from pipeline.data import manifest
+
+    return manifest.build(cfg.data.manifest, cfg.data.cache_dir)
+
+
+def load(cfg: RunConfig, progress=None):
+    from pipeline.data.dataset import load_dataset
+
+    return load_dataset(prepare(cfg, progress))

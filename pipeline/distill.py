@@ -1,0 +1,61 @@
+"""Stage ``distill``: train the student on modality B from the frozen teacher on modality A.
+
+Reads the dataset and ``teacher.<A>.pt`` (or ``teacher.checkpoint``); writes ``student.pt``
+(backbone + its own head only; projector and shared classifiers are training-only),
+``student.config.yaml`` and ``metrics.jsonl`` (every loss term by name, its gradient norm on
+the student's pooled features, train/val accuracy, per epoch). With ``--bidirectional`` the
+reverse student (modality A, taught by the teacher on B) is trained in the same loop with one
+optimizer and summed losses, and saved as ``student.reverse.pt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline import artifacts, data
+from pipeline.config import RunConfig
+from pipeline.objectives import METHODS, build_objective
+from pipeline.progress import progress_bar
+from pipeline.stages import arch_dict, load_teacher, reset_log, save_with_config, setup, tensors
+from pipeline.train import Direction, accuracy, fit, predict
+
+
+def _direction(cfg: RunConfig, ds, x, name: str, student_mod: str, teacher_mod: str):
+    from pipeline.models.encoders import build_encoder
+
+    arch = arch_dict(cfg.distill.student, ds.x[student_mod].shape[1:], ds.num_classes)
+    student = build_encoder(**arch)
+    teacher, d_teacher = None, student.num_features
+    if METHODS[cfg.distill.method].needs_teacher:  # `none` trains the student alone
+        teacher, _ = load_teacher(cfg, teacher_mod)
+        with torch.no_grad():
+            d_teacher = teacher.forward_features(x[teacher_mod][:2]).shape[1]
+    objective = build_objective(cfg.distill.method, student.num_features, d_teacher, ds.num_classes, cfg.distill)
+    return Direction(name, student, objective, x[student_mod], teacher, x[teacher_mod]), arch
+
+
+def run(cfg: RunConfig) -> tuple[Path, dict]:
+    """Distill; returns (path of student.pt, metrics of every trained student)."""
+    setup(cfg)
+    ds = data.load(cfg)
+    x, y = tensors(ds)
+    s_mod, t_mod = cfg.student_modality, cfg.teacher.modality
+    plan = [("student", s_mod, t_mod, cfg.run_dir / artifacts.STUDENT)]
+    if cfg.distill.bidirectional:
+        plan.append(("reverse", t_mod, s_mod, cfg.run_dir / artifacts.STUDENT_REVERSE))
+    built = [_direction(cfg, ds, x, name, sm, tm) for name, sm, tm, _ in plan]
+    log = reset_log(cfg.run_dir / artifacts.METRICS)
+    with progress_bar() as p:
+        fit([d for d, _ in built], y, ds.split, cfg.distill.optim, seed=cfg.seed,
+            teacher_cache=cfg.distill.teacher_cache, grad_norm_every=cfg.distill.grad_norm_every, log=log,
+            progress=p, description=f"distill ({cfg.distill.method})")
+    test = ds.indices("test")
+    results = {}
+    for (d, arch), (name, sm, _, path) in zip(built, plan, strict=True):
+        metrics = {"method": cfg.distill.method, **d.best,
+                   "test_acc": accuracy(predict(d.student, x[sm][test]), y[test])}
+        save_with_config(path, d.student, arch, cfg, ds, sm, metrics)
+        results[name] = metrics
+    return plan[0][3], results

@@ -1,0 +1,1 @@
+"""Distillation losses: one pure function per file, each docstring states its equation."""

@@ -1,0 +1,43 @@
+"""Stage ``teacher``: train a unimodal teacher on its modality (CE only), or check a given one.
+
+Reads the dataset; writes ``teacher.<modality>.pt`` (+ ``.config.yaml``) and
+``teacher.<modality>.metrics.jsonl`` in the run directory. With ``teacher.checkpoint`` set,
+nothing is trained: the given teacher is loaded and evaluated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import artifacts, data
+from pipeline.config import RunConfig
+from pipeline.objectives import NoKD
+from pipeline.progress import progress_bar
+from pipeline.stages import arch_dict, load_teacher, reset_log, save_with_config, setup, teacher_path, tensors
+from pipeline.train import Direction, accuracy, fit, predict
+
+
+def run(cfg: RunConfig, modality: str | None = None) -> tuple[Path, dict]:
+    """Train (or load) the teacher for ``modality`` (default: ``teacher.modality``); returns (path, metrics)."""
+    from pipeline.models.encoders import build_encoder
+
+    modality = modality or cfg.teacher.modality
+    setup(cfg)
+    ds = data.load(cfg)
+    x, y = tensors(ds)
+    test = ds.indices("test")
+    if cfg.teacher.checkpoint is not None and modality == cfg.teacher.modality:
+        model, path = load_teacher(cfg, modality)
+        return path, {"test_acc": accuracy(predict(model, x[modality][test]), y[test])}
+    arch = arch_dict(cfg.teacher.model, ds.x[modality].shape[1:], ds.num_classes)
+    model = build_encoder(**arch)
+    objective = NoKD(model.num_features, model.num_features, ds.num_classes, cfg.distill)
+    direction = Direction(f"teacher[{modality}]", model, objective, x[modality])
+    path = teacher_path(cfg, modality)
+    log = reset_log(cfg.run_dir / artifacts.TEACHER_METRICS.format(modality=modality))
+    with progress_bar() as p:
+        fit([direction], y, ds.split, cfg.teacher.optim, seed=cfg.seed, grad_norm_every=0, log=log,
+            progress=p, description=f"teacher ({modality})")
+    metrics = {**direction.best, "test_acc": accuracy(predict(model, x[modality][test]), y[test])}
+    save_with_config(path, model, arch, cfg, ds, modality, metrics)
+    return path, metrics

@@ -1,0 +1,49 @@
+"""Shared fixtures: a small built-in dataset and a tiny trained teacher, built once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("FDKD_QUIET", "1")
+torch.set_num_threads(1)  # deterministic, and the 2 cores are shared with the test runner
+
+
+def tiny_overrides(tmp_root) -> list[str]:
+    return [
+        f"runs_dir={tmp_root}/runs",
+        f"data.cache_dir={tmp_root}/data",
+        "data.avdigits.max_images=240",
+        "teacher.model.width=8", "teacher.model.depth=2", "teacher.optim.epochs=2",
+        "distill.student.width=4", "distill.student.depth=2",
+        "distill.optim.epochs=2", "distill.grad_norm_every=1",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("fdkd")
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_root):
+    from pipeline.config import load_config
+
+    return load_config(None, tiny_overrides(tiny_root))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_cfg):
+    from pipeline import data
+
+    return data.load(tiny_cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_teachers(tiny_cfg, tiny_dataset):
+    """Teachers for both modalities (bidirectional runs need both)."""
+    from pipeline import teacher
+
+    return {m: teacher.run(tiny_cfg, m)[0] for m in ("image", "audio")}

@@ -1,0 +1,62 @@
+"""Config: validation names the key at fault, overrides, the resolved config next to artifacts."""
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import ConfigError, apply_override, dump_config, load_config
+
+
+def test_default_config_loads():
+    cfg = load_config()
+    assert cfg.distill.method == "fd" and cfg.teacher.modality == "image" and cfg.student_modality == "audio"
+
+
+def test_unknown_key_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("distill:\n  fd:\n    w_lowx: 3\n")
+    with pytest.raises(ConfigError, match=r"distill\.fd\.w_lowx: unknown key"):
+        load_config(p)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"distill\.optim\.epochs"):
+        load_config(None, ["distill.optim.epochs=many"])
+    with pytest.raises(ConfigError, match=r"distill\.method"):
+        load_config(None, ["distill.method=magic"])
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config(None, ["distill.fd.w_low=10", "distill.bidirectional=true", "data.avdigits.snr_db=[0, 5]"])
+    assert cfg.distill.fd.w_low == 10.0 and cfg.distill.bidirectional is True
+    assert cfg.data.avdigits.snr_db == (0.0, 5.0)
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_override({}, "distill.method")
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_override({"seed": 1}, "seed.x=2")
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_dump_roundtrips():
+    cfg = load_config(None, ["distill.fd.cut=7"])
+    again = load_config(None, [])
+    assert again != cfg
+    tree = yaml.safe_load(dump_config(cfg))
+    assert tree["distill"]["fd"]["cut"] == 7
+
+
+def test_cli_reports_config_errors_with_exit_2():
+    result = CliRunner().invoke(app, ["config", "--set", "distill.optim.lr=-1"])
+    assert result.exit_code == 2
+    assert "distill.optim.lr" in result.output
+    ok = CliRunner().invoke(app, ["config", "--set", "distill.method=kd"])
+    assert ok.exit_code == 0 and "method: kd" in ok.output

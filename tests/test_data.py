@@ -1,0 +1,190 @@
+"""Built-in data (determinism, voice-disjoint splits, pairing), features, WAV I/O, manifest report."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.config import AVDigitsConfig, ManifestDataConfig
+from pipeline.data import avdigits
+from pipeline.data.dataset import load_dataset
+from pipeline.data.manifest import ManifestError, check_manifest
+from pipeline.data.manifest import build as build_manifest
+from serving.preprocess import AudioFrontend
+from serving.wav import WavError, read_wav, write_wav
+
+SMALL = AVDigitsConfig(max_images=60, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory):
+    return avdigits.build(SMALL, tmp_path_factory.mktemp("a"))
+
+
+def test_rebuild_is_byte_identical(small_build, tmp_path):
+    again = avdigits.build(SMALL, tmp_path)
+    assert again.name == small_build.name
+    assert again.read_bytes() == small_build.read_bytes()
+
+
+def test_cache_hit_and_parameters_in_the_name(small_build):
+    mtime = small_build.stat().st_mtime_ns
+    assert avdigits.build(SMALL, small_build.parent) == small_build
+    assert small_build.stat().st_mtime_ns == mtime  # not rebuilt
+    other = avdigits.dataset_path(SMALL.model_copy(update={"seed": 4}), small_build.parent)
+    assert other != small_build
+
+
+def test_pairs_are_within_class_and_splits_voice_disjoint(small_build):
+    from sklearn.datasets import load_digits
+
+    z = np.load(small_build)
+    meta = json.loads(bytes(z["meta"]).decode())
+    digits = load_digits()
+    idx = z["image_index"]
+    np.testing.assert_array_equal(digits.target[idx], z["label"])
+    np.testing.assert_array_equal(digits.images[idx].astype(np.uint8)[:, None], z["image_raw"])
+    pools = [set(meta["voice_splits"][s]) for s in ("train", "val", "test")]
+    assert not (pools[0] & pools[1]) and not (pools[0] & pools[2]) and not (pools[1] & pools[2])
+    variants = meta["build"]["variants"]
+    for s, pool in enumerate(pools):
+        heard = {variants[v] for v in z["voice"][z["split"] == s]}
+        assert heard and heard <= pool
+    # images are disjoint across splits too
+    per_split = [set(idx[z["split"] == s]) for s in range(3)]
+    assert not (per_split[0] & per_split[1]) and not (per_split[0] & per_split[2])
+    assert z["audio_raw"].shape == (60, 16000) and z["audio_raw"].dtype == np.int16
+    assert np.abs(z["audio_raw"]).max() > 1000  # not silence
+
+
+def test_loaded_features_are_standardised_on_train(small_build):
+    ds = load_dataset(small_build)
+    assert ds.x["audio"].shape == (60, 1, 40, 101) and ds.x["image"].shape == (60, 1, 8, 8)
+    train = ds.indices("train")
+    for m in ("audio", "image"):
+        assert abs(float(ds.x[m][train].mean())) < 1e-3
+        assert float(ds.x[m][train].std()) == pytest.approx(1.0, abs=1e-3)
+        assert np.isfinite(ds.x[m]).all()
+    assert ds.frontends["audio"].to_dict()["n_mels"] == 40
+
+
+def test_logmel_peaks_at_the_tone_frequency():
+    fe = AudioFrontend()
+    t = np.arange(fe.clip_samples) / fe.sample_rate
+    low, high = (fe.logmel(0.5 * np.sin(2 * np.pi * f * t)).mean(-1)[0] for f in (300.0, 3000.0))
+    assert low.argmax() < high.argmax()
+    with pytest.raises(ValueError, match="expected 16000"):
+        fe.logmel(np.zeros((1, 100)))
+
+
+def test_wav_roundtrip_and_errors():
+    x = np.sin(np.linspace(0, 20, 800)).astype(np.float32) * 0.5
+    pcm = read_wav(write_wav(x, 16000))
+    assert pcm.sample_rate == 16000 and pcm.format == "pcm16"
+    np.testing.assert_allclose(pcm.mono(), x, atol=1 / 16000)
+    flt = read_wav(write_wav(x, 8000, float32=True))
+    assert flt.format == "float32" and flt.sample_rate == 8000
+    np.testing.assert_array_equal(flt.mono(), x)
+    with pytest.raises(WavError, match="RIFF"):
+        read_wav(b"hello")
+    with pytest.raises(WavError, match="no fmt chunk"):
+        read_wav(b"RIFF" + struct.pack("<I", 4) + b"WAVE")
+
+
+def _png(path, value=128, size=(8, 8)):
+    from PIL import Image
+
+    Image.fromarray(np.full(size, value, np.uint8)).save(path)
+
+
+@pytest.fixture()
+def broken_manifest(tmp_path):
+    """A manifest with one good row and one row per kind of fault."""
+    _png(tmp_path / "ok.png")
+    (tmp_path / "ok.wav").write_bytes(write_wav(np.zeros(16000), 16000))
+    (tmp_path / "rate.wav").write_bytes(write_wav(np.zeros(8000), 8000))
+    nan = np.zeros(16000, np.float32)
+    nan[10] = np.nan
+    (tmp_path / "nan.wav").write_bytes(write_wav(nan, 16000, float32=True))
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "garbage.png").write_bytes(b"not a png at all")
+    (tmp_path / "notes.txt").write_text("x")
+    rows = [
+        "teacher,student,label,split",
+        "ok.png,ok.wav,one,train",          # line 2: fine
+        "missing.png,ok.wav,one,train",     # 3: missing file
+        "ok.png,empty.wav,one,train",       # 4: empty file
+        "ok.png,rate.wav,one,train",        # 5: wrong sample rate
+        "ok.png,nan.wav,one,train",         # 6: NaN
+        "garbage.png,ok.wav,one,train",     # 7: unreadable image
+        "ok.png,notes.txt,one,train",       # 8: unsupported type
+        "ok.png,ok.wav,two,val",            # 9: label never in train
+        "ok.png,ok.wav,one,holdout",        # 10: bad split
+        "ok.png,ok.wav,,train",             # 11: empty label
+    ]
+    path = tmp_path / "pairs.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_manifest_reports_every_problem_at_once(broken_manifest):
+    rows, problems = check_manifest(broken_manifest)
+    assert len(rows) == 10
+    by_line = {}
+    for p in problems:
+        by_line.setdefault(p.line, []).append(p)
+    assert 2 not in by_line
+    expect = {3: ("teacher", "missing.png", "file not found"), 4: ("student", "empty.wav", "empty file"),
+              5: ("student", "rate.wav", "sample rate 8000 Hz"), 6: ("student", "nan.wav", "NaN"),
+              7: ("teacher", "garbage.png", "unreadable image"), 8: ("student", "notes.txt", "unsupported"),
+              9: ("label", "", "never appears in the training split"), 10: ("split", "", "holdout"),
+              11: ("label", "", "empty label")}
+    for line, (column, path, text) in expect.items():
+        assert any(p.column == column and p.path == path and text in p.message for p in by_line[line]), line
+    _, with_classes = check_manifest(broken_manifest, classes=["one"])
+    assert any(p.line == 9 and "unknown label 'two'" in p.message for p in with_classes)
+
+
+def test_manifest_cli_prints_report_and_fails(broken_manifest):
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["data", "manifest", str(broken_manifest), "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["rows"] == 10 and len(report["problems"]) >= 9
+    assert {"line", "column", "path", "message"} <= set(report["problems"][0])
+
+
+def test_jsonl_manifest_bad_lines_and_missing_fields(tmp_path):
+    _png(tmp_path / "a.png")
+    (tmp_path / "a.wav").write_bytes(write_wav(np.zeros(16000), 16000))
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"teacher": "a.png", "student": "a.wav", "label": "x"}\n{not json\n'
+                    '{"teacher": "a.png", "label": "x"}\n[1, 2]\n')
+    rows, problems = check_manifest(path)
+    assert len(rows) == 2
+    text = [str(p) for p in problems]
+    assert any(t.startswith("line 2:") and "not valid JSON" in t for t in text)
+    assert any(t.startswith("line 3, student:") and "missing" in t for t in text)
+    assert any(t.startswith("line 4:") and "JSON object" in t for t in text)
+
+
+def test_valid_manifest_builds_a_dataset(tmp_path):
+    lines = ["teacher,student,label"]
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        label = ["cat", "dog", "owl"][i % 3]
+        _png(tmp_path / f"{i}.png", value=40 * (i % 3), size=(12, 10))
+        (tmp_path / f"{i}.wav").write_bytes(write_wav(rng.uniform(-0.1, 0.1, 12000), 16000))
+        lines.append(f"{i}.png,{i}.wav,{label}")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    mcfg = ManifestDataConfig(path=tmp_path / "m.csv", image_size=(16, 16))
+    ds = load_dataset(build_manifest(mcfg, tmp_path / "cache"))
+    assert ds.class_names == ["cat", "dog", "owl"]
+    assert ds.x["image"].shape == (30, 1, 16, 16) and ds.x["audio"].shape == (30, 1, 40, 101)
+    assert {0, 1, 2} == set(ds.split.tolist())
+    (tmp_path / "7.wav").write_bytes(b"")
+    with pytest.raises(ManifestError, match="line 9, student: empty file"):
+        build_manifest(mcfg, tmp_path / "cache2")
