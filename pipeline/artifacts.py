@@ -25,6 +25,19 @@ STUDENT_REVERSE = "student.reverse.pt"  # --bidirectional: the student on the te
 METRICS = "metrics.jsonl"
 TEACHER_METRICS = "teacher.{modality}.metrics.jsonl"
 DATASET = "{preset}-{digest}.npz"  # inside data.cache_dir
+ONNX_FP32 = "student.onnx"
+ONNX_FP16 = "student.fp16.onnx"
+ONNX_INT8 = "student.int8.{method}.onnx"  # TensorRT-legal Q/DQ (signed, symmetric), one per calibration method
+ONNX_INT8_CPU = "student.int8cpu.onnx"  # ONNX Runtime CPU variant (U8S8, reduced range): not for TensorRT
+CALIB = "calib.npz"
+SENSITIVITY = "sensitivity.json"
+ENGINE = "student.{precision}.{gpu}.trt{version}.plan"
+BUILD_INFO = "{engine_stem}.build.json"  # sidecar of each engine
+TIMING_CACHE = "timing.cache"
+MANIFEST = "manifest.json"
+VALIDATION = "validation.json"
+REPORT = "report.md"
+ANALYSIS = "analysis.json"
 
 
 def config_sidecar(artifact: Path) -> Path:

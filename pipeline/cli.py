@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from pipeline.progress import console
 
@@ -26,7 +27,7 @@ NameOpt = typer.Option(None, "--name", help="Run name (directory under runs_dir)
 
 
 def _fail(msg: str, code: int = 2):
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -39,6 +40,8 @@ def handles_errors(fn):
 
         try:
             return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
         except (ConfigError, FileNotFoundError, ValueError) as e:
             _fail(str(e))
         except RuntimeError as e:
@@ -112,18 +115,32 @@ def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest")
         raise typer.Exit(1)
 
 
+def _run_to(cfg, stage: str | None, force: tuple[str, ...] = ()):
+    """Bring the run directory up to ``stage`` (skipping up-to-date stages), redoing ``force``."""
+    from pipeline import run as pipeline_run
+
+    return pipeline_run.run(cfg, force=force, stop_after=stage)
+
+
 @app.command()
 @handles_errors
 def teacher(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt,
-            modality: str | None = typer.Option(None, help="image or audio (default: teacher.modality)")):
+            modality: str | None = typer.Option(None, help="Train one more teacher, on this modality "
+                                                   "(image or audio), outside the run's stages")):
     """Train the unimodal teacher on its modality (or check the one given by teacher.checkpoint)."""
-    from pipeline import teacher as stage
-
     cfg = _config(config, sets, name=name)
-    if modality not in (None, "image", "audio"):
-        _fail(f"--modality must be image or audio, got {modality!r}")
-    path, metrics = stage.run(cfg, modality)
-    console.print(f"[green]teacher[/] {path}  {json.dumps(metrics)}", highlight=False)
+    if modality is not None:
+        from pipeline import teacher as stage
+
+        if modality not in ("image", "audio"):
+            _fail(f"--modality must be image or audio, got {modality!r}")
+        path, metrics = stage.run(cfg, modality)
+        console.print(f"[green]teacher[/] {path}  {json.dumps(metrics)}", highlight=False)
+        return
+    manifest = _run_to(cfg, "teacher", ("teacher",))
+    for n, rec in manifest["artifacts"].items():
+        if n.startswith("teacher."):
+            console.print(f"[green]{n}[/] {rec['path']}  {escape(json.dumps(rec.get('metrics', {})))}", highlight=False)
 
 
 @app.command()
@@ -134,15 +151,97 @@ def distill(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str
                                                          help="Also train the reverse direction"),
             seed: int | None = typer.Option(None, help="Random seed")):
     """Distill the student from the frozen teacher (FD-CMKD or a baseline)."""
-    from pipeline import distill as stage
-
     extra = {"name": name, "distill.method": method, "seed": seed,
              "distill.bidirectional": None if bidirectional is None else str(bidirectional).lower()}
-    cfg = _config(config, sets, **extra)
-    path, results = stage.run(cfg)
-    for direction, metrics in results.items():
-        console.print(f"[green]{direction}[/] {json.dumps(metrics)}", highlight=False)
-    console.print(f"[green]student[/] {path}", highlight=False)
+    manifest = _run_to(_config(config, sets, **extra), "distill", ("distill",))
+    for n in ("student.pt", "student.reverse.pt"):
+        if n in manifest["artifacts"]:
+            rec = manifest["artifacts"][n]
+            console.print(f"[green]{n}[/] {rec['path']}  {json.dumps(rec['metrics'])}", highlight=False)
+
+
+def _stage_command(stage: str, doc: str):
+    def command(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt):
+        manifest = _run_to(_config(config, sets, name=name), stage, (stage,))
+        rec = manifest["stages"][stage]
+        if rec["status"] == "skipped":
+            _fail(f"{stage} skipped: {rec.get('reason')}", 1)
+        for n in rec["outputs"]:
+            console.print(f"[green]{n}[/] {manifest['artifacts'][n]['sha256'][:12]}", highlight=False)
+
+    command.__doc__ = doc
+    app.command(stage)(handles_errors(command))
+
+
+_stage_command("export", "Export student.pt to ONNX (checker, TensorRT lint, parity with PyTorch at batch 1/7/64).")
+_stage_command("calibrate", "Draw the class-stratified calibration set (calib.npz) from the training split.")
+_stage_command("quantize", "FP16 and INT8 Q/DQ graphs (TensorRT-legal per calibration method, plus a CPU variant).")
+_stage_command("build", "Build TensorRT engines on this machine's GPU (exits 1 where TensorRT or a GPU is missing).")
+
+
+@app.command()
+@handles_errors
+def validate(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt):
+    """Validate the teacher, student.pt and every artifact on the test split against their gates."""
+    from pipeline.validate import ValidationFailed
+
+    cfg = _config(config, sets, name=name)
+    try:
+        _run_to(cfg, "validate", ("validate",))
+    except ValidationFailed as e:
+        _print_report(cfg.run_dir)
+        _fail(str(e), 1)
+    _print_report(cfg.run_dir)
+
+
+@app.command("run")
+@handles_errors
+def run_all(config: Path | None = typer.Argument(None, help="Run config YAML (default: built-in avdigits)"),
+            sets: list[str] = SetOpt, name: str | None = NameOpt,
+            force: list[str] = typer.Option([], "--force", help="Redo this stage even if up to date (repeatable)")):
+    """Run every stage into runs/<name>/, resuming where a previous run stopped."""
+    from pipeline.validate import ValidationFailed
+
+    cfg = _config(config, sets, name=name)
+    try:
+        _run_to(cfg, None, tuple(force))
+    except ValidationFailed as e:
+        _print_report(cfg.run_dir)
+        _fail(str(e), 1)
+    _print_report(cfg.run_dir)
+    console.print(f"\nrun directory: {cfg.run_dir}  (manifest.json, report.md)", highlight=False)
+    console.print("serve the validated student with:  [bold]" + _serve_hint(cfg.run_dir) + "[/]", highlight=False)
+
+
+def _serve_hint(run_dir: Path) -> str:
+    return f"fdkd serve {run_dir}"
+
+
+def _print_report(run_dir: Path) -> None:
+    from pipeline.report import summary_table
+
+    path = run_dir / "validation.json"
+    if path.exists():
+        result = json.loads(path.read_text())
+        console.print(summary_table(result), highlight=False)
+        console.print(f"validation {'[green]PASSED[/]' if result['passed'] else '[red]FAILED[/]'}; "
+                      f"plots and details in {run_dir / 'report.md'}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def verify(run_dir: Path = typer.Argument(..., help="A run directory with manifest.json")):
+    """Check every artifact of a run directory against the sha256 in its manifest."""
+    from pipeline.run_manifest import RunManifest
+
+    if not (run_dir / "manifest.json").exists():
+        _fail(f"{run_dir} has no manifest.json")
+    problems = RunManifest.load(run_dir).problems()
+    for p in problems:
+        console.print(f"[red]{escape(p)}[/]", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/] every artifact in {run_dir} matches its manifest hash")
 
 
 @app.command("config")

@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class AVDigitsConfig(_Strict):
@@ -179,6 +179,54 @@ class DistillConfig(_Strict):
     fd: FDConfig = FDConfig()
 
 
+class ExportConfig(_Strict):
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"  # torch.onnx.export(dynamo=...), named explicitly
+    opset: int = Field(18, ge=17, le=20)
+    parity_atol: float = Field(1e-4, gt=0)  # max |logit difference| ONNX Runtime vs PyTorch, FP32
+    parity_batches: tuple[int, ...] = (1, 7, 64)
+
+
+CalibMethod = Literal["minmax", "entropy", "percentile"]
+
+
+class QuantizeConfig(_Strict):
+    calib_samples: int = Field(512, ge=10)
+    calib_methods: tuple[CalibMethod, ...] = ("minmax", "entropy", "percentile")
+    percentile: float = Field(99.999, gt=90, le=100)
+    fp16: bool = True
+    exclude: tuple[str, ...] = ()  # ONNX node names kept in float in the INT8 graphs
+    sensitivity_top: int = Field(5, ge=1)
+
+
+class BuildConfig(_Strict):
+    precisions: tuple[Literal["fp32", "fp16", "int8"], ...] = ("fp16", "int8")
+    int8_method: CalibMethod = "entropy"  # which INT8 graph becomes the engine
+    min_batch: int = Field(1, ge=1)
+    opt_batch: int = Field(16, ge=1)
+    max_batch: int = Field(64, ge=1)
+    workspace_mb: int = Field(1024, ge=16)
+
+    @model_validator(mode="after")
+    def _profile(self):
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError("build batch profile needs min_batch <= opt_batch <= max_batch")
+        return self
+
+
+class GateConfig(_Strict):
+    """Validation gates per precision: an artifact that fails one is not shipped."""
+
+    fp32_max_abs_logit: float = Field(1e-4, gt=0)
+    fp16_max_acc_drop_pt: float = Field(0.3, ge=0)
+    int8_max_acc_drop_pt: float = Field(1.0, ge=0)
+
+
+class ValidateConfig(_Strict):
+    gates: GateConfig = GateConfig()
+    latency_batch: int = Field(64, ge=1)
+    latency_repeats: int = Field(5, ge=1)
+
+
 class RunConfig(_Strict):
     name: str = "avdigits"
     seed: int = 0
@@ -187,6 +235,10 @@ class RunConfig(_Strict):
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     distill: DistillConfig = DistillConfig()
+    export: ExportConfig = ExportConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    build: BuildConfig = BuildConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
 
     @field_validator("name")
     @classmethod
@@ -259,7 +311,7 @@ def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...]
 
 
 def config_to_dict(cfg: BaseModel) -> dict:
-    return cfg.model_dump(mode="json")
+    return cfg.model_dump(mode="json", by_alias=True)
 
 
 def dump_config(cfg: BaseModel) -> str:

@@ -1,0 +1,100 @@
+"""FP32 ONNX -> FP16 ONNX and -> INT8 Q/DQ ONNX that TensorRT builds as is.
+
+INT8: ``quant_pre_process`` (shape inference + graph optimisation; without it ONNX Runtime's CPU
+INT8 is no faster than FP32), then ``quantize_static`` in QDQ format with signed INT8
+activations and weights, **symmetric** on both (every zero point 0: TensorRT supports nothing
+else), per-channel weights, and min-max / entropy / percentile calibration. ``exclude`` keeps
+named nodes in float.
+
+FP16: ONNX Runtime's ``float16.convert_float_to_float16`` with FP32 inputs and outputs
+(``keep_io_types``); nodes that are numerically sensitive in FP16 can be kept in FP32 with
+``keep_fp32``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def quantize_int8(fp32: Path, out: Path, calib: Path, input_name: str, method: str = "minmax", *,
+                  exclude: tuple[str, ...] = (), percentile: float = 99.999, target: str = "tensorrt") -> None:
+    """Write an explicitly quantized (QuantizeLinear/DequantizeLinear) INT8 graph to ``out``.
+
+    ``target="tensorrt"``: signed INT8 activations and weights, symmetric (zero points 0).
+    ``target="cpu"``: unsigned asymmetric activations with reduced-range weights, the variant ONNX
+    Runtime's CPU kernels compute without saturation on machines without VNNI; not TensorRT-legal.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from calibration.dataset import NpzCalibrationReader
+    from pipeline import artifacts
+
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose one of {sorted(CALIBRATION_METHODS)}")
+    if target not in ("tensorrt", "cpu"):
+        raise ValueError(f"unknown INT8 target {target!r}; expected 'tensorrt' or 'cpu'")
+    trt = target == "tensorrt"
+    # TensorRT takes biases in float: quantizing them to INT32 Q/DQ would not parse.
+    extra = {"ActivationSymmetric": trt, "WeightSymmetric": True, "QuantizeBias": False}
+    if method == "percentile":
+        extra["CalibPercentile"] = percentile
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        q = Path(tmp) / "int8.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(q), NpzCalibrationReader(calib, input_name),
+                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True, reduce_range=not trt,
+                        calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+                        nodes_to_exclude=list(exclude), extra_options=extra)
+        _copy_metadata(fp32, q, {"fdkd.precision": "int8", "fdkd.calibration": method, "fdkd.target": target})
+        with artifacts.atomic_write(out) as f:
+            f.write(q.read_bytes())
+
+
+def convert_fp16(fp32: Path, out: Path, keep_fp32: tuple[str, ...] = ()) -> None:
+    """Write an FP16 graph with FP32 inputs and outputs to ``out``."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    from pipeline import artifacts
+
+    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True, node_block_list=list(keep_fp32))
+    OnnxModel(model).topological_sort()  # the converter appends its I/O casts at the end of the node list
+    _set_metadata(model, {"fdkd.precision": "fp16"})
+    onnx.checker.check_model(model)
+    with artifacts.atomic_write(out) as f:
+        f.write(model.SerializeToString())
+
+
+def _set_metadata(model, extra: dict) -> None:
+    meta = {p.key: p.value for p in model.metadata_props} | extra
+    del model.metadata_props[:]
+    for k, v in sorted(meta.items()):
+        model.metadata_props.add(key=k, value=v)
+
+
+def _copy_metadata(src: Path, dst: Path, extra: dict) -> None:
+    """quantize_static drops metadata_props; carry the FP32 graph's over (class names, preprocessing)."""
+    import onnx
+
+    model = onnx.load(str(dst))
+    src_meta = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
+    _set_metadata(model, src_meta | {p.key: p.value for p in model.metadata_props} | extra)
+    onnx.save(model, str(dst))
+
+
+def zero_points(path: Path) -> dict[str, list[int]]:
+    """Every Q/DQ node's zero point values, by node name (for the symmetry check)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {n.name: inits[n.input[2]].reshape(-1).tolist() for n in model.graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits}

@@ -1,0 +1,239 @@
+"""``fdkd run``: data -> teacher -> distill -> export -> calibrate -> quantize -> build -> validate.
+
+Everything lands in ``runs/<name>/`` with a ``manifest.json`` (``pipeline.run_manifest``). A
+stage whose key (its config section and the hashes of its inputs) and outputs (by sha256) match
+the manifest is skipped, so a run killed at any point resumes and ends with the same artifacts
+as an uninterrupted one; ``force`` redoes named stages. A tampered or truncated artifact is named
+and its stage redone. ``STAGES`` is the one ordered table of stage names and functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.markup import escape
+
+from pipeline import artifacts
+from pipeline.config import RunConfig, config_to_dict, dump_config
+from pipeline.progress import console
+from pipeline.run_manifest import RunManifest, library_versions
+
+
+@dataclass
+class Output:
+    name: str
+    path: Path
+    inputs: list[str]
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Ctx:
+    cfg: RunConfig
+    manifest: RunManifest
+    _ds: object = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+    @property
+    def dataset(self):
+        if self._ds is None:
+            from pipeline.data.dataset import load_dataset
+
+            self._ds = load_dataset(self.manifest.path_of("dataset"))
+        return self._ds
+
+
+def _teacher_modalities(cfg: RunConfig) -> list[str]:
+    return [cfg.teacher.modality] + ([cfg.student_modality] if cfg.distill.bidirectional else [])
+
+
+def stage_data(ctx: Ctx) -> list[Output]:
+    from pipeline import data
+
+    return [Output("dataset", data.prepare(ctx.cfg), [])]
+
+
+def stage_teacher(ctx: Ctx) -> list[Output]:
+    from pipeline import teacher
+
+    outs = []
+    for m in _teacher_modalities(ctx.cfg):
+        path, metrics = teacher.run(ctx.cfg, m)
+        name = artifacts.TEACHER.format(modality=m)
+        outs.append(Output(name, path, ["dataset"], {"metrics": metrics, "modality": m}))
+    return outs
+
+
+def stage_distill(ctx: Ctx) -> list[Output]:
+    from pipeline import distill
+
+    path, results = distill.run(ctx.cfg)
+    teachers = [artifacts.TEACHER.format(modality=m) for m in _teacher_modalities(ctx.cfg)]
+    outs = [Output(artifacts.STUDENT, path, ["dataset", *teachers], {"metrics": results["student"]})]
+    if "reverse" in results:
+        outs.append(Output(artifacts.STUDENT_REVERSE, ctx.run_dir / artifacts.STUDENT_REVERSE,
+                           ["dataset", *teachers], {"metrics": results["reverse"]}))
+    return outs
+
+
+def stage_export(ctx: Ctx) -> list[Output]:
+    from pipeline import export
+
+    x_val, _ = ctx.dataset.take(ctx.cfg.student_modality, "val")
+    out = ctx.run_dir / artifacts.ONNX_FP32
+    info = export.run(ctx.run_dir / artifacts.STUDENT, x_val, out, ctx.cfg.export)
+    return [Output(artifacts.ONNX_FP32, out, [artifacts.STUDENT], {"precision": "fp32", **info})]
+
+
+def stage_calibrate(ctx: Ctx) -> list[Output]:
+    from calibration.dataset import write_calibration_set
+    from pipeline.export import INPUT_NAME
+
+    ds = ctx.dataset
+    out = ctx.run_dir / artifacts.CALIB
+    summary = write_calibration_set(out, INPUT_NAME, ds.x[ctx.cfg.student_modality], ds.y, ds.indices("train"),
+                                    ctx.cfg.quantize.calib_samples, ctx.cfg.seed)
+    for w in summary["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
+    return [Output(artifacts.CALIB, out, ["dataset"], summary)]
+
+
+def stage_quantize(ctx: Ctx) -> list[Output]:
+    import json
+
+    from calibration.quantize import convert_fp16, quantize_int8
+    from calibration.sensitivity import layer_errors
+    from pipeline.export import INPUT_NAME
+
+    q = ctx.cfg.quantize
+    fp32, calib, rd = ctx.run_dir / artifacts.ONNX_FP32, ctx.run_dir / artifacts.CALIB, ctx.run_dir
+    inputs = [artifacts.ONNX_FP32, artifacts.CALIB]
+    outs = []
+    if q.fp16:
+        convert_fp16(fp32, rd / artifacts.ONNX_FP16)
+        outs.append(Output(artifacts.ONNX_FP16, rd / artifacts.ONNX_FP16, [artifacts.ONNX_FP32], {"precision": "fp16"}))
+    for method in q.calib_methods:
+        name = artifacts.ONNX_INT8.format(method=method)
+        quantize_int8(fp32, rd / name, calib, INPUT_NAME, method, exclude=q.exclude, percentile=q.percentile)
+        outs.append(Output(name, rd / name, inputs, {"precision": "int8", "calibration": method, "target": "tensorrt"}))
+    chosen = ctx.cfg.build.int8_method
+    quantize_int8(fp32, rd / artifacts.ONNX_INT8_CPU, calib, INPUT_NAME, chosen, exclude=q.exclude,
+                  percentile=q.percentile, target="cpu")
+    outs.append(Output(artifacts.ONNX_INT8_CPU, rd / artifacts.ONNX_INT8_CPU, inputs,
+                       {"precision": "int8", "calibration": chosen, "target": "cpu"}))
+    if chosen in q.calib_methods:
+        errors = layer_errors(fp32, rd / artifacts.ONNX_INT8.format(method=chosen), calib, INPUT_NAME)
+        artifacts.write_text(rd / artifacts.SENSITIVITY, json.dumps({"int8": chosen, "layers": errors}, indent=2))
+        outs.append(Output(artifacts.SENSITIVITY, rd / artifacts.SENSITIVITY, inputs,
+                           {"worst": errors[: q.sensitivity_top]}))
+    return outs
+
+
+def stage_build(ctx: Ctx) -> list[Output]:
+    from pipeline.build import build_engine
+
+    b = ctx.cfg.build
+    sources = {"fp32": artifacts.ONNX_FP32, "fp16": artifacts.ONNX_FP16,
+               "int8": artifacts.ONNX_INT8.format(method=b.int8_method)}
+    outs = []
+    for precision in b.precisions:
+        plan = build_engine(ctx.run_dir / sources[precision], precision, ctx.run_dir, b)
+        outs.append(Output(plan.name, plan, [sources[precision]], {"precision": precision}))
+        info = plan.with_name(plan.stem + ".build.json")
+        outs.append(Output(info.name, info, [plan.name]))
+    return outs
+
+
+def stage_validate(ctx: Ctx) -> list[Output]:
+    from pipeline import validate
+
+    inputs = STAGES["validate"][2](ctx)
+    validate.run(ctx.cfg, ctx.dataset, ctx.run_dir)  # raises ValidationFailed after writing both files
+    return [Output(artifacts.VALIDATION, ctx.run_dir / artifacts.VALIDATION, inputs),
+            Output(artifacts.REPORT, ctx.run_dir / artifacts.REPORT, inputs)]
+
+
+# name -> (function, config sections that shape its outputs, manifest names it reads)
+STAGES: dict[str, tuple[Callable[[Ctx], list[Output]], tuple[str, ...], Callable[[Ctx], list[str]]]] = {
+    "data": (stage_data, ("data",), lambda c: []),
+    "teacher": (stage_teacher, ("seed", "teacher", "threads"), lambda c: ["dataset"]),
+    "distill": (stage_distill, ("seed", "distill", "threads"),
+                lambda c: ["dataset", *[artifacts.TEACHER.format(modality=m) for m in _teacher_modalities(c.cfg)]]),
+    "export": (stage_export, ("export",), lambda c: [artifacts.STUDENT]),
+    "calibrate": (stage_calibrate, ("seed", "quantize"), lambda c: ["dataset", artifacts.ONNX_FP32]),
+    "quantize": (stage_quantize, ("quantize", "build"), lambda c: [artifacts.ONNX_FP32, artifacts.CALIB]),
+    "build": (stage_build, ("build",), lambda c: [n for n in c.manifest.data["artifacts"] if n.endswith(".onnx")]),
+    "validate": (stage_validate, ("validate", "teacher"),
+                 lambda c: sorted(n for n in c.manifest.data["artifacts"]
+                                  if n not in (artifacts.VALIDATION, artifacts.REPORT))),
+}
+
+
+def _stage_key(ctx: Ctx, stage: str) -> str:
+    _, sections, reads = STAGES[stage]
+    cfg = config_to_dict(ctx.cfg)
+    key = {"stage": stage, "config": {s: cfg.get(s) for s in sections},
+           "inputs": {n: ctx.manifest.sha(n) for n in reads(ctx)}}
+    if stage == "build":
+        from serving.runtime.cuda_env import gpu_info, tensorrt_version
+
+        key["machine"] = {"tensorrt": tensorrt_version(), "gpu": gpu_info()}
+    return artifacts.digest(key)
+
+
+def run(cfg: RunConfig, force: tuple[str, ...] = (), stop_after: str | None = None) -> dict:
+    """Run (or resume) every stage; returns the manifest data. Raises on a failed stage or gate."""
+    from pipeline.build import BuildUnavailable
+    from pipeline.validate import ValidationFailed
+
+    unknown = [s for s in force if s not in STAGES]
+    if unknown:
+        raise ValueError(f"--force: unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = RunManifest.load(cfg.run_dir)
+    manifest.data.update({"name": cfg.name, "config": config_to_dict(cfg), "versions": library_versions()})
+    artifacts.write_text(cfg.run_dir / "config.yaml", dump_config(cfg))
+    ctx = Ctx(cfg, manifest)
+    for stage, (fn, _, _) in STAGES.items():
+        key = _stage_key(ctx, stage)
+        current, problems = manifest.stage_current(stage, key)
+        for p in problems:
+            console.print(f"[yellow]{escape(p)}[/]: redoing stage {stage}", highlight=False)
+        if current and stage not in force:
+            console.print(f"[dim]{stage}: up to date, skipped[/]")
+        else:
+            console.print(f"[bold]{stage}[/]")
+            record = {"key": key, "status": "done"}
+            try:
+                outputs = fn(ctx)
+            except BuildUnavailable as e:
+                outputs, record = [], {"key": key, "status": "skipped", "reason": str(e)}
+                console.print(f"[yellow]build skipped:[/] {escape(str(e))}", highlight=False)
+            except ValidationFailed:  # keep the evidence: validation.json and report.md are written
+                names = [artifacts.VALIDATION, artifacts.REPORT]
+                for n in names:
+                    manifest.record(n, cfg.run_dir / n, stage, STAGES[stage][2](ctx))
+                manifest.data["stages"][stage] = {"key": key, "status": "failed", "outputs": names}
+                manifest.save()
+                raise
+            except Exception:
+                manifest.data["stages"][stage] = {"key": key, "status": "failed", "outputs": []}
+                manifest.save()
+                raise
+            for o in outputs:
+                manifest.record(o.name, o.path, stage, o.inputs, **o.extra)
+            manifest.data["stages"][stage] = record | {"outputs": [o.name for o in outputs]}
+            manifest.save()
+        if stage == "data":
+            ds_front = ctx.dataset.frontends[cfg.student_modality]
+            manifest.data.update({"class_names": ctx.dataset.class_names, "student_modality": cfg.student_modality,
+                                  "teacher_modality": cfg.teacher.modality, "preprocessing": ds_front.to_dict()})
+        if stage == stop_after:
+            break
+    manifest.save()
+    return manifest.data

@@ -1,0 +1,55 @@
+"""ONNX Runtime execution of a student graph (FP32, FP16 with FP32 I/O, or INT8 Q/DQ).
+
+CPU by default; ``providers=["CUDAExecutionProvider", "CPUExecutionProvider"]`` uses the GPU
+where onnxruntime-gpu is installed. ``session.run`` is thread-safe, so one session serves every
+worker thread.
+
+``emulate_qdq=True`` keeps Q/DQ nodes unfused (basic graph optimisations only), so a Q/DQ graph
+is computed exactly as written: quantize, dequantize, float op. That is how validation measures
+the numerics of the graph TensorRT will consume. With full optimisations ONNX Runtime fuses Q/DQ
+into its own INT8 kernels, whose S8S8 path saturates on x86 CPUs without VNNI (seen here: 10
+points of accuracy lost on an AVX2 machine): that is a property of the CPU kernels, not of the
+graph, and the CPU variant ``student.int8cpu.onnx`` (U8S8, reduced range) exists for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class OnnxRuntime:
+    kind = "onnxruntime"
+
+    def __init__(self, path: Path, providers: list[str] | None = None, threads: int | None = None,
+                 emulate_qdq: bool = False) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.emulate_qdq = emulate_qdq
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        if emulate_qdq:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.log_severity_level = 3
+        available = ort.get_available_providers()
+        providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+        except Exception as e:  # ORT raises its own exception types for bad or truncated files
+            raise ValueError(f"ONNX Runtime cannot load {self.path}: {e}") from None
+        (inp,) = self.session.get_inputs()
+        self.input_name = inp.name
+        self.input_shape = list(inp.shape)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.providers = self.session.get_providers()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return self.session.run(self.output_names[:1], {self.input_name: x})[0]
+
+    def describe(self) -> dict:
+        return {"runtime": self.kind, "providers": self.providers, "input": self.input_name,
+                "input_shape": self.input_shape, "outputs": self.output_names, "emulate_qdq": self.emulate_qdq}

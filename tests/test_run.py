@@ -1,0 +1,150 @@
+"""`fdkd run`: the whole pipeline into a run directory, its manifest, resume after SIGKILL, tamper detection."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline import artifacts
+from pipeline.cli import app
+from tests.conftest import tiny_overrides
+
+COMPARED = ["teacher.image.pt", "student.pt", "student.onnx", "calib.npz", "student.fp16.onnx",
+            "student.int8.minmax.onnx", "student.int8cpu.onnx", "sensitivity.json"]
+
+
+def _sets(root, name):
+    sets = tiny_overrides(root) + [f"name={name}", "threads=1", "distill.optim.epochs=3",
+                                   "quantize.calib_samples=64", "quantize.calib_methods=[minmax]",
+                                   "build.int8_method=minmax",
+                                   # tiny models on ~36 test rows: one flipped row is 2.8 points
+                                   "validate.gates.fp16_max_acc_drop_pt=10", "validate.gates.int8_max_acc_drop_pt=30"]
+    return [a for s in sets for a in ("--set", s)]
+
+
+def _cli(root, name, *extra, check=True):
+    env = dict(os.environ, FDKD_QUIET="1")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", *_sets(root, name), *extra],
+                          capture_output=True, text=True, env=env, cwd=root)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run, moved aside after it finished."""
+    root = tmp_path_factory.mktemp("run")
+    proc = _cli(root, "r")
+    (root / "runs" / "r").rename(root / "runs" / "r-ref")
+    return root, proc
+
+
+def test_run_produces_validated_artifacts_and_manifest(reference):
+    root, proc = reference
+    run_dir = root / "runs" / "r-ref"
+    out = proc.stdout + proc.stderr
+    assert "validation PASSED" in out and "fdkd serve" in out
+    assert "build skipped" in out and "TensorRT" in out  # no TensorRT on CPU machines, and it says so
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for name in COMPARED + ["validation.json", "report.md"]:
+        rec = manifest["artifacts"][name]
+        assert rec["sha256"] == artifacts.sha256_file(run_dir / rec["path"]), name
+    onnx_rec = manifest["artifacts"]["student.onnx"]
+    assert onnx_rec["stage"] == "export"
+    assert onnx_rec["inputs"] == {"student.pt": manifest["artifacts"]["student.pt"]["sha256"]}
+    assert onnx_rec["onnx"]["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 1, 40, 101]}]
+    assert onnx_rec["onnx"]["outputs"][0]["name"] == "logits"
+    assert manifest["preprocessing"]["kind"] == "audio_logmel" and manifest["class_names"][0] == "zero"
+    assert {"torch", "onnx", "onnxruntime", "numpy"} <= set(manifest["versions"])
+    assert manifest["stages"]["build"]["status"] == "skipped"
+    validation = json.loads((run_dir / "validation.json").read_text())
+    names = {a["name"] for a in validation["artifacts"]}
+    assert {"teacher", "student.pt", "student.onnx", "student.fp16.onnx", "student.int8.minmax.onnx",
+            "student.int8cpu.onnx"} <= names
+    assert all(a["gate"]["passed"] for a in validation["artifacts"] if "gate" in a)
+    report = (run_dir / "report.md").read_text()
+    assert "PASSED" in report and "report_confusion.png" in report
+    for png in ("report_confusion.png", "report_per_class.png", "report_accuracy_latency.png"):
+        assert (run_dir / png).stat().st_size > 1000
+
+
+def test_resume_after_sigkill_gives_identical_artifacts(reference):
+    root, _ = reference
+    env = dict(os.environ, FDKD_QUIET="1")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *_sets(root, "r")], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = root / "runs" / "r" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\n") >= 1:  # distillation is mid-way
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    manifest = json.loads((root / "runs" / "r" / "manifest.json").read_text())
+    assert manifest["stages"]["teacher"]["status"] == "done" and "distill" not in manifest["stages"]
+    resumed = _cli(root, "r")
+    assert "teacher: up to date, skipped" in resumed.stderr
+    for name in COMPARED:
+        a, b = root / "runs" / "r" / name, root / "runs" / "r-ref" / name
+        assert artifacts.sha256_file(a) == artifacts.sha256_file(b), name
+    again = _cli(root, "r")
+    assert again.stderr.count("up to date, skipped") == 8  # all 8 stages; build stays skipped on this machine
+
+
+def test_tampered_artifact_is_named_and_redone(reference):
+    root, _ = reference
+    run_dir = root / "runs" / "r-ref"
+    onnx_path = run_dir / "student.onnx"
+    good = onnx_path.read_bytes()
+    onnx_path.write_bytes(good[: len(good) // 2])  # truncated
+    result = CliRunner().invoke(app, ["verify", str(run_dir)])
+    assert result.exit_code == 1
+    assert "student.onnx: sha256 mismatch" in result.output
+    onnx_path.write_bytes(good)
+    assert CliRunner().invoke(app, ["verify", str(run_dir)]).exit_code == 0
+
+
+def test_run_redoes_a_truncated_stage_output(tmp_path, reference):
+    root, _ = reference
+    src = root / "runs" / "r-ref"
+    dst = root / "runs" / "t"
+    dst.mkdir()
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    (dst / "calib.npz").write_bytes(b"PK\x03\x04 truncated")
+    proc = _cli(root, "t")
+    assert "calib.npz: sha256 mismatch" in proc.stderr and "redoing stage calibrate" in proc.stderr
+    assert artifacts.sha256_file(dst / "calib.npz") == artifacts.sha256_file(src / "calib.npz")
+
+
+def test_failed_gate_exits_nonzero_naming_artifact_and_metric(reference):
+    root, _ = reference
+    proc = _cli(root, "r-ref", "--set", "validate.gates.fp32_max_abs_logit=1e-12", check=False)
+    assert proc.returncode == 1
+    err = proc.stderr
+    assert "validation gate failed" in err and "student.onnx max_abs_logit" in err
+    manifest = json.loads((root / "runs" / "r-ref" / "manifest.json").read_text())
+    assert manifest["stages"]["validate"]["status"] == "failed"
+    assert json.loads((root / "runs" / "r-ref" / "validation.json").read_text())["passed"] is False
+
+
+def test_build_command_fails_clearly_without_tensorrt(reference):
+    root, _ = reference
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "build", *_sets(root, "r-ref")], cwd=root,
+                          capture_output=True, text=True, env=dict(os.environ, FDKD_QUIET="1"))
+    assert proc.returncode == 1
+    assert "build skipped" in proc.stderr and "TensorRT is not installed" in proc.stderr
+
+
+def test_unknown_force_stage_is_rejected(reference):
+    root, _ = reference
+    proc = _cli(root, "r-ref", "--force", "exprot", check=False)
+    assert proc.returncode == 2 and "unknown stage" in proc.stderr
