@@ -244,6 +244,28 @@ def verify(run_dir: Path = typer.Argument(..., help="A run directory with manife
     console.print(f"[green]ok[/] every artifact in {run_dir} matches its manifest hash")
 
 
+@app.command()
+@handles_errors
+def analyze(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt,
+            student: Path | None = typer.Option(None, help="Student checkpoint to analyze (default: the run's)")):
+    """Per-band teacher/student feature similarity (CKA, cosine), DC removed, with a permutation control."""
+    from pipeline import analyze as stage
+    from pipeline import data
+
+    cfg = _config(config, sets, name=name)
+    result = stage.run(cfg, data.load(cfg), cfg.run_dir, student)
+    from rich.table import Table
+
+    table = Table(title=f"teacher vs student ({result['method']}), test split; projected={result['projected']}")
+    for col in ("cut/D", "band", "control", "CKA", "cosine"):
+        table.add_column(col)
+    for r in result["rows"]:
+        cos = "-" if r["cosine"] is None else f"{r['cosine']:.3f}"
+        table.add_row(f"{r['cut_fraction']:.3f}", r["band"], r["control"], f"{r['cka']:.3f}", cos)
+    console.print(table)
+    console.print(f"wrote {cfg.run_dir / 'analysis.json'} and {cfg.run_dir / 'analysis.png'}", highlight=False)
+
+
 @app.command("config")
 @handles_errors
 def show_config(config: Path | None = ConfigOpt, sets: list[str] = SetOpt):

@@ -56,6 +56,6 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
     for (d, arch), (name, sm, _, path) in zip(built, plan, strict=True):
         metrics = {"method": cfg.distill.method, **d.best,
                    "test_acc": accuracy(predict(d.student, x[sm][test]), y[test])}
-        save_with_config(path, d.student, arch, cfg, ds, sm, metrics)
+        save_with_config(path, d.student, arch, cfg, ds, sm, metrics, d.objective.state_dict())
         results[name] = metrics
     return plan[0][3], results

@@ -70,14 +70,20 @@ def arch_dict(model_cfg, input_shape: tuple[int, ...], num_classes: int) -> dict
             "stem_stride": model_cfg.resolved_stem_stride(input_shape)}
 
 
-def save_with_config(path: Path, model, arch: dict, cfg: RunConfig, ds, modality: str, metrics: dict) -> None:
-    """Save a checkpoint and its resolved config next to it."""
+def save_with_config(path: Path, model, arch: dict, cfg: RunConfig, ds, modality: str, metrics: dict,
+                     training_state: dict | None = None) -> None:
+    """Save a checkpoint and its resolved config next to it.
+
+    ``training_state`` holds training-only parameters (projector, shared classifiers) for
+    analysis; they are never part of the exported student.
+    """
     from pipeline.models.checkpoint import save_checkpoint
 
     save_checkpoint(path, model, arch, modality=modality, class_names=ds.class_names,
                     preprocessing=ds.frontends[modality].to_dict(), metrics=metrics,
                     dataset={"path": str(ds.path), "sha256": artifacts.sha256_file(ds.path)},
-                    config=config_to_dict(cfg))
+                    config=config_to_dict(cfg),
+                    training_state={k: v.detach().cpu() for k, v in (training_state or {}).items()})
     artifacts.write_text(artifacts.config_sidecar(path), dump_config(cfg))
 
 
