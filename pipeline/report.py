@@ -58,10 +58,12 @@ def _plots(result: dict, run_dir: Path) -> list[str]:
     files.append("report_per_class.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for a in runs:
+    markers = "osD^vP*Xh<>"
+    for k, a in enumerate(runs):
         m = a["metrics"]
-        ax.scatter(m["ms_per_batch"], 100 * m["accuracy"])
-        ax.annotate(a["name"], (m["ms_per_batch"], 100 * m["accuracy"]), fontsize=7)
+        ax.scatter(m["ms_per_batch"], 100 * m["accuracy"], marker=markers[k % len(markers)], s=60, alpha=0.8,
+                   label=a["name"])
+    ax.legend(fontsize=7)
     ax.set_xlabel(f"latency per batch of {runs[0]['metrics']['batch']} (ms)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy vs latency")
