@@ -213,6 +213,65 @@ def run_all(config: Path | None = typer.Argument(None, help="Run config YAML (de
     console.print("serve the validated student with:  [bold]" + _serve_hint(cfg.run_dir) + "[/]", highlight=False)
 
 
+@app.command()
+def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by `fdkd run`"),
+          host: str | None = typer.Option(None, help="Bind address (default 127.0.0.1)"),
+          port: int | None = typer.Option(None, help="Port (default 8000)"),
+          artifact: str | None = typer.Option(None, help="Artifact file to serve (default: auto)"),
+          engine_dir: Path | None = typer.Option(None, help="Folder of engines built on this machine"),
+          max_batch: int | None = typer.Option(None, help="Rows per batch at most"),
+          max_queue: int | None = typer.Option(None, help="Queued requests at most; beyond: 503"),
+          max_queue_delay_ms: float | None = typer.Option(None, help="Wait for more rows this long (default 0)"),
+          drain_seconds: float | None = typer.Option(None, help="SIGTERM: finish in-flight work within this"),
+          allow_unvalidated: bool = typer.Option(False, "--allow-unvalidated",
+                                                 help="Serve even if the artifact failed its validation gate"),
+          threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads")):
+    """Serve a validated student over HTTP (KServe/Triton V2 protocol + /v1/classify). No torch needed.
+
+    Settings also come from FDKD_SERVE_* environment variables (FDKD_SERVE_API_KEY for the key).
+    """
+    from pydantic import ValidationError
+
+    from serving.server import serve as run_server
+    from serving.settings import ServeSettings
+
+    flags = {"run_dir": run_dir, "host": host, "port": port, "artifact": artifact, "engine_dir": engine_dir,
+             "max_batch": max_batch, "max_queue": max_queue, "max_queue_delay_ms": max_queue_delay_ms,
+             "drain_seconds": drain_seconds, "threads": threads}
+    if allow_unvalidated:
+        flags["allow_unvalidated"] = True
+    try:
+        settings = ServeSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as e:
+        _fail("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+    if not run_dir.is_dir():
+        _fail(f"run directory {run_dir} does not exist")
+    if settings.allow_unvalidated:
+        console.print("[yellow]--allow-unvalidated: an artifact that failed its gate may be served[/]")
+    run_server(settings)
+
+
+@app.command()
+@handles_errors
+def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by `fdkd run`"),
+           out: Path = typer.Option(..., help="Engine folder (a volume keyed by GPU and TensorRT version)"),
+           precision: str = typer.Option("fp16", help="fp32 | fp16 | int8"),
+           int8_method: str = typer.Option("entropy", help="Which INT8 Q/DQ graph to build")):
+    """Build a TensorRT engine from a run's ONNX on this machine (containers: first start). No torch needed."""
+    from pipeline.build import BuildUnavailable, build_engine
+    from pipeline.config import BuildConfig
+
+    sources = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": f"student.int8.{int8_method}.onnx"}
+    if precision not in sources:
+        _fail(f"--precision must be one of {sorted(sources)}, got {precision!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        plan = build_engine(run_dir / sources[precision], precision, out, BuildConfig())
+    except BuildUnavailable as e:
+        _fail(str(e), 1)
+    console.print(f"[green]engine[/] {plan}", highlight=False)
+
+
 def _serve_hint(run_dir: Path) -> str:
     return f"fdkd serve {run_dir}"
 

@@ -47,3 +47,16 @@ def tiny_teachers(tiny_cfg, tiny_dataset):
     from pipeline import teacher
 
     return {m: teacher.run(tiny_cfg, m)[0] for m in ("image", "audio")}
+
+
+@pytest.fixture(scope="session")
+def served_run(tiny_root):
+    """A finished, validated tiny run directory (what `fdkd serve` loads)."""
+    from pipeline import run
+    from pipeline.config import load_config
+
+    cfg = load_config(None, tiny_overrides(tiny_root) + [
+        "name=served", "quantize.calib_samples=64", "quantize.calib_methods=[minmax]", "build.int8_method=minmax",
+        "validate.gates.fp16_max_acc_drop_pt=10", "validate.gates.int8_max_acc_drop_pt=30"])
+    run.run(cfg)
+    return cfg.run_dir

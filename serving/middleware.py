@@ -1,0 +1,124 @@
+"""Pure ASGI middleware: body size cap (Content-Length and chunked), API key, request id + JSON log.
+
+Pure ASGI (not BaseHTTPMiddleware) so the body cap sees every chunk before the app does and
+nothing is buffered past the limit.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+
+log = logging.getLogger("fdkd.serve")
+
+EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+
+
+async def _send_json(send, status: int, payload: dict, headers: list | None = None) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """Reads the whole body up to ``limit`` bytes, then replays it; beyond the limit: 413."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                if int(declared) > self.limit:
+                    return await _send_json(send, 413, {"error": f"body of {int(declared)} bytes exceeds the "
+                                                                 f"{self.limit}-byte limit"})
+            except ValueError:
+                return await _send_json(send, 400, {"error": "invalid Content-Length"})
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return None
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await _send_json(send, 413, {"error": f"body exceeds the {self.limit}-byte limit"})
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # later: the disconnect, for is_disconnected()
+
+        return await self.app(scope, replay, send)
+
+
+class ApiKey:
+    """``Authorization: Bearer KEY`` or ``X-API-Key: KEY``, compared in constant time; health and metrics exempt."""
+
+    def __init__(self, app, key: str | None) -> None:
+        self.app, self.key = app, key.encode() if key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.key is None or scope["path"] in EXEMPT:
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-api-key")
+        auth = headers.get(b"authorization", b"")
+        if given is None and auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        if given is None or not hmac.compare_digest(given, self.key):
+            return await _send_json(send, 401, {"error": "missing or invalid API key"},
+                                    [(b"www-authenticate", b"Bearer")])
+        return await self.app(scope, receive, send)
+
+
+class RequestLog:
+    """Request id (``X-Request-ID`` or generated; a V2 ``id`` wins) echoed back; one JSON log line per request.
+
+    Logs method, path, status, duration and the model; never payloads or keys.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(msg):
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+                final = scope["state"].get("v2_id") or rid
+                header = (b"x-request-id", final.encode("latin-1", "replace"))
+                msg = dict(msg, headers=[*msg.get("headers", []), header])
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(json.dumps({"event": "request", "request_id": scope["state"].get("v2_id") or rid,
+                                 "method": scope["method"], "path": scope["path"], "status": status,
+                                 "duration_ms": round(1000 * (time.perf_counter() - started), 3),
+                                 "rows": scope["state"].get("rows")}))

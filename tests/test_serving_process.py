@@ -1,0 +1,96 @@
+"""`fdkd serve` as a real process: SIGTERM drain, and the CPU image's install (no torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serving_helpers import metric
+
+ROOT = Path(__file__).resolve().parents[1]
+BODY = {"inputs": [{"name": "input", "shape": [1, 1, 40, 101], "datatype": "FP32", "data": [0.1] * 4040}]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([*cmd, "--port", str(port)], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("server did not become ready")
+
+
+def test_sigterm_drains_in_flight_requests(served_run):
+    proc, url = start([sys.executable, "-m", "pipeline", "serve", str(served_run), "--max-batch", "1",
+                       "--drain-seconds", "20"], {"FDKD_SERVE_DEBUG_DELAY_MS": "700"})
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        httpx.post(f"{url}/v2/models/served/infer", json=BODY, timeout=30).status_code)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 10
+    while metric(httpx.get(f"{url}/metrics").text, "fdkd_pending_requests") < 3:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    ready = httpx.get(f"{url}/v2/health/ready")
+    assert ready.status_code == 503 and "draining" in ready.json()["error"]
+    late = httpx.post(f"{url}/v2/models/served/infer", json=BODY, timeout=10)
+    assert late.status_code == 503 and late.headers["retry-after"]
+    for t in threads:
+        t.join(30)
+    assert results == [200, 200, 200]  # in-flight and queued requests finished
+    proc.wait(30)
+    assert proc.returncode == 0 and time.time() - t0 < 20
+    logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    assert any(rec.get("event") == "draining" for rec in logs)
+    requests = [rec for rec in logs if rec.get("event") == "request"]
+    assert requests and all("data" not in json.dumps(rec) for rec in requests)  # payloads are never logged
+
+
+@pytest.mark.slow
+def test_serve_extra_installs_and_serves_without_torch(served_run, tmp_path):
+    """What docker/Dockerfile.cpu does: `pip install .[serve]` into a clean venv, then serve."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, f"{ROOT}[serve]"], check=True, timeout=900)
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True)
+    assert probe.returncode != 0, "the serve extra must not pull torch"
+    proc, url = start([str(venv / "bin" / "fdkd"), "serve", str(served_run)])
+    try:
+        from serving.wav import write_wav
+
+        r = httpx.post(f"{url}/v1/classify", content=write_wav([0.0] * 16000, 16000), timeout=30)
+        assert r.status_code == 200 and r.json()["class_name"]
+        assert httpx.post(f"{url}/v2/models/served/infer", json=BODY, timeout=30).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
