@@ -45,22 +45,31 @@ def loads(text: bytes | str, what: str = "body") -> object:
 
 
 def _flatten(data, expected: int, max_depth: int, field: str) -> list:
-    """Iteratively flatten nested lists, capping depth and count before anything is allocated."""
-    out: list = []
-    stack = [(data, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, list):
-            if depth > max_depth:
-                raise BadRequest(f"{field}: nesting deeper than {max_depth}")
-            stack.extend((child, depth + 1) for child in reversed(node))
-            continue
-        if isinstance(node, bool) or not isinstance(node, int | float):
-            raise BadRequest(f"{field}: element {len(out)} is {type(node).__name__} {str(node)[:20]!r}, not a number")
-        out.append(node)
-        if len(out) > expected:
-            raise BadRequest(f"{field}: more than the {expected} elements the shape calls for")
-    return out
+    """Flatten nested lists level by level (C-speed extends), capping depth and count on the way.
+
+    Nothing is allocated beyond ``expected`` + one list's length, and no numpy array exists yet.
+    """
+    current = data if isinstance(data, list) else [data]
+    depth = 1
+    while any(type(v) is list for v in current):
+        depth += 1
+        if depth > max_depth:
+            raise BadRequest(f"{field}: nesting deeper than {max_depth}")
+        flat: list = []
+        for v in current:
+            if type(v) is list:
+                flat.extend(v)
+            else:
+                flat.append(v)
+            if len(flat) > expected:
+                raise BadRequest(f"{field}: more than the {expected} elements the shape calls for")
+        current = flat
+    if len(current) > expected:
+        raise BadRequest(f"{field}: more than the {expected} elements the shape calls for")
+    for i, v in enumerate(current):
+        if type(v) is not float and type(v) is not int:  # bool is not int here, on purpose
+            raise BadRequest(f"{field}: element {i} is {type(v).__name__} {str(v)[:20]!r}, not a number")
+    return current
 
 
 def _check_shape(shape, input_shape: list[int], max_batch: int, field: str) -> list[int]:
@@ -137,7 +146,10 @@ def parse_infer(body: bytes, header_length: str | None, content_type: str, *, in
         flat = _flatten(spec["data"], count, max_depth, f"{field}.data")
         if len(flat) != count:
             raise BadRequest(f"{field}: {len(flat)} elements but shape {shape} needs {count}")
-        x = np.asarray(flat, dtype=np.float32).reshape(shape)
+        try:
+            x = np.asarray(flat, dtype=np.float32).reshape(shape)
+        except OverflowError:
+            raise BadRequest(f"{field}: an integer is too large for FP32") from None
     if not np.isfinite(x).all():
         raise BadRequest(f"{field} contains NaN or Inf")
     wanted, binary_out = _parse_outputs(header, output_names)

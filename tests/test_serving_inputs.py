@@ -65,6 +65,8 @@ CASES = {
     "NaN literal": (raw(json.dumps(good()).replace("0.5", "NaN", 1)), 400, "non-finite"),
     "Infinity literal": (raw(json.dumps(good()).replace("0.5", "-Infinity", 1)), 400, "non-finite"),
     "string in FP32": ({"json": good(data=["0.5"] + [0.5] * (N - 1))}, 400, "not a number"),
+    "huge integer": (raw(json.dumps(good()).replace("0.5", "1" + "0" * 400, 1)), 400, "too large"),
+    "FP32 overflow": (raw(json.dumps(good()).replace("0.5", "1e300", 1)), 400, "NaN or Inf"),
     "bool in FP32": ({"json": good(data=[True] + [0.5] * (N - 1))}, 400, "not a number"),
     "null in FP32": ({"json": good(data=[None] + [0.5] * (N - 1))}, 400, "not a number"),
     "object in data": ({"json": good(data=[{"a": 1}] + [0.5] * (N - 1))}, 400, "not a number"),
