@@ -149,9 +149,10 @@ def distill(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str
             method: str | None = typer.Option(None, help="none | kd | feat | dkd | dist | fd"),
             bidirectional: bool | None = typer.Option(None, "--bidirectional/--one-way",
                                                          help="Also train the reverse direction"),
-            seed: int | None = typer.Option(None, help="Random seed")):
+            seed: int | None = typer.Option(None, help="Random seed"),
+            nproc: int | None = typer.Option(None, help="Processes (GPUs) on this node, launched with torchrun")):
     """Distill the student from the frozen teacher (FD-CMKD or a baseline)."""
-    extra = {"name": name, "distill.method": method, "seed": seed,
+    extra = {"name": name, "distill.method": method, "seed": seed, "accel.nproc": nproc,
              "distill.bidirectional": None if bidirectional is None else str(bidirectional).lower()}
     manifest = _run_to(_config(config, sets, **extra), "distill", ("distill",))
     for n in ("student.pt", "student.reverse.pt"):

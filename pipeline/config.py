@@ -227,6 +227,18 @@ class ValidateConfig(_Strict):
     latency_repeats: int = Field(5, ge=1)
 
 
+class AccelConfig(_Strict):
+    """Device and distribution (pipeline/accel.py). ``nproc`` > 1 launches distillation through torchrun."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # CUDA only
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
+    compile: bool = False  # torch.compile the student (opt-in)
+    band_split: Literal["auto", "matmul", "fft"] = "auto"  # FD band split form; auto: the faster here
+    nproc: int = Field(1, ge=1)  # processes on this node for `fdkd distill` (torchrun --nproc-per-node)
+    torchrun_args: tuple[str, ...] = ()  # e.g. ["--nnodes=2", "--node-rank=0", "--rdzv-endpoint=host:29500"]
+
+
 class RunConfig(_Strict):
     name: str = "avdigits"
     seed: int = 0
@@ -239,6 +251,7 @@ class RunConfig(_Strict):
     quantize: QuantizeConfig = QuantizeConfig()
     build: BuildConfig = BuildConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    accel: AccelConfig = AccelConfig()
 
     @field_validator("name")
     @classmethod

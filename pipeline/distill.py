@@ -37,25 +37,47 @@ def _direction(cfg: RunConfig, ds, x, name: str, student_mod: str, teacher_mod: 
 
 
 def run(cfg: RunConfig) -> tuple[Path, dict]:
-    """Distill; returns (path of student.pt, metrics of every trained student)."""
+    """Distill; returns (path of student.pt, metrics of every trained student).
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; rank 0 alone builds the data,
+    writes metrics and checkpoints.
+    """
+    from pipeline import accel
+
     setup(cfg)
-    ds = data.load(cfg)
-    x, y = tensors(ds)
-    s_mod, t_mod = cfg.student_modality, cfg.teacher.modality
-    plan = [("student", s_mod, t_mod, cfg.run_dir / artifacts.STUDENT)]
-    if cfg.distill.bidirectional:
-        plan.append(("reverse", t_mod, s_mod, cfg.run_dir / artifacts.STUDENT_REVERSE))
-    built = [_direction(cfg, ds, x, name, sm, tm) for name, sm, tm, _ in plan]
-    log = reset_log(cfg.run_dir / artifacts.METRICS)
-    with progress_bar() as p:
-        fit([d for d, _ in built], y, ds.split, cfg.distill.optim, seed=cfg.seed,
-            teacher_cache=cfg.distill.teacher_cache, grad_norm_every=cfg.distill.grad_norm_every, log=log,
-            progress=p, description=f"distill ({cfg.distill.method})")
-    test = ds.indices("test")
-    results = {}
-    for (d, arch), (name, sm, _, path) in zip(built, plan, strict=True):
-        metrics = {"method": cfg.distill.method, **d.best,
-                   "test_acc": accuracy(predict(d.student, x[sm][test]), y[test])}
-        save_with_config(path, d.student, arch, cfg, ds, sm, metrics, d.objective.state_dict())
-        results[name] = metrics
-    return plan[0][3], results
+    acc = accel.setup(cfg.accel)
+    try:
+        if acc.is_main:
+            data.prepare(cfg)
+        acc.barrier()
+        ds = data.load(cfg)
+        x, y = tensors(ds)
+        x = {m: acc.host(t) for m, t in x.items()}
+        s_mod, t_mod = cfg.student_modality, cfg.teacher.modality
+        plan = [("student", s_mod, t_mod, cfg.run_dir / artifacts.STUDENT)]
+        if cfg.distill.bidirectional:
+            plan.append(("reverse", t_mod, s_mod, cfg.run_dir / artifacts.STUDENT_REVERSE))
+        built = [_direction(cfg, ds, x, name, sm, tm) for name, sm, tm, _ in plan]
+        band_split = None
+        for d, _ in built:
+            if hasattr(d.objective, "use_band_split"):
+                band_split = d.objective.use_band_split(cfg.accel.band_split, acc.device)
+        log = reset_log(cfg.run_dir / artifacts.METRICS) if acc.is_main else None
+        with progress_bar() as p:
+            fit([d for d, _ in built], y, ds.split, cfg.distill.optim, seed=cfg.seed,
+                teacher_cache=cfg.distill.teacher_cache, grad_norm_every=cfg.distill.grad_norm_every, log=log,
+                progress=p, description=f"distill ({cfg.distill.method})", acc=acc)
+        test = ds.indices("test")
+        results = {}
+        for (d, arch), (name, sm, _, path) in zip(built, plan, strict=True):
+            metrics = {"method": cfg.distill.method, **d.best, "world_size": acc.world,
+                       "test_acc": accuracy(predict(d.student, x[sm][test]), y[test])}
+            if band_split:
+                metrics["band_split"] = band_split
+            if acc.is_main:
+                save_with_config(path, d.student, arch, cfg, ds, sm, metrics, d.objective.state_dict())
+            results[name] = metrics
+        acc.barrier()
+        return plan[0][3], results
+    finally:
+        accel.teardown(acc)

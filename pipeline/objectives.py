@@ -15,7 +15,14 @@ from torch import nn
 from pipeline.config import DistillConfig
 from pipeline.losses.dist import dist_loss
 from pipeline.losses.dkd import dkd_loss
-from pipeline.losses.frequency import band_projectors, default_cut, high_band_loss, low_band_loss
+from pipeline.losses.frequency import (
+    band_projectors,
+    band_split_fft,
+    default_cut,
+    fastest_band_split,
+    high_band_loss,
+    low_band_loss,
+)
 from pipeline.losses.kd import kd_loss
 
 Terms = dict[str, tuple[float, torch.Tensor]]
@@ -97,6 +104,7 @@ class FDCMKD(Objective):
         c = cfg.fd
         self.projector = nn.Linear(d_student, d_teacher) if d_student != d_teacher else nn.Identity()
         cut = default_cut(d_teacher) if c.cut is None else c.cut
+        self.cut, self.split_form = cut, "matmul"
         p_low, p_high = band_projectors(d_teacher, cut)
         if not c.band_split:  # one band holding every non-DC bin, for both terms
             p_low = p_high = p_low + p_high
@@ -108,11 +116,23 @@ class FDCMKD(Objective):
             self.head_low = nn.Linear(d_teacher, num_classes)
             self.head_high = nn.Linear(d_teacher, num_classes)
 
+    def use_band_split(self, form: str, device) -> str:
+        """Choose the band split's form: "matmul", "fft", or "auto" (the faster on ``device``)."""
+        if not self.cfg.fd.band_split:
+            form = "matmul"  # the ablation's single band is a projector, not an FFT mask
+        elif form == "auto":
+            form = fastest_band_split(self.p_low.shape[0], self.cut, device, batch=self.cfg.optim.batch_size)
+        self.split_form = form
+        return form
+
     def terms(self, f_s, z_s, f_t, z_t, y, epoch):
         c = self.cfg.fd
         s = self.projector(f_s)
         t = f_t.detach()
-        s_low, s_high, t_low, t_high = s @ self.p_low, s @ self.p_high, t @ self.p_low, t @ self.p_high
+        if self.split_form == "fft":
+            (s_low, s_high), (t_low, t_high) = band_split_fft(s, self.cut), band_split_fft(t, self.cut)
+        else:
+            s_low, s_high, t_low, t_high = s @ self.p_low, s @ self.p_high, t @ self.p_low, t @ self.p_high
         out: Terms = {
             "low": (c.w_low, low_band_loss(s_low, t_low)),
             "high": (c.w_high, high_band_loss(s_high, t_high, log=c.log_mse)),

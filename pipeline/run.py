@@ -69,10 +69,34 @@ def stage_teacher(ctx: Ctx) -> list[Output]:
     return outs
 
 
+def _torchrun_distill(cfg: RunConfig) -> dict:
+    """Distill in ``accel.nproc`` torchrun processes (plus ``accel.torchrun_args``); returns rank 0's results."""
+    import json
+    import subprocess
+    import sys
+
+    conf = cfg.run_dir / "distill.torchrun.yaml"
+    result = cfg.run_dir / "distill.torchrun.json"
+    artifacts.write_text(conf, dump_config(cfg.model_copy(update={"accel": cfg.accel.model_copy(update={"nproc": 1})})))
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cfg.accel.nproc}",
+           *cfg.accel.torchrun_args, "-m", "pipeline.distill_worker", "--config", str(conf), "--result", str(result)]
+    if not cfg.accel.torchrun_args:
+        cmd[3:3] = ["--standalone"]
+    console.print(f"[dim]{' '.join(cmd)}[/]", highlight=False)
+    proc = subprocess.run(cmd, check=False)
+    if proc.returncode != 0 or not result.exists():
+        raise RuntimeError(f"torchrun distillation failed (exit {proc.returncode}); its workers' output is above")
+    return json.loads(result.read_text())
+
+
 def stage_distill(ctx: Ctx) -> list[Output]:
     from pipeline import distill
 
-    path, results = distill.run(ctx.cfg)
+    if ctx.cfg.accel.nproc > 1 or ctx.cfg.accel.torchrun_args:
+        path, results = ctx.run_dir / artifacts.STUDENT, _torchrun_distill(ctx.cfg)
+    else:
+        path, results = distill.run(ctx.cfg)
     teachers = [artifacts.TEACHER.format(modality=m) for m in _teacher_modalities(ctx.cfg)]
     outs = [Output(artifacts.STUDENT, path, ["dataset", *teachers], {"metrics": results["student"]})]
     if "reverse" in results:
@@ -162,7 +186,7 @@ def stage_validate(ctx: Ctx) -> list[Output]:
 STAGES: dict[str, tuple[Callable[[Ctx], list[Output]], tuple[str, ...], Callable[[Ctx], list[str]]]] = {
     "data": (stage_data, ("data",), lambda c: []),
     "teacher": (stage_teacher, ("seed", "teacher", "threads"), lambda c: ["dataset"]),
-    "distill": (stage_distill, ("seed", "distill", "threads"),
+    "distill": (stage_distill, ("seed", "distill", "threads", "accel"),
                 lambda c: ["dataset", *[artifacts.TEACHER.format(modality=m) for m in _teacher_modalities(c.cfg)]]),
     "export": (stage_export, ("export",), lambda c: [artifacts.STUDENT]),
     "calibrate": (stage_calibrate, ("seed", "quantize"), lambda c: ["dataset", artifacts.ONNX_FP32]),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import artifacts, data
+from pipeline import accel, artifacts, data
 from pipeline.config import RunConfig
 from pipeline.objectives import NoKD
 from pipeline.progress import progress_bar
@@ -35,9 +35,10 @@ def run(cfg: RunConfig, modality: str | None = None) -> tuple[Path, dict]:
     direction = Direction(f"teacher[{modality}]", model, objective, x[modality])
     path = teacher_path(cfg, modality)
     log = reset_log(cfg.run_dir / artifacts.TEACHER_METRICS.format(modality=modality))
+    acc = accel.setup(cfg.accel.model_copy(update={"nproc": 1}))
     with progress_bar() as p:
         fit([direction], y, ds.split, cfg.teacher.optim, seed=cfg.seed, grad_norm_every=0, log=log,
-            progress=p, description=f"teacher ({modality})")
+            progress=p, description=f"teacher ({modality})", acc=acc)
     metrics = {**direction.best, "test_acc": accuracy(predict(model, x[modality][test]), y[test])}
     save_with_config(path, model, arch, cfg, ds, modality, metrics)
     return path, metrics

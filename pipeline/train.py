@@ -7,11 +7,11 @@ checkpoint selection on the **validation** split with the student's own head.
 The frozen teacher's features and logits are computed once per training sample and reused
 every epoch (``teacher_cache``), since nothing about them changes; ``teacher_cache=False`` runs
 the teacher every step, the way the reference code does (kept for the speed benchmark).
+Devices, AMP and torchrun processes come from ``pipeline.accel``.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.accel import Accel
 from pipeline.config import OptimConfig
 from pipeline.objectives import Objective
 
@@ -45,9 +46,10 @@ class Direction:
 def predict(model: nn.Module, x: torch.Tensor, with_features: bool = False):
     """Batched eval-mode forward: logits [N, C] (and features [N, D])."""
     model.eval()
+    device = next(iter(model.parameters()), torch.empty(0)).device
     feats, logits = [], []
     for start in range(0, len(x), EVAL_BATCH):
-        f = model.forward_features(x[start : start + EVAL_BATCH])
+        f = model.forward_features(x[start : start + EVAL_BATCH].to(device))
         feats.append(f)
         logits.append(model.forward_head(f))
     z = torch.cat(logits)
@@ -62,14 +64,69 @@ def poly_lr(opt: OptimConfig, step: int, total: int) -> float:
     return (opt.lr - opt.final_lr) * (1 - step / total) ** opt.poly_power + opt.final_lr
 
 
+class Joint(nn.Module):
+    """Every trainable part (students and objectives) as one module, so DDP can wrap it whole.
+
+    The students run under autocast (AMP on CUDA); their features and logits are cast back to
+    float32 before the objectives, so loss terms are always computed in full precision.
+    """
+
+    def __init__(self, directions: list[Direction]) -> None:
+        super().__init__()
+        self.students = nn.ModuleList([d.student for d in directions])
+        self.objectives = nn.ModuleList([d.objective for d in directions])
+
+    def forward(self, xs, teacher_outs, y, epoch: int, amp_dtype=None):
+        out = []
+        for student, objective, x, (f_t, z_t) in zip(self.students, self.objectives, xs, teacher_outs, strict=True):
+            with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                f_s = student.forward_features(x)
+                z_s = student.forward_head(f_s)
+            f_s, z_s = f_s.float(), z_s.float()
+            out.append((f_s, z_s, objective(f_s, z_s, f_t, z_t, y, epoch)))
+        return out
+
+
+def _shard_predict(teacher: nn.Module, x: torch.Tensor, acc: Accel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher (features, logits) for every row of ``x``: each rank computes one contiguous shard
+    once, then all ranks gather the full cache (equal-size shards, padded, for all_gather)."""
+    n = len(x)
+    per = math.ceil(n / acc.world)
+    lo, hi = acc.rank * per, min(n, (acc.rank + 1) * per)
+    f, z = predict(teacher, acc.batch(x[lo:hi]), with_features=True)
+    if not acc.distributed:
+        return f, z
+    pad = per - (hi - lo)
+    f, z = nn.functional.pad(f, (0, 0, 0, pad)), nn.functional.pad(z, (0, 0, 0, pad))
+    fs, zs = [torch.empty_like(f) for _ in range(acc.world)], [torch.empty_like(z) for _ in range(acc.world)]
+    torch.distributed.all_gather(fs, f.contiguous())
+    torch.distributed.all_gather(zs, z.contiguous())
+    return torch.cat(fs)[:n], torch.cat(zs)[:n]
+
+
+def _val_accuracy(student: nn.Module, x: torch.Tensor, y: torch.Tensor, acc: Accel) -> float:
+    """Validation accuracy, each rank evaluating every world-th row, gathered with all_reduce."""
+    rows = torch.arange(acc.rank, len(x), acc.world)
+    z = predict(student, acc.batch(x[rows])) if len(rows) else torch.zeros(0, 1, device=acc.device)
+    counts = torch.tensor([float((z.argmax(1).cpu() == y[rows]).sum()) if len(rows) else 0.0, float(len(rows))],
+                          device=acc.device)
+    if acc.distributed:
+        torch.distributed.all_reduce(counts)
+    return float(counts[0] / counts[1])
+
+
 def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: OptimConfig, *, seed: int,
         teacher_cache: bool = True, grad_norm_every: int = 10, log=None, progress=None,
-        description: str = "train") -> list[dict]:
+        description: str = "train", acc: Accel | None = None) -> list[dict]:
     """Train every direction jointly (one optimizer, summed losses); returns per-epoch records.
 
-    Each direction's best validation state is left in ``direction.best_state`` and loaded back
-    into its student at the end.
+    With ``acc.world`` > 1 this runs inside one torchrun process per rank: the trainable parts are
+    wrapped in DistributedDataParallel, each epoch's seeded permutation is sharded across ranks
+    (DistributedSampler semantics: padded to equal shards, reshuffled every epoch), the global
+    batch stays ``opt.batch_size``, validation is gathered, and only rank 0 logs. Each direction's
+    best validation state ends up in ``direction.best_state`` and loaded into its student.
     """
+    acc = acc or Accel(torch.device("cpu"))
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     train_idx = torch.from_numpy(np.flatnonzero(split == 0))
@@ -77,78 +134,107 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError("training needs non-empty train and val splits")
     for d in directions:
+        d.student.to(acc.device)
+        d.objective.to(acc.device)
+        if acc.channels_last:
+            d.student.to(memory_format=torch.channels_last)
         if d.teacher is not None:
-            d.teacher.eval()  # frozen by the caller (pipeline.stages.freeze); eval keeps BN statistics fixed
+            d.teacher.to(acc.device).eval()  # frozen by the caller (pipeline.stages.freeze)
             if teacher_cache and d.objective.needs_teacher:
-                d.cache = predict(d.teacher, d.x_teacher[train_idx], with_features=True)
-    params = [p for d in directions for m in (d.student, d.objective) for p in m.parameters() if p.requires_grad]
+                d.cache = _shard_predict(d.teacher, d.x_teacher[train_idx], acc)
+    joint = Joint(directions)
+    model = joint
+    if acc.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(joint, device_ids=[acc.device.index] if acc.device.type == "cuda" else None)
+    if acc.compile:
+        model = torch.compile(model)
+    params = [p for p in joint.parameters() if p.requires_grad]
     sgd = torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-    steps_per_epoch = math.ceil(len(train_idx) / opt.batch_size)
+    scaler = torch.amp.GradScaler("cuda") if acc.amp_dtype == torch.float16 else None
+    per_rank_batch = max(1, opt.batch_size // acc.world)
+    shard = math.ceil(len(train_idx) / acc.world)
+    steps_per_epoch = math.ceil(shard / per_rank_batch)
     total_steps = opt.epochs * steps_per_epoch
     records, step = [], 0
-    task = progress.add_task(description, total=opt.epochs, info="") if progress else None
+    task = progress.add_task(description, total=opt.epochs, info="") if progress and acc.is_main else None
     for epoch in range(opt.epochs):
         t0 = time.perf_counter()
-        for d in directions:
-            d.student.train()
-            d.objective.train()
+        joint.train()
         perm = torch.randperm(len(train_idx), generator=gen)
+        if acc.distributed:  # same permutation on every rank; rank r takes every world-th position
+            perm = torch.cat([perm, perm[: shard * acc.world - len(perm)]])[acc.rank :: acc.world]
         sums: dict[str, dict[str, float]] = {d.name: {} for d in directions}
         norms: dict[str, dict[str, list[float]]] = {d.name: {} for d in directions}
         correct = {d.name: 0 for d in directions}
+        seen = 0
         for b in range(steps_per_epoch):
-            local = perm[b * opt.batch_size : (b + 1) * opt.batch_size]
+            local = perm[b * per_rank_batch : (b + 1) * per_rank_batch]
+            if len(local) == 0:
+                continue
             rows = train_idx[local]
-            yb = y[rows]
+            yb = acc.batch(y[rows])
             lr = poly_lr(opt, step, total_steps)
             for g in sgd.param_groups:
                 g["lr"] = lr
             probe = grad_norm_every > 0 and b % grad_norm_every == 0
-            total = 0.0
+            xs, touts = [], []
             for d in directions:
-                f_s = d.student.forward_features(d.x_student[rows])
-                z_s = d.student.forward_head(f_s)
+                xs.append(acc.batch(d.x_student[rows]))
                 f_t = z_t = None
                 if d.objective.needs_teacher:
                     if d.cache is not None:
-                        f_t, z_t = d.cache[0][local], d.cache[1][local]
+                        dev_local = local.to(acc.device)
+                        f_t, z_t = d.cache[0][dev_local], d.cache[1][dev_local]
                     else:
                         with torch.no_grad():
-                            f_t = d.teacher.forward_features(d.x_teacher[rows])
+                            f_t = d.teacher.forward_features(acc.batch(d.x_teacher[rows]))
                             z_t = d.teacher.forward_head(f_t)
-                terms = d.objective(f_s, z_s, f_t, z_t, yb, epoch)
-                loss = sum(w * v for w, v in terms.values())
+                touts.append((f_t, z_t))
+            results = model(xs, touts, yb, epoch, acc.amp_dtype)
+            total = 0.0
+            for d, (f_s, z_s, terms) in zip(directions, results, strict=True):
                 for name, (w, v) in terms.items():
                     sums[d.name][name] = sums[d.name].get(name, 0.0) + float(v.detach()) * len(rows)
                     if probe and w != 0 and v.requires_grad:
                         (g,) = torch.autograd.grad(w * v, f_s, retain_graph=True, allow_unused=True)
                         norms[d.name].setdefault(name, []).append(0.0 if g is None else float(g.norm()))
                 correct[d.name] += int((z_s.detach().argmax(1) == yb).sum())
-                total = total + loss
+                total = total + sum(w * v for w, v in terms.values())
+            seen += len(rows)
             sgd.zero_grad(set_to_none=True)
-            total.backward()
-            sgd.step()
+            if scaler is not None:
+                scaler.scale(total).backward()
+                scaler.step(sgd)
+                scaler.update()
+            else:
+                total.backward()
+                sgd.step()
             step += 1
         seconds = time.perf_counter() - t0
         for d in directions:
-            val_acc = accuracy(predict(d.student, d.x_student[val_idx]), y[val_idx])
+            val_acc = _val_accuracy(d.student, d.x_student[val_idx], y[val_idx], acc)
             rec = {"epoch": epoch, "direction": d.name, "lr": lr, "epoch_seconds": round(seconds, 4),
-                   "train_acc": correct[d.name] / len(train_idx), "val_acc": val_acc}
+                   "train_acc": correct[d.name] / max(seen, 1), "val_acc": val_acc, "world_size": acc.world}
             for name, s in sums[d.name].items():
-                rec[f"loss/{name}"] = s / len(train_idx)
+                rec[f"loss/{name}"] = s / max(seen, 1)
             for name, vals in norms[d.name].items():
                 rec[f"grad_norm/{name}"] = float(np.mean(vals))
             if d.best_state is None or val_acc > d.best["val_acc"]:
-                d.best_state = copy.deepcopy(d.student.state_dict())
+                d.best_state = {k: v.detach().cpu().clone() for k, v in d.student.state_dict().items()}
                 d.best = {"epoch": epoch, "val_acc": val_acc}
             records.append(rec)
-            if log:
+            if log and acc.is_main:
                 log(rec)
-        if progress:
+        if task is not None:
             info = "  ".join(f"{d.name} val {records[-len(directions) + i]['val_acc']:.3f}"
                              for i, d in enumerate(directions))
             progress.update(task, advance=1, info=info)
     for d in directions:
         d.student.load_state_dict(d.best_state)
-        d.student.eval()
+        d.student.to("cpu").eval()
+        if acc.channels_last:
+            d.student.to(memory_format=torch.contiguous_format)
+        d.objective.to("cpu")
     return records

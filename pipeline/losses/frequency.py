@@ -78,6 +78,26 @@ def band_split(x: torch.Tensor, cut: int | None = None,
     return x @ p_low, x @ p_high
 
 
+def fastest_band_split(dim: int, cut: int | None, device, batch: int = 64, repeats: int = 20) -> str:
+    """Time both forms (forward and backward) on ``device``; returns "matmul" or "fft"."""
+    import time
+
+    x = torch.randn(batch, dim, device=device, requires_grad=True)
+    best = {}
+    for form in ("matmul", "fft"):
+        for i in range(repeats + 3):
+            if i == 3:
+                if x.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            low, high = band_split(x, cut, method=form)
+            (low.square().sum() + high.square().sum()).backward()
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+        best[form] = time.perf_counter() - t0
+    return min(best, key=best.get)
+
+
 def std_normalize(x: torch.Tensor) -> torch.Tensor:
     """Std(x) = x / max(||x||_2, 1e-8), per sample (scale consistency)."""
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
