@@ -121,7 +121,12 @@ class FDCMKD(Objective):
         if not self.cfg.fd.band_split:
             form = "matmul"  # the ablation's single band is a projector, not an FFT mask
         elif form == "auto":
-            form = fastest_band_split(self.p_low.shape[0], self.cut, device, batch=self.cfg.optim.batch_size)
+            # CPU: always the matmul: a fixed choice keeps CPU runs byte-reproducible, and at the
+            # default D=256 the two forms are within ~10% here (FFT wins from D~512, see
+            # docs/results.md). Accelerators: whichever form is faster, timed once per run.
+            cpu = torch.device(device).type == "cpu"
+            form = "matmul" if cpu else fastest_band_split(self.p_low.shape[0], self.cut, device,
+                                                              batch=self.cfg.optim.batch_size)
         self.split_form = form
         return form
 

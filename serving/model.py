@@ -70,9 +70,9 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def _pick(run_dir: Path, manifest: dict, artifact: str, engine_dir: Path | None) -> Path:
-    if artifact != "auto":
+    if artifact != "auto":  # a name inside the run directory, else a path (an engine elsewhere)
         p = Path(artifact)
-        return p if p.is_absolute() or p.exists() else run_dir / p
+        return run_dir / p if (run_dir / p).exists() else p
     if engine_dir is not None:  # engines built on first start in the container, newest first
         plans = sorted(Path(engine_dir).glob("*.plan"), key=lambda p: p.stat().st_mtime, reverse=True)
         if plans:

@@ -60,6 +60,11 @@ def band_projectors(dim: int, cut: int | None = None, device=None, dtype=torch.f
     """(P_low, P_high), each [D, D], symmetric and idempotent; band(x) = x @ P."""
     cut = default_cut(dim) if cut is None else cut
     _check(dim, cut)
+    return _projectors(dim, cut, str(torch.device(device or "cpu")), dtype)
+
+
+@lru_cache(maxsize=64)
+def _projectors(dim: int, cut: int, device: str, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     p_low, p_high = _projectors_cpu64(dim, cut)
     return p_low.to(device=device, dtype=dtype), p_high.to(device=device, dtype=dtype)
 
