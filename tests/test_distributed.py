@@ -30,7 +30,7 @@ def test_two_process_gloo_run_matches_one_process(tiny_cfg, tiny_teachers, tiny_
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = (cfg.run_dir, json.loads(result.read_text())["student"])
-    (one_dir, one), (two_dir, two) = runs["one"], runs["two"]
+    (_, one), (two_dir, two) = runs["one"], runs["two"]
     assert two["world_size"] == 2 and one["world_size"] == 1
     # same global batch and data: accuracy within noise of the single-process run (tiny test split)
     assert abs(two["test_acc"] - one["test_acc"]) <= 0.15
