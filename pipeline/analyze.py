@@ -99,7 +99,7 @@ def run(cfg, ds, run_dir: Path, student_path: Path | None = None) -> dict:
 
     student_path = student_path or run_dir / artifacts.STUDENT
     student, ckpt = load_model(student_path)
-    teacher, _ = load_teacher(cfg, cfg.teacher.modality)
+    teacher, _ = load_teacher(cfg, cfg.teacher.modality, ds)
     xs, _ = ds.take(ckpt["modality"], "test")
     xt, _ = ds.take(cfg.teacher.modality, "test")
     f_s = predict(student, torch.from_numpy(xs), with_features=True)[0]

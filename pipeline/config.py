@@ -194,6 +194,7 @@ class QuantizeConfig(_Strict):
     calib_methods: tuple[CalibMethod, ...] = ("minmax", "entropy", "percentile")
     percentile: float = Field(99.999, gt=90, le=100)
     fp16: bool = True
+    fp16_keep_fp32: tuple[str, ...] = ()  # ONNX node names kept in FP32 in the FP16 graph
     exclude: tuple[str, ...] = ()  # ONNX node names kept in float in the INT8 graphs
     sensitivity_top: int = Field(5, ge=1)
 

@@ -29,7 +29,7 @@ def _direction(cfg: RunConfig, ds, x, name: str, student_mod: str, teacher_mod: 
     student = build_encoder(**arch)
     teacher, d_teacher = None, student.num_features
     if METHODS[cfg.distill.method].needs_teacher:  # `none` trains the student alone
-        teacher, _ = load_teacher(cfg, teacher_mod)
+        teacher, _ = load_teacher(cfg, teacher_mod, ds)
         with torch.no_grad():
             d_teacher = teacher.forward_features(x[teacher_mod][:2]).shape[1]
     objective = build_objective(cfg.distill.method, student.num_features, d_teacher, ds.num_classes, cfg.distill)

@@ -139,7 +139,7 @@ def stage_quantize(ctx: Ctx) -> list[Output]:
     inputs = [artifacts.ONNX_FP32, artifacts.CALIB]
     outs = []
     if q.fp16:
-        convert_fp16(fp32, rd / artifacts.ONNX_FP16)
+        convert_fp16(fp32, rd / artifacts.ONNX_FP16, keep_fp32=q.fp16_keep_fp32)
         outs.append(Output(artifacts.ONNX_FP16, rd / artifacts.ONNX_FP16, [artifacts.ONNX_FP32], {"precision": "fp16"}))
     for method in q.calib_methods:
         name = artifacts.ONNX_INT8.format(method=method)

@@ -27,8 +27,11 @@ def teacher_path(cfg: RunConfig, modality: str) -> Path:
     return cfg.run_dir / artifacts.TEACHER.format(modality=modality)
 
 
-def load_teacher(cfg: RunConfig, modality: str):
-    """The frozen teacher for ``modality``: ``teacher.checkpoint`` if set (and of that modality), else the run's."""
+def load_teacher(cfg: RunConfig, modality: str, ds=None):
+    """The frozen teacher for ``modality``: ``teacher.checkpoint`` if set (and of that modality), else the run's.
+
+    ``ds`` (the dataset) supplies input channels and class count for a bare state dict.
+    """
     from pipeline.models.checkpoint import (
         FORMAT,
         is_torchscript,
@@ -51,7 +54,9 @@ def load_teacher(cfg: RunConfig, modality: str):
             if ckpt.get("modality") not in (None, modality):
                 raise ValueError(f"teacher {path} was trained on {ckpt['modality']}, not {modality}")
             return freeze(model_from_checkpoint(ckpt)), path
-    arch = cfg.teacher.checkpoint_arch.model_dump() if cfg.teacher.checkpoint_arch else None
+    arch = None
+    if cfg.teacher.checkpoint_arch is not None and ds is not None:
+        arch = arch_dict(cfg.teacher.checkpoint_arch, ds.x[modality].shape[1:], ds.num_classes)
     return freeze(load_foreign_teacher(path, arch)), path
 
 

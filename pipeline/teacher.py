@@ -27,7 +27,7 @@ def run(cfg: RunConfig, modality: str | None = None) -> tuple[Path, dict]:
     x, y = tensors(ds)
     test = ds.indices("test")
     if cfg.teacher.checkpoint is not None and modality == cfg.teacher.modality:
-        model, path = load_teacher(cfg, modality)
+        model, path = load_teacher(cfg, modality, ds)
         return path, {"test_acc": accuracy(predict(model, x[modality][test]), y[test])}
     arch = arch_dict(cfg.teacher.model, ds.x[modality].shape[1:], ds.num_classes)
     model = build_encoder(**arch)

@@ -100,7 +100,7 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
     s_mod, t_mod = cfg.student_modality, cfg.teacher.modality
     x, y = ds.take(s_mod, "test")
     xt, _ = ds.take(t_mod, "test")
-    teacher, tpath = load_teacher(cfg, t_mod)
+    teacher, tpath = load_teacher(cfg, t_mod, ds)
     t_logits = predict(teacher, torch.from_numpy(xt)).numpy()
     teacher_pred = t_logits.argmax(1)
     student, _ = load_model(run_dir / artifacts.STUDENT)

@@ -125,3 +125,21 @@ def test_torchscript_teacher_loads(tiny_cfg, tiny_teachers, tiny_dataset, tmp_pa
     cfg = _cfg(tiny_cfg, "ts", **{"distill.method": "kd", "teacher.checkpoint": str(ts)})
     _, results = distill.run(cfg)
     assert 0 <= results["student"]["test_acc"] <= 1
+
+
+def test_bare_state_dict_teacher_needs_and_uses_its_architecture(tiny_cfg, tiny_teachers, tiny_dataset, tmp_path):
+    teacher, ckpt = load_model(tiny_teachers["image"])
+    sd = tmp_path / "teacher_state.pt"
+    torch.save(teacher.state_dict(), sd)
+    cfg = _cfg(tiny_cfg, "sd-missing", **{"distill.method": "kd", "teacher.checkpoint": str(sd)})
+    with pytest.raises(ValueError, match="teacher.checkpoint_arch"):
+        distill.run(cfg)
+    a = ckpt["arch"]
+    arch = f"{{arch: conv, width: {a['width']}, depth: {a['depth']}, stem_stride: {a['stem_stride']}}}"
+    cfg = _cfg(tiny_cfg, "sd", **{"distill.method": "kd", "teacher.checkpoint": str(sd),
+                                  "teacher.checkpoint_arch": arch})
+    with pytest.raises(ValueError, match="does not fit"):
+        distill.run(_cfg(tiny_cfg, "sd-wrong", **{"distill.method": "kd", "teacher.checkpoint": str(sd),
+                                                  "teacher.checkpoint_arch": "{arch: conv, width: 3, depth: 1}"}))
+    _, results = distill.run(cfg)
+    assert 0 <= results["student"]["test_acc"] <= 1

@@ -28,24 +28,24 @@ class TensorRTRuntime:
     kind = "tensorrt"
 
     def __init__(self, path: Path, **_ignored) -> None:
-        import tensorrt as trt
-
         self.path = Path(path)
         info_path = build_info_path(self.path)
         if not info_path.exists():
             raise EngineMismatch(f"{self.path.name} has no sidecar {info_path.name}; rebuild it with `fdkd build`")
         info = json.loads(info_path.read_text())
+        if info.get("tensorrt") != tensorrt_version():
+            raise EngineMismatch(f"{self.path.name} was built with TensorRT {info.get('tensorrt')}, "
+                                 f"this machine has TensorRT {tensorrt_version() or 'not installed'}")
         gpu = gpu_info()
         if gpu is None:
             raise RuntimeError("no CUDA GPU visible: a TensorRT engine cannot run here")
-        if info.get("tensorrt") != tensorrt_version():
-            raise EngineMismatch(f"{self.path.name} was built with TensorRT {info.get('tensorrt')}, "
-                                 f"this is TensorRT {tensorrt_version()}")
         built_for = info.get("gpu", {})
         if (built_for.get("name"), built_for.get("compute_capability")) != (gpu["name"], gpu["compute_capability"]):
             raise EngineMismatch(f"{self.path.name} was built for {built_for.get('name')} "
                                  f"(sm {built_for.get('compute_capability')}), this is {gpu['name']} "
                                  f"(sm {gpu['compute_capability']})")
+        import tensorrt as trt
+
         self.info = info
         self.rt = cudart()
         self._logger = trt.Logger(trt.Logger.WARNING)
