@@ -93,7 +93,7 @@ def _shard_predict(teacher: nn.Module, x: torch.Tensor, acc: Accel) -> tuple[tor
     n = len(x)
     per = math.ceil(n / acc.world)
     lo, hi = acc.rank * per, min(n, (acc.rank + 1) * per)
-    f, z = predict(teacher, acc.batch(x[lo:hi]), with_features=True)
+    f, z = predict(teacher, x[lo:hi], with_features=True)  # predict moves each chunk to the device
     if not acc.distributed:
         return f, z
     pad = per - (hi - lo)
@@ -107,7 +107,7 @@ def _shard_predict(teacher: nn.Module, x: torch.Tensor, acc: Accel) -> tuple[tor
 def _val_accuracy(student: nn.Module, x: torch.Tensor, y: torch.Tensor, acc: Accel) -> float:
     """Validation accuracy, each rank evaluating every world-th row, gathered with all_reduce."""
     rows = torch.arange(acc.rank, len(x), acc.world)
-    z = predict(student, acc.batch(x[rows])) if len(rows) else torch.zeros(0, 1, device=acc.device)
+    z = predict(student, x[rows]) if len(rows) else torch.zeros(0, 1, device=acc.device)
     counts = torch.tensor([float((z.argmax(1).cpu() == y[rows]).sum()) if len(rows) else 0.0, float(len(rows))],
                           device=acc.device)
     if acc.distributed:
