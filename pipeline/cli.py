@@ -233,8 +233,11 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
     """
     from pydantic import ValidationError
 
-    from serving.server import serve as run_server
-    from serving.settings import ServeSettings
+    try:
+        from serving.server import serve as run_server
+        from serving.settings import ServeSettings
+    except ImportError as e:
+        _fail(f"fdkd serve needs the serve extra ({e.name} is missing): pip install 'fdkd[serve]'")
 
     flags = {"run_dir": run_dir, "host": host, "port": port, "artifact": artifact, "engine_dir": engine_dir,
              "max_batch": max_batch, "max_queue": max_queue, "max_queue_delay_ms": max_queue_delay_ms,
