@@ -237,3 +237,35 @@ def test_unknown_model_and_version_are_404(server):
     r = httpx.get(f"{url}/v2/models/served/versions/9")
     assert r.status_code == 404 and "no version '9'" in r.json()["error"]
     assert httpx.get(f"{url}/no/such/route").json() == {"error": "not found"}
+
+
+def test_client_that_disconnects_before_dispatch_is_dropped(served_run):
+    import socket
+
+    holder = {}
+
+    def wrap(rt):
+        holder["rt"] = Gated(rt)
+        return holder["rt"]
+
+    with running_server(served_run, wrap, max_batch=1) as (url, _):
+        body = json.dumps({"inputs": [{"name": "input", "shape": [1, *SHAPE], "datatype": "FP32",
+                                       "data": [0.0] * 4040}]}).encode()
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(httpx.post, f"{url}/v2/models/served/infer", content=body, timeout=30)
+            assert holder["rt"].entered.wait(10)  # the first request occupies the runtime
+            host, port = url.removeprefix("http://").split(":")
+            s = socket.create_connection((host, int(port)))
+            s.sendall(b"POST /v2/models/served/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            deadline = time.time() + 10
+            while metric(httpx.get(f"{url}/metrics").text, "fdkd_pending_requests") < 2:
+                assert time.time() < deadline
+            s.close()  # gone before its request was dispatched
+            time.sleep(0.8)  # the handler notices within its 0.25 s poll
+            holder["rt"].release.set()
+            assert first.result().status_code == 200
+        text = httpx.get(f"{url}/metrics").text
+        assert metric(text, "fdkd_requests_total", reason="disconnected") == 1
+        assert metric(text, "fdkd_inferred_rows_total") == 1  # only the first request ran
+        assert metric(text, "fdkd_pending_requests") == 0
