@@ -107,6 +107,9 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         except NotServable as e:
             state.not_ready_reason = str(e)
             log.error('{"event": "not_ready", "reason": %s}', json.dumps(str(e)))
+        except Exception as e:  # warm-up failed on this device: stay live, never ready, say why
+            state.not_ready_reason = f"warm-up failed: {type(e).__name__}: {e}"
+            log.error('{"event": "not_ready", "reason": %s}', json.dumps(state.not_ready_reason))
         yield
         if state.batcher:
             await state.batcher.stop()

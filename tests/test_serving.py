@@ -269,3 +269,16 @@ def test_client_that_disconnects_before_dispatch_is_dropped(served_run):
         assert metric(text, "fdkd_requests_total", reason="disconnected") == 1
         assert metric(text, "fdkd_inferred_rows_total") == 1  # only the first request ran
         assert metric(text, "fdkd_pending_requests") == 0
+
+
+def test_warm_up_failure_keeps_the_server_live_but_not_ready(served_run, monkeypatch):
+    from serving.model import LoadedModel
+
+    def broken(self, max_batch):
+        raise RuntimeError("out of device memory")
+
+    monkeypatch.setattr(LoadedModel, "warm_up", broken)
+    with running_server(served_run, wait_ready=False) as (url, _):
+        assert httpx.get(f"{url}/v2/health/live").status_code == 200
+        r = httpx.get(f"{url}/v2/health/ready")
+        assert r.status_code == 503 and "warm-up failed: RuntimeError: out of device memory" in r.json()["error"]
