@@ -35,7 +35,7 @@ def run(cfg: RunConfig, modality: str | None = None) -> tuple[Path, dict]:
     direction = Direction(f"teacher[{modality}]", model, objective, x[modality])
     path = teacher_path(cfg, modality)
     log = reset_log(cfg.run_dir / artifacts.TEACHER_METRICS.format(modality=modality))
-    acc = accel.setup(cfg.accel.model_copy(update={"nproc": 1}))
+    acc = accel.setup(cfg.accel)
     with progress_bar() as p:
         fit([direction], y, ds.split, cfg.teacher.optim, seed=cfg.seed, grad_norm_every=0, log=log,
             progress=p, description=f"teacher ({modality})", acc=acc)

@@ -39,10 +39,11 @@ def discover(run_dir: Path) -> list[dict]:
     found = []
     for pattern, precision, target, opts in ARTIFACT_KINDS:
         for path in sorted(run_dir.glob(pattern)):
-            if precision is None:  # an engine: its precision is in the sidecar
+            prec = precision
+            if prec is None:  # an engine: its precision is in its own sidecar
                 info = path.with_name(path.stem + ".build.json")
-                precision = json.loads(info.read_text())["precision"] if info.exists() else "unknown"
-            found.append({"name": path.name, "path": path, "precision": precision, "target": target, "options": opts})
+                prec = json.loads(info.read_text())["precision"] if info.exists() else "unknown"
+            found.append({"name": path.name, "path": path, "precision": prec, "target": target, "options": opts})
     return found
 
 

@@ -54,3 +54,13 @@ def test_engine_matches_onnxruntime(served_run, tmp_path, precision, source):
     got = load_runtime(plan)(x)
     tol = {"fp32": 1e-3, "fp16": 5e-2, "int8": 1.0}[precision]
     assert np.abs(got - ref).max() < tol
+
+
+def test_validation_reads_each_engines_precision_from_its_own_sidecar(tmp_path):
+    from pipeline.validate import discover
+
+    for prec in ("fp16", "int8"):
+        plan = tmp_path / f"student.{prec}.h100-sm90.trt10.3.0.plan"
+        plan.write_bytes(b"x")
+        (tmp_path / f"{plan.stem}.build.json").write_text(json.dumps({"precision": prec}))
+    assert {a["name"].split(".")[1]: a["precision"] for a in discover(tmp_path)} == {"fp16": "fp16", "int8": "int8"}
