@@ -8,17 +8,34 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Modality = Literal["image", "audio"]
 MethodName = Literal["none", "kd", "feat", "dkd", "dist", "fd"]
+DistillMethod = Literal["auto", "none", "kd", "feat", "dkd", "dist", "fd"]
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key or file at fault."""
+
+
+def set_path(tree: dict, key: str, value) -> None:
+    """Set ``tree[a][b][c] = value`` for ``key`` "a.b.c", creating sections on the way."""
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"empty key segment in {key!r}")
+    node = tree
+    for i, p in enumerate(parts[:-1]):
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 class _Strict(BaseModel):
@@ -165,10 +182,79 @@ class FDConfig(_Strict):
     log_mse: bool = True  # False: plain MSE on the high band
 
 
+class LabelSmoothingConfig(_Strict):
+    """Label smoothing of the task term, usable with any method (the ``none + LS`` control).
+
+    ``epsilon: teacher`` matches the teacher's mean soft-target entropy on the training split:
+    the smoothed one-hot target (1 - e + e/C on the label, e/C elsewhere) gets the entropy of the
+    teacher's average softmax(z_t / temperature) (``pipeline.controls``). The temperature defaults to
+    ``kd.temperature``: the soft targets KD distills (at T = 1 a well-trained teacher is nearly one-hot
+    on its training rows and the matched strength is ~0).
+    """
+
+    epsilon: float | Literal["teacher"] = 0.0
+    temperature: float | None = Field(None, gt=0)  # None: distill.kd.temperature
+
+    @field_validator("epsilon")
+    @classmethod
+    def _eps(cls, v):
+        if v != "teacher" and not 0 <= v < 1:
+            raise ValueError(f"epsilon must be in [0, 1) or 'teacher', got {v}")
+        return v
+
+
+class AutoCandidate(_Strict):
+    """One candidate of ``method: auto``: a method plus overrides inside ``distill`` (e.g. ``fd.w_low: 100``)."""
+
+    name: str
+    method: MethodName
+    set: dict[str, Any] = {}
+
+    @field_validator("set")
+    @classmethod
+    def _keys(cls, v):
+        for key in v:
+            if key.split(".")[0] in ("method", "auto", "bidirectional", "student", "optim", "teacher_cache",
+                                     "grad_norm_every"):
+                raise ValueError(f"a candidate cannot override distill.{key}: candidates train one student "
+                                 "architecture in one loop (same optimizer schedule, same batches)")
+        return v
+
+
+class AutoConfig(_Strict):
+    """``method: auto``: train every candidate on one shared teacher cache and ship the best by validation
+    accuracy of the student's own head. The ``none`` candidate (training alone) wins every tie."""
+
+    candidates: tuple[AutoCandidate, ...] = (
+        AutoCandidate(name="none", method="none"),
+        AutoCandidate(name="kd", method="kd"),
+        AutoCandidate(name="fd", method="fd"),
+        AutoCandidate(name="fd-w100", method="fd", set={"fd.w_low": 100, "fd.w_high": 100}),
+    )
+
+    @field_validator("candidates")
+    @classmethod
+    def _baseline(cls, v):
+        names = [c.name for c in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"candidate names must be unique, got {names}")
+        if not any(c.method == "none" and not c.set for c in v):
+            raise ValueError("candidates must include a plain `none` candidate (method: none, no set): "
+                             "the training-alone baseline every other candidate has to beat")
+        return v
+
+
 class DistillConfig(_Strict):
-    method: MethodName = "fd"
+    method: DistillMethod = "auto"  # auto: the best of auto.candidates on validation (see AutoConfig)
     bidirectional: bool = False
     teacher_cache: bool = True  # frozen, un-augmented teacher: compute its outputs once
+    # controls (pipeline.controls), usable with any method
+    label_smoothing: LabelSmoothingConfig = LabelSmoothingConfig()
+    teacher_shuffle: bool = False  # each training pair gets the teacher outputs of another pair of its class
+    # which pooled features the objectives compare (built-in conv encoders): "post" = what feeds the head;
+    # "pre" = the last block's output before its ReLU, pooled (the reference code's tap)
+    feature_tap: Literal["post", "pre"] = "post"
+    auto: AutoConfig = AutoConfig()
     grad_norm_every: int = Field(10, ge=0)  # 0: never measure per-term gradient norms
     student: ModelConfig = ModelConfig(width=16, depth=3)
     optim: OptimConfig = OptimConfig()
@@ -177,6 +263,32 @@ class DistillConfig(_Strict):
     dkd: DKDConfig = DKDConfig()
     dist: DISTConfig = DISTConfig()
     fd: FDConfig = FDConfig()
+
+    @model_validator(mode="after")
+    def _candidates_valid(self):
+        if self.method == "auto":
+            for c in self.auto.candidates:
+                self.candidate(c)
+        return self
+
+    def candidate(self, cand: AutoCandidate) -> DistillConfig:
+        """This config as ``cand`` trains it: its method and overrides applied (``auto`` itself dropped)."""
+        tree = self.model_dump(mode="json", by_alias=True)
+        tree["method"] = cand.method
+        for key, value in cand.set.items():
+            set_path(tree, key, value)
+        tree.pop("auto")
+        try:
+            return DistillConfig.model_validate(tree)
+        except ValidationError as e:
+            detail = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+            raise ValueError(f"auto candidate {cand.name!r}: {detail}") from None
+
+    def runs(self) -> list[tuple[str, DistillConfig]]:
+        """(name, resolved config) of every student this config trains per direction."""
+        if self.method == "auto":
+            return [(c.name, self.candidate(c)) for c in self.auto.candidates]
+        return [(self.method, self)]
 
 
 class ExportConfig(_Strict):
@@ -288,21 +400,14 @@ def apply_override(tree: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     key, raw = assignment.split("=", 1)
-    parts = [p for p in key.strip().split(".")]
-    if not all(parts):
-        raise ConfigError(f"--set has an empty key segment in {key!r}")
-    node = tree
-    for i, p in enumerate(parts[:-1]):
-        child = node.get(p)
-        if child is None:
-            child = node[p] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
-        node = child
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {e}") from None
+    try:
+        set_path(tree, key, value)
+    except ConfigError as e:
+        raise ConfigError(f"--set {e}") from None
 
 
 def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

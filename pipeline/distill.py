@@ -6,6 +6,12 @@ Reads the dataset and ``teacher.<A>.pt`` (or ``teacher.checkpoint``); writes ``s
 the student's pooled features, train/val accuracy, per epoch). With ``--bidirectional`` the
 reverse student (modality A, taught by the teacher on B) is trained in the same loop with one
 optimizer and summed losses, and saved as ``student.reverse.pt``.
+
+``method: auto`` (the default) trains every candidate of ``distill.auto.candidates`` per direction
+and ships the one with the best validation accuracy of the student's own head (``none``, training
+alone, on ties); every candidate's validation and test accuracy, the winner and its margin over
+``none`` go into the student's metrics (hence ``manifest.json`` and ``report.md``). In
+``metrics.jsonl`` each candidate's direction is named ``student:<candidate>``.
 """
 
 from __future__ import annotations
@@ -14,31 +20,106 @@ from pathlib import Path
 
 import torch
 
-from pipeline import artifacts, data
-from pipeline.config import RunConfig
+from pipeline import artifacts, controls, data
+from pipeline.config import DistillConfig, RunConfig
 from pipeline.objectives import METHODS, build_objective
 from pipeline.progress import progress_bar
 from pipeline.stages import arch_dict, load_teacher, reset_log, save_with_config, setup, tensors
-from pipeline.train import Direction, accuracy, fit, predict
+from pipeline.train import Direction, accuracy, features, fit, predict, teacher_outputs
 
 
-def _direction(cfg: RunConfig, ds, x, name: str, student_mod: str, teacher_mod: str):
+class _Teachers:
+    """Each frozen teacher loaded once, its training-row outputs computed once, shared by every candidate."""
+
+    def __init__(self, cfg: RunConfig, ds, x, acc) -> None:
+        self.cfg, self.ds, self.x, self.acc = cfg, ds, x, acc
+        self.models: dict[str, object] = {}
+        self.inputs: dict[tuple[str, bool], object] = {}
+        self.outputs: dict[tuple[str, bool, str], tuple] = {}
+
+    def model(self, modality: str):
+        if modality not in self.models:
+            teacher, _ = load_teacher(self.cfg, modality, self.ds)
+            self.models[modality] = teacher.to(self.acc.device)
+        return self.models[modality]
+
+    def input(self, modality: str, shuffled: bool):
+        """The teacher's input rows; shuffled: each training row replaced by another of its class."""
+        key = (modality, shuffled)
+        if key not in self.inputs:
+            x = self.x[modality]
+            if shuffled:
+                x = x[controls.shuffled_teacher_rows(self.ds.y, self.ds.split, self.cfg.seed)]
+            self.inputs[key] = x
+        return self.inputs[key]
+
+    def train_outputs(self, modality: str, shuffled: bool, tap: str = "post"):
+        """(features, logits) of the teacher on the training rows of its (possibly shuffled) input."""
+        key = (modality, shuffled, tap)
+        if key not in self.outputs:
+            train = self.ds.indices("train")
+            self.outputs[key] = teacher_outputs(self.model(modality), self.input(modality, shuffled)[train],
+                                                self.acc, tap)
+        return self.outputs[key]
+
+
+def _direction(cfg: RunConfig, dcfg: DistillConfig, ds, x, teachers: _Teachers, name: str, student_mod: str,
+               teacher_mod: str):
     from pipeline.models.encoders import build_encoder
 
-    arch = arch_dict(cfg.distill.student, ds.x[student_mod].shape[1:], ds.num_classes)
+    arch = arch_dict(dcfg.student, ds.x[student_mod].shape[1:], ds.num_classes)
+    torch.manual_seed(cfg.seed)  # every candidate of a direction starts from the same student weights
     student = build_encoder(**arch)
-    teacher, d_teacher = None, student.num_features
-    if METHODS[cfg.distill.method].needs_teacher:  # `none` trains the student alone
-        teacher, _ = load_teacher(cfg, teacher_mod, ds)
+    needs_teacher = METHODS[dcfg.method].needs_teacher  # `none` trains the student alone
+    ls_teacher = dcfg.label_smoothing.epsilon == "teacher"
+    teacher, x_teacher, d_teacher, info = None, None, student.num_features, {}
+    if needs_teacher or ls_teacher:
+        teacher = teachers.model(teacher_mod)
+        x_teacher = teachers.input(teacher_mod, dcfg.teacher_shuffle)
         with torch.no_grad():
-            d_teacher = teacher.forward_features(x[teacher_mod][:2]).shape[1]
-    objective = build_objective(cfg.distill.method, student.num_features, d_teacher, ds.num_classes, cfg.distill)
-    return Direction(name, student, objective, x[student_mod], teacher, x[teacher_mod]), arch
+            d_teacher = features(teacher, x_teacher[:2].to(teachers.acc.device), dcfg.feature_tap)[1].shape[1]
+    objective = build_objective(dcfg.method, student.num_features, d_teacher, ds.num_classes, dcfg)
+    cache = None
+    if needs_teacher and dcfg.teacher_cache:
+        cache = teachers.train_outputs(teacher_mod, dcfg.teacher_shuffle, dcfg.feature_tap)
+    if ls_teacher:
+        _, z_t = teachers.train_outputs(teacher_mod, dcfg.teacher_shuffle)
+        temperature = dcfg.label_smoothing.temperature or dcfg.kd.temperature
+        eps, entropy = controls.teacher_matched_epsilon(z_t, temperature)
+        objective.label_smoothing = eps
+        info.update(teacher_entropy=entropy, label_smoothing_temperature=temperature)
+    if objective.label_smoothing:
+        info["label_smoothing"] = objective.label_smoothing
+    if dcfg.teacher_shuffle and needs_teacher:
+        info["teacher_shuffle"] = True
+    if dcfg.feature_tap == "pre":
+        if not hasattr(student, "forward_taps"):
+            raise ValueError(f"distill.feature_tap=pre needs the built-in conv encoder, not {dcfg.student.arch}")
+        info["feature_tap"] = "pre"
+    d = Direction(name, student, objective, x[student_mod], teacher if needs_teacher else None, x_teacher, cache,
+                  tap=dcfg.feature_tap)
+    return d, arch, info
+
+
+def _select(candidates: list[dict]) -> dict:
+    """The auto decision: the best validation accuracy wins; ``none`` wins every tie, then list order."""
+    baseline = next(c for c in candidates if c["method"] == "none" and c["plain"])
+    winner = baseline
+    for c in candidates:
+        if c["val_acc"] > winner["val_acc"]:
+            winner = c
+    return {"winner": winner["name"], "winner_method": winner["method"],
+            "margin_val_pt": 100 * (winner["val_acc"] - baseline["val_acc"]),
+            "margin_test_pt": 100 * (winner["test_acc"] - baseline["test_acc"]),
+            "candidates": [{k: v for k, v in c.items() if k != "plain"} for c in candidates]}
 
 
 def run(cfg: RunConfig) -> tuple[Path, dict]:
-    """Distill; returns (path of student.pt, metrics of every trained student).
+    """Distill; returns (path of student.pt, metrics of every shipped student).
 
+    ``distill.method: auto`` trains every candidate of ``distill.auto`` in one loop (same initial
+    weights, same batches, one shared teacher cache; parameters are disjoint, so this is the same
+    as training them one by one) and ships the best by validation accuracy, ``none`` on ties.
     Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; rank 0 alone builds the data,
     writes metrics and checkpoints.
     """
@@ -57,21 +138,43 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
         plan = [("student", s_mod, t_mod, cfg.run_dir / artifacts.STUDENT)]
         if cfg.distill.bidirectional:
             plan.append(("reverse", t_mod, s_mod, cfg.run_dir / artifacts.STUDENT_REVERSE))
-        built = [_direction(cfg, ds, x, name, sm, tm) for name, sm, tm, _ in plan]
+        auto = cfg.distill.method == "auto"
+        teachers = _Teachers(cfg, ds, x, acc)
+        built = []  # (plan index, candidate name, candidate config, direction, arch, info)
+        for i, (name, sm, tm, _) in enumerate(plan):
+            for cname, dcfg in cfg.distill.runs():
+                d, arch, info = _direction(cfg, dcfg, ds, x, teachers, f"{name}:{cname}" if auto else name, sm, tm)
+                built.append((i, cname, dcfg, d, arch, info))
         band_split = None
-        for d, _ in built:
+        for *_, d, _, _ in built:
             if hasattr(d.objective, "use_band_split"):
                 band_split = d.objective.use_band_split(cfg.accel.band_split, acc.device)
         log = reset_log(cfg.run_dir / artifacts.METRICS) if acc.is_main else None
         with progress_bar() as p:
-            fit([d for d, _ in built], y, ds.split, cfg.distill.optim, seed=cfg.seed,
+            fit([b[3] for b in built], y, ds.split, cfg.distill.optim, seed=cfg.seed,
                 teacher_cache=cfg.distill.teacher_cache, grad_norm_every=cfg.distill.grad_norm_every, log=log,
                 progress=p, description=f"distill ({cfg.distill.method})", acc=acc)
         test = ds.indices("test")
         results = {}
-        for (d, arch), (name, sm, _, path) in zip(built, plan, strict=True):
-            metrics = {"method": cfg.distill.method, **d.best, "world_size": acc.world,
-                       "test_acc": accuracy(predict(d.student, x[sm][test]), y[test])}
+        for i, (name, sm, _, path) in enumerate(plan):
+            cands = []
+            for _, cname, dcfg, d, arch, info in (b for b in built if b[0] == i):
+                cands.append({"name": cname, "method": dcfg.method, "plain": not dcfg.label_smoothing.epsilon
+                              and not dcfg.teacher_shuffle, **d.best,
+                              "test_acc": accuracy(predict(d.student, x[sm][test]), y[test]), **info,
+                              "_d": d, "_arch": arch})
+            if auto:
+                chosen = _select([{k: v for k, v in c.items() if not k.startswith("_")} for c in cands])
+                win = next(c for c in cands if c["name"] == chosen["winner"])
+            else:
+                win, chosen = cands[0], None
+            d, arch = win["_d"], win["_arch"]
+            metrics = {"method": cfg.distill.method, "epoch": d.best["epoch"], "val_acc": d.best["val_acc"],
+                       "world_size": acc.world, "test_acc": win["test_acc"],
+                       **{k: v for k, v in win.items() if k not in ("name", "method", "plain", "epoch", "val_acc",
+                                                                   "test_acc") and not k.startswith("_")}}
+            if chosen:
+                metrics["auto"] = chosen
             if band_split:
                 metrics["band_split"] = band_split
             if acc.is_main:

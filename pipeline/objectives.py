@@ -29,19 +29,26 @@ Terms = dict[str, tuple[float, torch.Tensor]]
 
 
 class Objective(nn.Module):
-    """Base: the task term CE(student logits, y), which every method keeps with weight 1."""
+    """Base: the task term CE(student logits, y), which every method keeps with weight 1.
+
+    ``label_smoothing`` smooths the task term's targets (``distill.label_smoothing``); with
+    ``epsilon: teacher`` the stage sets it from the teacher's entropy before training.
+    """
 
     needs_teacher = True
 
     def __init__(self, d_student: int, d_teacher: int, num_classes: int, cfg: DistillConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        eps = cfg.label_smoothing.epsilon
+        self.label_smoothing = 0.0 if eps == "teacher" else float(eps)
 
     def terms(self, f_s, z_s, f_t, z_t, y, epoch: int) -> Terms:
         raise NotImplementedError
 
     def forward(self, f_s, z_s, f_t, z_t, y, epoch: int = 0) -> Terms:
-        return {"task": (1.0, F.cross_entropy(z_s, y)), **self.terms(f_s, z_s, f_t, z_t, y, epoch)}
+        task = F.cross_entropy(z_s, y, label_smoothing=self.label_smoothing)
+        return {"task": (1.0, task), **self.terms(f_s, z_s, f_t, z_t, y, epoch)}
 
 
 class NoKD(Objective):

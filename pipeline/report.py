@@ -99,6 +99,30 @@ def _fmt(metrics: dict, key: str, fmt: str) -> str:
     return f"{100 * metrics[key]:.1f}" if fmt == "%" else format(metrics[key], fmt)
 
 
+def candidates_table(auto: dict) -> str:
+    """``method: auto``: every candidate's validation and test accuracy, and which one shipped."""
+    rows = ["| candidate | method | val acc % | test acc % | best epoch | shipped |", "|---|---|---|---|---|---|"]
+    for c in auto["candidates"]:
+        mark = "**yes**" if c["name"] == auto["winner"] else ""
+        rows.append(f"| {c['name']} | {c['method']} | {100 * c['val_acc']:.1f} | {100 * c['test_acc']:.1f} | "
+                    f"{c['epoch']} | {mark} |")
+    return "\n".join(rows)
+
+
+def selection_text(auto: dict) -> list[str]:
+    w, mv, mt = auto["winner"], auto["margin_val_pt"], auto["margin_test_pt"]
+    if auto["winner_method"] == "none":
+        verdict = (f"No distillation candidate beat training alone on validation, so the student trained "
+                   f"alone (`{w}`) ships.")
+    else:
+        verdict = (f"`{w}` ships: {mv:+.1f} points over training alone (`none`) on validation, "
+                   f"{mt:+.1f} on test (test is reported, never used to choose).")
+    return ["## Distillation: candidates (`method: auto`)", "",
+            "Every candidate trained with the same initial weights and batches on one shared teacher cache; "
+            "the best validation accuracy of the student's own head ships, `none` on ties.", "",
+            candidates_table(auto), "", verdict, ""]
+
+
 def write_report(result: dict, run_dir: Path) -> None:
     pngs = _plots(result, run_dir)
     verdict = "PASSED" if result["passed"] else "FAILED"
@@ -106,6 +130,9 @@ def write_report(result: dict, run_dir: Path) -> None:
             f"Held-out **{result['split']}** split, {result['rows']} rows; student modality "
             f"`{result['student_modality']}`, teacher modality `{result['teacher_modality']}`. Agreement and "
             "deltas are against `student.pt`; INT8 Q/DQ graphs for TensorRT are computed as written (Q/DQ "
-            "not fused), which is how TensorRT reads them.", "", summary_table(result), ""]
+            "not fused), the graph's reference semantics.", "", summary_table(result), ""]
+    auto = (result.get("distill") or {}).get("auto")
+    if auto:
+        text += selection_text(auto)
     text += [f"![{p}]({p})" for p in pngs]
     artifacts.write_text(run_dir / artifacts.REPORT, "\n".join(text) + "\n")

@@ -7,6 +7,7 @@ checkpoint selection on the **validation** split with the student's own head.
 The frozen teacher's features and logits are computed once per training sample and reused
 every epoch (``teacher_cache``), since nothing about them changes; ``teacher_cache=False`` runs
 the teacher every step, the way the reference code does (kept for the speed benchmark).
+Directions that share a teacher and its input (``method: auto``'s candidates) share one cache.
 Devices, AMP and torchrun processes come from ``pipeline.accel``.
 """
 
@@ -38,20 +39,32 @@ class Direction:
     teacher: nn.Module | None = None
     x_teacher: torch.Tensor | None = None  # all rows, teacher modality
     cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (features, logits) for the train rows
+    tap: str = "post"  # "pre": the objective sees pooled pre-activation features (conv encoders)
     best_state: dict | None = None
     best: dict = field(default_factory=dict)
 
 
+def features(model: nn.Module, x: torch.Tensor, tap: str = "post") -> tuple[torch.Tensor, torch.Tensor]:
+    """(features feeding the head, features the objective compares): the same tensor unless ``tap`` is "pre"."""
+    if tap == "post":
+        f = model.forward_features(x)
+        return f, f
+    if not hasattr(model, "forward_taps"):
+        raise ValueError(f"distill.feature_tap=pre needs the built-in conv encoder; {type(model).__name__} has no "
+                         "pre-activation tap")
+    return model.forward_taps(x)
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, with_features: bool = False):
-    """Batched eval-mode forward: logits [N, C] (and features [N, D])."""
+def predict(model: nn.Module, x: torch.Tensor, with_features: bool = False, tap: str = "post"):
+    """Batched eval-mode forward: logits [N, C] (and the ``tap`` features [N, D])."""
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
     feats, logits = [], []
     for start in range(0, len(x), EVAL_BATCH):
-        f = model.forward_features(x[start : start + EVAL_BATCH].to(device))
+        f_head, f = features(model, x[start : start + EVAL_BATCH].to(device), tap)
         feats.append(f)
-        logits.append(model.forward_head(f))
+        logits.append(model.forward_head(f_head))
     z = torch.cat(logits)
     return (torch.cat(feats), z) if with_features else z
 
@@ -75,25 +88,28 @@ class Joint(nn.Module):
         super().__init__()
         self.students = nn.ModuleList([d.student for d in directions])
         self.objectives = nn.ModuleList([d.objective for d in directions])
+        self.taps = [d.tap for d in directions]
 
     def forward(self, xs, teacher_outs, y, epoch: int, amp_dtype=None):
         out = []
-        for student, objective, x, (f_t, z_t) in zip(self.students, self.objectives, xs, teacher_outs, strict=True):
+        for student, objective, tap, x, (f_t, z_t) in zip(self.students, self.objectives, self.taps, xs,
+                                                          teacher_outs, strict=True):
             with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                f_s = student.forward_features(x)
-                z_s = student.forward_head(f_s)
+                f_head, f_s = features(student, x, tap)
+                z_s = student.forward_head(f_head)
             f_s, z_s = f_s.float(), z_s.float()
             out.append((f_s, z_s, objective(f_s, z_s, f_t, z_t, y, epoch)))
         return out
 
 
-def _shard_predict(teacher: nn.Module, x: torch.Tensor, acc: Accel) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_outputs(teacher: nn.Module, x: torch.Tensor, acc: Accel,
+                    tap: str = "post") -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher (features, logits) for every row of ``x``: each rank computes one contiguous shard
     once, then all ranks gather the full cache (equal-size shards, padded, for all_gather)."""
     n = len(x)
     per = math.ceil(n / acc.world)
     lo, hi = acc.rank * per, min(n, (acc.rank + 1) * per)
-    f, z = predict(teacher, x[lo:hi], with_features=True)  # predict moves each chunk to the device
+    f, z = predict(teacher, x[lo:hi], with_features=True, tap=tap)  # predict moves each chunk to the device
     if not acc.distributed:
         return f, z
     pad = per - (hi - lo)
@@ -133,6 +149,7 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     val_idx = torch.from_numpy(np.flatnonzero(split == 1))
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError("training needs non-empty train and val splits")
+    caches: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # one per (teacher, teacher input)
     for d in directions:
         d.student.to(acc.device)
         d.objective.to(acc.device)
@@ -140,8 +157,11 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
             d.student.to(memory_format=torch.channels_last)
         if d.teacher is not None:
             d.teacher.to(acc.device).eval()  # frozen by the caller (pipeline.stages.freeze)
-            if teacher_cache and d.objective.needs_teacher:
-                d.cache = _shard_predict(d.teacher, d.x_teacher[train_idx], acc)
+            if teacher_cache and d.objective.needs_teacher and d.cache is None:
+                key = (id(d.teacher), id(d.x_teacher), d.tap)
+                if key not in caches:
+                    caches[key] = teacher_outputs(d.teacher, d.x_teacher[train_idx], acc, d.tap)
+                d.cache = caches[key]
     joint = Joint(directions)
     model = joint
     if acc.distributed:
@@ -189,8 +209,8 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
                         f_t, z_t = d.cache[0][dev_local], d.cache[1][dev_local]
                     else:
                         with torch.no_grad():
-                            f_t = d.teacher.forward_features(acc.batch(d.x_teacher[rows]))
-                            z_t = d.teacher.forward_head(f_t)
+                            f_head_t, f_t = features(d.teacher, acc.batch(d.x_teacher[rows]), d.tap)
+                            z_t = d.teacher.forward_head(f_head_t)
                 touts.append((f_t, z_t))
             results = model(xs, touts, yb, epoch, acc.amp_dtype)
             total = 0.0

@@ -104,7 +104,7 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
     teacher, tpath = load_teacher(cfg, t_mod, ds)
     t_logits = predict(teacher, torch.from_numpy(xt)).numpy()
     teacher_pred = t_logits.argmax(1)
-    student, _ = load_model(run_dir / artifacts.STUDENT)
+    student, ckpt = load_model(run_dir / artifacts.STUDENT)
     ref = predict(student, torch.from_numpy(x)).numpy()
 
     def torch_fn(batch):
@@ -133,7 +133,9 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
         entries.append(entry)
     failed = [e for e in entries if "gate" in e and not e["gate"]["passed"]]
     result = {"split": "test", "rows": int(len(y)), "class_names": ds.class_names, "labels": y.tolist(),
-              "student_modality": s_mod, "teacher_modality": t_mod, "passed": not failed, "artifacts": entries}
+              "student_modality": s_mod, "teacher_modality": t_mod, "passed": not failed, "artifacts": entries,
+              "distill": {"method": ckpt.get("metrics", {}).get("method"),
+                          "auto": ckpt.get("metrics", {}).get("auto")}}
     artifacts.write_json(run_dir / artifacts.VALIDATION, result)
     write_report(result, run_dir)
     if failed:

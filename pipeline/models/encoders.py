@@ -23,9 +23,13 @@ class ResidualBlock(nn.Module):
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output before its final ReLU (residual sum)."""
         y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+        return self.bn2(self.conv2(y)) + self.shortcut(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.preactivation(x))
 
 
 class ConvEncoder(nn.Module):
@@ -51,6 +55,15 @@ class ConvEncoder(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x)).mean(dim=(2, 3))
+
+    def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled features feeding the head, pooled **pre-activation** output of the last block).
+
+        The second is the reference code's distillation tap (``distill.feature_tap: pre``).
+        """
+        h = self.blocks[:-1](self.stem(x))
+        pre = self.blocks[-1].preactivation(h)
+        return torch.relu(pre).mean(dim=(2, 3)), pre.mean(dim=(2, 3))
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:
         return self.head(f)

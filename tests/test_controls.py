@@ -1,0 +1,115 @@
+"""Controls: the shuffled teacher keeps class and changes instance; label smoothing matched to the teacher."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import controls, distill
+from pipeline.models.checkpoint import load_model
+from pipeline.objectives import build_objective
+from pipeline.train import predict
+from tests.test_distill import _cfg
+
+
+def test_shuffle_within_class_is_a_derangement_that_keeps_class():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, 200)
+    y[150] = 7  # a class with a single row: it can only keep its own teacher outputs
+    rows = np.sort(rng.choice(200, 160, replace=False))
+    rows = np.union1d(rows, [150])
+    src = controls.shuffle_within_class(y, rows, seed=0)
+    assert sorted(src) == sorted(rows)  # a permutation of the training rows: every output used once
+    assert (y[src] == y[rows]).all()  # class-level knowledge kept
+    sizes = {c: int((y[rows] == c).sum()) for c in np.unique(y[rows])}
+    moved = src != rows
+    assert all(moved[k] for k in range(len(rows)) if sizes[y[rows[k]]] > 1)  # no fixed point: instance destroyed
+    assert src[list(rows).index(150)] == 150
+    assert (controls.shuffle_within_class(y, rows, seed=0) == src).all()  # seeded
+    assert (controls.shuffle_within_class(y, rows, seed=1) != src).any()
+
+
+def test_shuffled_teacher_rows_touch_only_training_rows():
+    y = np.repeat(np.arange(4), 10)
+    split = np.tile([0, 0, 0, 1, 2], 8)
+    row_map = controls.shuffled_teacher_rows(y, split, seed=2)
+    assert (row_map[split != 0] == np.flatnonzero(split != 0)).all()
+    train = np.flatnonzero(split == 0)
+    assert set(row_map[train]) == set(train) and (row_map[train] != train).all() and (y[row_map] == y).all()
+
+
+def test_shuffled_teacher_cache_is_the_real_cache_permuted_within_class(tiny_cfg, tiny_teachers, tiny_dataset):
+    from pipeline import accel
+    from pipeline.stages import tensors
+
+    x, _ = tensors(tiny_dataset)
+    cfg = _cfg(tiny_cfg, "shuffle-cache", **{"distill.method": "kd", "distill.teacher_shuffle": "true"})
+    teachers = distill._Teachers(cfg, tiny_dataset, x, accel.setup(cfg.accel))
+    real_f, real_z = teachers.train_outputs("image", False)
+    shuf_f, shuf_z = teachers.train_outputs("image", True)
+    train = tiny_dataset.indices("train")
+    src = controls.shuffle_within_class(tiny_dataset.y, train, cfg.seed)
+    pos = {r: k for k, r in enumerate(train)}
+    perm = torch.tensor([pos[r] for r in src])
+    torch.testing.assert_close(shuf_z, real_z[perm])
+    torch.testing.assert_close(shuf_f, real_f[perm])
+    assert not torch.equal(shuf_z, real_z)
+    d, _, info = distill._direction(cfg, cfg.distill, tiny_dataset, x, teachers, "student", "audio", "image")
+    assert d.cache[1] is shuf_z and info["teacher_shuffle"] is True
+
+
+def test_shuffled_teacher_trains_with_any_method(tiny_cfg, tiny_teachers, tiny_dataset):
+    for method in ("kd", "fd"):
+        cfg = _cfg(tiny_cfg, f"shuffle-{method}", **{"distill.method": method, "distill.teacher_shuffle": "true"})
+        _, res = distill.run(cfg)
+        assert res["student"]["teacher_shuffle"] is True and 0 <= res["student"]["test_acc"] <= 1
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.01, 0.1, 0.37, 0.9])
+def test_epsilon_for_entropy_inverts_the_smoothed_entropy(eps):
+    assert controls.epsilon_for_entropy(controls.smoothed_entropy(eps, 10), 10) == pytest.approx(eps, abs=1e-7)
+
+
+def test_label_smoothing_strength_equals_the_measured_entropy_match(tiny_cfg, tiny_teachers, tiny_dataset):
+    cfg = _cfg(tiny_cfg, "ls-teacher", **{"distill.method": "none", "distill.label_smoothing.epsilon": "teacher",
+                                            "distill.label_smoothing.temperature": 2.0})
+    _, res = distill.run(cfg)
+    m = res["student"]
+    # measured here independently: the teacher's mean entropy of softmax(z / 2) on the training rows
+    teacher, _ = load_model(tiny_teachers["image"])
+    z = predict(teacher, torch.from_numpy(tiny_dataset.x["image"][tiny_dataset.indices("train")])).double()
+    p = torch.softmax(z / 2.0, 1)
+    h = float(-(p * p.log()).sum(1).mean())
+    assert m["teacher_entropy"] == pytest.approx(h, rel=1e-6)
+    assert 0 < m["label_smoothing"] < 1
+    assert controls.smoothed_entropy(m["label_smoothing"], 10) == pytest.approx(h, rel=1e-6)
+    # the task term trains against the smoothed target: its cross-entropy can never fall below that entropy
+    records = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert min(r["loss/task"] for r in records) >= h
+
+
+def test_task_term_uses_the_smoothing_strength():
+    from pipeline.config import load_config
+
+    cfg = load_config(None, ["distill.label_smoothing.epsilon=0.2"]).distill
+    obj = build_objective("none", 8, 8, 10, cfg)
+    z, y = torch.randn(16, 10), torch.randint(0, 10, (16,))
+    task = obj(None, z, None, None, y)["task"][1]
+    torch.testing.assert_close(task, torch.nn.functional.cross_entropy(z, y, label_smoothing=0.2))
+    with pytest.raises(ValueError, match="epsilon"):
+        load_config(None, ["distill.label_smoothing.epsilon=1.5"])
+
+
+def test_pre_activation_tap_feeds_the_objective_the_last_block_before_its_relu(tiny_cfg, tiny_teachers, tiny_dataset):
+    from pipeline.models.encoders import ConvEncoder
+    from pipeline.train import features
+
+    enc = ConvEncoder(1, 10, width=4, depth=2).eval()
+    x = torch.randn(3, 1, 8, 8)
+    f_head, f_pre = features(enc, x, "pre")
+    torch.testing.assert_close(f_head, enc.forward_features(x))
+    assert (f_pre < 0).any() and not torch.allclose(f_pre, f_head)  # pooled before the ReLU: signed
+    cfg = _cfg(tiny_cfg, "tap-pre", **{"distill.method": "fd", "distill.feature_tap": "pre"})
+    _, res = distill.run(cfg)
+    assert res["student"]["feature_tap"] == "pre" and 0 <= res["student"]["test_acc"] <= 1
