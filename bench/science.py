@@ -1,103 +1,485 @@
-"""The science table: every method, both directions, several seeds, plus the FD weight sweep and ablations.
+"""The science table v2: does a method transfer the teacher's knowledge, or only regularise / speed up?
 
-    python bench/science.py                      # full table (about an hour on 2 CPU cores)
-    python bench/science.py --seeds 1 --epochs 3 # a quick look
+    python bench/science.py --plan                    # every run, and the estimated hours on 2 cores
+    python bench/science.py --jobs 2                  # the whole table (resumable; ~4 h on 2 cores)
+    python bench/science.py --smoke                   # 1 seed, 2 epochs, 2 methods: record/resume check
+    python bench/science_tables.py                    # results.md's science tables from the records
 
-Each finished run is appended to ``<out>/science.jsonl`` and skipped when the script is run
-again, so an interrupted benchmark resumes. Prints a markdown table (test accuracy of the
-student's own head, checkpoint chosen on validation; mean +- std over seeds) and the command.
+Presets (``--presets``; a preset's knobs after a colon, e.g. ``avblend:shared=0.5``): avdigits,
+avblend at shared 0 / 0.5 / 1 (instance-paired; class-level at 0), avmnist (all 5,000 MNIST
+images, one clip each). Directions: image -> audio everywhere, audio -> image for avblend; a
+direction is kept only where the teacher has headroom (teacher validation accuracy at least
+``HEADROOM_PT`` above the student trained alone, seed 0, fixed budget), otherwise its other rows
+are skipped and the generator says so.
+
+Rows (``ROWS``): none, none + label smoothing matched to the teacher's soft-target entropy, kd and
+kd with the within-class shuffled teacher, feat, dkd, dist, fd at the reference weights, at w = 10
+and 100 (the validation sweep; ``fd (val-picked w)`` is the weight with the best mean validation
+accuracy), fd with the shuffled teacher, the ablations (no band split, no shared classifiers, MSE
+instead of LogMSE, pre-activation tap) and the reference recipe (lr 0.01, poly decay, no weight
+decay). Budgets: ``fixed`` (every row ``--epochs`` epochs, plus ``none (equal wall time)``: the
+student alone given the CPU time of teacher training + the fd run) and ``converged`` (``CONVERGED``
+rows, ``--conv-epochs`` epochs, doubled once where the validation curve is not flat: ``flat`` means
+the last third of the epochs raised the best validation accuracy by less than ``PLATEAU_PT``).
+
+Every run appends one JSON record to ``--records`` (committed) the moment it lands and is skipped
+when its key (preset, direction, row, seed, budget, epochs) is present. Runs go to a process pool
+(``--jobs``; each run single-threaded), records hold CPU and wall seconds, the validation curve,
+the device and the CPU model. Run outputs go under ``--out`` (not committed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-DIRECTIONS = {  # name -> (teacher modality, overrides)
-    "image->audio": ("image", []),
-    "audio->image": ("audio", []),
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# preset -> (overrides, the config section its knobs live in, directions, training pairs for the plan)
+PRESETS = {
+    "avdigits": (["data.source=avdigits", "data.avdigits.preset=avdigits"], "data.avdigits", ("image->audio",), 1258),
+    "avblend": (["data.source=avblend"], "data.avblend", ("image->audio", "audio->image"), 1400),
+    "avmnist": (["data.source=avdigits", "data.avdigits.preset=avmnist", "data.avdigits.clips_per_image=1"],
+                "data.avdigits", ("image->audio",), 3500),
 }
-METHODS = ["none", "kd", "feat", "dkd", "dist", "fd"]
-VARIANTS = {  # FD weight sweep and ablations (all method=fd)
-    "fd w=10": ["distill.fd.w_low=10", "distill.fd.w_high=10"],
-    "fd w=100": ["distill.fd.w_low=100", "distill.fd.w_high=100"],
-    "fd w=1000": ["distill.fd.w_low=1000", "distill.fd.w_high=1000"],
-    "fd no band split": ["distill.fd.band_split=false"],
-    "fd no shared classifier": ["distill.fd.shared_classifier=false"],
-    "fd LogMSE->MSE": ["distill.fd.log_mse=false"],
+DEFAULT_PRESETS = "avdigits,avblend:shared=0,avblend:shared=0.5,avblend:shared=1,avmnist"
+BENCH_SETS = {"avblend": ["data.avblend.pairs=2000"]}  # sized for the 4-hour budget (the preset's default: 3000)
+DIRECTIONS = {"image->audio": "image", "audio->image": "audio"}  # name -> teacher modality
+HEADROOM_PT = 1.0
+PLATEAU_PT = 1.0
+
+FD = ["distill.method=fd"]
+ROWS = {  # row -> overrides
+    "none": ["distill.method=none"],
+    "none+LS": ["distill.method=none", "distill.label_smoothing.epsilon=teacher"],
+    "kd": ["distill.method=kd"],
+    "kd shuffled teacher": ["distill.method=kd", "distill.teacher_shuffle=true"],
+    "feat": ["distill.method=feat"],
+    "dkd": ["distill.method=dkd"],
+    "dist": ["distill.method=dist"],
+    "fd": FD,
+    "fd w=10": [*FD, "distill.fd.w_low=10", "distill.fd.w_high=10"],
+    "fd w=100": [*FD, "distill.fd.w_low=100", "distill.fd.w_high=100"],
+    "fd shuffled teacher": [*FD, "distill.teacher_shuffle=true"],
+    "fd no band split": [*FD, "distill.fd.band_split=false"],
+    "fd no shared classifiers": [*FD, "distill.fd.shared_classifier=false"],
+    "fd MSE (no LogMSE)": [*FD, "distill.fd.log_mse=false"],
+    "fd pre-activation tap": [*FD, "distill.feature_tap=pre"],
+    "fd reference recipe": [*FD, "distill.optim.lr=0.01", "distill.optim.weight_decay=0"],
+}
+SWEEP = {"fd": 1, "fd w=10": 10, "fd w=100": 100}  # row -> feature weight; the sweep behind "fd (val-picked w)"
+PICKED = "fd (val-picked w)"
+WALL = "none (equal wall time)"
+CONVERGED = ["none", "none+LS", "kd", "kd shuffled teacher", "fd", PICKED, "fd shuffled teacher"]
+CORE = ["none", "none+LS", "kd", "kd shuffled teacher", "fd", "fd w=10", "fd w=100", "fd shuffled teacher"]
+# what each preset gets, sized to fit ~4 h on 2 cores: (rows, converged budget?); unlisted: every row, converged
+SCOPE = {
+    "avblend:shared=0": (CORE, True),
+    "avblend:shared=0.5": (CORE, False),
+    "avmnist": (CORE, False),
 }
 
+# Plan: single-thread CPU seconds per 1,000 training rows per epoch (validation included), by
+# (student modality, image side); measured 2026-11-28 on this project's 2-core dev machine for width-8
+# students (audio 1.02, 8x8 image 0.15; the 28x28 image cost is scaled by pixels, not measured) and
+# width-64 teachers (audio 18.0 = 1.02 x 18, 8x8 image 2.94 = 0.15 x 20). Recorded runs replace these.
+COST = {("audio", 8): 1.02, ("audio", 28): 1.02, ("image", 8): 0.15, ("image", 28): 1.2}
+TEACHER_X = {"audio": 18.0, "image": 20.0}
+METHOD_X = {"none": 1.0, "kd": 1.05, "feat": 1.1, "dkd": 1.05, "dist": 1.05, "fd": 1.15}
+OVERHEAD_S = 6.0  # data load, teacher cache, test evaluation, checkpoint
+DOUBLED_FRACTION = 0.3  # converged runs assumed to need the second (doubled) attempt
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--out", type=Path, default=Path("runs/bench-science"))
-    ap.add_argument("--directions", default=",".join(DIRECTIONS))
-    ap.add_argument("--no-variants", action="store_true", help="skip the FD weight sweep and ablations")
-    args = ap.parse_args()
+
+def parse_preset(spec: str) -> tuple[str, list[str]]:
+    """``avblend:shared=0.5`` -> ("avblend", overrides)."""
+    name, _, knobs = spec.partition(":")
+    if name not in PRESETS:
+        raise SystemExit(f"unknown preset {name!r}; presets are {sorted(PRESETS)}")
+    base, section, _, _ = PRESETS[name]
+    sets = [*base, *BENCH_SETS.get(name, [])]
+    for kv in filter(None, knobs.split(",")):
+        if "=" not in kv:
+            raise SystemExit(f"preset knob {kv!r} in {spec!r} is not key=value")
+        sets.append(f"{section}.{kv}")
+    return name, sets
+
+
+def tag(*parts) -> str:
+    s = "-".join(str(p) for p in parts)
+    for a, b in (("->", "-to-"), (" ", "_"), (":", "_"), ("=", ""), ("(", ""), (")", ""), ("+", "p"), (",", "_")):
+        s = s.replace(a, b)
+    return s
+
+
+def machine() -> dict:
+    """CPU model and the SIMD flags that matter here, the device, library versions."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", "x86_64", ""):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    keep = sorted(f for f in flags if f in ("avx", "avx2", "fma", "f16c") or f.startswith(("avx512", "amx"))
+                  or "vnni" in f)
+    return {"cpu": model, "cores": os.cpu_count(), "flags": keep, "device": device, "torch": torch.__version__}
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ---- one run (in a worker process) --------------------------------------------------------
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("FDKD_QUIET", "1")
+
+
+def run_job(job: dict) -> dict:
+    """Train one teacher or one student; returns its record (without the shared fields)."""
+    import torch
 
     from pipeline import distill, teacher
     from pipeline.config import load_config
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = args.out / "science.jsonl"
-    done = {(r["direction"], r["variant"], r["seed"]): r for r in map(json.loads, log.read_text().splitlines())} \
-        if log.exists() else {}
-    base = [f"runs_dir={args.out}", f"distill.optim.epochs={args.epochs}", "distill.grad_norm_every=0"]
-    variants = {m: [f"distill.method={m}"] for m in METHODS}
-    if not args.no_variants:
-        variants.update({k: ["distill.method=fd", *v] for k, v in VARIANTS.items()})
-    for direction in args.directions.split(","):
-        t_mod, extra = DIRECTIONS[direction]
-        tag = direction.replace("->", "-to-")
-        tcfg = load_config(None, [*base, *extra, f"name={tag}-teacher", f"teacher.modality={t_mod}"])
-        tpath = tcfg.run_dir / f"teacher.{t_mod}.pt"
-        if not tpath.exists():
-            _, tm = teacher.run(tcfg)
-            print(f"teacher {direction}: {tm}", file=sys.stderr)
-        for variant, sets in variants.items():
-            for seed in range(args.seeds):
-                key = (direction, variant, seed)
-                if key in done:
+    torch.set_num_threads(job["threads"])
+    cfg = load_config(None, job["sets"])
+    t0, c0 = time.perf_counter(), time.process_time()
+    if job["row"] == "teacher":
+        _, m = teacher.run(cfg)
+        curve_file = cfg.run_dir / f"teacher.{cfg.teacher.modality}.metrics.jsonl"
+    else:
+        _, res = distill.run(cfg)
+        m = res["student"]
+        curve_file = cfg.run_dir / "metrics.jsonl"
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    curve = [round(json.loads(line)["val_acc"], 5) for line in curve_file.read_text().splitlines()]
+    rec = {"val_acc": m["val_acc"], "test_acc": m["test_acc"], "best_epoch": m["epoch"], "val_curve": curve,
+           "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "threads": job["threads"]}
+    for k in ("label_smoothing", "teacher_entropy", "label_smoothing_temperature", "test_unseen_accent_acc"):
+        if k in m:
+            rec[k] = m[k]
+    if job["budget"] == "converged":
+        rec["flat"] = is_flat(curve)
+    return rec
+
+
+def is_flat(curve: list[float]) -> bool:
+    """The plateau rule: the last third of the epochs raised the best validation accuracy by < PLATEAU_PT."""
+    n = len(curve)
+    if n < 3:
+        return False
+    return 100 * (max(curve[2 * n // 3 :]) - max(curve[: 2 * n // 3])) < PLATEAU_PT
+
+
+# ---- the schedule -------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.records_path = Path(args.records)
+        self.records: list[dict] = []
+        if self.records_path.exists():
+            self.records = [json.loads(line) for line in self.records_path.read_text().splitlines() if line.strip()]
+        self.info = {**machine(), "rev": git_rev()}
+
+    # keys and look-ups
+    @staticmethod
+    def key(r: dict) -> tuple:
+        return (r["preset"], r["direction"], r["row"], r["seed"], r["budget"], r["epochs"])
+
+    def find(self, preset, direction, row, seed, budget, epochs=None) -> dict | None:
+        for r in self.records:
+            if (r["preset"], r["direction"], r["row"], r["seed"], r["budget"]) == (preset, direction, row, seed,
+                                                                                   budget) \
+                    and (epochs is None or r["epochs"] == epochs):
+                return r
+        return None
+
+    def base_sets(self, spec: str, direction: str) -> list[str]:
+        _, sets = parse_preset(spec)
+        a = self.args
+        return [*sets, f"runs_dir={a.out}", f"data.cache_dir={a.data_cache}",
+                f"teacher.modality={DIRECTIONS[direction]}", f"teacher.optim.epochs={a.teacher_epochs}",
+                f"distill.student.width={a.width}", "distill.grad_norm_every=0", *a.sets]
+
+    def teacher_path(self, spec: str, direction: str) -> Path:
+        return Path(self.args.out) / tag(spec, direction, "teacher") / f"teacher.{DIRECTIONS[direction]}.pt"
+
+    def job(self, spec, direction, row, seed, budget, epochs, extra=()) -> dict:
+        sets = [*self.base_sets(spec, direction)]
+        if row == "teacher":
+            sets += [f"name={tag(spec, direction, 'teacher')}", "seed=0"]
+        else:
+            sets += [*extra, f"distill.optim.epochs={epochs}", f"seed={seed}",
+                     f"teacher.checkpoint={self.teacher_path(spec, direction)}",
+                     f"name={tag(spec, direction, row, budget, epochs, 's' + str(seed))}"]
+        return {"preset": spec, "direction": direction, "row": row, "seed": seed, "budget": budget, "epochs": epochs,
+                "sets": sets, "threads": self.args.threads}
+
+    # the runs each phase wants, given the records so far
+    def headroom(self, spec, direction) -> bool | None:
+        t = self.find(spec, direction, "teacher", 0, "teacher")
+        n = self.find(spec, direction, "none", 0, "fixed", self.args.epochs)
+        if t is None or n is None:
+            return None
+        return 100 * (t["val_acc"] - n["val_acc"]) >= HEADROOM_PT
+
+    def cells(self):
+        for spec in self.args.presets.split(","):
+            name, _ = parse_preset(spec)
+            for direction in PRESETS[name][2]:
+                if self.args.directions and direction not in self.args.directions.split(","):
                     continue
-                name = f"{tag}-{variant.replace(' ', '_').replace('>', '').replace('=', '')}-s{seed}"
-                cfg = load_config(None, [*base, *extra, *sets, f"name={name}", f"seed={seed}",
-                                         f"teacher.modality={t_mod}", f"teacher.checkpoint={tpath}"])
-                t0 = time.perf_counter()
-                _, res = distill.run(cfg)
-                rec = {"direction": direction, "variant": variant, "seed": seed, "epochs": args.epochs,
-                       "test_acc": res["student"]["test_acc"], "val_acc": res["student"]["val_acc"],
-                       "best_epoch": res["student"]["epoch"], "seconds": round(time.perf_counter() - t0, 1)}
-                with open(log, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                done[key] = rec
-                print(json.dumps(rec), file=sys.stderr)
-    print(table(done.values()))
-    print(f"\nreproduce: python bench/science.py --seeds {args.seeds} --epochs {args.epochs}"
-          + ("" if args.directions == ",".join(DIRECTIONS) else f" --directions {args.directions}"))
+                yield spec, direction
+
+    def picked_weight(self, spec, direction) -> str | None:
+        """The sweep row with the best mean validation accuracy over seeds (fixed budget); None until all landed."""
+        means = {}
+        for row in SWEEP:
+            recs = [self.find(spec, direction, row, s, "fixed", self.args.epochs) for s in self.seeds]
+            if any(r is None for r in recs):
+                return None
+            means[row] = statistics.mean(r["val_acc"] for r in recs)
+        return max(means, key=lambda r: (means[r], -SWEEP[r]))
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.args.seeds))
+
+    def rows(self, spec: str) -> list[str]:
+        scope = SCOPE.get(spec, (list(ROWS), True))[0] if not self.args.full else list(ROWS)
+        return [r for r in scope if not self.args.rows or r in self.args.rows.split(",")]
+
+    def converged(self, spec: str) -> list[str]:
+        if self.args.conv_epochs <= 0 or not (self.args.full or SCOPE.get(spec, (None, True))[1]):
+            return []
+        return [r for r in CONVERGED if not self.args.rows or r in self.args.rows.split(",") or r == PICKED]
+
+    def wanted(self, phase: str) -> list[dict]:
+        a, out = self.args, []
+        for spec, direction in self.cells():
+            if phase == "teacher":
+                out.append(self.job(spec, direction, "teacher", 0, "teacher", a.teacher_epochs))
+                continue
+            if self.find(spec, direction, "teacher", 0, "teacher") is None:
+                continue
+            if phase == "headroom":
+                out.append(self.job(spec, direction, "none", 0, "fixed", a.epochs, ROWS["none"]))
+                continue
+            if self.headroom(spec, direction) is not True:
+                continue
+            if phase == "fixed":
+                out += [self.job(spec, direction, row, s, "fixed", a.epochs, ROWS[row])
+                        for row in self.rows(spec) for s in self.seeds]
+            elif phase == "derived":
+                out += self._derived(spec, direction)
+        return [j for j in out if self.find(j["preset"], j["direction"], j["row"], j["seed"], j["budget"],
+                                            j["epochs"]) is None]
+
+    def _derived(self, spec, direction) -> list[dict]:
+        a, out = self.args, []
+        t = self.find(spec, direction, "teacher", 0, "teacher")
+        for s in self.seeds if a.wall else []:
+            fd = self.find(spec, direction, "fd", s, "fixed", a.epochs)
+            none = self.find(spec, direction, "none", s, "fixed", a.epochs)
+            if fd and none:  # the student alone, given the CPU time of the teacher + the fd student
+                epochs = round(a.epochs * (t["cpu_seconds"] + fd["cpu_seconds"]) / none["cpu_seconds"])
+                out.append(self.job(spec, direction, WALL, s, "fixed", min(max(epochs, a.epochs), 2 * a.conv_epochs),
+                                    ROWS["none"]))
+        picked = self.picked_weight(spec, direction)
+        for row in self.converged(spec):
+            if row == PICKED:
+                if picked is None or picked == "fd":  # at w = 1 the picked run is the `fd` row itself
+                    continue
+                sets = ROWS[picked]
+            else:
+                sets = ROWS[row]
+            for s in self.seeds:
+                first = self.find(spec, direction, row, s, "converged", a.conv_epochs)
+                if first is None:
+                    out.append(self.job(spec, direction, row, s, "converged", a.conv_epochs, sets))
+                elif not first["flat"] and a.conv_cap > a.conv_epochs:
+                    out.append(self.job(spec, direction, row, s, "converged", a.conv_cap, sets))
+        return out
+
+    # running
+    def land(self, job: dict, rec: dict) -> None:
+        full = {k: job[k] for k in ("preset", "direction", "row", "seed", "budget", "epochs")}
+        full.update(rec)
+        full.update({"sets": [s for s in job["sets"] if not s.startswith(("runs_dir=", "data.cache_dir=",
+                                                                            "teacher.checkpoint=", "name="))],
+                     "machine": self.info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self.records.append(full)
+        self.records_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.records_path, "a") as f:  # one line per run, as it lands
+            f.write(json.dumps(full) + "\n")
+        print(f"[{full['finished']}] {full['preset']} {full['direction']} {full['row']} seed {full['seed']} "
+              f"{full['budget']} {full['epochs']} ep: val {100 * full['val_acc']:.1f} test {100 * full['test_acc']:.1f}"
+              f" ({full['cpu_seconds']:.0f} cpu-s)", flush=True)
+
+    def build_data(self) -> None:
+        """Build every preset's dataset once, here, before workers need it (they would race to build it)."""
+        from pipeline import data
+        from pipeline.config import load_config
+
+        for spec, direction in self.cells():
+            data.prepare(load_config(None, self.base_sets(spec, direction)))
+
+    def run_phase(self, jobs: list[dict], pool) -> None:
+        if not jobs:
+            return
+        if pool is None:
+            for j in jobs:
+                self.land(j, run_job(j))
+            return
+        futures = {pool.submit(run_job, j): j for j in jobs}
+        for fut in as_completed(futures):
+            self.land(futures[fut], fut.result())
+
+    def run(self) -> None:
+        pool = ProcessPoolExecutor(self.args.jobs, initializer=_init_worker, initargs=(self.args.threads,)) \
+            if self.args.jobs > 1 else None
+        try:
+            self.build_data()
+            for phase in ("teacher", "headroom", "fixed"):
+                self.run_phase(self.wanted(phase), pool)
+            for _ in range(3):  # wall-time none and converged runs; then the doubled attempts
+                self.run_phase(self.wanted("derived"), pool)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    # the plan
+    def estimate(self, job: dict) -> float:
+        name, _ = parse_preset(job["preset"])
+        rows_k = PRESETS[name][3] / 1000
+        t_mod = DIRECTIONS[job["direction"]]
+        s_mod = "audio" if t_mod == "image" else "image"
+        side = 28 if name == "avmnist" else 8
+        if job["row"] == "teacher":
+            return OVERHEAD_S + rows_k * job["epochs"] * COST[(t_mod, side)] * TEACHER_X[t_mod]
+        method = next((s.split("=", 1)[1] for s in reversed(job["sets"]) if s.startswith("distill.method=")), "none")
+        measured = [r["cpu_seconds"] / r["epochs"] for r in self.records
+                    if r["preset"] == job["preset"] and r["direction"] == job["direction"] and r["row"] == job["row"]]
+        if measured:  # this machine's own measurement beats the table
+            return statistics.median(measured) * job["epochs"]
+        return OVERHEAD_S + rows_k * job["epochs"] * COST[(s_mod, side)] * METHOD_X[method]
+
+    def plan(self) -> list[dict]:
+        """Every run of the full table (assuming headroom everywhere), marking the ones already recorded."""
+        a, jobs = self.args, []
+        for spec, direction in self.cells():
+            jobs.append(self.job(spec, direction, "teacher", 0, "teacher", a.teacher_epochs))
+            jobs += [self.job(spec, direction, row, s, "fixed", a.epochs, ROWS[row]) for row in self.rows(spec)
+                     for s in self.seeds]
+            if a.wall:
+                jobs += [self.job(spec, direction, WALL, s, "fixed", 3 * a.epochs, ROWS["none"]) for s in self.seeds]
+            for row in self.converged(spec):
+                sets = ROWS["fd w=10"] if row == PICKED else ROWS[row]
+                jobs += [self.job(spec, direction, row, s, "converged", a.conv_epochs, sets) for s in self.seeds]
+        return jobs
 
 
-def table(records) -> str:
-    groups: dict[tuple[str, str], list[float]] = {}
-    for r in records:
-        groups.setdefault((r["variant"], r["direction"]), []).append(100 * r["test_acc"])
-    directions = sorted({d for _, d in groups}, key=list(DIRECTIONS).index)
-    variants = [v for v in [*METHODS, *VARIANTS] if any((v, d) in groups for d in directions)]
-    lines = ["| method | " + " | ".join(f"{d} (test acc %)" for d in directions) + " |",
-             "|---|" + "---|" * len(directions)]
-    for v in variants:
-        cells = []
-        for d in directions:
-            accs = groups.get((v, d), [])
-            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            cells.append(f"{statistics.mean(accs):.1f} ± {sd:.1f} (n={len(accs)})" if accs else "-")
-        lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def print_plan(bench: Bench) -> None:
+    a = bench.args
+    jobs = bench.plan()
+    by_cell: dict[tuple, list[float]] = {}
+    total = done = 0.0
+    for j in jobs:
+        est = bench.estimate(j)
+        if j["budget"] == "converged":
+            est *= 1 + DOUBLED_FRACTION * (a.conv_cap / a.conv_epochs if a.conv_cap > a.conv_epochs else 0)
+        have = bench.find(j["preset"], j["direction"], j["row"], j["seed"], j["budget"],
+                          None if j["row"] in ("teacher", WALL) else j["epochs"])
+        by_cell.setdefault((j["preset"], j["direction"], j["budget"]), []).append(est)
+        total += est
+        done += est if have else 0
+    print("| preset | direction | budget | runs | est. CPU hours (1 thread) |\n|---|---|---|---|---|")
+    for (p, d, b), ests in by_cell.items():
+        print(f"| {p} | {d} | {b} | {len(ests)} | {sum(ests) / 3600:.2f} |")
+    hours = total / 3600 / a.jobs
+    print(f"\n{len(jobs)} runs, {total / 3600:.1f} single-thread CPU hours; with --jobs {a.jobs} on 2 cores about "
+          f"{hours:.1f} h wall (if the cores are not shared). Already recorded: {done / 3600:.1f} CPU hours.")
+    print(f"Assumes headroom in every direction (a direction without it skips all but 2 runs) and that "
+          f"{int(100 * DOUBLED_FRACTION)} % of converged runs need the doubled attempt ({a.conv_cap} epochs).")
+    if a.verbose:
+        for j in jobs:
+            print(f"  {j['preset']:<20} {j['direction']:<13} {j['row']:<26} s{j['seed']} {j['budget']:<9} "
+                  f"{j['epochs']:>3} ep  ~{bench.estimate(j):6.0f} cpu-s")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", default=DEFAULT_PRESETS, help="comma-separated; knobs after ':' (avblend:shared=0)")
+    ap.add_argument("--directions", default="", help="restrict to these directions (default: each preset's)")
+    ap.add_argument("--rows", default="", help="restrict to these rows (comma-separated names from ROWS)")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=15, help="fixed budget: epochs of every row")
+    ap.add_argument("--conv-epochs", type=int, default=30, help="converged budget: first attempt (0: no converged)")
+    ap.add_argument("--conv-cap", type=int, default=60, help="converged budget: the doubled attempt")
+    ap.add_argument("--full", action="store_true", help="every row and both budgets for every preset (no SCOPE cuts)")
+    ap.add_argument("--no-wall", dest="wall", action="store_false", help="skip the equal-wall-time `none` row")
+    ap.add_argument("--teacher-epochs", type=int, default=15)
+    ap.add_argument("--width", type=int, default=8, help="student width (the shipped default is 16)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra override for every run")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each single-threaded)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--records", default="docs/science-v2-records.jsonl")
+    ap.add_argument("--out", default="runs/bench-science-v2")
+    ap.add_argument("--data-cache", default="runs/data")
+    ap.add_argument("--plan", action="store_true", help="print the runs and the estimated hours; train nothing")
+    ap.add_argument("--verbose", action="store_true", help="with --plan: list every run")
+    ap.add_argument("--smoke", action="store_true",
+                    help="1 seed, 2 epochs (converged: 3, doubled 6), rows none and fd, 300 avdigits images; "
+                         "records to runs/bench-science-smoke/")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.epochs, args.teacher_epochs, args.conv_epochs, args.conv_cap = 1, 2, 2, 3, 6
+        args.presets, args.rows = "avdigits", "none,fd"
+        args.sets = ["data.avdigits.max_images=300", *args.sets]
+        if args.records == ap.get_default("records"):
+            args.records = "runs/bench-science-smoke/records.jsonl"
+        args.out = "runs/bench-science-smoke"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    bench = Bench(args)
+    info = bench.info
+    print(f"CPU: {info['cpu']} ({info['cores']} cores; flags {' '.join(info['flags'])}); device {info['device']}; "
+          f"torch {info['torch']}; rev {info['rev']}")
+    if args.plan:
+        print_plan(bench)
+        return
+    bench.run()
+    print(f"\n{len(bench.records)} records in {bench.records_path}; tables: python bench/science_tables.py "
+          f"--records {bench.records_path}")
+    cmd = " ".join(["python bench/science.py", *(argv if argv is not None else sys.argv[1:])])
+    print(f"reproduce: {cmd}")
 
 
 if __name__ == "__main__":
