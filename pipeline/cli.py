@@ -93,11 +93,14 @@ def _build_builtin(cfg) -> None:
 def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest"),
                   sample_rate: int = typer.Option(16000, help="Expected WAV sample rate"),
                   classes: str | None = typer.Option(None, help="Comma-separated known labels"),
+                  max_file_mb: float = typer.Option(64.0, help="Largest file to read, in MB"),
+                  seed: int = typer.Option(0, help="Seed of the split when the manifest has no split column"),
                   as_json: bool = typer.Option(False, "--json", help="Print the report as JSON")):
     """Check a user manifest: every problem of every row, in one report."""
     from pipeline.data.manifest import check_manifest
 
-    rows, problems = check_manifest(path, sample_rate, classes.split(",") if classes else None)
+    rows, problems = check_manifest(path, sample_rate, classes.split(",") if classes else None,
+                                    max_file_mb=max_file_mb, seed=seed)
     if as_json:
         typer.echo(json.dumps({"rows": len(rows), "problems": [p.__dict__ for p in problems]}, indent=2))
     elif problems:

@@ -10,7 +10,6 @@ is ``{"error": "..."}`` with a 4xx (400, never 422) or 5xx status, without stack
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import time
@@ -353,13 +352,10 @@ def preprocess(m: LoadedModel, body: bytes) -> np.ndarray:
         if mono.size == 0 or not np.isfinite(mono).all():
             raise protocol.BadRequest("WAV is empty or holds NaN/Inf samples")
         return fe(fe.fit_clip(mono)[None])
-    from PIL import Image, UnidentifiedImageError
+    from serving.image import ImageError, decode_image
 
-    try:
-        with Image.open(io.BytesIO(body)) as im:
-            im = im.convert("L" if fe.channels == 1 else "RGB").resize((fe.width, fe.height))
-            arr = np.asarray(im, np.float32)
-    except (UnidentifiedImageError, OSError) as e:
+    try:  # the decoder the training data went through (16-bit, alpha, EXIF, bilinear resize)
+        arr = decode_image(body, fe.channels, (fe.height, fe.width)).astype(np.float32)
+    except ImageError as e:
         raise protocol.BadRequest(f"not a readable image: {e}") from None
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return fe(arr[None] / 255.0 * fe.max_value)
