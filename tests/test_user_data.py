@@ -211,3 +211,40 @@ def test_fdkd_run_on_a_600_pair_user_manifest_finishes_and_validates(tmp_path):
     int8 = [e for e in validation["artifacts"] if "int8" in json.dumps(e)]
     assert {m for m in ("entropy", "percentile", "minmax") if any(m in json.dumps(e) for e in int8)} == {
         "entropy", "percentile", "minmax"}
+
+
+def test_fdkd_run_on_30_pairs_goes_through_every_stage(tmp_path):
+    """30 pairs of 3 classes: 21 training rows (< calib_samples), 6 validation and 3 test rows."""
+    manifest = make_pairs(tmp_path / "pairs", 30, classes=3)
+    result, text = _invoke(["run", *_sets(tmp_path, "user30", manifest, "teacher.optim.epochs=3",
+                                          "distill.optim.epochs=3", "quantize.calib_methods=[entropy,percentile]",
+                                          "build.int8_method=entropy", "validate.gates.fp16_max_acc_drop_pt=100",
+                                          "validate.gates.int8_max_acc_drop_pt=100")])
+    assert result.exit_code == 0, text
+    m = json.loads((tmp_path / "runs" / "user30" / "manifest.json").read_text())
+    assert {s: r["status"] for s, r in m["stages"].items() if s != "build"} == dict.fromkeys(
+        ("data", "teacher", "distill", "export", "calibrate", "quantize", "validate"), "done")
+    assert m["artifacts"]["calib.npz"]["samples"] == 21
+
+
+def test_server_decodes_images_exactly_like_the_training_data(tmp_path):
+    """A 16-bit PNG (and an RGBA one) sent to the server gives the features the dataset builder computed."""
+    import io
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from serving.app import preprocess
+    from serving.image import decode_image
+    from serving.preprocess import ImageFrontend
+
+    arr = (np.arange(144, dtype=np.uint8).reshape(12, 12) * 7) % 251
+    fe = ImageFrontend(16, 16, 1, 255.0, mean=0.2, std=0.3)
+    for im in (Image.fromarray(arr.astype(np.uint16) * 257), Image.fromarray(np.dstack([arr] * 3 + [arr * 0 + 255]))):
+        buf = io.BytesIO()
+        im.save(buf, "PNG")
+        train = fe(decode_image(buf.getvalue(), 1, (16, 16))[None])
+        served = preprocess(SimpleNamespace(frontend=fe), buf.getvalue())
+        np.testing.assert_array_equal(served, train)
+    want = fe(np.asarray(Image.fromarray(arr).resize((16, 16), Image.BILINEAR))[None, None])
+    np.testing.assert_allclose(served, want, atol=1e-6)
