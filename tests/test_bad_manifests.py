@@ -331,6 +331,7 @@ def test_odd_but_valid_manifest_works_and_decodes_right(tmp_path, base, case):
     path = setup(tmp_path, base[1])
     result, out = _invoke(["data", "manifest", path])
     assert result.exit_code == 0 and "no problems" in out, out
+    assert ("warning: label 'solo' (1 row(s)) has no test row" in out) == (case == "class-with-one-pair"), out
     z = np.load(build(ManifestDataConfig(path=path, image_size=(16, 16)), tmp_path / "cache"))
     assert len(z["label"]) == BASE_ROWS + 1
     check(z, BASE_ROWS)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from serving.image import ImageError, decode_image
 from serving.preprocess import AudioFrontend, ImageFrontend
 from serving.wav import WavError, read_wav
 
+log = logging.getLogger(__name__)
 BUILDER_VERSION = 2  # 2: grouped splits, shared image decoder
 COLUMNS = ("teacher", "student", "label")
 OPTIONAL = ("split", "group")
@@ -71,6 +73,7 @@ class Checked:
     values: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)  # (row index, column) -> array
     split: np.ndarray | None = None
     class_names: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # fine to run, but worth knowing
 
 
 def modality_of(path: str) -> str | None:
@@ -109,7 +112,10 @@ def read_rows(path: Path) -> tuple[list[tuple[int, dict]], list[Problem]]:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".ndjson"):
         raise ValueError(f"manifest {path} must be .csv or .jsonl")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"manifest {path} is unreadable: {e.strerror}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -309,13 +315,17 @@ def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None
         labels = np.array([out.class_names.index(r["label"]) for _, r in rows], np.int64)
         out.split, found = _split_checks(rows, labels, out.class_names, fractions, seed)
         problems.extend(found)
+        for c, name in enumerate(out.class_names):
+            if not (out.split[labels == c] == 2).any():
+                out.warnings.append(f"label {name!r} ({int((labels == c).sum())} row(s)) has no test row: "
+                                    "its accuracy is never measured")
     out.problems = sorted(problems, key=lambda p: (p.line, p.column))
     return out
 
 
 def check_manifest(path: Path, sample_rate: int = 16000, classes: list[str] | None = None,
                    **kwargs) -> tuple[list[tuple[int, dict]], list[Problem]]:
-    """Validate every row and file; returns (rows, all problems)."""
+    """Validate every row and file; returns (rows, all problems). ``check`` also gives warnings and splits."""
     c = check(path, sample_rate, classes, **kwargs)
     return c.rows, c.problems
 
@@ -342,6 +352,8 @@ def build(mcfg, cache_dir: Path) -> Path:
                                   f"data.manifest.teacher_modality is {mcfg.teacher_modality!r}"))
     if c.problems:
         raise ManifestError(mcfg.path, c.problems)
+    for w in c.warnings:
+        log.warning("%s: %s", mcfg.path, w)
     audio_col = "teacher" if teacher_kind == "audio" else "student"
     image_col = "student" if audio_col == "teacher" else "teacher"
     images = np.stack([c.values[(i, image_col)] for i in range(len(c.rows))])
