@@ -47,7 +47,13 @@ def availability() -> tuple[str, dict]:
     return version, gpu
 
 
-def attach_timing_cache(config, cache_path: Path, log=print):
+def _warn(msg: str) -> None:
+    from pipeline.progress import console
+
+    console.print(f"warning: {msg}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
+def attach_timing_cache(config, cache_path: Path, log=_warn):
     """Load the timing cache at ``cache_path`` into ``config``; a rejected one is replaced by an empty cache.
 
     ``create_timing_cache`` answers None for bytes it cannot parse and ``set_timing_cache`` False

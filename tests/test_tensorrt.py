@@ -1,13 +1,22 @@
-"""TensorRT build and runtime: engine checks that run anywhere, and GPU tests behind the `gpu` marker."""
+"""TensorRT build and runtime: engine checks that run anywhere, and GPU tests behind the `gpu` marker.
 
+Without a GPU, the build and runtime code runs against test doubles for the two absent libraries
+(``tests/trt_fakes.py``: a ``tensorrt`` module and a host-memory libcudart): what is checked is
+fdkd's own code around them (TF32 cleared, timing-cache fallback, write order, sidecar hash,
+dtype and profile checks, chunking), never the fakes' arithmetic.
+"""
+
+import hashlib
 import json
+import sys
 
 import numpy as np
 import pytest
 
 from serving.runtime import load_runtime
-from serving.runtime.cuda_env import gpu_info, gpu_slug, tensorrt_version
+from serving.runtime.cuda_env import engine_key, gpu_info, gpu_slug, jetson_module, same_device, tensorrt_version
 from serving.runtime.tensorrt import EngineMismatch
+from tests.trt_fakes import CLASSES, FEATURES, WEIGHTS, HostCudart, fake_tensorrt, install_cuda
 
 HAS_TRT = tensorrt_version() is not None and gpu_info() is not None
 
@@ -68,9 +77,6 @@ def test_validation_reads_each_engines_precision_from_its_own_sidecar(tmp_path):
 
 # --- On the CPU with test doubles for the absent tensorrt bindings and libcudart (tests/trt_fakes.py) ---
 
-from serving.runtime.cuda_env import engine_key, jetson_module, same_device  # noqa: E402
-from tests.trt_fakes import CLASSES, FEATURES, WEIGHTS, HostCudart, fake_tensorrt, install_cuda  # noqa: E402
-
 JETSON_BOARDS = {  # device-tree model, compatible (NUL-separated, board first)
     "orin-nano": ("NVIDIA Jetson Orin Nano Developer Kit\0", "nvidia,p3768-0000+p3767-0005\0nvidia,p3767-0005\0"
                   "nvidia,tegra234\0"),
@@ -120,7 +126,7 @@ def fake_gpu(monkeypatch):
     """A fake tensorrt module on sys.modules and a host-memory libcudart: an 'H100' this process can 'build' on."""
     def install(**kw):
         trt = fake_tensorrt(**kw)
-        monkeypatch.setitem(__import__("sys").modules, "tensorrt", trt)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
         install_cuda(monkeypatch, HostCudart(name=b"NVIDIA H100 80GB HBM3", cc=(9, 0), sms=132, integrated=False))
         return trt
     return install
@@ -143,8 +149,6 @@ def test_build_clears_tf32_and_writes_engine_last_with_its_sidecar(fake_gpu, tmp
     info = json.loads((tmp_path / f"{plan.stem}.build.json").read_text())
     assert info["tf32"] is False and info["profile"] == {"input": "input", "shape": [1, 3, 4], "min": 1, "opt": 4,
                                                           "max": 8}
-    import hashlib
-
     assert info["engine_sha256"] == hashlib.sha256(plan.read_bytes()).hexdigest()
     assert plan.name == "student.fp32.h100-80gb-hbm3-sm90.trt10.3.0.plan"
 
@@ -173,7 +177,7 @@ def test_rejected_timing_cache_falls_back_to_an_empty_one(fake_gpu, tmp_path, ca
     build_engine(_onnx(tmp_path), "fp16", tmp_path, BuildConfig())
     assert trt.built[-1]["cache"].blob == b""  # built with a fresh cache, not the rejected one
     assert (tmp_path / "timing.cache").read_bytes() == b"CACHE:this-gpu"
-    assert "starting an empty one" in capsys.readouterr().out
+    assert "starting an empty one" in capsys.readouterr().err
 
 
 def test_failed_build_writes_nothing(fake_gpu, tmp_path):
