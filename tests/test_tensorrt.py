@@ -109,6 +109,7 @@ def test_jetson_modules_get_distinct_engine_keys(tmp_path):
     assert keys["agx-orin"] == "jetson-agx-orin-developer-kit-p3701-0005-sm87-trt10.3.0"
     assert len(set(keys.values())) == 3
     assert not same_device(infos["orin-nano"], infos["orin-nx"]) and same_device(infos["agx-orin"], infos["agx-orin"])
+    assert not same_device({}, infos["agx-orin"])  # a sidecar that names no GPU matches none
 
 
 def test_jetson_module_from_a_mounted_host_tree_and_none_elsewhere(tmp_path):

@@ -114,7 +114,8 @@ def gpu_slug(info: dict) -> str:
 
     Every Orin module's GPU is called "Orin" (sm 8.7), so on a Jetson the board replaces the name
     ('jetson-orin-nano-developer-kit-p3767-0005-sm87'); an integrated GPU whose board cannot be
-    read (a container without the device tree) keeps its SM count at least ('orin-8sms-sm87').
+    read (a container without the device tree) keeps its SM count at least ('orin-8sms-sm87'; some
+    Orin power modes switch SMs off, which then keys a new engine).
     """
     jetson = info.get("jetson") or {}
     if jetson.get("model") or jetson.get("part"):
@@ -127,12 +128,11 @@ def gpu_slug(info: dict) -> str:
 
 
 def same_device(built_for: dict, here: dict) -> bool:
-    """An engine runs only on the GPU (and Jetson module) it was built for."""
-    def key(i: dict) -> tuple:
-        j = i.get("jetson") or {}
-        return (i.get("name"), i.get("compute_capability"), j.get("model"), j.get("part"),
-                i.get("multiprocessors") if i.get("integrated") else None)
-    return key(built_for) == key(here)
+    """An engine runs only where its key matches: the same GPU (Jetson module) and compute capability."""
+    try:
+        return gpu_slug(built_for) == gpu_slug(here) and built_for.get("name") == here.get("name")
+    except KeyError:  # a sidecar without the GPU's name or compute capability
+        return False
 
 
 def describe(info: dict) -> str:
