@@ -50,6 +50,25 @@ def test_tensorrt_without_cuda_exits_nonzero_and_says_why(tmp_path):
     assert "FDKD_ALLOW_CPU_FALLBACK=1" in proc.stderr
 
 
+def _cuda_without_gpu() -> bool:
+    """A real libcudart loads here, but there is no GPU (this project's CI machines)."""
+    from serving.runtime.cuda_env import gpu_status
+    from serving.runtime.cudart import CudaError, load_libcudart
+
+    try:
+        load_libcudart()
+    except CudaError:
+        return False
+    return gpu_status()[0] is None
+
+
+@pytest.mark.skipif(not _cuda_without_gpu(), reason="needs a CUDA runtime library and no GPU")
+def test_real_cuda_runtime_without_a_gpu_is_reported_by_name(tmp_path):
+    proc, calls = _entrypoint(tmp_path, {}, '__version__ = "10.3.0"\n')
+    assert proc.returncode == 1 and calls == []
+    assert re.search(r"cudaGetDeviceCount failed: cudaError\w+ \(\d+\)", proc.stderr), proc.stderr
+
+
 def test_cpu_fallback_only_when_asked_and_still_logged(tmp_path):
     proc, calls = _entrypoint(tmp_path, {**NO_CUDA, "FDKD_ALLOW_CPU_FALLBACK": "1"}, '__version__ = "10.3.0"\n')
     assert proc.returncode == 0
