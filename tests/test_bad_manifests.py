@@ -255,6 +255,7 @@ FAILS = {
                   "unsupported WAV encoding"),
     "wav-8khz": (_bad_wav(wav_bytes(tone(1, rate=8000), 8000)), ODD, "sample rate 8000 Hz, expected 16000"),
     "wav-44k1": (_bad_wav(wav_bytes(tone(1, rate=44100), 44100)), ODD, "sample rate 44100 Hz"),
+    "float-wav-unscaled": (_bad_wav(wav_bytes(tone(1) * 32767, fmt="float32")), ODD, "looks unscaled"),
     "nan-wav": (_bad_wav(wav_bytes(np.full(16000, np.nan), fmt="float32")), ODD, "NaN or Inf"),
     "huge-wav": (_huge_wav, ODD, "over the 1 MB limit", ["--max-file-mb", "1"], ["data.manifest.max_file_mb=1"]),
     "huge-png-pixels": (_bad_png(_huge_png_header), ODD, "too large"),

@@ -40,6 +40,7 @@ OPTIONAL = ("split", "group")
 AUDIO_EXT = {".wav"}
 IMAGE_EXT = {".png", ".jpg", ".jpeg"}
 DEFAULT_MAX_FILE_MB = 64.0
+FLOAT_WAV_LIMIT = 4.0  # float WAVs are [-1, 1]; a little overshoot is normal, thousands mean unscaled PCM values
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 
 
@@ -189,6 +190,9 @@ def _check_file(root: Path, line: int, column: str, rel: str, sample_rate: int, 
             problems.append(Problem(line, column, rel, "WAV has no samples"))
         elif not np.isfinite(wav.samples).all():
             problems.append(Problem(line, column, rel, "WAV contains NaN or Inf samples"))
+        elif wav.format.startswith("float") and np.abs(wav.samples).max() > FLOAT_WAV_LIMIT:
+            problems.append(Problem(line, column, rel, f"float WAV samples reach {np.abs(wav.samples).max():.4g}; "
+                                    "float WAVs hold samples in [-1, 1] (this one looks unscaled)"))
         value = decode[0].fit_clip(wav.mono()) if decode and not problems else None
         return kind, problems, value
     try:
