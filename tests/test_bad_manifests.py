@@ -339,8 +339,8 @@ def test_odd_but_valid_manifest_works_and_decodes_right(tmp_path, base, case):
 
 
 def test_fdkd_run_over_every_working_case_at_once(tmp_path, base):
-    """One manifest holding every odd-but-valid row (and a BOM and CRLF): the whole pipeline finishes."""
-    _, rows = base
+    """30 pairs: 16 baseline rows and every odd-but-valid row (in a BOM + CRLF CSV); the whole pipeline finishes."""
+    rows = base[1][:16]
     extra = []
     for case, (setup, _) in sorted(WORKS.items()):
         if case in ("jsonl-integer-label", "bom-crlf-csv"):
@@ -366,5 +366,10 @@ def test_fdkd_run_over_every_working_case_at_once(tmp_path, base):
         "data": "done", "teacher": "done", "distill": "done", "export": "done", "calibrate": "done",
         "quantize": "done", "build": "skipped", "validate": "done"}
     assert "solo" in manifest["class_names"] and len(manifest["class_names"]) == 4
+    from pipeline.data.dataset import load_dataset
+
+    ds = load_dataset(manifest["artifacts"]["dataset"]["path"])
+    assert len(ds.y) == 30
     calib = manifest["artifacts"]["calib.npz"]
+    assert calib["samples"] == len(ds.indices("train"))  # fewer training rows than calib_samples: all of them
     assert set(calib["per_class"]) == {"0", "1", "2", "3"}  # the one-pair class is calibrated too

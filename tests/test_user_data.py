@@ -213,20 +213,6 @@ def test_fdkd_run_on_a_600_pair_user_manifest_finishes_and_validates(tmp_path):
         "entropy", "percentile", "minmax"}
 
 
-def test_fdkd_run_on_30_pairs_goes_through_every_stage(tmp_path):
-    """30 pairs of 3 classes: 21 training rows (< calib_samples), 6 validation and 3 test rows."""
-    manifest = make_pairs(tmp_path / "pairs", 30, classes=3)
-    result, text = _invoke(["run", *_sets(tmp_path, "user30", manifest, "teacher.optim.epochs=3",
-                                          "distill.optim.epochs=3", "quantize.calib_methods=[entropy,percentile]",
-                                          "build.int8_method=entropy", "validate.gates.fp16_max_acc_drop_pt=100",
-                                          "validate.gates.int8_max_acc_drop_pt=100")])
-    assert result.exit_code == 0, text
-    m = json.loads((tmp_path / "runs" / "user30" / "manifest.json").read_text())
-    assert {s: r["status"] for s, r in m["stages"].items() if s != "build"} == dict.fromkeys(
-        ("data", "teacher", "distill", "export", "calibrate", "quantize", "validate"), "done")
-    assert m["artifacts"]["calib.npz"]["samples"] == 21
-
-
 def test_server_decodes_images_exactly_like_the_training_data(tmp_path):
     """A 16-bit PNG (and an RGBA one) sent to the server gives the features the dataset builder computed."""
     import io
