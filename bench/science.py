@@ -345,8 +345,15 @@ class Bench:
         from pipeline import data
         from pipeline.config import load_config
 
+        from pipeline.config import ConfigError
+
         for spec, direction in self.cells():
-            data.prepare(load_config(None, self.base_sets(spec, direction)))
+            try:
+                cfg = load_config(None, self.base_sets(spec, direction))
+            except ConfigError as e:
+                raise SystemExit(f"preset {spec!r} cannot be configured in this checkout "
+                                 f"(drop it with --presets):\n{e}") from None
+            data.prepare(cfg)
 
     def run_phase(self, jobs: list[dict], pool) -> None:
         if not jobs:

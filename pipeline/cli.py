@@ -155,7 +155,8 @@ def teacher(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str
 @app.command()
 @handles_errors
 def distill(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt,
-            method: str | None = typer.Option(None, help="none | kd | feat | dkd | dist | fd"),
+            method: str | None = typer.Option(None, help="auto (the best of distill.auto.candidates on "
+                                                     "validation) | none | kd | feat | dkd | dist | fd"),
             bidirectional: bool | None = typer.Option(None, "--bidirectional/--one-way",
                                                          help="Also train the reverse direction"),
             seed: int | None = typer.Option(None, help="Random seed"),
@@ -346,11 +347,15 @@ def _serve_hint(run_dir: Path) -> str:
 
 
 def _print_report(run_dir: Path) -> None:
-    from pipeline.report import summary_table
+    from pipeline.report import candidates_table, selection_text, summary_table
 
     path = run_dir / "validation.json"
     if path.exists():
         result = json.loads(path.read_text())
+        auto = (result.get("distill") or {}).get("auto")
+        if auto:
+            console.print(candidates_table(auto), highlight=False)
+            console.print(escape(selection_text(auto)[-2]), highlight=False)
         console.print(summary_table(result), highlight=False)
         console.print(f"validation {'[green]PASSED[/]' if result['passed'] else '[red]FAILED[/]'}; "
                       f"plots and details in {run_dir / 'report.md'}", highlight=False)

@@ -10,7 +10,7 @@ from pipeline.config import ConfigError, apply_override, dump_config, load_confi
 
 def test_default_config_loads():
     cfg = load_config()
-    assert cfg.distill.method == "fd" and cfg.teacher.modality == "image" and cfg.student_modality == "audio"
+    assert cfg.distill.method == "auto" and cfg.teacher.modality == "image" and cfg.student_modality == "audio"
 
 
 def test_unknown_key_is_named(tmp_path):

@@ -70,6 +70,17 @@ def test_run_produces_validated_artifacts_and_manifest(reference):
     assert all(a["gate"]["passed"] for a in validation["artifacts"] if "gate" in a)
     report = (run_dir / "report.md").read_text()
     assert "PASSED" in report and "report_confusion.png" in report
+    # method auto (the default): every candidate's val and test accuracy, the winner and its margin
+    auto = manifest["artifacts"]["student.pt"]["metrics"]["auto"]
+    assert [c["name"] for c in auto["candidates"]] == ["none", "kd", "fd", "fd-w100"]
+    best = max(c["val_acc"] for c in auto["candidates"])
+    none_val = auto["candidates"][0]["val_acc"]
+    assert auto["winner"] == ("none" if none_val == best else
+                              next(c["name"] for c in auto["candidates"] if c["val_acc"] == best))
+    assert "## Distillation: candidates (`method: auto`)" in report
+    for c in auto["candidates"]:
+        assert f"| {c['name']} | {c['method']} | {100 * c['val_acc']:.1f} | {100 * c['test_acc']:.1f} |" in report
+    assert "ships" in out and "| candidate | method |" in out
     for png in ("report_confusion.png", "report_per_class.png", "report_accuracy_latency.png"):
         assert (run_dir / png).stat().st_size > 1000
 
