@@ -204,6 +204,7 @@ class Bench:
         if self.records_path.exists():
             self.records = [json.loads(line) for line in self.records_path.read_text().splitlines() if line.strip()]
         self.info = {**machine(), "rev": git_rev()}
+        self.failed: list[str] = []
 
     # keys and look-ups
     @staticmethod
@@ -343,9 +344,7 @@ class Bench:
     def build_data(self) -> None:
         """Build every preset's dataset once, here, before workers need it (they would race to build it)."""
         from pipeline import data
-        from pipeline.config import load_config
-
-        from pipeline.config import ConfigError
+        from pipeline.config import ConfigError, load_config
 
         for spec, direction in self.cells():
             try:
@@ -360,11 +359,23 @@ class Bench:
             return
         if pool is None:
             for j in jobs:
-                self.land(j, run_job(j))
+                try:
+                    self.land(j, run_job(j))
+                except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
+                    self.fail(j, e)
             return
         futures = {pool.submit(run_job, j): j for j in jobs}
         for fut in as_completed(futures):
-            self.land(futures[fut], fut.result())
+            try:
+                self.land(futures[fut], fut.result())
+            except Exception as e:  # noqa: BLE001
+                self.fail(futures[fut], e)
+
+    def fail(self, job: dict, err: Exception) -> None:
+        """A failed run is named and left unrecorded (the next invocation retries it)."""
+        what = f"{job['preset']} {job['direction']} {job['row']} seed {job['seed']} {job['budget']} {job['epochs']} ep"
+        self.failed.append(what)
+        print(f"FAILED {what}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
 
     def run(self) -> None:
         pool = ProcessPoolExecutor(self.args.jobs, initializer=_init_worker, initargs=(self.args.threads,)) \
@@ -378,6 +389,8 @@ class Bench:
         finally:
             if pool is not None:
                 pool.shutdown()
+        if self.failed:
+            raise SystemExit(f"{len(self.failed)} run(s) failed (named above); rerun to retry them")
 
     # the plan
     def estimate(self, job: dict) -> float:
