@@ -93,3 +93,17 @@ def test_auto_is_the_default_and_candidates_are_validated():
     with pytest.raises(ConfigError, match="cannot override distill.optim"):
         load_config(None, ["distill.auto.candidates=[{name: none, method: none}, {name: x, method: kd, "
                            "set: {optim.lr: 3}}]"])
+
+
+def test_auto_chooses_per_direction_when_bidirectional(tiny_cfg, tiny_teachers, tiny_dataset):
+    cfg = _cfg(tiny_cfg, "auto-bidi", **{"distill.method": "auto", "distill.bidirectional": "true",
+                                         "distill.auto.candidates": CANDIDATES})
+    _, res = distill.run(cfg)
+    for name, modality in (("student", "audio"), ("reverse", "image")):
+        auto = res[name]["auto"]
+        best = max(c["val_acc"] for c in auto["candidates"])
+        assert next(c for c in auto["candidates"] if c["name"] == auto["winner"])["val_acc"] == best
+        assert read_checkpoint(cfg.run_dir / f"student{'' if name == 'student' else '.reverse'}.pt")["modality"] \
+            == modality
+    names = {json.loads(line)["direction"] for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()}
+    assert names == {f"{d}:{c}" for d in ("student", "reverse") for c in ("none", "kd", "rigged")}
