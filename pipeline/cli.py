@@ -281,13 +281,16 @@ def _serve_hint(run_dir: Path) -> str:
 
 
 def _print_report(run_dir: Path) -> None:
-    from pipeline.report import summary_table
+    from pipeline.report import headline, summary_table
 
     path = run_dir / "validation.json"
     if path.exists():
         result = json.loads(path.read_text())
         console.print(summary_table(result), highlight=False)
-        console.print(f"validation {'[green]PASSED[/]' if result['passed'] else '[red]FAILED[/]'}; "
+        for m in result.get("not_validated", []):
+            console.print(f"[yellow]not validated:[/] {escape(m['name'])}: {escape(m['reason'])}", highlight=False)
+        color = "green" if result["passed"] else "red"
+        console.print(f"validation [{color}]{escape(headline(result))}[/]; "
                       f"plots and details in {run_dir / 'report.md'}", highlight=False)
 
 

@@ -102,8 +102,8 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
                                            delay_s=settings.debug_delay_ms / 1000)
             state.batcher.start()
             state.ready, state.not_ready_reason = True, ""
-            log.info('{"event": "ready", "model": "%s", "artifact": "%s", "warm_up_s": %.3f}',
-                     model.name, model.artifact, seconds)
+            log.info('{"event": "ready", "model": "%s", "artifact": "%s", "sha256": "%s", "mode": %s, '
+                     '"warm_up_s": %.3f}', model.name, model.artifact, model.sha256, json.dumps(model.mode), seconds)
         except NotServable as e:
             state.not_ready_reason = str(e)
             log.error('{"event": "not_ready", "reason": %s}', json.dumps(str(e)))
@@ -197,7 +197,9 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         out = {"name": m.output_name, "data_type": "TYPE_FP32", "dims": [m.num_classes]}
         return {"name": m.name, "platform": m.platform, "max_batch_size": state.settings.max_batch,
                 "input": [inp], "output": [out], "inputs": [inp], "outputs": [out],
-                "dynamic_batching": {"max_queue_delay_microseconds": int(1000 * state.settings.max_queue_delay_ms)}}
+                "dynamic_batching": {"max_queue_delay_microseconds": int(1000 * state.settings.max_queue_delay_ms)},
+                "parameters": {"artifact": {"string_value": m.artifact}, "sha256": {"string_value": m.sha256},
+                               "execution_mode": {"string_value": json.dumps(m.mode, sort_keys=True)}}}
 
     async def _infer_rows(request: Request, x: np.ndarray) -> np.ndarray:
         """Through the batcher; the client's disconnect before dispatch drops the request."""

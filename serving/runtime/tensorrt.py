@@ -96,8 +96,15 @@ class TensorRTRuntime:
         check(rt.cudaStreamSynchronize(self.stream))
         return outputs[self.output_names[0]]
 
+    def mode(self) -> dict:
+        """The execution mode validation records and the server must match (TensorRT fuses Q/DQ)."""
+        gpu = self.info.get("gpu", {})
+        return {"runtime": self.kind, "tensorrt": self.info.get("tensorrt"), "gpu": gpu.get("name"),
+                "compute_capability": gpu.get("compute_capability"),
+                "qdq": "fused" if self.info.get("precision") == "int8" else None}
+
     def describe(self) -> dict:
-        return {"runtime": self.kind, "engine": self.path.name, "input": self.input_name,
+        return {"runtime": self.kind, "mode": self.mode(), "engine": self.path.name, "input": self.input_name,
                 "outputs": self.output_names, "build": self.info}
 
     def __del__(self) -> None:
