@@ -200,7 +200,7 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
     write_report(result, run_dir)
     if failed:
         raise ValidationFailed("validation gate failed: " + "; ".join(
-            f"{e['name']} [{_mode_text(e)}] {gate_text(e['gate'])}" for e in failed))
+            f"{e['name']} {gate_text(e['gate'])} in mode [{_mode_text(e)}]" for e in failed))
     return result
 
 
