@@ -36,6 +36,7 @@ BUILD_INFO = "{engine_stem}.build.json"  # sidecar of each engine
 TIMING_CACHE = "timing.cache"
 MANIFEST = "manifest.json"
 VALIDATION = "validation.json"
+TESTSET = "validation.testset.npz"  # test inputs, labels and student.pt's logits: engines validated later, no torch
 REPORT = "report.md"
 ANALYSIS = "analysis.json"
 

@@ -261,9 +261,11 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
            out: Path = typer.Option(..., help="Engine folder (a volume keyed by GPU and TensorRT version)"),
            precision: str = typer.Option("fp16", help="fp32 | fp16 | int8"),
            int8_method: str = typer.Option("entropy", help="Which INT8 Q/DQ graph to build")):
-    """Build a TensorRT engine from a run's ONNX on this machine (containers: first start). No torch needed."""
+    """Build a TensorRT engine from a run's ONNX on this machine (containers: first start), then gate it on the
+    run's test set into validation.json beside it (the server serves an engine only on its own entry). No torch."""
     from pipeline.build import BuildUnavailable, build_engine
     from pipeline.config import BuildConfig
+    from pipeline.validate import ValidationFailed, gate_text, validate_engine
 
     sources = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": f"student.int8.{int8_method}.onnx"}
     if precision not in sources:
@@ -274,6 +276,11 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
     except BuildUnavailable as e:
         _fail(str(e), 1)
     console.print(f"[green]engine[/] {plan}", highlight=False)
+    try:
+        entry = validate_engine(run_dir, plan)
+    except ValidationFailed as e:
+        _fail(str(e), 1)
+    console.print(f"[green]validated[/] {plan.name}: {escape(gate_text(entry['gate']))}", highlight=False)
 
 
 def _serve_hint(run_dir: Path) -> str:

@@ -17,8 +17,11 @@ with Q/DQ fused by ONNX Runtime's CPU kernels (how the CPU would serve it; gated
 only makes that mode unservable). Engines that cannot run here, and engines the build stage could
 not make, are listed under ``not_validated`` and the result says ``complete: false``.
 
-Writes ``validation.json`` and ``report.md`` (+ PNG plots) even when a gate fails, then raises
-``ValidationFailed`` naming each failing artifact and metric.
+Writes ``validation.json``, ``report.md`` (+ PNG plots) and ``validation.testset.npz`` (test inputs,
+labels, ``student.pt``'s logits) even when a gate fails, then raises ``ValidationFailed`` naming
+each failing artifact and metric. ``validate_engine`` gates an engine built later (``fdkd engine``,
+a container's first start) on that test set, without torch, into ``validation.json`` beside the
+engine, which is where the server looks for the engine's own entry.
 """
 
 from __future__ import annotations
@@ -171,6 +174,7 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
                 | latency(torch_fn, x, v.latency_batch, v.latency_repeats),
                 "predictions": ref.argmax(1).tolist()}]
     ref_acc = entries[1]["metrics"]["accuracy"]
+    artifacts.save_npz(run_dir / artifacts.TESTSET, {"x": x, "y": y, "ref_logits": ref, "teacher_pred": teacher_pred})
     not_validated = _not_built(run_dir, cfg)
     hashes: dict[Path, str] = {}
     for art in discover(run_dir):
@@ -207,3 +211,44 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
 def _mode_text(entry: dict) -> str:
     m = entry.get("mode", {})
     return ", ".join(f"{k}={v}" for k, v in m.items() if v is not None)
+
+
+def validate_engine(run_dir: Path, plan: Path) -> dict:
+    """Gate one engine built after the run on the run's test set (no torch); record it beside the engine.
+
+    The test set must still hash as the run's manifest says; the gates are the run's. Returns the
+    entry; raises ``ValidationFailed`` (after writing the entry) when its gate fails, and
+    ``RuntimeError`` when the engine cannot run here.
+    """
+    from serving.runtime import load_runtime
+
+    run_dir, plan = Path(run_dir), Path(plan)
+    manifest = json.loads((run_dir / artifacts.MANIFEST).read_text())
+    rec = manifest["artifacts"].get(artifacts.TESTSET)
+    testset = run_dir / artifacts.TESTSET
+    if rec is None or not testset.exists():
+        raise ValueError(f"{run_dir} has no {artifacts.TESTSET}: re-run `fdkd validate` with this version of fdkd")
+    if artifacts.sha256_file(testset) != rec["sha256"]:
+        raise ValueError(f"{testset} does not match the run's manifest (tampered or truncated)")
+    gates = GateConfig.model_validate(manifest["config"]["validate"]["gates"])
+    v = manifest["config"]["validate"]
+    z = np.load(testset)
+    x, y, ref, teacher_pred = z["x"], z["y"], z["ref_logits"], z["teacher_pred"]
+    info = json.loads(plan.with_name(plan.stem + ".build.json").read_text())
+    rt = load_runtime(plan)
+    logits = rt(x)
+    entry = {"name": plan.name, "sha256": artifacts.sha256_file(plan), "precision": info["precision"],
+             "target": "tensorrt engine", "required": True, "source_onnx": info.get("onnx"),
+             "testset_sha256": rec["sha256"], "mode": rt.mode(), "runtime": rt.describe(),
+             "metrics": compare(logits, ref, teacher_pred, y)
+             | latency(rt, x, v["latency_batch"], v["latency_repeats"]),
+             "predictions": logits.argmax(1).tolist()}
+    entry["gate"] = gate(entry, gates, float((ref.argmax(1) == y).mean()))
+    out = plan.parent / artifacts.VALIDATION
+    existing = json.loads(out.read_text()) if out.exists() else {"artifacts": []}
+    existing["artifacts"] = [a for a in existing.get("artifacts", []) if a.get("name") != plan.name] + [entry]
+    artifacts.write_json(out, existing)
+    if not entry["gate"]["passed"]:
+        raise ValidationFailed(f"validation gate failed: {plan.name} {gate_text(entry['gate'])} "
+                               f"in mode [{_mode_text(entry)}]")
+    return entry

@@ -212,3 +212,67 @@ def test_engine_in_the_run_directory_is_hashed_against_the_manifest(run_copy):
     plan.write_bytes(b"truncated")
     with pytest.raises(NotServable, match=f"{plan.name}: sha256 mismatch with the manifest"):
         load_model(run_copy, plan.name)
+
+
+class _StandInEngine:
+    """Stands in for TensorRT, which cannot run on these machines: runs the engine's source ONNX (FP16) in ONNX
+    Runtime and reports an engine's mode. Everything around it (hashes, entries, gates, readiness) is real."""
+
+    kind = "tensorrt"
+    noise = 0.0
+
+    def __init__(self, path, **_):
+        from serving.runtime.onnx import OnnxRuntime
+
+        self.path = path
+        self.info = json.loads(path.with_name(path.stem + ".build.json").read_text())
+        self.inner = OnnxRuntime(self.info["onnx_path"])
+        self.max_batch = 64
+
+    def __call__(self, x):
+        import numpy as np
+
+        out = self.inner(x)
+        return out + self.noise * np.random.default_rng(0).standard_normal(out.shape).astype(np.float32)
+
+    def mode(self):
+        return {"runtime": "tensorrt", "tensorrt": self.info["tensorrt"], "gpu": self.info["gpu"]["name"],
+                "compute_capability": self.info["gpu"]["compute_capability"], "qdq": None}
+
+    def describe(self):
+        return {"runtime": self.kind, "mode": self.mode()}
+
+
+def test_engine_built_later_is_gated_on_the_run_test_set_and_then_served(run_copy, tmp_path, monkeypatch):
+    """`fdkd engine` (a container's first start) gates the engine it built, torch-free, into validation.json
+    beside it; the server serves the engine on that entry, and refuses it once the .plan changes."""
+    from pipeline.validate import ValidationFailed, validate_engine
+    from serving import runtime
+
+    engines = tmp_path / "engines"
+    plan = _fake_engine(engines, run_copy)
+    sidecar = plan.with_name(plan.stem + ".build.json")
+    sidecar.write_text(json.dumps(json.loads(sidecar.read_text()) | {"onnx_path": str(run_copy / "student.fp16.onnx")}))
+    monkeypatch.setitem(runtime.RUNTIMES, ".plan", _StandInEngine)
+    manifest = json.loads((run_copy / "manifest.json").read_text())
+    assert manifest["artifacts"]["validation.testset.npz"]["stage"] == "validate"
+    entry = validate_engine(run_copy, plan)
+    assert entry["sha256"] == artifacts.sha256_file(plan) and entry["gate"]["passed"]
+    assert entry["mode"]["runtime"] == "tensorrt" and entry["metrics"]["agree_student_pt"] == 1.0
+    beside = json.loads((engines / "validation.json").read_text())
+    assert [a["name"] for a in beside["artifacts"]] == [plan.name]
+    model = load_model(run_copy, engine_dir=engines)
+    assert model.artifact == plan.name and model.platform == "tensorrt_plan" and model.sha256 == entry["sha256"]
+    plan.write_bytes(plan.read_bytes() + b" rebuilt")  # another build under the same name
+    with pytest.raises(NotServable, match=f"validation.json is stale for {plan.name}"):
+        load_model(run_copy, engine_dir=engines)
+    # an engine whose numbers are off fails its own gate (its ONNX still passed) and is refused
+    monkeypatch.setattr(_StandInEngine, "noise", 5.0)
+    with pytest.raises(ValidationFailed, match=f"{plan.name} .*agree_student_pt_pct"):
+        validate_engine(run_copy, plan)
+    with pytest.raises(NotServable, match=f"{plan.name} failed its validation gate"):
+        load_model(run_copy, engine_dir=engines)
+    # the test set is hashed too
+    (run_copy / "validation.testset.npz").write_bytes(b"PK truncated")
+    with pytest.raises(ValueError, match="does not match the run's manifest"):
+        validate_engine(run_copy, plan)
