@@ -276,3 +276,17 @@ def test_engine_built_later_is_gated_on_the_run_test_set_and_then_served(run_cop
     (run_copy / "validation.testset.npz").write_bytes(b"PK truncated")
     with pytest.raises(ValueError, match="does not match the run's manifest"):
         validate_engine(run_copy, plan)
+
+
+def test_triton_export_refuses_a_stale_validation(run_copy, tmp_path):
+    from pipeline.triton_repo import NotExportable, export_triton
+
+    assert export_triton(run_copy, tmp_path / "ok")["models"][0]["validation"].startswith("passed")
+    v = _validation(run_copy)
+    for a in v["artifacts"]:
+        if a["name"] == "student.onnx":
+            a["sha256"] = "f" * 64  # what a validation of an earlier export recorded
+    _write_validation(run_copy, v)
+    with pytest.raises(NotExportable, match="student.onnx not validated: validation.json is stale"):
+        export_triton(run_copy, tmp_path / "stale")
+    assert not (tmp_path / "stale").exists()
