@@ -214,70 +214,6 @@ def test_engine_in_the_run_directory_is_hashed_against_the_manifest(run_copy):
         load_model(run_copy, plan.name)
 
 
-class _StandInEngine:
-    """Stands in for TensorRT, which cannot run on these machines: runs the engine's source ONNX (FP16) in ONNX
-    Runtime and reports an engine's mode. Everything around it (hashes, entries, gates, readiness) is real."""
-
-    kind = "tensorrt"
-    noise = 0.0
-
-    def __init__(self, path, **_):
-        from serving.runtime.onnx import OnnxRuntime
-
-        self.path = path
-        self.info = json.loads(path.with_name(path.stem + ".build.json").read_text())
-        self.inner = OnnxRuntime(self.info["onnx_path"])
-        self.max_batch = 64
-
-    def __call__(self, x):
-        import numpy as np
-
-        out = self.inner(x)
-        return out + self.noise * np.random.default_rng(0).standard_normal(out.shape).astype(np.float32)
-
-    def mode(self):
-        return {"runtime": "tensorrt", "tensorrt": self.info["tensorrt"], "gpu": self.info["gpu"]["name"],
-                "compute_capability": self.info["gpu"]["compute_capability"], "qdq": None}
-
-    def describe(self):
-        return {"runtime": self.kind, "mode": self.mode()}
-
-
-def test_engine_built_later_is_gated_on_the_run_test_set_and_then_served(run_copy, tmp_path, monkeypatch):
-    """`fdkd engine` (a container's first start) gates the engine it built, torch-free, into validation.json
-    beside it; the server serves the engine on that entry, and refuses it once the .plan changes."""
-    from pipeline.validate import ValidationFailed, validate_engine
-    from serving import runtime
-
-    engines = tmp_path / "engines"
-    plan = _fake_engine(engines, run_copy)
-    sidecar = plan.with_name(plan.stem + ".build.json")
-    sidecar.write_text(json.dumps(json.loads(sidecar.read_text()) | {"onnx_path": str(run_copy / "student.fp16.onnx")}))
-    monkeypatch.setitem(runtime.RUNTIMES, ".plan", _StandInEngine)
-    manifest = json.loads((run_copy / "manifest.json").read_text())
-    assert manifest["artifacts"]["validation.testset.npz"]["stage"] == "validate"
-    entry = validate_engine(run_copy, plan)
-    assert entry["sha256"] == artifacts.sha256_file(plan) and entry["gate"]["passed"]
-    assert entry["mode"]["runtime"] == "tensorrt" and entry["metrics"]["agree_student_pt"] == 1.0
-    beside = json.loads((engines / "validation.json").read_text())
-    assert [a["name"] for a in beside["artifacts"]] == [plan.name]
-    model = load_model(run_copy, engine_dir=engines)
-    assert model.artifact == plan.name and model.platform == "tensorrt_plan" and model.sha256 == entry["sha256"]
-    plan.write_bytes(plan.read_bytes() + b" rebuilt")  # another build under the same name
-    with pytest.raises(NotServable, match=f"validation.json is stale for {plan.name}"):
-        load_model(run_copy, engine_dir=engines)
-    # an engine whose numbers are off fails its own gate (its ONNX still passed) and is refused
-    monkeypatch.setattr(_StandInEngine, "noise", 5.0)
-    with pytest.raises(ValidationFailed, match=f"{plan.name} .*agree_student_pt_pct"):
-        validate_engine(run_copy, plan)
-    with pytest.raises(NotServable, match=f"{plan.name} failed its validation gate"):
-        load_model(run_copy, engine_dir=engines)
-    # the test set is hashed too
-    (run_copy / "validation.testset.npz").write_bytes(b"PK truncated")
-    with pytest.raises(ValueError, match="does not match the run's manifest"):
-        validate_engine(run_copy, plan)
-
-
 def test_triton_export_refuses_a_stale_validation(run_copy, tmp_path):
     from pipeline.triton_repo import NotExportable, export_triton
 
@@ -290,3 +226,72 @@ def test_triton_export_refuses_a_stale_validation(run_copy, tmp_path):
     with pytest.raises(NotExportable, match="student.onnx not validated: validation.json is stale"):
         export_triton(run_copy, tmp_path / "stale")
     assert not (tmp_path / "stale").exists()
+
+
+def test_engine_chain_through_the_real_tensorrt_runtime_on_test_doubles(served_run, tmp_path, monkeypatch):
+    """Build (fdkd's build code) -> validate_engine -> serve, with the real TensorRTRuntime over the test doubles
+    of the absent tensorrt bindings and libcudart (tests/trt_fakes.py: the 'engine' is x @ WEIGHTS)."""
+    import sys
+
+    import numpy as np
+
+    from pipeline.build import build_engine
+    from pipeline.config import BuildConfig, RunConfig, config_to_dict
+    from pipeline.validate import ValidationFailed, validate_engine
+    from tests.trt_fakes import CLASSES, FEATURES, WEIGHTS, HostCudart, fake_tensorrt, install_cuda
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
+    install_cuda(monkeypatch, HostCudart(name=b"NVIDIA H100 80GB HBM3", cc=(9, 0), sms=132, integrated=False))
+    run_dir, engines = tmp_path / "run", tmp_path / "engines"
+    run_dir.mkdir()
+    src = run_dir / "student.fp16.onnx"
+    src.write_bytes(b"onnx bytes")  # the fake builder never parses it
+    x = np.random.default_rng(0).standard_normal((40, 1, 3, 4)).astype(np.float32)
+    ref = x.reshape(40, FEATURES) @ WEIGHTS  # student.pt's logits: what the engine computes
+    y = ref.argmax(1)
+    artifacts.save_npz(run_dir / "validation.testset.npz", {"x": x, "y": y, "ref_logits": ref,
+                                                            "teacher_pred": y})
+    served = json.loads((served_run / "manifest.json").read_text())
+    io = {"inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 1, 3, 4]}],
+          "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", CLASSES]}]}
+    manifest = {"format": "fdkd-run", "name": "tiny", "class_names": [f"c{i}" for i in range(CLASSES)],
+                "preprocessing": served["preprocessing"], "student_modality": "audio",
+                "config": config_to_dict(RunConfig()),
+                "artifacts": {src.name: {"path": src.name, "sha256": artifacts.sha256_file(src), "onnx": io},
+                              "validation.testset.npz": {"path": "validation.testset.npz",
+                                                         "sha256": artifacts.sha256_file(
+                                                             run_dir / "validation.testset.npz")}}}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    (run_dir / "validation.json").write_text(json.dumps({"artifacts": []}))
+    engines.mkdir()
+    plan = build_engine(src, "fp16", engines, BuildConfig(max_batch=8, opt_batch=4))
+    with pytest.raises(NotServable, match=f"{plan.name} was not validated"):
+        load_model(run_dir, engine_dir=engines)
+    entry = validate_engine(run_dir, plan)
+    assert entry["gate"]["passed"] and entry["metrics"]["max_abs_logit"] < 1e-4
+    assert entry["mode"] == {"runtime": "tensorrt", "tensorrt": "10.3.0", "gpu": "NVIDIA H100 80GB HBM3",
+                             "compute_capability": "9.0", "device": "h100-80gb-hbm3-sm90", "qdq": None}
+    assert [a["name"] for a in json.loads((engines / "validation.json").read_text())["artifacts"]] == [plan.name]
+    model = load_model(run_dir, engine_dir=engines)
+    assert model.platform == "tensorrt_plan" and model.mode == entry["mode"] and model.sha256 == entry["sha256"]
+    np.testing.assert_allclose(model.runtime(x[:3]), ref[:3], atol=1e-5)
+    # another build under the same name (here: the same engine, one byte longer): its old entry is stale
+    good = plan.read_bytes()
+    plan.write_bytes(good + b"\0")
+    with pytest.raises(NotServable, match=f"validation.json is stale for {plan.name}"):
+        load_model(run_dir, engine_dir=engines)
+    plan.write_bytes(good)
+    # the test set is hashed like every artifact
+    testset = run_dir / "validation.testset.npz"
+    testset.write_bytes(testset.read_bytes()[:100])
+    with pytest.raises(ValueError, match="does not match the run's manifest"):
+        validate_engine(run_dir, plan)
+    # student.pt disagreeing with the engine on many rows: the engine fails its own gate and is refused
+    artifacts.save_npz(run_dir / "validation.testset.npz", {"x": x, "y": y, "ref_logits": -ref, "teacher_pred": y})
+    manifest["artifacts"]["validation.testset.npz"]["sha256"] = artifacts.sha256_file(
+        run_dir / "validation.testset.npz")
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValidationFailed, match=f"{plan.name} .*agree_student_pt_pct"):
+        validate_engine(run_dir, plan)
+    with pytest.raises(NotServable, match=f"{plan.name} failed its validation gate"):
+        load_model(run_dir, engine_dir=engines)

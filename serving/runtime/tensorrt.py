@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.runtime.cuda_env import describe, gpu_status, same_device, tensorrt_version
+from serving.runtime.cuda_env import describe, gpu_slug, gpu_status, same_device, tensorrt_version
 
 
 class EngineMismatch(RuntimeError):
@@ -137,7 +137,7 @@ class TensorRTRuntime:
         """The execution mode validation records and the server must match (TensorRT fuses Q/DQ)."""
         gpu = self.info.get("gpu", {})
         return {"runtime": self.kind, "tensorrt": self.info.get("tensorrt"), "gpu": gpu.get("name"),
-                "compute_capability": gpu.get("compute_capability"),
+                "compute_capability": gpu.get("compute_capability"), "device": gpu_slug(gpu),
                 "qdq": "fused" if self.info.get("precision") == "int8" else None}
 
     def describe(self) -> dict:
