@@ -295,3 +295,9 @@ def test_engine_chain_through_the_real_tensorrt_runtime_on_test_doubles(served_r
         validate_engine(run_dir, plan)
     with pytest.raises(NotServable, match=f"{plan.name} failed its validation gate"):
         load_model(run_dir, engine_dir=engines)
+
+
+def test_artifacts_are_readable_by_the_serving_user(served_run):
+    """Containers serve the run directory read-only as another (non-root) user: every artifact is world-readable."""
+    for name in ("student.onnx", INT8_TRT, "manifest.json", "validation.json", "validation.testset.npz"):
+        assert (served_run / name).stat().st_mode & 0o044 == 0o044, name
