@@ -1,8 +1,11 @@
 """Run the app under uvicorn with a graceful drain on SIGTERM/SIGINT.
 
 On the first signal readiness turns 503 at once and new inference requests get 503; queued and
-in-flight requests finish; the process exits when nothing is pending or ``drain_seconds`` have
-passed, whichever comes first. A second signal exits at once.
+in-flight requests finish; when nothing is pending or ``drain_seconds`` have passed, whichever
+comes first, what is still pending is answered 503, connections get at most 1 s to take their
+responses, and the process exits. The default (20 s) plus that margin fits Kubernetes' 30 s
+termination grace period. A second signal exits at once (status 1): no waiting for connections,
+no lifespan shutdown; the runtime's thread is a daemon, so even a hung runtime cannot hold it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 import uvicorn
 
 from serving.app import create_app
+from serving.http_guard import guarded_protocol
 from serving.settings import ServeSettings
 
 
@@ -38,29 +42,54 @@ def configure_logging(level: str) -> None:
     root.propagate = False
 
 
+def uvicorn_config(app, settings: ServeSettings, log_level: str = "warning") -> uvicorn.Config:
+    """uvicorn with the connection limits: header deadline and size cap (``serving.http_guard``), and at most
+    ``max_connections`` open connections served at once (uvicorn's ``limit_concurrency`` counts the new
+    connection itself, hence the +1; a request beyond gets 503)."""
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
+                          http=guarded_protocol(settings.header_timeout_s, settings.max_header_bytes),
+                          limit_concurrency=settings.max_connections + 1, timeout_keep_alive=5,
+                          timeout_graceful_shutdown=1, lifespan="on")
+
+
 class DrainingServer(uvicorn.Server):
+    """First SIGTERM/SIGINT: drain (see the module docstring). Second: exit at once."""
+
     def __init__(self, config: uvicorn.Config, state, drain_seconds: float) -> None:
         super().__init__(config)
         self.fdkd_state, self.drain_seconds = state, drain_seconds
         self._draining_task: asyncio.Task | None = None
+        self.forced = False
 
     def handle_exit(self, sig, frame) -> None:
-        if self._draining_task is not None or self.fdkd_state.batcher is None:
-            return super().handle_exit(sig, frame)  # second signal, or nothing to drain: exit now
+        log = logging.getLogger("fdkd.serve")
+        if self._draining_task is not None or self.should_exit:  # second signal: no more waiting
+            log.warning('{"event": "exit_now", "signal": %d}', int(sig))
+            self.forced = self.force_exit = self.should_exit = True
+            return
+        if self.fdkd_state.batcher is None:  # nothing to drain
+            self.should_exit = True
+            return
         self.fdkd_state.draining = True
-        logging.getLogger("fdkd.serve").info('{"event": "draining", "signal": %d}', int(sig))
+        log.info('{"event": "draining", "signal": %d, "drain_seconds": %g}', int(sig), self.drain_seconds)
         self._draining_task = asyncio.get_event_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
+        batcher = self.fdkd_state.batcher
         deadline = time.monotonic() + self.drain_seconds
-        while self.fdkd_state.batcher.in_flight > 0 and time.monotonic() < deadline:
+        while batcher.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        self.should_exit = True
+        if batcher.in_flight > 0:  # past the drain: answer what is left (503), do not drop it
+            n = batcher.abort(f"server shut down before this request ran ({self.drain_seconds:g} s drain)")
+            logging.getLogger("fdkd.serve").warning('{"event": "drain_timeout", "aborted": %d}', n)
+        self.should_exit = True  # uvicorn then waits at most timeout_graceful_shutdown (1 s) for responses
 
 
 def serve(settings: ServeSettings, runtime_override=None) -> None:
+    """Serve until signalled; a forced exit (second signal) exits with status 1."""
     configure_logging(settings.log_level)
     app = create_app(settings, runtime_override)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=max(1, int(settings.drain_seconds)), lifespan="on")
-    DrainingServer(config, app.state.fdkd, settings.drain_seconds).run()
+    server = DrainingServer(uvicorn_config(app, settings), app.state.fdkd, settings.drain_seconds)
+    server.run()
+    if server.forced:
+        sys.exit(1)
