@@ -19,9 +19,11 @@ cap is uvicorn's ``limit_concurrency`` (see ``serving.server.uvicorn_config``).
 from __future__ import annotations
 
 import json
+import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+log = logging.getLogger("fdkd.serve")
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -39,6 +41,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_headers = True
         self._refused = False
         self._silent = True  # nothing received yet
+        self._feeding = 0  # length of the chunk being parsed
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
 
     def connection_lost(self, exc) -> None:
@@ -49,25 +52,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._silent = False
+        self._feeding = len(data)
         super().data_received(data)
-        if self._awaiting_headers and not self._refused:
-            self._header_bytes += len(data)  # bytes since the request's first byte (after the feed above)
+        if self._awaiting_headers and not self._refused:  # a request's headers still incomplete after this chunk
+            self._header_bytes += len(data)  # bytes since the request's first byte (counted after the feed)
             if self._header_bytes > self.max_header_bytes:
                 self._refuse(431, f"request line and headers exceed {self.max_header_bytes} bytes")
+            elif self._header_timer is None:  # armed only for requests that do not arrive in one piece
+                self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._awaiting_headers, self._header_bytes = True, 0
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         self._cancel_header_timer()
-        size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
-        if size > self.max_header_bytes:  # arrived in one piece: refuse before any app sees it
-            self._refuse(431, f"request line and headers exceed {self.max_header_bytes} bytes")
-            raise _Refused  # stops the parser; httptools reports it as a parser error, answered below
+        if self._header_bytes + self._feeding > self.max_header_bytes:  # only then can they be over the cap
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if size > self.max_header_bytes:  # arrived in one piece: refuse before any app sees it
+                self._refuse(431, f"request line and headers exceed {self.max_header_bytes} bytes")
+                raise _Refused  # stops the parser; httptools reports it as a parser error, answered below
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -97,6 +102,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, message: str) -> None:
         self._refused = True
         self._cancel_header_timer()
+        log.info(json.dumps({"event": "refused", "status": status, "reason": message}))
         body = json.dumps({"error": message}).encode()
         head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                 b"connection: close\r\n\r\n" % (status, REASONS[status], len(body)))
