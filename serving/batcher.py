@@ -135,6 +135,10 @@ class DynamicBatcher:
         if self._worker:
             self._worker.stop()  # never joined: a hung runtime call must not hold the exit
 
+    def mark_stopping(self) -> None:
+        """The process is exiting without :meth:`stop` (a forced exit): the task's cancellation is no failure."""
+        self._stopping = True
+
     def abort(self, message: str, kind: type[Unavailable] = ShuttingDown) -> int:
         """Fail every queued and running request with ``kind`` (answered 503, not dropped); returns how many."""
         items = list(self._batch)

@@ -62,19 +62,35 @@ class DrainingServer(uvicorn.Server):
         self.forced = False
 
     def handle_exit(self, sig, frame) -> None:
-        log = logging.getLogger("fdkd.serve")
+        # a signal handler interrupts the loop between bytecodes: only flags here, the work in the loop
+        if self.forced:
+            return
         if self._draining_task is not None or self.should_exit:  # second signal: no more waiting
-            log.warning('{"event": "exit_now", "signal": %d}', int(sig))
-            self.forced = self.force_exit = self.should_exit = True
-            return
-        if self.fdkd_state.batcher is None:  # nothing to drain
+            self.forced = True
+            asyncio.get_event_loop().call_soon_threadsafe(self._exit_now, int(sig))
+        elif self.fdkd_state.batcher is None:  # nothing to drain
             self.should_exit = True
-            return
-        self.fdkd_state.draining = True
-        log.info('{"event": "draining", "signal": %d, "drain_seconds": %g}', int(sig), self.drain_seconds)
-        self._draining_task = asyncio.get_event_loop().create_task(self._drain())
+        else:
+            self.fdkd_state.draining = True
+            self._draining_task = asyncio.get_event_loop().create_task(self._drain(int(sig)))
 
-    async def _drain(self) -> None:
+    def _exit_now(self, sig: int) -> None:
+        """Pending requests answered 503 at once, 0.2 s for those answers to go out, then exit."""
+        log = logging.getLogger("fdkd.serve")
+        batcher = self.fdkd_state.batcher
+        n = batcher.abort("server exiting now (second signal)") if batcher is not None else 0
+        log.warning('{"event": "exit_now", "signal": %d, "aborted": %d}', sig, n)
+        if self.should_exit:  # uvicorn's shutdown is already under way: stop its waiting
+            self.force_exit = True
+            if batcher is not None:
+                batcher.mark_stopping()
+        else:
+            self.config.timeout_graceful_shutdown = 0.2
+            self.should_exit = True
+
+    async def _drain(self, sig: int) -> None:
+        logging.getLogger("fdkd.serve").info('{"event": "draining", "signal": %d, "drain_seconds": %g}', sig,
+                                             self.drain_seconds)
         batcher = self.fdkd_state.batcher
         deadline = time.monotonic() + self.drain_seconds
         while batcher.in_flight > 0 and time.monotonic() < deadline:
