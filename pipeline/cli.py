@@ -161,20 +161,76 @@ def distill(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str
             console.print(f"[green]{n}[/] {rec['path']}  {json.dumps(rec['metrics'])}", highlight=False)
 
 
+def _run_stage(stage: str, config: Path | None, sets: list[str], name: str | None) -> None:
+    manifest = _run_to(_config(config, sets, name=name), stage, (stage,))
+    rec = manifest["stages"][stage]
+    if rec["status"] == "skipped":
+        _fail(f"{stage} skipped: {rec.get('reason')}", 1)
+    for n in rec["outputs"]:
+        console.print(f"[green]{n}[/] {manifest['artifacts'][n]['sha256'][:12]}", highlight=False)
+
+
 def _stage_command(stage: str, doc: str):
     def command(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt):
-        manifest = _run_to(_config(config, sets, name=name), stage, (stage,))
-        rec = manifest["stages"][stage]
-        if rec["status"] == "skipped":
-            _fail(f"{stage} skipped: {rec.get('reason')}", 1)
-        for n in rec["outputs"]:
-            console.print(f"[green]{n}[/] {manifest['artifacts'][n]['sha256'][:12]}", highlight=False)
+        _run_stage(stage, config, sets, name)
 
     command.__doc__ = doc
     app.command(stage)(handles_errors(command))
 
 
-_stage_command("export", "Export student.pt to ONNX (checker, TensorRT lint, parity with PyTorch at batch 1/7/64).")
+# `fdkd export` is the export stage; `fdkd export triton RUN OUT` is a subcommand of the same group
+# (the group's callback runs the stage only when no subcommand is given).
+export_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+app.add_typer(export_app, name="export")
+
+
+@export_app.callback()
+@handles_errors
+def export(ctx: typer.Context, config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt):
+    """Export student.pt to ONNX (checker, TensorRT lint, parity with PyTorch at batch 1/7/64).
+
+    `fdkd export triton RUN OUT` instead writes a finished run as a Triton model repository + KServe manifest.
+    """
+    if ctx.invoked_subcommand is None:
+        _run_stage("export", config, sets, name)
+    elif config is not None or sets or name is not None:
+        _fail(f"--config/--set/--name belong to the export stage, not to `fdkd export {ctx.invoked_subcommand}`")
+
+
+@export_app.command("triton")
+@handles_errors
+def export_triton(run_dir: Path = typer.Argument(..., help="A finished run directory (manifest + validation)"),
+                  out: Path = typer.Argument(..., help="Output folder (new, or an earlier export to replace)"),
+                  onnx: str = typer.Option("student.onnx", help="Which of the run's ONNX graphs to export"),
+                  max_batch: int = typer.Option(64, help="max_batch_size of the ONNX model"),
+                  max_queue_delay_ms: float = typer.Option(0.0, help="Dynamic batching: wait this long for rows"),
+                  onnx_device: str = typer.Option("cpu", help="Instance kind of the ONNX model: cpu | gpu"),
+                  storage_uri: str | None = typer.Option(None, help="Where the cluster reads the repository "
+                                                                    "(default pvc://fdkd-models/<name>)"),
+                  runtime_version: str | None = typer.Option(None, help="KServe runtimeVersion: the Triton image tag"),
+                  model_name: str | None = typer.Option(None, "--name", help="Model name (default: the run's)"),
+                  allow_unvalidated: bool = typer.Option(False, "--allow-unvalidated",
+                                                         help="Also export artifacts that failed or lack validation")):
+    """Write a Triton model repository (ONNX + validated TensorRT plans) and a KServe InferenceService."""
+    from pipeline.triton_repo import ISVC, REPOSITORY, NotExportable, export_triton
+
+    try:
+        summary = export_triton(run_dir, out, onnx=onnx, max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms,
+                                onnx_device=onnx_device, storage_uri=storage_uri, runtime_version=runtime_version,
+                                name=model_name, allow_unvalidated=allow_unvalidated)
+    except NotExportable as e:
+        _fail(str(e), 1)
+    for w in summary["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+    for m in summary["models"]:
+        console.print(f"[green]{m['model']}[/] {m['platform']} <- {m['artifact']} ({m['validation']})", highlight=False)
+    for m in summary["left_out"]:
+        console.print(f"[yellow]left out[/] {m['artifact']}: {escape(m['reason'])}", highlight=False)
+    repo = out / REPOSITORY
+    console.print(f"\nTriton:  docker run --rm -p8000:8000 -v {repo.resolve()}:/models nvcr.io/nvidia/tritonserver:"
+                  f"<tag>-py3 tritonserver --model-repository=/models", highlight=False)
+    console.print(f"KServe:  copy {repo} to {summary['storage_uri']}, then kubectl apply -f {out / ISVC}",
+                  highlight=False)
 _stage_command("calibrate", "Draw the class-stratified calibration set (calib.npz) from the training split.")
 _stage_command("quantize", "FP16 and INT8 Q/DQ graphs (TensorRT-legal per calibration method, plus a CPU variant).")
 _stage_command("build", "Build TensorRT engines on this machine's GPU (exits 1 where TensorRT or a GPU is missing).")

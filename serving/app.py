@@ -3,7 +3,8 @@
 ``create_app(settings)`` is the factory (the model loads in the lifespan handler, never at
 import). Routes: ``/v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/models/{m}[/versions/{v}]``
 (+ ``/ready``, ``/infer``, ``/config``), ``/v1/classify`` (a WAV or image upload,
-preprocessed with the manifest's constants by ``serving.preprocess``), ``/metrics``. Every error
+preprocessed with the manifest's constants by ``serving.preprocess``, within ``serving.upload``'s
+limits), ``/metrics``, and the page a person can use (``/``, ``/v1/model``: ``serving.webpage``). Every error
 is ``{"error": "..."}`` with a 4xx (400, never 422) or 5xx status, without stack traces.
 """
 
@@ -28,6 +29,7 @@ from serving.metrics import Metrics
 from serving.middleware import ApiKey, BodyLimit, RequestLog, bounded
 from serving.model import LoadedModel, NotServable, load_model
 from serving.settings import ServeSettings
+from serving.webpage import add_page_routes
 
 log = logging.getLogger("fdkd.serve")
 VERSION = "0.1.0"
@@ -330,6 +332,8 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
                     "model": m.name, "artifact": m.artifact}
 
         return await _counted("classify", request, handle)
+
+    add_page_routes(app, state)  # GET / (the page, public) and GET /v1/model
 
     @app.get("/metrics")
     async def metrics():
