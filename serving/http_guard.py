@@ -10,10 +10,13 @@ protocol). :func:`guarded_protocol` returns a subclass that, per connection:
 - answers 431 and closes once a request's line and headers pass ``max_header_bytes``, before
   parsing further (nothing past the cap is buffered);
 - closes the connection after a response sent before the request body was fully received (a 401,
-  413 or 408), so a slow sender cannot keep it open by trickling the rest.
+  413 or 408), so a slow sender cannot keep it open by trickling the rest;
+- answers a request 503 (JSON, Retry-After, and close) while more than ``max_connections``
+  connections are open, this one included; health probes (``/v2/health/...``) are exempt, so an
+  overloaded server is not restarted by its liveness probe. (uvicorn's ``limit_concurrency`` does
+  the same in plain text and without the exemption; it stays off.)
 
-The body read deadline itself is ASGI-level (``serving.middleware.read_body``); the connection
-cap is uvicorn's ``limit_concurrency`` (see ``serving.server.uvicorn_config``).
+The body read deadline itself is ASGI-level (``serving.middleware.read_body``).
 """
 
 from __future__ import annotations
@@ -31,9 +34,19 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a refused request."""
 
 
+async def _busy(scope, receive, send) -> None:
+    """The ASGI app a request gets while the server is at its connection limit."""
+    body = json.dumps({"error": "server at its connection limit; retry"}).encode()
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
     max_header_bytes = 32 << 10
+    max_connections = 512
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -73,6 +86,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if size > self.max_header_bytes:  # arrived in one piece: refuse before any app sees it
                 self._refuse(431, f"request line and headers exceed {self.max_header_bytes} bytes")
                 raise _Refused  # stops the parser; httptools reports it as a parser error, answered below
+        if len(self.connections) > self.max_connections and not self.url.startswith(b"/v2/health/"):
+            app, self.app = self.app, _busy  # uvicorn starts the request's task with self.app
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+            return
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -110,7 +130,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def guarded_protocol(header_timeout_s: float, max_header_bytes: int) -> type[GuardedHttpToolsProtocol]:
+def guarded_protocol(header_timeout_s: float, max_header_bytes: int,
+                     max_connections: int = 512) -> type[GuardedHttpToolsProtocol]:
     """The protocol class for ``uvicorn.Config(http=...)``, with these limits."""
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
-                {"header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes})
+                {"header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes,
+                 "max_connections": max_connections})

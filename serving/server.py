@@ -43,13 +43,12 @@ def configure_logging(level: str) -> None:
 
 
 def uvicorn_config(app, settings: ServeSettings, log_level: str = "warning") -> uvicorn.Config:
-    """uvicorn with the connection limits: header deadline and size cap (``serving.http_guard``), and at most
-    ``max_connections`` open connections served at once (uvicorn's ``limit_concurrency`` counts the new
-    connection itself, hence the +1; a request beyond gets 503)."""
+    """uvicorn with the connection limits of ``serving.http_guard``: header deadline and size cap, and at most
+    ``max_connections`` open connections served at once (a request on one more gets 503; health probes exempt)."""
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
-                          http=guarded_protocol(settings.header_timeout_s, settings.max_header_bytes),
-                          limit_concurrency=settings.max_connections + 1, timeout_keep_alive=5,
-                          timeout_graceful_shutdown=1, lifespan="on")
+                          http=guarded_protocol(settings.header_timeout_s, settings.max_header_bytes,
+                                                settings.max_connections),
+                          timeout_keep_alive=5, timeout_graceful_shutdown=1, lifespan="on")
 
 
 class DrainingServer(uvicorn.Server):
