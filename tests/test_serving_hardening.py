@@ -206,6 +206,11 @@ def test_float_wav_near_1e20_gets_a_json_400_and_loud_but_sane_wavs_classify(ser
         assert r.status_code == 200, r.text
         probs = strict_json(r.text)["probabilities"]
         assert all(np.isfinite(list(probs.values()))) and sum(probs.values()) == pytest.approx(1.0)
+    good = write_wav(tone, 16000)
+    junk = b"junk\0\0\0\0" * 200_000  # 1.6 MB of empty chunks: refused after 1024, not walked
+    many = b"RIFF" + struct.pack("<I", 4 + len(junk) + len(good) - 12) + b"WAVE" + junk + good[12:]
+    r = httpx.post(f"{url}/v1/classify", content=many)
+    assert r.status_code == 400 and "more than 1024 chunks" in r.json()["error"]
 
 
 def _chunk(ctype: bytes, data: bytes) -> bytes:
