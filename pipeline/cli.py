@@ -46,6 +46,8 @@ def handles_errors(fn):
             _fail(str(e))
         except RuntimeError as e:
             _fail(str(e), 1)
+        except OSError as e:  # permissions, a full disk: the file and the reason, not a traceback
+            _fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""), 1)
 
     return wrapper
 
@@ -93,13 +95,17 @@ def _build_builtin(cfg) -> None:
 def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest"),
                   sample_rate: int = typer.Option(16000, help="Expected WAV sample rate"),
                   classes: str | None = typer.Option(None, help="Comma-separated known labels"),
+                  max_file_mb: float = typer.Option(64.0, help="Largest file to read, in MB"),
+                  seed: int = typer.Option(0, help="Seed of the split when the manifest has no split column"),
                   as_json: bool = typer.Option(False, "--json", help="Print the report as JSON")):
     """Check a user manifest: every problem of every row, in one report."""
-    from pipeline.data.manifest import check_manifest
+    from pipeline.data.manifest import check
 
-    rows, problems = check_manifest(path, sample_rate, classes.split(",") if classes else None)
+    c = check(path, sample_rate, classes.split(",") if classes else None, max_file_mb=max_file_mb, seed=seed)
+    rows, problems = c.rows, c.problems
     if as_json:
-        typer.echo(json.dumps({"rows": len(rows), "problems": [p.__dict__ for p in problems]}, indent=2))
+        typer.echo(json.dumps({"rows": len(rows), "problems": [p.__dict__ for p in problems],
+                               "warnings": c.warnings}, indent=2))
     elif problems:
         from rich.table import Table
 
@@ -110,7 +116,10 @@ def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest")
             table.add_row(str(p.line), p.column, p.path, p.message)
         console.print(table)
     else:
-        console.print(f"[green]ok[/] {path}: {len(rows)} rows, no problems")
+        console.print(f"[green]ok[/] {escape(str(path))}: {len(rows)} rows, no problems", highlight=False)
+    if not as_json:
+        for w in c.warnings:
+            console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     if problems:
         raise typer.Exit(1)
 
