@@ -98,8 +98,16 @@ def _pick(run_dir: Path, manifest: dict, artifact: str, engine_dir: Path | None)
     raise NotServable(f"no servable artifact in {run_dir}")
 
 
+MODE_ORDER = ("runtime", "provider", "graph_optimization", "qdq", "threads", "tensorrt", "gpu", "compute_capability",
+              "device")
+
+
 def _mode_text(mode: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in mode.items() if v is not None) or "unknown"
+    """``runtime=onnxruntime, ..., threads=default``: one order whatever the JSON's key order."""
+    keys = [k for k in MODE_ORDER if k in mode] + sorted(k for k in mode if k not in MODE_ORDER)
+    parts = [f"{k}={'default' if k == 'threads' and mode[k] is None else mode[k]}" for k in keys
+             if mode[k] is not None or k == "threads"]
+    return ", ".join(parts) or "unknown"
 
 
 def _serving_mode(entry_mode: dict, suffix: str, threads: int | None) -> dict:
@@ -134,8 +142,11 @@ def _validated_entry(validation: dict, name: str, sha: str, suffix: str, threads
                            f"({g['metric']}={g['value']:.4g}, limit {g['limit']})")
             return a, ""
     want = _serving_mode(ran[0].get("mode", {}), suffix, threads)
+    hint = ""
+    if any({**a.get("mode", {}), "threads": None} == {**want, "threads": None} for a in ran):
+        hint = f" (validate with `--set threads={threads}`, or serve without --threads)"
     return {}, (f"{name} was validated only in mode(s) " + "; ".join(f"[{_mode_text(a.get('mode', {}))}]" for a in ran)
-                + f", not in the mode this server would run it in [{_mode_text(want)}]")
+                + f", not in the mode this server would run it in [{_mode_text(want)}]{hint}")
 
 
 def _validations(run_dir: Path, path: Path) -> dict:

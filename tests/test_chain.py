@@ -141,7 +141,7 @@ def test_server_runs_the_validated_thread_count_and_refuses_another(run_copy):
     validated = next(a for a in v["artifacts"] if a["name"] == "student.onnx")["mode"]["threads"]
     assert load_model(run_copy).mode["threads"] == validated
     other = (validated or 1) + 1
-    with pytest.raises(NotServable, match=f"threads={other}"):
+    with pytest.raises(NotServable, match=rf"threads={other}\]\ \(validate with `--set threads={other}`"):
         load_model(run_copy, threads=other)
     for a in v["artifacts"]:  # validated with 2 threads: the server, told nothing, runs 2
         if a["name"] == "student.onnx":
