@@ -83,7 +83,9 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--delay-ms", type=float, default=2.0, help="server --max-queue-delay-ms")
-    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads in server and reference")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="ONNX Runtime threads in server and reference (default: the count student.onnx was "
+                         "validated with; the server serves only in the validated mode)")
     args = ap.parse_args()
 
     import httpx
@@ -93,7 +95,11 @@ def main() -> None:
     manifest = json.loads((args.run_dir / "manifest.json").read_text())
     shape = manifest["artifacts"]["student.onnx"]["onnx"]["inputs"][0]["shape"][1:]
     x1 = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
-    rt = OnnxRuntime(args.run_dir / "student.onnx", threads=args.threads)
+    validation = json.loads((args.run_dir / "validation.json").read_text())
+    validated = next((a.get("mode", {}).get("threads") for a in validation["artifacts"] if a["name"] == "student.onnx"),
+                     None)
+    threads = args.threads if args.threads is not None else validated
+    rt = OnnxRuntime(args.run_dir / "student.onnx", threads=threads)
     x64 = np.repeat(x1, 64, 0)
     for _ in range(5):
         rt(x64)
@@ -111,19 +117,22 @@ def main() -> None:
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", str(args.run_dir), "--port", str(port),
-                               "--max-queue-delay-ms", str(args.delay_ms), "--threads", str(args.threads)],
+                               "--max-queue-delay-ms", str(args.delay_ms),
+                               *(["--threads", str(args.threads)] if args.threads is not None else [])],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
+        deadline, reason = time.time() + 60, "no answer"
         while True:
             try:
-                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                r = httpx.get(f"{url}/v2/health/ready")
+                if r.status_code == 200:
                     break
+                reason = r.json().get("error", r.text)
             except httpx.TransportError:
                 pass
             if time.time() > deadline:
-                raise SystemExit("server did not become ready")
+                raise SystemExit(f"server did not become ready: {reason}")
             time.sleep(0.1)
         model = httpx.get(f"{url}/v2/models/{manifest['name']}").json()["name"]
         path = f"/v2/models/{model}/infer"
@@ -143,8 +152,9 @@ def main() -> None:
     for kind, clients, r in rows:
         print(f"| {kind} | {clients} | {r['rows_per_s']:.0f} | {100 * r['rows_per_s'] / batched:.0f}% | "
               f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p50_ms'] - one_ms:.2f} | {r['errors']} |")
-    print(f"\nreproduce: python bench/serve_load.py {args.run_dir} --seconds {args.seconds} --delay-ms {args.delay_ms} "
-          f"--threads {args.threads}")
+    print(f"\nreproduce: python bench/serve_load.py {args.run_dir} --seconds {args.seconds} --delay-ms {args.delay_ms}"
+          + (f" --threads {args.threads}" if args.threads is not None else "") + f"  (ONNX Runtime threads: "
+          f"{threads or 'default'})")
 
 
 if __name__ == "__main__":

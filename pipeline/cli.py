@@ -327,9 +327,11 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
            out: Path = typer.Option(..., help="Engine folder (a volume keyed by GPU and TensorRT version)"),
            precision: str = typer.Option("fp16", help="fp32 | fp16 | int8"),
            int8_method: str = typer.Option("entropy", help="Which INT8 Q/DQ graph to build")):
-    """Build a TensorRT engine from a run's ONNX on this machine (containers: first start). No torch needed."""
+    """Build a TensorRT engine from a run's ONNX on this machine (containers: first start), then gate it on the
+    run's test set into validation.json beside it (the server serves an engine only on its own entry). No torch."""
     from pipeline.build import BuildUnavailable, build_engine
     from pipeline.config import BuildConfig
+    from pipeline.validate import ValidationFailed, gate_text, validate_engine
 
     sources = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": f"student.int8.{int8_method}.onnx"}
     if precision not in sources:
@@ -340,6 +342,11 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
     except BuildUnavailable as e:
         _fail(str(e), 1)
     console.print(f"[green]engine[/] {plan}", highlight=False)
+    try:
+        entry = validate_engine(run_dir, plan)
+    except ValidationFailed as e:
+        _fail(str(e), 1)
+    console.print(f"[green]validated[/] {plan.name}: {escape(gate_text(entry['gate']))}", highlight=False)
 
 
 def _serve_hint(run_dir: Path) -> str:
@@ -347,7 +354,7 @@ def _serve_hint(run_dir: Path) -> str:
 
 
 def _print_report(run_dir: Path) -> None:
-    from pipeline.report import candidates_table, selection_text, summary_table
+    from pipeline.report import candidates_table, headline, selection_text, summary_table
 
     path = run_dir / "validation.json"
     if path.exists():
@@ -357,7 +364,10 @@ def _print_report(run_dir: Path) -> None:
             console.print(candidates_table(auto), highlight=False)
             console.print(escape(selection_text(auto)[-2]), highlight=False)
         console.print(summary_table(result), highlight=False)
-        console.print(f"validation {'[green]PASSED[/]' if result['passed'] else '[red]FAILED[/]'}; "
+        for m in result.get("not_validated", []):
+            console.print(f"[yellow]not validated:[/] {escape(m['name'])}: {escape(m['reason'])}", highlight=False)
+        color = "green" if result["passed"] else "red"
+        console.print(f"validation [{color}]{escape(headline(result))}[/]; "
                       f"plots and details in {run_dir / 'report.md'}", highlight=False)
 
 

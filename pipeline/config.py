@@ -335,9 +335,12 @@ class BuildConfig(_Strict):
 class GateConfig(_Strict):
     """Validation gates per precision: an artifact that fails one is not shipped."""
 
-    fp32_max_abs_logit: float = Field(1e-4, gt=0)
+    fp32_max_abs_logit: float = Field(1e-4, gt=0)  # and top-1 identical to student.pt on every row
     fp16_max_acc_drop_pt: float = Field(0.3, ge=0)
     int8_max_acc_drop_pt: float = Field(1.0, ge=0)
+    # top-1 agreement with student.pt, percent of test rows (catches flips that cancel in accuracy)
+    fp16_min_agree_pct: float = Field(99.0, ge=0, le=100)
+    int8_min_agree_pct: float = Field(97.0, ge=0, le=100)
 
 
 class ValidateConfig(_Strict):
