@@ -197,10 +197,15 @@ def test_teacher_weights_and_batchnorm_buffers_are_unchanged_by_distillation(tin
     from pipeline import train
     from pipeline.data import load
 
-    cfg = _cfg(tiny_cfg, f"frozen-{teacher_cache}", **{"distill.method": "fd"})
+    from pipeline import accel
+
+    cfg = _cfg(tiny_cfg, f"frozen-{teacher_cache}", **{"distill.method": "fd",
+                                                       "distill.teacher_cache": str(teacher_cache).lower()})
     ds = load(cfg)
     x = {m: torch.from_numpy(a) for m, a in ds.x.items()}
-    direction, _ = distill._direction(cfg, ds, x, "student", "audio", "image")
+    teachers = distill._Teachers(cfg, ds, x, accel.setup(cfg.accel))
+    direction, _, _ = distill._direction(cfg, cfg.distill, ds, x, teachers, "student", "audio", "image")
+    assert (direction.cache is not None) == teacher_cache
     teacher = direction.teacher
     before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
     student_before = {k: v.detach().clone() for k, v in direction.student.state_dict().items()}
