@@ -194,10 +194,8 @@ def test_checkpoint_is_the_best_validation_epoch_not_the_last(tiny_cfg, tiny_tea
 @pytest.mark.parametrize("teacher_cache", [True, False])
 def test_teacher_weights_and_batchnorm_buffers_are_unchanged_by_distillation(tiny_cfg, tiny_teachers, tiny_dataset,
                                                                              teacher_cache):
-    from pipeline import train
+    from pipeline import accel, train
     from pipeline.data import load
-
-    from pipeline import accel
 
     cfg = _cfg(tiny_cfg, f"frozen-{teacher_cache}", **{"distill.method": "fd",
                                                        "distill.teacher_cache": str(teacher_cache).lower()})
