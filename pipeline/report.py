@@ -107,5 +107,10 @@ def write_report(result: dict, run_dir: Path) -> None:
             f"`{result['student_modality']}`, teacher modality `{result['teacher_modality']}`. Agreement and "
             "deltas are against `student.pt`; INT8 Q/DQ graphs for TensorRT are computed as written (Q/DQ "
             "not fused), which is how TensorRT reads them.", "", summary_table(result), ""]
+    if "unseen_accent" in result:
+        u = result["unseen_accent"]
+        text += [f"`student.pt` on unseen accents ({', '.join(u['accents']) or 'held out'}; split `{u['split']}`, "
+                 f"{u['rows']} rows, never heard in training): **{100 * u['test_unseen_accent_acc']:.1f} %**, "
+                 f"against {100 * u['test_acc']:.1f} % in-domain.", ""]
     text += [f"![{p}]({p})" for p in pngs]
     artifacts.write_text(run_dir / artifacts.REPORT, "\n".join(text) + "\n")

@@ -4,6 +4,8 @@ Every ONNX artifact and engine runs through ``serving``'s runtimes (the code tha
 Per artifact: top-1 accuracy, agreement with the teacher's and with ``student.pt``'s predictions,
 max and mean |delta logit| and KL(student.pt || artifact), latency per batch. Gates per
 precision (``validate.gates``): FP32 parity, FP16 and INT8 accuracy drop against ``student.pt``.
+Where the dataset holds out whole accents (split ``test_unseen_accent``), ``student.pt``'s accuracy
+on it is reported beside the in-domain test accuracy (``unseen_accent`` in ``validation.json``).
 Writes ``validation.json`` and ``report.md`` (+ PNG plots) even when a gate fails, then raises
 ``ValidationFailed`` naming each failing artifact and metric.
 """
@@ -134,6 +136,13 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
     failed = [e for e in entries if "gate" in e and not e["gate"]["passed"]]
     result = {"split": "test", "rows": int(len(y)), "class_names": ds.class_names, "labels": y.tolist(),
               "student_modality": s_mod, "teacher_modality": t_mod, "passed": not failed, "artifacts": entries}
+    if s_mod == "audio" and ds.has_split("test_unseen_accent"):  # whole eSpeak accents no other split hears
+        xu, yu = ds.take(s_mod, "test_unseen_accent")
+        result["unseen_accent"] = {"split": "test_unseen_accent", "rows": int(len(yu)),
+                                   "accents": ds.meta.get("accent_splits", {}).get("test_unseen_accent", []),
+                                   "test_acc": ref_acc,
+                                   "test_unseen_accent_acc": float((predict(student, torch.from_numpy(xu)).numpy()
+                                                                    .argmax(1) == yu).mean())}
     artifacts.write_json(run_dir / artifacts.VALIDATION, result)
     write_report(result, run_dir)
     if failed:
