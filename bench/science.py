@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 # preset -> (overrides, the config section its knobs live in, directions, training pairs for the plan)
 PRESETS = {
-    "avdigits": (["data.source=avdigits", "data.avdigits.preset=avdigits"], "data.avdigits", ("image->audio",), 1258),
+    "avdigits": (["data.source=avdigits", "data.avdigits.preset=avdigits", "data.avdigits.clips_per_image=1"],
+                 "data.avdigits", ("image->audio",), 1258),
     "avblend": (["data.source=avblend"], "data.avblend", ("image->audio", "audio->image"), 1400),
     "avmnist": (["data.source=avdigits", "data.avdigits.preset=avmnist", "data.avdigits.clips_per_image=1"],
                 "data.avdigits", ("image->audio",), 3500),

@@ -74,17 +74,26 @@ def data_avmnist(config: Path | None = ConfigOpt, sets: list[str] = SetOpt):
                            **{"data.source": "avdigits"}))
 
 
+@data_app.command("avblend")
+@handles_errors
+def data_avblend(config: Path | None = ConfigOpt, sets: list[str] = SetOpt,
+                 shared: float | None = typer.Option(None, help="Fraction of pairs sharing (second class, w, "
+                                                               "quality) across modalities; 0 = class-level")):
+    """Build the instance-paired avblend set: blended digits + blended spoken words, one event per pair."""
+    _build_builtin(_config(config, sets, **{"data.source": "avblend", "data.avblend.shared": shared}))
+
+
 def _build_builtin(cfg) -> None:
     import time
 
-    from pipeline.data import avdigits
-    from pipeline.data.dataset import SPLITS, load_dataset
+    from pipeline import data
+    from pipeline.data.dataset import ALL_SPLITS, SPLITS, load_dataset
 
     t0 = time.perf_counter()
     with console.status("building paired data") as status:
-        path = avdigits.build(cfg.data.avdigits, cfg.data.cache_dir, progress=status.update)
+        path = data.prepare(cfg, progress=status.update)
         ds = load_dataset(path)
-    counts = ", ".join(f"{s} {len(ds.indices(s))}" for s in SPLITS)
+    counts = ", ".join(f"{s} {len(ds.indices(s))}" for s in ALL_SPLITS if s in SPLITS or ds.has_split(s))
     voices = {s: len(v) for s, v in ds.meta["voice_splits"].items()}
     console.print(f"[green]dataset[/] {path}  ({counts}; voice variants per split {voices}; "
                   f"{time.perf_counter() - t0:.1f} s)", highlight=False)

@@ -3,7 +3,9 @@
 Reads the dataset and ``teacher.<A>.pt`` (or ``teacher.checkpoint``); writes ``student.pt``
 (backbone + its own head only; projector and shared classifiers are training-only),
 ``student.config.yaml`` and ``metrics.jsonl`` (every loss term by name, its gradient norm on
-the student's pooled features, train/val accuracy, per epoch). With ``--bidirectional`` the
+the student's pooled features, train/val accuracy, per epoch). An audio student trains on
+augmented clips (``distill.augment``, on by default; the teacher's input never is); its metrics
+add ``test_unseen_accent_acc`` where the dataset holds out whole accents. With ``--bidirectional`` the
 reverse student (modality A, taught by the teacher on B) is trained in the same loop with one
 optimizer and summed losses, and saved as ``student.reverse.pt``.
 
@@ -21,11 +23,25 @@ from pathlib import Path
 import torch
 
 from pipeline import artifacts, controls, data
+from pipeline.augment import student_augmenter
 from pipeline.config import DistillConfig, RunConfig
 from pipeline.objectives import METHODS, build_objective
 from pipeline.progress import progress_bar
 from pipeline.stages import arch_dict, load_teacher, reset_log, save_with_config, setup, tensors
 from pipeline.train import Direction, accuracy, features, fit, predict, teacher_outputs
+
+
+class _SharedAugment:
+    """A direction's augmenter shared by its ``auto`` candidates: each training batch (the same ``rows``
+    tensor handed to every candidate in one step) is augmented once, so all candidates train on it."""
+
+    def __init__(self, augment) -> None:
+        self.augment, self.rows, self.out = augment, None, None
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        if rows is not self.rows:
+            self.rows, self.out = rows, self.augment(rows)
+        return self.out
 
 
 class _Teachers:
@@ -142,8 +158,17 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
         teachers = _Teachers(cfg, ds, x, acc)
         built = []  # (plan index, candidate name, candidate config, direction, arch, info)
         for i, (name, sm, tm, _) in enumerate(plan):
+            # a seed per rank and direction: ranks see different rows, and so draw different augmentations;
+            # one augmenter per direction, shared by its candidates (each batch augmented once, the same for all)
+            aug = student_augmenter(cfg.distill.augment, ds, sm, seed=(cfg.seed * 100 + i) * 1000 + acc.rank)
+            shared = _SharedAugment(aug) if aug is not None else None
             for cname, dcfg in cfg.distill.runs():
                 d, arch, info = _direction(cfg, dcfg, ds, x, teachers, f"{name}:{cname}" if auto else name, sm, tm)
+                d.augment = shared
+                info["augment"] = shared is not None
+                if ds.has_split("test_unseen_accent") and sm == "audio":
+                    unseen = ds.indices("test_unseen_accent")
+                    info["_unseen"] = unseen
                 built.append((i, cname, dcfg, d, arch, info))
         band_split = None
         for *_, d, _, _ in built:
@@ -159,9 +184,13 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
         for i, (name, sm, _, path) in enumerate(plan):
             cands = []
             for _, cname, dcfg, d, arch, info in (b for b in built if b[0] == i):
+                extra = {k: v for k, v in info.items() if k != "_unseen"}
+                if "_unseen" in info:
+                    unseen = info["_unseen"]
+                    extra["test_unseen_accent_acc"] = accuracy(predict(d.student, x[sm][unseen]), y[unseen])
                 cands.append({"name": cname, "method": dcfg.method, "plain": not dcfg.label_smoothing.epsilon
                               and not dcfg.teacher_shuffle, **d.best,
-                              "test_acc": accuracy(predict(d.student, x[sm][test]), y[test]), **info,
+                              "test_acc": accuracy(predict(d.student, x[sm][test]), y[test]), **extra,
                               "_d": d, "_arch": arch})
             if auto:
                 chosen = _select([{k: v for k, v in c.items() if not k.startswith("_")} for c in cands])

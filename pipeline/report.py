@@ -169,6 +169,11 @@ def write_report(result: dict, run_dir: Path) -> None:
         text += ["## Not validated here", "", "These were **not** validated on this machine and are not "
                  "servable until they are (`complete: false`):", ""]
         text += [f"- {m['name']}: {m['reason']}" for m in missing] + [""]
+    if "unseen_accent" in result:
+        u = result["unseen_accent"]
+        text += [f"`student.pt` on unseen accents ({', '.join(u['accents']) or 'held out'}; split `{u['split']}`, "
+                 f"{u['rows']} rows, never heard in training): **{100 * u['test_unseen_accent_acc']:.1f} %**, "
+                 f"against {100 * u['test_acc']:.1f} % in-domain.", ""]
     auto = (result.get("distill") or {}).get("auto")
     if auto:
         text += selection_text(auto)

@@ -22,6 +22,9 @@ labels, ``student.pt``'s logits) even when a gate fails, then raises ``Validatio
 each failing artifact and metric. ``validate_engine`` gates an engine built later (``fdkd engine``,
 a container's first start) on that test set, without torch, into ``validation.json`` beside the
 engine, which is where the server looks for the engine's own entry.
+
+Where the dataset holds out whole accents (split ``test_unseen_accent``), ``student.pt``'s accuracy
+on it is reported beside the in-domain test accuracy (``unseen_accent`` in ``validation.json``).
 """
 
 from __future__ import annotations
@@ -202,6 +205,13 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
               "complete": not not_validated, "not_validated": not_validated, "artifacts": entries,
               "distill": {"method": ckpt.get("metrics", {}).get("method"),
                           "auto": ckpt.get("metrics", {}).get("auto")}}
+    if s_mod == "audio" and ds.has_split("test_unseen_accent"):  # whole eSpeak accents no other split hears
+        xu, yu = ds.take(s_mod, "test_unseen_accent")
+        result["unseen_accent"] = {"split": "test_unseen_accent", "rows": int(len(yu)),
+                                   "accents": ds.meta.get("accent_splits", {}).get("test_unseen_accent", []),
+                                   "test_acc": ref_acc,
+                                   "test_unseen_accent_acc": float((predict(student, torch.from_numpy(xu)).numpy()
+                                                                    .argmax(1) == yu).mean())}
     artifacts.write_json(run_dir / artifacts.VALIDATION, result)
     write_report(result, run_dir)
     if failed:

@@ -15,7 +15,7 @@ def tiny_overrides(tmp_root) -> list[str]:
     return [
         f"runs_dir={tmp_root}/runs",
         f"data.cache_dir={tmp_root}/data",
-        "data.avdigits.max_images=240",
+        "data.avdigits.max_images=240", "data.avdigits.clips_per_image=1",
         "teacher.model.width=8", "teacher.model.depth=2", "teacher.optim.epochs=2",
         "distill.student.width=4", "distill.student.depth=2",
         "distill.optim.epochs=2", "distill.grad_norm_every=1",
