@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,3 +31,6 @@ class ServeSettings(BaseSettings):
     threads: int | None = Field(None, ge=1)
     log_level: str = "info"
     debug_delay_ms: float = Field(0.0, ge=0)  # artificial compute time per batch (drain/backpressure tests)
+    # NaN/Inf input values (binary tensors, FP32 overflow): "reject" with 400, or "accept" as Triton does
+    nonfinite_inputs: Literal["reject", "accept"] = "reject"
+    hot_path: bool = True  # the bare ASGI inference routes (False: through FastAPI, for comparison)
