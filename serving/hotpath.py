@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 
@@ -119,12 +120,17 @@ class Inference:
         body = self._body(headers, body)
         s = self.state.settings
         hlen = headers.get(b"inference-header-content-length")
+        hlen = hlen.decode("latin-1") if hlen is not None else None
+        prescanned = len(body) > protocol.PRESCAN_BYTES
         try:
-            req = protocol.parse_infer(body, hlen.decode("latin-1") if hlen is not None else None,
+            if prescanned:  # large: the structure caps, a slice at a time, letting the event loop run between
+                for _ in protocol.prescan(protocol.json_part(body, hlen), s.max_batch * math.prod(m.input_shape)):
+                    await asyncio.sleep(0)
+            req = protocol.parse_infer(body, hlen,
                                        headers.get(b"content-type", b"").decode("latin-1"), input_name=m.input_name,
                                        input_shape=m.input_shape, output_names=[m.output_name],
                                        max_batch=s.max_batch, max_depth=s.max_json_depth,
-                                       nonfinite=s.nonfinite_inputs)
+                                       nonfinite=s.nonfinite_inputs, prescanned=prescanned)
         except protocol.BadRequest as e:
             raise ApiError(400, str(e), "bad_request") from None
         if scope_state is not None and req.id is not None:

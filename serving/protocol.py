@@ -34,6 +34,7 @@ DTYPE_SIZES = {"FP32": 4, "FP64": 8, "FP16": 2, "INT8": 1, "UINT8": 1, "INT16": 
                "BOOL": 1, "BYTES": None}
 NONFINITE_POLICIES = ("reject", "accept")
 MAX_ID_CHARS = 1024  # a V2 request id longer than this is refused (it would be echoed and logged)
+PRESCAN_BYTES = 1 << 20  # JSON texts above this size get structural caps before parsing (_prescan)
 SHOW_CHARS = 64  # at most this much of any client-sent value is quoted in an error message
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _AT = re.compile(r"at `\$(.*)`$")
@@ -189,6 +190,36 @@ def _raw_deflate(body: bytes, limit: int) -> bytes:
     return out
 
 
+def prescan(head: bytes, max_elements: int, what: str = "body", slice_bytes: int = 1 << 20):
+    """Structure caps on a large JSON text before it is parsed at all (C-speed byte counts).
+
+    The largest legal request holds ``max_elements`` numbers: it has fewer commas and arrays
+    than that (plus a little slack for the other fields) and only a handful of objects. A body
+    beyond these bounds (16 MB of ``[],[],...`` or of ``{}``) is refused before the parser would
+    spend a long, GIL-holding moment building or skipping millions of values. A generator: it
+    yields after each ``slice_bytes`` so that an event loop can run in between (see hotpath).
+    """
+    caps = {b"[": max_elements + 1024, b",": max_elements + 1024, b"{": 1024}
+    counts = dict.fromkeys(caps, 0)
+    for start in range(0, len(head), slice_bytes):
+        for char, cap in caps.items():
+            counts[char] += head.count(char, start, start + slice_bytes)
+            if counts[char] > cap:
+                raise BadRequest(f"{what} holds more than {cap} {char.decode()!r} characters, more than the "
+                                 f"largest acceptable request (max_batch rows) can hold")
+        yield
+
+
+def json_part(body: bytes, header_length: str | None) -> bytes:
+    """The JSON text of a request body: all of it, or its first Inference-Header-Content-Length bytes."""
+    if header_length is not None:
+        try:
+            return body[:max(0, int(header_length))]
+        except ValueError:
+            return b""
+    return body
+
+
 def _check_id(raw) -> str | None:
     if raw is msgspec.UNSET:
         return None
@@ -262,7 +293,7 @@ def _json_tensor(raw: bytes, count: int, max_depth: int, field: str) -> np.ndarr
 
 def parse_infer(body: bytes, header_length: str | None, content_type: str, *, input_name: str,
                 input_shape: list[int], output_names: list[str], max_batch: int, max_depth: int,
-                nonfinite: str = "reject") -> InferRequest:
+                nonfinite: str = "reject", prescanned: bool = False) -> InferRequest:
     """A V2 infer request (JSON, or JSON header + binary tensors) -> checked float32 array."""
     if header_length is not None:
         try:
@@ -277,6 +308,9 @@ def parse_infer(body: bytes, header_length: str | None, content_type: str, *, in
         if "octet-stream" in content_type:
             raise BadRequest("binary body without the Inference-Header-Content-Length header")
         head, binary, what = body, memoryview(b""), "body"
+    if len(head) > PRESCAN_BYTES and not prescanned:
+        for _ in prescan(head, max_batch * math.prod(input_shape), what):
+            pass
     try:
         req = _REQUEST.decode(head)
     except msgspec.ValidationError as e:
