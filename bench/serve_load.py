@@ -8,7 +8,8 @@ Servers (each started as its own process on 127.0.0.1, one at a time, then stopp
 - ``fdkd``: ``fdkd serve`` (uvicorn + httptools + uvloop, the bare-ASGI hot path).
 - ``fdkd-fastapi``: the same with ``FDKD_SERVE_HOT_PATH=0`` (the inference routes through FastAPI).
 - ``fdkd-granian``: the same app under Granian (Rust HTTP server), one worker.
-- ``fdkd-2proc``: the same app under uvicorn with 2 worker processes sharing the port.
+- ``fdkd-2proc``: the same app under uvicorn with 2 worker processes sharing the port
+  (``fdkd-uvicorn``: 1 worker, i.e. ``fdkd serve`` without the CLI process around it).
 - ``triton``: Triton's ``tritonserver`` (from the ``nvidia-pytriton`` wheel, in its own virtualenv
   made from the system's python3.11, created on first use: ``--triton-venv``) with its dynamic
   batcher, calling the same ONNX Runtime session settings (1 intra-op thread) from Python.
@@ -16,9 +17,11 @@ Servers (each started as its own process on 127.0.0.1, one at a time, then stopp
   decodes the tensor, runs the runtime inline, and replies with a body of the same size as
   fdkd's: the floor that the one-client p50 target compares against.
 
-For each server, body (``binary``: the binary tensor extension both ways; ``json``) and client
-count, that many keep-alive HTTP/1.1 connections (asyncio + uvloop, in this process) send
-one-row FP32 requests for ``--seconds``: rows/s, p50 and p99 latency, errors. The in-process
+All servers are started first; then, in ``--rounds`` interleaved rounds (the load of a shared
+machine drifts, so every server sees every phase of it), for each body (``binary``: the binary
+tensor extension both ways; ``json``), client count and server, that many keep-alive HTTP/1.1
+connections (asyncio + uvloop, in this process) send one-row FP32 requests for ``--seconds``:
+rows/s, p50 and p99 latency, errors. The table shows the median over rounds. The in-process
 reference (same runtime in this process) gives batched throughput at batch 64 and the batch-1
 latency. Every row goes to ``--out`` (jsonl, with a run id, CPU model, flags and the command);
 ``bench/serve_results.py`` turns the latest run into the table in docs/results.md.
@@ -164,9 +167,10 @@ def start(server: str, args, env_extra: dict) -> tuple[subprocess.Popen, int]:
     elif server == "fdkd-granian":
         cmd = [py, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1", "--loop", "uvloop", "--log-level", "warning", "serving.asgi:app"]
-    elif server == "fdkd-2proc":
-        cmd = [py, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--loop", "uvloop",
-               "--http", "httptools", "--no-access-log", "--log-level", "warning", "serving.asgi:app"]
+    elif server in ("fdkd-2proc", "fdkd-uvicorn"):
+        workers = "2" if server == "fdkd-2proc" else "1"
+        cmd = [py, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--workers", workers,
+               "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning", "serving.asgi:app"]
     elif server == "bare":
         cmd = [py, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
                "--http", "httptools", "--no-access-log", "--log-level", "warning", "bench.bare_asgi:app"]
@@ -217,7 +221,8 @@ def in_process(run_dir: Path, threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the table shows medians")
     ap.add_argument("--delay-ms", type=float, default=0.0, help="max queue delay of fdkd's and Triton's batchers")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (servers and in-process)")
     ap.add_argument("--clients", default="1,32")
@@ -233,8 +238,8 @@ def main() -> None:
     kinds = args.bodies.split(",")
     cmd = "python bench/serve_load.py " + " ".join(sys.argv[1:])
     run = {"run_id": uuid.uuid4().hex[:12], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "command": cmd, "seconds": args.seconds, "delay_ms": args.delay_ms, "threads": args.threads,
-           "note": args.note, **cpu_info()}
+           "command": cmd, "seconds": args.seconds, "rounds": args.rounds, "delay_ms": args.delay_ms,
+           "threads": args.threads, "note": args.note, **cpu_info()}
     try:
         load_avg = os.getloadavg()[0]
     except OSError:
@@ -249,19 +254,26 @@ def main() -> None:
     shape = manifest["artifacts"]["student.onnx"]["onnx"]["inputs"][0]["shape"][1:]
     x1 = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     path = f"/v2/models/{manifest.get('name', 'student')}/infer"
-    for server in servers:
-        proc, port = start(server, args, {"FDKD_BENCH_RUN_DIR": str(args.run_dir)})
-        try:
+    procs: dict[str, tuple[subprocess.Popen, int]] = {}
+    try:
+        for server in servers:  # all up at once (idle meanwhile), so that rounds can interleave them
+            procs[server] = start(server, args, {})
             for kind in kinds:
                 body, headers = bodies(x1)[kind]
-                load(port, path, body, headers, 4, 1.0)  # warm-up
+                load(procs[server][1], path, body, headers, 4, 1.0)  # warm-up
+        for rnd in range(args.rounds):  # the machine's load drifts: every server sees every phase of it
+            for kind in kinds:
+                body, headers = bodies(x1)[kind]
                 for c in clients:
-                    r = load(port, path, body, headers, c, args.seconds)
-                    rec = {**run, "server": server, "body": kind, "clients": c, **r}
-                    records.append(rec)
-                    print(f"{server:13s} {kind:6s} {c:3d} clients: {r['rows_per_s']:7.0f} rows/s  "
-                          f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}", flush=True)
-        finally:
+                    for server in servers:
+                        r = load(procs[server][1], path, body, headers, c, args.seconds)
+                        rec = {**run, "server": server, "body": kind, "clients": c, "round": rnd, **r}
+                        records.append(rec)
+                        print(f"round {rnd} {server:13s} {kind:6s} {c:3d} clients: {r['rows_per_s']:7.0f} rows/s  "
+                              f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}",
+                              flush=True)
+    finally:
+        for proc, _ in procs.values():
             stop(proc)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as f:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 BEGIN, END = "<!-- serve_load:begin -->", "<!-- serve_load:end -->"
@@ -19,6 +20,16 @@ def _f(v: float, digits: int = 0) -> str:
     return f"{v:,.{digits}f}"
 
 
+def _median(recs: list[dict]) -> dict:
+    """The median of each measure over a configuration's rounds; errors summed."""
+    out = dict(recs[0])
+    for k in ("rows_per_s", "p50_ms", "p99_ms"):
+        out[k] = float(statistics.median(r[k] for r in recs))
+    out["errors"] = sum(r["errors"] for r in recs)
+    out["rounds"] = len(recs)
+    return out
+
+
 def render(records: list[dict], run_id: str | None) -> str:
     run_id = run_id or records[-1]["run_id"]
     recs = [r for r in records if r["run_id"] == run_id]
@@ -26,7 +37,11 @@ def render(records: list[dict], run_id: str | None) -> str:
         raise SystemExit(f"no records of run {run_id}")
     meta = recs[0]
     ref = next(r for r in recs if r["server"] == "in-process")
-    rows = {(r["server"], r["body"], r["clients"]): r for r in recs if r["server"] != "in-process"}
+    groups: dict[tuple, list[dict]] = {}
+    for r in recs:
+        if r["server"] != "in-process":
+            groups.setdefault((r["server"], r["body"], r["clients"]), []).append(r)
+    rows = {k: _median(v) for k, v in groups.items()}
     batched = ref["batched_rows_per_s"]
     out = [f"Run `{run_id}` ({meta['started']}): `{meta['command']}`  ",
            f"CPU: {meta['cpu']}, {meta['cores']} cores, SIMD flags: {meta['simd_flags']}; "
@@ -55,7 +70,8 @@ def render(records: list[dict], run_id: str | None) -> str:
                            f"{f['errors'] + t['errors']} |")
         out.append("")
     servers = sorted({s for s, _, _ in rows})
-    out += ["Every server of the run (rows/s, p50 / p99 ms):", "",
+    n_rounds = max(r["rounds"] for r in rows.values())
+    out += [f"Every server of the run (rows/s, p50 / p99 ms; medians of {n_rounds} interleaved rounds):", "",
             "| server | " + " | ".join(f"{b} x{c}" for b in bodies for c in clients) + " |",
             "|---|" + "---|" * (len(bodies) * len(clients))]
     for s in servers:

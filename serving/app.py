@@ -57,6 +57,29 @@ def _ok(schema: dict) -> dict:
     return {200: {"description": "ok", "content": {"application/json": {"schema": schema}}}}
 
 
+class FdkdApp(FastAPI):
+    """FastAPI, except that the inference requests ``hot.takes`` go to the bare ASGI hot path.
+
+    They pass the same user middleware (built from ``user_middleware``, so whatever is added with
+    ``add_middleware`` applies to them too) but not FastAPI's own stack (error and telemetry
+    wrappers, routing, dependency injection); the hot path answers every error itself.
+    """
+
+    hot: HotPath | None = None
+    _hot_stack = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        hot = self.hot
+        if hot is not None and hot.takes(scope):
+            if self._hot_stack is None:
+                stack = hot
+                for cls, args, kwargs in reversed(self.user_middleware):
+                    stack = cls(stack, *args, **kwargs)
+                self._hot_stack = stack
+            return await self._hot_stack(scope, receive, send)
+        return await super().__call__(scope, receive, send)
+
+
 class State:
     def __init__(self, settings: ServeSettings, runtime_override=None) -> None:
         self.settings = settings
@@ -115,9 +138,10 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         if state.batcher:
             await state.batcher.stop()
 
-    app = FastAPI(title="fdkd", version=VERSION, lifespan=lifespan,
+    app = FdkdApp(title="fdkd", version=VERSION, lifespan=lifespan,
                   description="KServe/Triton V2 inference for an fdkd student.")
     app.state.fdkd = state
+    app.hot = HotPath(inference)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -247,9 +271,7 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
     async def metrics():
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    # pure ASGI middleware, innermost first: the hot path (in front of FastAPI's router), the body cap after
-    # authentication, the log sees everything
-    app.add_middleware(HotPath, inference=inference)
+    # pure ASGI middleware, innermost first: the body cap runs after authentication, the log sees everything
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.cors_origins:  # CORS is off unless origins are configured
         from starlette.middleware.cors import CORSMiddleware

@@ -3,10 +3,11 @@
 ``Inference`` holds the request logic (decode, check, batcher, reply) against plain values
 (headers dict, body bytes) and returns ``(status, body, headers)``. Two adapters call it:
 
-- ``HotPath``, a bare ASGI app sitting inside the pure-ASGI middleware (body cap, API key, CORS,
-  request log), in front of FastAPI: no routing table, no dependency injection, no Request or
-  Response objects, headers read once, the batcher awaited directly. Everything else (and a
-  multipart classify upload) goes on to FastAPI.
+- ``HotPath``, a bare ASGI handler that ``serving.app.FdkdApp`` calls for these requests behind the
+  app's own pure-ASGI middleware (body cap, API key, CORS, request log: the same classes, built
+  from the same list) but without FastAPI's stack: no routing table, no dependency injection, no
+  Request or Response objects, headers read once, the batcher awaited directly. Everything else
+  (and a multipart classify upload) goes to FastAPI.
 - the FastAPI routes of the same paths in ``serving.app``, which document the API in
   /openapi.json and answer when the hot path is switched off (``hot_path=False``, the bench's
   comparison).
@@ -227,30 +228,25 @@ def receive_gone(receive):
 
 
 class HotPath:
-    """Bare ASGI front for the two inference routes; everything else goes on to ``app`` (FastAPI)."""
+    """Bare ASGI handler of the two inference routes, for the requests ``takes`` says it answers."""
 
-    def __init__(self, app, inference: Inference) -> None:
-        self.app, self.inference = app, inference
+    def __init__(self, inference: Inference) -> None:
+        self.inference = inference
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
+    def takes(self, scope) -> bool:
+        """POST to an infer route or /v1/classify (multipart uploads excepted), with the hot path on."""
+        if scope["type"] != "http" or scope["method"] != "POST" or not self.inference.state.settings.hot_path:
+            return False
         path = scope["path"]
         if path == "/v1/classify":
-            match = None
-        elif path.endswith("/infer") and path.startswith("/v2/models/"):
-            match = INFER_PATH.fullmatch(path)
-            if match is None:
-                return await self.app(scope, receive, send)
-        else:
-            return await self.app(scope, receive, send)
-        if not self.inference.state.settings.hot_path:
-            return await self.app(scope, receive, send)
+            # a multipart upload needs form parsing: FastAPI's route
+            return not any(k == b"content-type" and v.startswith(b"multipart/") for k, v in scope["headers"])
+        return path.startswith("/v2/models/") and path.endswith("/infer") and INFER_PATH.fullmatch(path) is not None
+
+    async def __call__(self, scope, receive, send):
         headers = {}
-        for k, v in scope["headers"]:  # the headers, read once (uvicorn gives them lower-cased)
+        for k, v in scope["headers"]:  # the headers, read once (ASGI servers give the names lower-cased)
             headers[k] = v
-        if match is None and headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
-            return await self.app(scope, receive, send)  # form parsing: FastAPI's route
         msg = await receive()
         if msg["type"] == "http.disconnect":
             return None
@@ -264,9 +260,11 @@ class HotPath:
                 chunks.append(msg.get("body", b""))
             body = b"".join(chunks)
         state = scope.setdefault("state", {})
-        if match is None:
+        path = scope["path"]
+        if path == "/v1/classify":
             status, payload, extra = await self.inference.classify(headers, body, receive_gone(receive), state)
         else:
+            match = INFER_PATH.fullmatch(path)
             status, payload, extra = await self.inference.infer(match.group(1), match.group(2), headers, body,
                                                                 receive_gone(receive), state)
         await send({"type": "http.response.start", "status": status,
