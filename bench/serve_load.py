@@ -170,7 +170,8 @@ def start(server: str, args, env_extra: dict) -> tuple[subprocess.Popen, int]:
     elif server in ("fdkd-2proc", "fdkd-uvicorn"):
         workers = "2" if server == "fdkd-2proc" else "1"
         cmd = [py, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--workers", workers,
-               "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning", "serving.asgi:app"]
+               "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+               "serving.asgi:app"]
     elif server == "bare":
         cmd = [py, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
                "--http", "httptools", "--no-access-log", "--log-level", "warning", "bench.bare_asgi:app"]
