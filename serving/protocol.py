@@ -21,6 +21,7 @@ write non-finite outputs as ``null``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import zlib
@@ -95,7 +96,16 @@ class _Request(msgspec.Struct):
     outputs: list[_Output] | None = None
 
 
+class _InputFlat(_Input):
+    data: list[float] = msgspec.UNSET  # the common case (a flat list of numbers), decoded in the same pass
+
+
+class _RequestFlat(_Request):
+    inputs: list[_InputFlat] | None = None
+
+
 _REQUEST = msgspec.json.Decoder(_Request)
+_REQUEST_FLAT = msgspec.json.Decoder(_RequestFlat)
 _FLOATS = msgspec.json.Decoder(list[float])
 _INTS = msgspec.json.Decoder(list[int])
 _BOOL = msgspec.json.Decoder(bool)
@@ -268,7 +278,8 @@ def _json_tensor(raw: bytes, count: int, max_depth: int, field: str) -> np.ndarr
         if raw.count(b"[") > count * max_depth:
             raise BadRequest(f"{field}: nesting deeper than {max_depth}")
         b = np.frombuffer(raw, np.uint8)
-        depth = int(np.cumsum((b == 91).astype(np.int32) - (b == 93)).max())
+        brackets = b[np.flatnonzero((b == 91) | (b == 93))]  # "[" and "]" only: a few per row
+        depth = int(np.cumsum(np.where(brackets == 91, 1, -1)).max())
         if depth > max_depth:
             raise BadRequest(f"{field}: nesting deeper than {max_depth}")
         raw = b"[" + raw.translate(None, b"[]") + b"]"
@@ -308,17 +319,35 @@ def parse_infer(body: bytes, header_length: str | None, content_type: str, *, in
         if "octet-stream" in content_type:
             raise BadRequest("binary body without the Inference-Header-Content-Length header")
         head, binary, what = body, memoryview(b""), "body"
+    max_elements = max_batch * math.prod(input_shape)
     if len(head) > PRESCAN_BYTES and not prescanned:
-        for _ in prescan(head, max_batch * math.prod(input_shape), what):
+        for _ in prescan(head, max_elements, what):
             pass
+    req = None
+    if head.count(b",") <= max_elements + 1024:  # the element cap, before anything is decoded
+        # one pass: a flat `data` list decodes straight to floats; anything else (nested data, every error)
+        # takes the two-step path below, with its precise messages
+        with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            req = _REQUEST_FLAT.decode(head)
+    if req is None:
+        req = _parse_head(head, what)
+    return _checked(req, binary, input_name=input_name, input_shape=input_shape, output_names=output_names,
+                    max_batch=max_batch, max_depth=max_depth, nonfinite=nonfinite)
+
+
+def _parse_head(head: bytes, what: str) -> _Request:
     try:
-        req = _REQUEST.decode(head)
+        return _REQUEST.decode(head)
     except msgspec.ValidationError as e:
         if str(e).startswith("Expected `object`") and " - at " not in str(e):
             raise BadRequest("request must be a JSON object") from None
         raise _schema_error(e, what) from None
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-        req = _decode(_REQUEST, head, what)  # raises with the message
+        return _decode(_REQUEST, head, what)  # raises with the message
+
+
+def _checked(req: _Request, binary: memoryview, *, input_name: str, input_shape: list[int], output_names: list[str],
+             max_batch: int, max_depth: int, nonfinite: str) -> InferRequest:
     rid = _check_id(req.id)
     inputs = req.inputs
     if not inputs:
@@ -355,7 +384,15 @@ def parse_infer(body: bytes, header_length: str | None, content_type: str, *, in
             raise BadRequest(f"{len(binary)} binary bytes follow the header but no input declares binary_data_size")
         if spec.data is msgspec.UNSET:
             raise BadRequest(f"{field} has no data")
-        x = _json_tensor(bytes(spec.data), count, max_depth, f"{field}.data").reshape(shape)
+        if isinstance(spec.data, list):  # decoded in the first pass
+            if len(spec.data) > count:
+                raise BadRequest(f"{field}.data: more than the {count} elements the shape calls for")
+            if len(spec.data) < count:
+                raise BadRequest(f"{field}.data: {len(spec.data)} elements but the shape needs {count}")
+            with np.errstate(over="ignore"):
+                x = np.array(spec.data, dtype=np.float32).reshape(shape)
+        else:
+            x = _json_tensor(bytes(spec.data), count, max_depth, f"{field}.data").reshape(shape)
     if nonfinite != "accept" and not np.isfinite(x).all():
         i = int(np.flatnonzero(~np.isfinite(x.reshape(-1)))[0])
         raise BadRequest(f"{field} contains NaN or Inf (first at flat index {i}); this server rejects non-finite "
