@@ -46,6 +46,8 @@ def handles_errors(fn):
             _fail(str(e))
         except RuntimeError as e:
             _fail(str(e), 1)
+        except OSError as e:  # permissions, a full disk: the file and the reason, not a traceback
+            _fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""), 1)
 
     return wrapper
 
@@ -93,13 +95,17 @@ def _build_builtin(cfg) -> None:
 def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest"),
                   sample_rate: int = typer.Option(16000, help="Expected WAV sample rate"),
                   classes: str | None = typer.Option(None, help="Comma-separated known labels"),
+                  max_file_mb: float = typer.Option(64.0, help="Largest file to read, in MB"),
+                  seed: int = typer.Option(0, help="Seed of the split when the manifest has no split column"),
                   as_json: bool = typer.Option(False, "--json", help="Print the report as JSON")):
     """Check a user manifest: every problem of every row, in one report."""
-    from pipeline.data.manifest import check_manifest
+    from pipeline.data.manifest import check
 
-    rows, problems = check_manifest(path, sample_rate, classes.split(",") if classes else None)
+    c = check(path, sample_rate, classes.split(",") if classes else None, max_file_mb=max_file_mb, seed=seed)
+    rows, problems = c.rows, c.problems
     if as_json:
-        typer.echo(json.dumps({"rows": len(rows), "problems": [p.__dict__ for p in problems]}, indent=2))
+        typer.echo(json.dumps({"rows": len(rows), "problems": [p.__dict__ for p in problems],
+                               "warnings": c.warnings}, indent=2))
     elif problems:
         from rich.table import Table
 
@@ -110,7 +116,10 @@ def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest")
             table.add_row(str(p.line), p.column, p.path, p.message)
         console.print(table)
     else:
-        console.print(f"[green]ok[/] {path}: {len(rows)} rows, no problems")
+        console.print(f"[green]ok[/] {escape(str(path))}: {len(rows)} rows, no problems", highlight=False)
+    if not as_json:
+        for w in c.warnings:
+            console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     if problems:
         raise typer.Exit(1)
 
@@ -161,20 +170,76 @@ def distill(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str
             console.print(f"[green]{n}[/] {rec['path']}  {json.dumps(rec['metrics'])}", highlight=False)
 
 
+def _run_stage(stage: str, config: Path | None, sets: list[str], name: str | None) -> None:
+    manifest = _run_to(_config(config, sets, name=name), stage, (stage,))
+    rec = manifest["stages"][stage]
+    if rec["status"] == "skipped":
+        _fail(f"{stage} skipped: {rec.get('reason')}", 1)
+    for n in rec["outputs"]:
+        console.print(f"[green]{n}[/] {manifest['artifacts'][n]['sha256'][:12]}", highlight=False)
+
+
 def _stage_command(stage: str, doc: str):
     def command(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt):
-        manifest = _run_to(_config(config, sets, name=name), stage, (stage,))
-        rec = manifest["stages"][stage]
-        if rec["status"] == "skipped":
-            _fail(f"{stage} skipped: {rec.get('reason')}", 1)
-        for n in rec["outputs"]:
-            console.print(f"[green]{n}[/] {manifest['artifacts'][n]['sha256'][:12]}", highlight=False)
+        _run_stage(stage, config, sets, name)
 
     command.__doc__ = doc
     app.command(stage)(handles_errors(command))
 
 
-_stage_command("export", "Export student.pt to ONNX (checker, TensorRT lint, parity with PyTorch at batch 1/7/64).")
+# `fdkd export` is the export stage; `fdkd export triton RUN OUT` is a subcommand of the same group
+# (the group's callback runs the stage only when no subcommand is given).
+export_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+app.add_typer(export_app, name="export")
+
+
+@export_app.callback()
+@handles_errors
+def export(ctx: typer.Context, config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt):
+    """Export student.pt to ONNX (checker, TensorRT lint, parity with PyTorch at batch 1/7/64).
+
+    `fdkd export triton RUN OUT` instead writes a finished run as a Triton model repository + KServe manifest.
+    """
+    if ctx.invoked_subcommand is None:
+        _run_stage("export", config, sets, name)
+    elif config is not None or sets or name is not None:
+        _fail(f"--config/--set/--name belong to the export stage, not to `fdkd export {ctx.invoked_subcommand}`")
+
+
+@export_app.command("triton")
+@handles_errors
+def export_triton(run_dir: Path = typer.Argument(..., help="A finished run directory (manifest + validation)"),
+                  out: Path = typer.Argument(..., help="Output folder (new, or an earlier export to replace)"),
+                  onnx: str = typer.Option("student.onnx", help="Which of the run's ONNX graphs to export"),
+                  max_batch: int = typer.Option(64, help="max_batch_size of the ONNX model"),
+                  max_queue_delay_ms: float = typer.Option(0.0, help="Dynamic batching: wait this long for rows"),
+                  onnx_device: str = typer.Option("cpu", help="Instance kind of the ONNX model: cpu | gpu"),
+                  storage_uri: str | None = typer.Option(None, help="Where the cluster reads the repository "
+                                                                    "(default pvc://fdkd-models/<name>)"),
+                  runtime_version: str | None = typer.Option(None, help="KServe runtimeVersion: the Triton image tag"),
+                  model_name: str | None = typer.Option(None, "--name", help="Model name (default: the run's)"),
+                  allow_unvalidated: bool = typer.Option(False, "--allow-unvalidated",
+                                                         help="Also export artifacts that failed or lack validation")):
+    """Write a Triton model repository (ONNX + validated TensorRT plans) and a KServe InferenceService."""
+    from pipeline.triton_repo import ISVC, REPOSITORY, NotExportable, export_triton
+
+    try:
+        summary = export_triton(run_dir, out, onnx=onnx, max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms,
+                                onnx_device=onnx_device, storage_uri=storage_uri, runtime_version=runtime_version,
+                                name=model_name, allow_unvalidated=allow_unvalidated)
+    except NotExportable as e:
+        _fail(str(e), 1)
+    for w in summary["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+    for m in summary["models"]:
+        console.print(f"[green]{m['model']}[/] {m['platform']} <- {m['artifact']} ({m['validation']})", highlight=False)
+    for m in summary["left_out"]:
+        console.print(f"[yellow]left out[/] {m['artifact']}: {escape(m['reason'])}", highlight=False)
+    repo = out / REPOSITORY
+    console.print(f"\nTriton:  docker run --rm -p8000:8000 -v {repo.resolve()}:/models nvcr.io/nvidia/tritonserver:"
+                  f"<tag>-py3 tritonserver --model-repository=/models", highlight=False)
+    console.print(f"KServe:  copy {repo} to {summary['storage_uri']}, then kubectl apply -f {out / ISVC}",
+                  highlight=False)
 _stage_command("calibrate", "Draw the class-stratified calibration set (calib.npz) from the training split.")
 _stage_command("quantize", "FP16 and INT8 Q/DQ graphs (TensorRT-legal per calibration method, plus a CPU variant).")
 _stage_command("build", "Build TensorRT engines on this machine's GPU (exits 1 where TensorRT or a GPU is missing).")

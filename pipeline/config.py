@@ -64,8 +64,14 @@ class ManifestDataConfig(_Strict):
     image_channels: Literal[1, 3] = 1
     sample_rate: int = 16000
     clip_seconds: float = 1.0
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # when the manifest has no split column
     seed: int = 0
+    max_file_mb: float = Field(64.0, gt=0)  # larger files are a manifest problem, never read
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions(cls, v):
+        return AVDigitsConfig._fractions(v)
 
 
 class DataConfig(_Strict):
@@ -260,6 +266,14 @@ class RunConfig(_Strict):
         if not v or "/" in v or v.startswith("."):
             raise ValueError(f"run name must be a plain directory name, got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _manifest_teacher(self):
+        m = self.data.manifest
+        if self.data.source == "manifest" and m is not None and m.teacher_modality != self.teacher.modality:
+            raise ValueError(f"teacher.modality is {self.teacher.modality!r} but data.manifest.teacher_modality is "
+                             f"{m.teacher_modality!r}; set both to the modality of the manifest's teacher column")
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -34,7 +34,10 @@ def export_onnx(model, sample: np.ndarray, path: Path, cfg: ExportConfig, metada
     import torch
 
     model = model.eval()
-    x = torch.from_numpy(np.ascontiguousarray(sample[:2], dtype=np.float32))
+    if len(sample) == 0:
+        raise ValueError("export needs at least one example input (the validation split is empty)")
+    # two rows: an example batch of one would pin the batch axis to 1 (torch.export specialises 0/1)
+    x = torch.from_numpy(np.ascontiguousarray(np.resize(sample, (2, *sample.shape[1:])), dtype=np.float32))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter deprecation chatter; the result is checked below
         if cfg.exporter == "dynamo":

@@ -218,6 +218,12 @@ def run(cfg: RunConfig, force: tuple[str, ...] = (), stop_after: str | None = No
     unknown = [s for s in force if s not in STAGES]
     if unknown:
         raise ValueError(f"--force: unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    if not cfg.run_dir.exists():
+        # Bad user data fails here, before the run directory exists: never a half-made run. The
+        # dataset file is cached by content, so the data stage below finds it and does no work.
+        from pipeline import data
+
+        data.prepare(cfg)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     manifest = RunManifest.load(cfg.run_dir)
     manifest.data.update({"name": cfg.name, "config": config_to_dict(cfg), "versions": library_versions()})

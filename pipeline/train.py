@@ -92,8 +92,11 @@ def _shard_predict(teacher: nn.Module, x: torch.Tensor, acc: Accel) -> tuple[tor
     once, then all ranks gather the full cache (equal-size shards, padded, for all_gather)."""
     n = len(x)
     per = math.ceil(n / acc.world)
-    lo, hi = acc.rank * per, min(n, (acc.rank + 1) * per)
-    f, z = predict(teacher, x[lo:hi], with_features=True)  # predict moves each chunk to the device
+    lo, hi = min(n, acc.rank * per), min(n, (acc.rank + 1) * per)
+    if hi > lo:
+        f, z = predict(teacher, x[lo:hi], with_features=True)  # predict moves each chunk to the device
+    else:  # fewer rows than ranks: this rank's shard is empty (shapes from one row)
+        f, z = (t[:0] for t in predict(teacher, x[:1], with_features=True))
     if not acc.distributed:
         return f, z
     pad = per - (hi - lo)
@@ -113,6 +116,53 @@ def _val_accuracy(student: nn.Module, x: torch.Tensor, y: torch.Tensor, acc: Acc
     if acc.distributed:
         torch.distributed.all_reduce(counts)
     return float(counts[0] / counts[1])
+
+
+def batch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
+    """[start, end) of each step's rows among ``n``: ``batch`` at a time, a last batch of one row
+    joined to the one before (BatchNorm cannot train on a single row with 1x1 features)."""
+    bounds = [(i, min(i + batch, n)) for i in range(0, n, batch)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def _inputs(directions: list[Direction], rows: torch.Tensor, local: torch.Tensor, acc: Accel):
+    """Student inputs and (cached or computed) teacher outputs of one batch, on the device."""
+    xs, touts = [], []
+    for d in directions:
+        xs.append(acc.batch(d.x_student[rows]))
+        f_t = z_t = None
+        if d.objective.needs_teacher:
+            if d.cache is not None:
+                dev_local = local.to(acc.device)
+                f_t, z_t = d.cache[0][dev_local], d.cache[1][dev_local]
+            else:
+                with torch.no_grad():
+                    f_t = d.teacher.forward_features(acc.batch(d.x_teacher[rows]))
+                    z_t = d.teacher.forward_head(f_t)
+        touts.append((f_t, z_t))
+    return xs, touts
+
+
+def unused_parameters(joint: Joint, directions: list[Direction], train_idx: torch.Tensor, y: torch.Tensor,
+                      acc: Accel) -> list[str]:
+    """Names of trainable parameters the summed loss does not reach (e.g. ``fd.shared_classifier=false``
+    leaves the shared classifiers idle). DistributedDataParallel must be told about them
+    (``find_unused_parameters``) or it stops at the second step. Probed on two training rows in eval
+    mode: no BatchNorm statistics move and no gradient is stored."""
+    local = torch.arange(min(2, len(train_idx)))
+    rows = train_idx[local]
+    xs, touts = _inputs(directions, rows, local, acc)
+    joint.eval()
+    try:
+        results = joint(xs, touts, acc.batch(y[rows]), 0, acc.amp_dtype)
+        total = sum(w * v for _, _, terms in results for w, v in terms.values())
+        named = [(n, p) for n, p in joint.named_parameters() if p.requires_grad]
+        grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
+    finally:
+        joint.train()
+    return [n for (n, _), g in zip(named, grads, strict=True) if g is None]
 
 
 def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: OptimConfig, *, seed: int,
@@ -147,7 +197,15 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     if acc.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(joint, device_ids=[acc.device.index] if acc.device.type == "cuda" else None)
+        unused = unused_parameters(joint, directions, train_idx, y, acc)
+        if unused and acc.is_main:
+            from pipeline.progress import console
+
+            names = ", ".join(unused[:4]) + (", ..." if len(unused) > 4 else "")
+            console.print(f"{len(unused)} parameter(s) unused by the loss ({names}): DDP finds unused parameters",
+                          highlight=False, markup=False)
+        model = DistributedDataParallel(joint, device_ids=[acc.device.index] if acc.device.type == "cuda" else None,
+                                        find_unused_parameters=bool(unused))
     if acc.compile:
         model = torch.compile(model)
     params = [p for p in joint.parameters() if p.requires_grad]
@@ -155,8 +213,8 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     scaler = torch.amp.GradScaler("cuda") if acc.amp_dtype == torch.float16 else None
     per_rank_batch = max(1, opt.batch_size // acc.world)
     shard = math.ceil(len(train_idx) / acc.world)
-    steps_per_epoch = math.ceil(shard / per_rank_batch)
-    total_steps = opt.epochs * steps_per_epoch
+    bounds = batch_bounds(shard, per_rank_batch)  # the same on every rank: equal shards
+    total_steps = opt.epochs * len(bounds)
     records, step = [], 0
     task = progress.add_task(description, total=opt.epochs, info="") if progress and acc.is_main else None
     for epoch in range(opt.epochs):
@@ -169,29 +227,15 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
         norms: dict[str, dict[str, list[float]]] = {d.name: {} for d in directions}
         correct = {d.name: 0 for d in directions}
         seen = 0
-        for b in range(steps_per_epoch):
-            local = perm[b * per_rank_batch : (b + 1) * per_rank_batch]
-            if len(local) == 0:
-                continue
+        for b, (lo, hi) in enumerate(bounds):
+            local = perm[lo:hi]
             rows = train_idx[local]
             yb = acc.batch(y[rows])
             lr = poly_lr(opt, step, total_steps)
             for g in sgd.param_groups:
                 g["lr"] = lr
             probe = grad_norm_every > 0 and b % grad_norm_every == 0
-            xs, touts = [], []
-            for d in directions:
-                xs.append(acc.batch(d.x_student[rows]))
-                f_t = z_t = None
-                if d.objective.needs_teacher:
-                    if d.cache is not None:
-                        dev_local = local.to(acc.device)
-                        f_t, z_t = d.cache[0][dev_local], d.cache[1][dev_local]
-                    else:
-                        with torch.no_grad():
-                            f_t = d.teacher.forward_features(acc.batch(d.x_teacher[rows]))
-                            z_t = d.teacher.forward_head(f_t)
-                touts.append((f_t, z_t))
+            xs, touts = _inputs(directions, rows, local, acc)
             results = model(xs, touts, yb, epoch, acc.amp_dtype)
             total = 0.0
             for d, (f_s, z_s, terms) in zip(directions, results, strict=True):

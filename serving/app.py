@@ -3,14 +3,14 @@
 ``create_app(settings)`` is the factory (the model loads in the lifespan handler, never at
 import). Routes: ``/v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/models/{m}[/versions/{v}]``
 (+ ``/ready``, ``/infer``), ``/v2/models/{m}/config``, ``/v1/classify`` (a WAV or image upload,
-preprocessed with the manifest's constants by ``serving.preprocess``), ``/metrics``. Every error
+preprocessed with the manifest's constants by ``serving.preprocess``), ``/metrics``, and the
+page a person can use (``/``, ``/v1/model``: ``serving.webpage``). Every error
 is ``{"error": "..."}`` with a 4xx (400, never 422) or 5xx status, without stack traces.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -30,6 +30,7 @@ from serving.metrics import Metrics
 from serving.middleware import ApiKey, BodyLimit, RequestLog
 from serving.model import LoadedModel, NotServable, load_model
 from serving.settings import ServeSettings
+from serving.webpage import add_page_routes
 
 log = logging.getLogger("fdkd.serve")
 VERSION = "0.1.0"
@@ -267,6 +268,8 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         return _reply(await inference.classify(headers, body, request.is_disconnected,
                                                request.scope.setdefault("state", {})))
 
+    add_page_routes(app, state)  # GET / (the page, public) and GET /v1/model
+
     @app.get("/metrics")
     async def metrics():
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -313,13 +316,10 @@ def preprocess(m: LoadedModel, body: bytes) -> np.ndarray:
         if mono.size == 0 or not np.isfinite(mono).all():
             raise protocol.BadRequest("WAV is empty or holds NaN/Inf samples")
         return fe(fe.fit_clip(mono)[None])
-    from PIL import Image, UnidentifiedImageError
+    from serving.image import ImageError, decode_image
 
-    try:
-        with Image.open(io.BytesIO(body)) as im:
-            im = im.convert("L" if fe.channels == 1 else "RGB").resize((fe.width, fe.height))
-            arr = np.asarray(im, np.float32)
-    except (UnidentifiedImageError, OSError) as e:
+    try:  # the decoder the training data went through (16-bit, alpha, EXIF, bilinear resize)
+        arr = decode_image(body, fe.channels, (fe.height, fe.width)).astype(np.float32)
+    except ImageError as e:
         raise protocol.BadRequest(f"not a readable image: {e}") from None
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return fe(arr[None] / 255.0 * fe.max_value)

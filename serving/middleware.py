@@ -14,7 +14,8 @@ import uuid
 
 log = logging.getLogger("fdkd.serve")
 
-EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics",
+                    "/", "/ui/page.js", "/ui/page.css"})  # the page itself: its calls need the key
 
 
 async def _send_json(send, status: int, payload: dict, headers: list | None = None) -> None:

@@ -140,7 +140,7 @@ def test_calibration_set_is_stratified_and_readable(exported, tiny_dataset):
     sizes = []
     while (batch := reader.get_next()) is not None:
         sizes.append(len(batch["input"]))
-    assert sizes == [30, 30, 4]
+    assert sizes == [16, 16, 16, 16]  # equal batches (ORT's histogram calibrators stack them)
     with pytest.raises(ValueError, match="no array for ONNX input 'x'"):
         NpzCalibrationReader(exported["calib"], "x")
     rows = choose_rows(np.array([0] * 90 + [1] * 10), np.arange(100), 20, 0)

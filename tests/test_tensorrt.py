@@ -1,13 +1,22 @@
-"""TensorRT build and runtime: engine checks that run anywhere, and GPU tests behind the `gpu` marker."""
+"""TensorRT build and runtime: engine checks that run anywhere, and GPU tests behind the `gpu` marker.
 
+Without a GPU, the build and runtime code runs against test doubles for the two absent libraries
+(``tests/trt_fakes.py``: a ``tensorrt`` module and a host-memory libcudart): what is checked is
+fdkd's own code around them (TF32 cleared, timing-cache fallback, write order, sidecar hash,
+dtype and profile checks, chunking), never the fakes' arithmetic.
+"""
+
+import hashlib
 import json
+import sys
 
 import numpy as np
 import pytest
 
 from serving.runtime import load_runtime
-from serving.runtime.cuda_env import gpu_info, gpu_slug, tensorrt_version
+from serving.runtime.cuda_env import engine_key, gpu_info, gpu_slug, jetson_module, same_device, tensorrt_version
 from serving.runtime.tensorrt import EngineMismatch
+from tests.trt_fakes import CLASSES, FEATURES, WEIGHTS, HostCudart, fake_tensorrt, install_cuda
 
 HAS_TRT = tensorrt_version() is not None and gpu_info() is not None
 
@@ -52,7 +61,7 @@ def test_engine_matches_onnxruntime(served_run, tmp_path, precision, source):
     x = np.random.default_rng(0).standard_normal((7, 1, 40, 101)).astype(np.float32)
     ref = load_runtime(served_run / "student.onnx")(x)
     got = load_runtime(plan)(x)
-    tol = {"fp32": 1e-3, "fp16": 5e-2, "int8": 1.0}[precision]
+    tol = {"fp32": 1e-4, "fp16": 5e-2, "int8": 1.0}[precision]  # fp32: the gate's 1e-4 holds only with TF32 off
     assert np.abs(got - ref).max() < tol
 
 
@@ -64,3 +73,161 @@ def test_validation_reads_each_engines_precision_from_its_own_sidecar(tmp_path):
         plan.write_bytes(b"x")
         (tmp_path / f"{plan.stem}.build.json").write_text(json.dumps({"precision": prec}))
     assert {a["name"].split(".")[1]: a["precision"] for a in discover(tmp_path)} == {"fp16": "fp16", "int8": "int8"}
+
+
+# --- On the CPU with test doubles for the absent tensorrt bindings and libcudart (tests/trt_fakes.py) ---
+
+JETSON_BOARDS = {  # device-tree model, compatible (NUL-separated, board first)
+    "orin-nano": ("NVIDIA Jetson Orin Nano Developer Kit\0", "nvidia,p3768-0000+p3767-0005\0nvidia,p3767-0005\0"
+                  "nvidia,tegra234\0"),
+    "orin-nx": ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit\0",
+                "nvidia,p3768-0000+p3767-0000\0nvidia,p3767-0000\0nvidia,tegra234\0"),
+    "agx-orin": ("NVIDIA Jetson AGX Orin Developer Kit\0", "nvidia,p3737-0000+p3701-0005\0nvidia,p3701-0005\0"
+                 "nvidia,tegra234\0"),
+}
+TEGRA_RELEASE = "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, DATE: Fri Sep 13\n"
+
+
+def _board(root, model, compat, tree="proc/device-tree"):
+    (root / tree).mkdir(parents=True, exist_ok=True)
+    (root / tree / "model").write_bytes(model.encode())
+    (root / tree / "compatible").write_bytes(compat.encode())
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/nv_tegra_release").write_text(TEGRA_RELEASE)
+    return root
+
+
+def test_jetson_modules_get_distinct_engine_keys(tmp_path):
+    orin = {"name": "Orin", "compute_capability": "8.7", "multiprocessors": 8, "integrated": True}
+    keys, infos = {}, {}
+    for board, (model, compat) in JETSON_BOARDS.items():
+        module = jetson_module(_board(tmp_path / board, model, compat), environ={})
+        assert module["l4t"] == "36.4.0"
+        infos[board] = {**orin, "jetson": module}
+        keys[board] = engine_key(infos[board], "10.3.0")
+    assert keys["orin-nano"] == "jetson-orin-nano-developer-kit-p3767-0005-sm87-trt10.3.0"
+    assert keys["agx-orin"] == "jetson-agx-orin-developer-kit-p3701-0005-sm87-trt10.3.0"
+    assert len(set(keys.values())) == 3
+    assert not same_device(infos["orin-nano"], infos["orin-nx"]) and same_device(infos["agx-orin"], infos["agx-orin"])
+    assert not same_device({}, infos["agx-orin"])  # a sidecar that names no GPU matches none
+
+
+def test_jetson_module_from_a_mounted_host_tree_and_none_elsewhere(tmp_path):
+    model, compat = JETSON_BOARDS["orin-nx"]
+    host = _board(tmp_path / "host", model, compat, tree="dt")
+    assert jetson_module(tmp_path / "container", environ={"FDKD_DEVICE_TREE": str(host / "dt")})["part"] == "p3767-0000"
+    assert jetson_module(tmp_path / "x86", environ={}) is None  # no device tree, no nv_tegra_release
+    # an integrated GPU whose board cannot be read still keys on its SM count
+    assert engine_key({"name": "Orin", "compute_capability": "8.7", "multiprocessors": 4, "integrated": True},
+                      "10.3.0") == "orin-4sms-sm87-trt10.3.0"
+
+
+@pytest.fixture()
+def fake_gpu(monkeypatch):
+    """A fake tensorrt module on sys.modules and a host-memory libcudart: an 'H100' this process can 'build' on."""
+    def install(**kw):
+        trt = fake_tensorrt(**kw)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        install_cuda(monkeypatch, HostCudart(name=b"NVIDIA H100 80GB HBM3", cc=(9, 0), sms=132, integrated=False))
+        return trt
+    return install
+
+
+def _onnx(tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    src = tmp_path / "student.onnx"
+    src.write_bytes(b"onnx bytes")
+    return src
+
+
+def test_build_clears_tf32_and_writes_engine_last_with_its_sidecar(fake_gpu, tmp_path):
+    from pipeline.build import build_engine
+    from pipeline.config import BuildConfig
+
+    trt = fake_gpu()
+    plan = build_engine(_onnx(tmp_path), "fp32", tmp_path, BuildConfig(max_batch=8, opt_batch=4))
+    assert trt.built[-1]["tf32"] is False
+    info = json.loads((tmp_path / f"{plan.stem}.build.json").read_text())
+    assert info["tf32"] is False and info["profile"] == {"input": "input", "shape": [1, 3, 4], "min": 1, "opt": 4,
+                                                          "max": 8}
+    assert info["engine_sha256"] == hashlib.sha256(plan.read_bytes()).hexdigest()
+    assert plan.name == "student.fp32.h100-80gb-hbm3-sm90.trt10.3.0.plan"
+
+
+def test_failed_sidecar_write_leaves_no_engine(fake_gpu, tmp_path):
+    from pipeline.build import build_engine
+    from pipeline.config import BuildConfig
+
+    fake_gpu()
+    plan = build_engine(_onnx(tmp_path), "fp16", tmp_path, BuildConfig())
+    sidecar = tmp_path / f"{plan.stem}.build.json"
+    sidecar.unlink()
+    sidecar.mkdir()  # the next sidecar write fails
+    with pytest.raises(OSError):
+        build_engine(_onnx(tmp_path), "fp16", tmp_path, BuildConfig())
+    assert not plan.exists()  # the old engine is gone too: its sidecar was not this build's
+
+
+@pytest.mark.parametrize("stale", [b"CACHE:another-gpu", b"garbage, not a cache"])
+def test_rejected_timing_cache_falls_back_to_an_empty_one(fake_gpu, tmp_path, capsys, stale):
+    from pipeline.build import build_engine
+    from pipeline.config import BuildConfig
+
+    trt = fake_gpu()
+    (tmp_path / "timing.cache").write_bytes(stale)
+    build_engine(_onnx(tmp_path), "fp16", tmp_path, BuildConfig())
+    assert trt.built[-1]["cache"].blob == b""  # built with a fresh cache, not the rejected one
+    assert (tmp_path / "timing.cache").read_bytes() == b"CACHE:this-gpu"
+    assert "starting an empty one" in capsys.readouterr().err
+
+
+def test_failed_build_writes_nothing(fake_gpu, tmp_path):
+    from pipeline.build import BuildFailed, build_engine
+    from pipeline.config import BuildConfig
+
+    fake_gpu(build_fails=True)
+    with pytest.raises(BuildFailed, match="failed to build"):
+        build_engine(_onnx(tmp_path), "int8", tmp_path, BuildConfig())
+    assert not list(tmp_path.glob("*.plan")) and not list(tmp_path.glob("*.build.json"))
+
+
+def _built(fake_gpu, tmp_path, max_batch=4, **kw):
+    from pipeline.build import build_engine
+    from pipeline.config import BuildConfig
+
+    fake_gpu(**kw)
+    return build_engine(_onnx(tmp_path), "fp16", tmp_path, BuildConfig(max_batch=max_batch, opt_batch=2))
+
+
+@pytest.mark.parametrize("io_dtype", ["FLOAT", "HALF"])
+def test_runtime_runs_batches_beyond_the_profile_in_chunks(fake_gpu, tmp_path, io_dtype):
+    plan = _built(fake_gpu, tmp_path, io_dtype=io_dtype)
+    rt = load_runtime(plan)
+    x = np.random.default_rng(0).standard_normal((10, 1, 3, 4)).astype(np.float32)  # 4 + 4 + 2
+    got = rt(x)
+    assert got.dtype == np.float32 and got.shape == (10, CLASSES)
+    tol = 1e-5 if io_dtype == "FLOAT" else 5e-2
+    np.testing.assert_allclose(got, x.reshape(10, FEATURES) @ WEIGHTS, atol=tol, rtol=tol)
+
+
+def test_runtime_refuses_unsupported_output_dtype_and_bad_shapes(fake_gpu, tmp_path):
+    plan = _built(fake_gpu, tmp_path, out_dtype="INT8")
+    with pytest.raises(RuntimeError, match="tensor 'logits' is DataType.INT8"):
+        load_runtime(plan)
+    plan = _built(fake_gpu, tmp_path / "ok")
+    rt = load_runtime(plan)
+    with pytest.raises(ValueError, match=r"rejected input shape \(2, 1, 4, 4\).*batch 1..4"):
+        rt(np.zeros((2, 1, 4, 4), np.float32))
+
+
+def test_runtime_refuses_a_sidecar_of_another_engine_or_another_jetson(fake_gpu, tmp_path, monkeypatch):
+    plan = _built(fake_gpu, tmp_path)
+    sidecar = tmp_path / f"{plan.stem}.build.json"
+    info = json.loads(sidecar.read_text())
+    plan.write_bytes(plan.read_bytes() + b" ")  # an engine rebuilt or swapped under its old sidecar
+    with pytest.raises(EngineMismatch, match="does not describe this"):
+        load_runtime(plan)
+    plan.write_bytes(plan.read_bytes()[:-1])
+    sidecar.write_text(json.dumps({**info, "gpu": {**info["gpu"], "jetson": {"model": "NVIDIA Jetson AGX Orin"}}}))
+    with pytest.raises(EngineMismatch, match="built for NVIDIA H100 80GB HBM3 .sm 9.0. on NVIDIA Jetson AGX Orin"):
+        load_runtime(plan)

@@ -1,0 +1,266 @@
+"""``fdkd export triton RUN OUT``: a run's validated artifacts as a Triton model repository plus a
+KServe ``InferenceService`` manifest, for when one ``fdkd serve`` box is not enough.
+
+Writes::
+
+    OUT/model_repository/<name>/config.pbtxt          platform onnxruntime_onnx, dynamic batching
+    OUT/model_repository/<name>/1/model.onnx          the run's ONNX graph (student.onnx unless --onnx)
+    OUT/model_repository/<name>/labels.txt            class names (Triton's classification extension)
+    OUT/model_repository/<name>_trt_<precision>/...   one model per TensorRT plan, platform tensorrt_plan
+    OUT/inferenceservice.yaml                         KServe v1beta1, modelFormat triton, protocol v2
+    OUT/export.json                                   what was exported (sha256) and what was left out, why
+
+Only artifacts whose sha256 matches the run's manifest *and* that passed their validation gate are
+exported. The ONNX graph asked for is required: if it failed or was never validated, nothing is
+written (exit 1) unless ``allow_unvalidated``. A TensorRT plan that failed, was skipped by
+validation (built elsewhere, validated on a machine without its GPU) or was never validated is
+left out, named with the reason in ``export.json`` and on the console; ``allow_unvalidated``
+exports those too, and says so in the model's config parameters. A hash mismatch is never
+exported. A plan runs only under the TensorRT version it was built with: the Triton release must
+match (recorded in ``export.json`` and as a comment in the manifest).
+
+OUT is written in a temporary folder beside it and renamed into place, so a failure never leaves
+a half-written repository; an existing OUT is replaced only if an earlier export wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from pipeline import artifacts
+
+MARKER = "export.json"
+REPOSITORY = "model_repository"
+ISVC = "inferenceservice.yaml"
+# ONNX element type (as the manifest records it) -> Triton's data type
+DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int8": "TYPE_INT8",
+          "uint8": "TYPE_UINT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
+KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+
+
+class NotExportable(RuntimeError):
+    """The run cannot be exported as asked; the message says why."""
+
+
+def _q(s: str) -> str:
+    """A protobuf text-format string literal (quotes, backslashes, control and non-ASCII bytes escaped)."""
+    out = []
+    for b in s.encode():
+        c = chr(b)
+        if c in '"\\':
+            out.append("\\" + c)
+        elif 32 <= b < 127:
+            out.append(c)
+        else:
+            out.append(f"\\{b:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def _tensor(t: dict, extra: str = "") -> str:
+    dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in t["shape"][1:])  # without the batch axis
+    if t["dtype"] not in DTYPES:
+        raise NotExportable(f"tensor {t['name']!r} has type {t['dtype']}, which Triton's table here does not map")
+    return (f"  {{\n    name: {_q(t['name'])}\n    data_type: {DTYPES[t['dtype']]}\n    dims: [ {dims} ]\n"
+            f"{extra}  }}")
+
+
+def config_pbtxt(name: str, platform: str, io: dict, max_batch: int, queue_delay_us: int, kind: str,
+                 params: dict[str, str], header: str) -> str:
+    """Triton's ``config.pbtxt`` (protobuf text format of ``inference.ModelConfig``)."""
+    inputs = ",\n".join(_tensor(t) for t in io["inputs"])
+    outputs = ",\n".join(_tensor(t, '    label_filename: "labels.txt"\n' if i == 0 else "")
+                         for i, t in enumerate(io["outputs"]))
+    parameters = "".join(f"parameters {{\n  key: {_q(k)}\n  value {{ string_value: {_q(v)} }}\n}}\n"
+                         for k, v in params.items())
+    return (f"{header}"
+            f"name: {_q(name)}\nplatform: {_q(platform)}\nmax_batch_size: {max_batch}\n"
+            f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
+            f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}\n}}\n"
+            f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]\n"
+            f"{parameters}")
+
+
+def _gate(validation: dict, name: str) -> tuple[bool, str]:
+    """(passed, what validation said) for one artifact."""
+    entry = next((a for a in validation.get("artifacts", []) if a.get("name") == name), None)
+    if entry is None:
+        return False, "not validated (no entry in validation.json; run `fdkd validate`)"
+    if "skipped" in entry:
+        return False, f"not validated: validation skipped it ({entry['skipped']})"
+    g = entry.get("gate")
+    if g is None:
+        return False, "not validated (no gate in validation.json)"
+    limit = "none" if g["limit"] is None else f"{g['limit']:g}"
+    value = g["value"] if isinstance(g["value"], str) else f"{g['value']:.4g}"
+    if not g["passed"]:
+        return False, f"failed its validation gate ({g['metric']}={value}, limit {limit})"
+    return True, f"passed ({g['metric']}={value}, limit {limit})"
+
+
+def _model_name(s: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", s).strip("._-")
+    return name or "student"
+
+
+def _isvc_name(s: str) -> str:
+    """Kubernetes DNS-1123 label as KServe wants it: lowercase letters, digits, '-', starting with a letter."""
+    name = re.sub(r"[^a-z0-9-]+", "-", s.lower()).strip("-")
+    if not name or not name[0].isalpha():
+        name = "fdkd-" + name
+    return name[:45].rstrip("-")  # KServe appends suffixes to the service's own names
+
+
+def _checked_copy(src: Path, dst: Path, sha: str) -> None:
+    found = artifacts.sha256_file(src)
+    if found != sha:
+        raise NotExportable(f"{src.name}: sha256 mismatch with the manifest (tampered or truncated: manifest "
+                            f"{sha[:12]}, file {found[:12]}); never exported")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    if artifacts.sha256_file(dst) != sha:
+        raise NotExportable(f"copy of {src.name} to {dst} does not hash like the original")
+
+
+def _read(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path.parent} has no {path.name}: not a finished fdkd run")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def _write_model(repo: Path, model: str, platform: str, src: Path, filename: str, sha: str, io: dict, max_batch: int,
+                 queue_delay_us: int, kind: str, class_names: list[str], params: dict[str, str], header: str) -> None:
+    d = repo / model
+    _checked_copy(src, d / "1" / filename, sha)
+    (d / "labels.txt").write_text("".join(f"{c}\n" for c in class_names))
+    (d / "config.pbtxt").write_text(config_pbtxt(model, platform, io, max_batch, queue_delay_us, kind, params, header))
+
+
+def inference_service(name: str, storage_uri: str, runtime_version: str | None, gpu: bool,
+                      models: list[str], comments: list[str]) -> str:
+    """A KServe v1beta1 ``InferenceService`` for the repository (Triton runtime, V2 protocol)."""
+    model: dict = {"modelFormat": {"name": "triton"}, "protocolVersion": "v2", "storageUri": storage_uri}
+    if runtime_version:
+        model["runtimeVersion"] = runtime_version
+    limits = {"cpu": "1", "memory": "2Gi"} | ({"nvidia.com/gpu": "1"} if gpu else {})
+    model["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": limits}
+    doc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+           "metadata": {"name": name, "annotations": {"fdkd/models": ",".join(models)}},
+           "spec": {"predictor": {"model": model}}}
+    head = "".join(f"# {c}\n" for c in comments)
+    return head + yaml.safe_dump(doc, sort_keys=False)
+
+
+def export_triton(run_dir: Path, out: Path, *, onnx: str = artifacts.ONNX_FP32, max_batch: int = 64,
+                  max_queue_delay_ms: float = 0.0, onnx_device: str = "cpu", storage_uri: str | None = None,
+                  runtime_version: str | None = None, name: str | None = None,
+                  allow_unvalidated: bool = False) -> dict:
+    """Write OUT (see the module docstring); returns what ``export.json`` holds."""
+    run_dir, out = Path(run_dir), Path(out)
+    if max_batch < 1:
+        raise ValueError(f"--max-batch must be >= 1, got {max_batch}")
+    if max_queue_delay_ms < 0:
+        raise ValueError(f"--max-queue-delay-ms must be >= 0, got {max_queue_delay_ms}")
+    if onnx_device not in KINDS:
+        raise ValueError(f"--onnx-device must be one of {sorted(KINDS)}, got {onnx_device!r}")
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
+        raise ValueError(f"{out} exists and was not written by `fdkd export triton`; choose a new folder")
+    manifest = _read(run_dir / "manifest.json")
+    validation = _read(run_dir / artifacts.VALIDATION)
+    arts = manifest["artifacts"]
+    if onnx not in arts or not onnx.endswith(".onnx"):
+        onnxes = sorted(n for n in arts if n.endswith(".onnx"))
+        raise ValueError(f"--onnx {onnx!r} is not an ONNX graph of {run_dir}; choose one of {onnxes}")
+    base = _model_name(name or manifest.get("name", "student"))
+    class_names = list(manifest["class_names"])
+    delay_us = int(round(1000 * max_queue_delay_ms))
+    header = f"# written by `fdkd export triton` from run {manifest.get('name')!r}\n"
+    exported, left_out, warnings = [], [], []
+
+    def provenance(art: str, verdict: str) -> dict[str, str]:
+        return {"fdkd_artifact": art, "fdkd_sha256": arts[art]["sha256"], "fdkd_validation": verdict}
+
+    passed, verdict = _gate(validation, onnx)
+    if not passed:
+        if not allow_unvalidated:
+            raise NotExportable(f"{onnx} {verdict}; nothing exported (--allow-unvalidated exports it anyway)")
+        warnings.append(f"{onnx} {verdict}; exported anyway because --allow-unvalidated was given")
+        verdict = "UNVALIDATED, exported with --allow-unvalidated: " + verdict
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        repo = tmp / REPOSITORY
+        _write_model(repo, base, "onnxruntime_onnx", run_dir / onnx, "model.onnx", arts[onnx]["sha256"],
+                     arts[onnx]["onnx"], max_batch, delay_us, KINDS[onnx_device], class_names,
+                     provenance(onnx, verdict), header)
+        exported.append({"model": base, "platform": "onnxruntime_onnx", "artifact": onnx, "max_batch_size": max_batch,
+                         "kind": KINDS[onnx_device], "sha256": arts[onnx]["sha256"], "validation": verdict})
+        trt_versions = set()
+        for plan in sorted(n for n in arts if n.endswith(".plan")):
+            reason = None
+            info_path = run_dir / (Path(plan).stem + ".build.json")
+            info = json.loads(info_path.read_text()) if info_path.exists() else None
+            passed, verdict = _gate(validation, plan)
+            if not (run_dir / plan).exists():
+                reason = "file missing from the run directory"
+            elif info is None:
+                reason = f"no {info_path.name} sidecar (TensorRT version and batch profile unknown)"
+            elif info.get("onnx") not in arts:
+                reason = f"built from {info.get('onnx')!r}, which is not in the manifest"
+            elif info.get("profile", {}).get("min", 1) != 1:
+                reason = f"batch profile starts at {info['profile']['min']}; Triton's batching needs batch 1"
+            elif not passed and not allow_unvalidated:
+                reason = verdict
+            if reason:
+                left_out.append({"artifact": plan, "reason": reason})
+                continue
+            if not passed:
+                warnings.append(f"{plan} {verdict}; exported anyway because --allow-unvalidated was given")
+                verdict = "UNVALIDATED, exported with --allow-unvalidated: " + verdict
+            model = f"{base}_trt_{info.get('precision', 'unknown')}"
+            if any(e["model"] == model for e in exported):
+                model += "_" + _model_name(Path(plan).stem.split(".")[2] if plan.count(".") >= 3 else plan)
+            src_io = arts[info["onnx"]]["onnx"]
+            mb = int(info["profile"]["max"])
+            params = provenance(plan, verdict) | {"fdkd_tensorrt": str(info.get("tensorrt")),
+                                                  "fdkd_gpu": str(info.get("gpu"))}
+            _write_model(repo, model, "tensorrt_plan", run_dir / plan, "model.plan", arts[plan]["sha256"], src_io,
+                         mb, delay_us, "KIND_GPU", class_names, params, header)
+            trt_versions.add(str(info.get("tensorrt")))
+            exported.append({"model": model, "platform": "tensorrt_plan", "artifact": plan, "max_batch_size": mb,
+                             "kind": "KIND_GPU", "sha256": arts[plan]["sha256"], "validation": verdict,
+                             "tensorrt": info.get("tensorrt"), "gpu": info.get("gpu")})
+        models = [e["model"] for e in exported]
+        uri = storage_uri or f"pvc://fdkd-models/{base}"
+        comments = [f"written by `fdkd export triton` from run {manifest.get('name')!r}: models {', '.join(models)}",
+                    f"copy {REPOSITORY}/ to {uri} first (or rerun with --storage-uri)"]
+        if trt_versions:
+            comments.append(f"the TensorRT plans need a Triton release with TensorRT {', '.join(sorted(trt_versions))} "
+                            "(set runtimeVersion to its tag) and the GPU they were built on")
+        gpu = bool(trt_versions) or onnx_device == "gpu"
+        (tmp / ISVC).write_text(inference_service(_isvc_name(base), uri, runtime_version, gpu, models, comments))
+        summary = {"run": str(run_dir), "run_name": manifest.get("name"), "repository": REPOSITORY,
+                   "inference_service": ISVC, "storage_uri": uri, "models": exported, "left_out": left_out,
+                   "warnings": warnings}
+        artifacts.write_json(tmp / MARKER, summary)
+        if out.exists():  # an earlier export: moved aside, replaced, then removed
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(old / "x")
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary

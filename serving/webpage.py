@@ -1,0 +1,70 @@
+"""The page a person can use: ``GET /`` (plain HTML + JS + CSS shipped in ``serving/static``) and
+``GET /v1/model`` (what the page needs to know about the served model).
+
+The page and its two static files are public (no secret in them); every call the page makes
+(``/v1/model``, ``/v1/classify``) goes through the same API key rules as any client, with the key
+typed into the page and kept in the tab's ``sessionStorage``. No build step, no CDN: the files
+are served as they are in the package, under a strict Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+
+# URL path -> (file in serving/static, media type); the whole set of files the page is made of
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/ui/page.js": ("page.js", "text/javascript; charset=utf-8"),
+    "/ui/page.css": ("page.css", "text/css; charset=utf-8"),
+}
+PUBLIC_PATHS = frozenset(STATIC)  # served without an API key (middleware.EXEMPT includes them)
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                               "img-src 'self' blob: data:; media-src 'self' blob:; base-uri 'none'; "
+                               "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+_ERROR = {"application/json": {"schema": {"type": "object", "required": ["error"],
+                                          "properties": {"error": {"type": "string"}}}}}
+MODEL_INFO_RESPONSES = {
+    200: {"description": "the served model", "content": {"application/json": {"schema": {
+        "type": "object", "required": ["name", "version", "artifact", "modality", "class_names", "preprocessing"]}}}},
+    401: {"description": "missing or invalid API key", "content": _ERROR},
+    503: {"description": "model not ready", "content": _ERROR},
+}
+
+
+@lru_cache(maxsize=len(STATIC))
+def _read(name: str) -> bytes:
+    return resources.files("serving").joinpath("static", name).read_bytes()
+
+
+def _file_route(name: str, media_type: str):
+    async def route() -> Response:
+        return Response(_read(name), media_type=media_type, headers=HEADERS)
+
+    return route
+
+
+def add_page_routes(app: FastAPI, state) -> None:
+    """``GET /``, its static files and ``GET /v1/model`` on ``app``; ``state`` is the app's ``State``."""
+    for path, (name, media_type) in STATIC.items():
+        app.add_api_route(path, _file_route(name, media_type), methods=["GET"], include_in_schema=False)
+
+    @app.get("/v1/model", responses=MODEL_INFO_RESPONSES)
+    async def model_info():
+        """The served model: name, version, artifact, modality, class names and preprocessing constants."""
+        m = state.model
+        if not state.ready or m is None:
+            return JSONResponse({"error": f"model not ready: {state.not_ready_reason}"}, 503,
+                                headers={"Retry-After": "1"})
+        return {"name": m.name, "version": m.version, "artifact": m.artifact, "platform": m.platform,
+                "modality": m.modality, "class_names": m.class_names, "preprocessing": m.frontend.to_dict()}

@@ -1,0 +1,170 @@
+"""``fdkd export triton RUN OUT`` on a real tiny run: the repository's configs load with Triton's own
+protobuf schema (tritonclient's ``model_config_pb2``), the graph is the run's (same sha256, same
+I/O as the ONNX file declares), the KServe manifest points at it, and only validated artifacts go.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pytest
+import yaml
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+from typer.testing import CliRunner
+
+from pipeline import artifacts
+from pipeline.cli import app
+from pipeline.triton_repo import _q
+
+runner = CliRunner()
+
+
+def _config(path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _export(*args):
+    return runner.invoke(app, ["export", "triton", *map(str, args)])
+
+
+@pytest.fixture
+def run_copy(served_run, tmp_path):
+    """A copy of the tiny run that a test may edit."""
+    dst = tmp_path / "run"
+    shutil.copytree(served_run, dst)
+    return dst
+
+
+def test_export_writes_a_repository_that_triton_and_kserve_read(served_run, tmp_path):
+    out = tmp_path / "triton"
+    result = _export(served_run, out, "--max-queue-delay-ms", "0.5", "--storage-uri", "s3://models/fdkd",
+                     "--runtime-version", "24.08-py3")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((served_run / "manifest.json").read_text())
+    model_dir = out / "model_repository" / "served"
+    cfg = _config(model_dir / "config.pbtxt")
+    assert (cfg.name, cfg.platform, cfg.max_batch_size) == ("served", "onnxruntime_onnx", 64)
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert cfg.parameters["fdkd_sha256"].string_value == manifest["artifacts"]["student.onnx"]["sha256"]
+    assert cfg.parameters["fdkd_validation"].string_value.startswith("passed (max_abs_logit=")
+
+    graph = model_dir / "1" / "model.onnx"
+    assert artifacts.sha256_file(graph) == manifest["artifacts"]["student.onnx"]["sha256"]
+    g = onnx.load(str(graph)).graph
+    for declared, tensors in ((cfg.input, g.input), (cfg.output, g.output)):
+        assert [t.name for t in declared] == [t.name for t in tensors]
+        for t, real in zip(declared, tensors, strict=True):
+            assert t.data_type == model_config_pb2.TYPE_FP32
+            assert list(t.dims) == [d.dim_value for d in real.type.tensor_type.shape.dim][1:]  # batch axis dropped
+    assert cfg.output[0].label_filename == "labels.txt"
+    assert (model_dir / "labels.txt").read_text().splitlines() == manifest["class_names"]
+
+    isvc = yaml.safe_load((out / "inferenceservice.yaml").read_text())
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["modelFormat"] == {"name": "triton"} and model["protocolVersion"] == "v2"
+    assert (model["storageUri"], model["runtimeVersion"]) == ("s3://models/fdkd", "24.08-py3")
+    assert "nvidia.com/gpu" not in model["resources"]["limits"]  # CPU only: no TensorRT plan, ONNX on CPU
+    summary = json.loads((out / "export.json").read_text())
+    assert [m["model"] for m in summary["models"]] == ["served"] and summary["left_out"] == []
+
+    # an earlier export is replaced; a folder the export did not write is refused and left alone
+    assert _export(served_run, out, "--max-batch", "8").exit_code == 0
+    assert _config(model_dir / "config.pbtxt").max_batch_size == 8
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    result = _export(served_run, foreign)
+    assert result.exit_code == 2 and "was not written by `fdkd export triton`" in result.output
+    assert [p.name for p in foreign.iterdir()] == ["keep.txt"]
+    assert _export(served_run, tmp_path / "x", "--onnx", "nope.onnx").exit_code == 2
+
+
+def test_failed_or_unvalidated_onnx_is_refused_and_tampered_never_exported(run_copy, tmp_path):
+    vpath = run_copy / "validation.json"
+    validation = json.loads(vpath.read_text())
+    entry = next(a for a in validation["artifacts"] if a["name"] == "student.onnx")
+    entry["gate"] |= {"passed": False, "value": 0.5}
+    vpath.write_text(json.dumps(validation))
+    out = tmp_path / "out"
+    result = _export(run_copy, out)
+    assert result.exit_code == 1 and "student.onnx failed its validation gate (max_abs_logit=0.5" in result.output
+    assert not out.exists()
+    result = _export(run_copy, out, "--allow-unvalidated")
+    assert result.exit_code == 0, result.output
+    param = _config(out / "model_repository" / "served" / "config.pbtxt").parameters["fdkd_validation"]
+    assert param.string_value.startswith("UNVALIDATED, exported with --allow-unvalidated")
+    assert "warning" in result.output
+
+    with open(run_copy / "student.onnx", "ab") as f:
+        f.write(b"\0")
+    out2 = tmp_path / "out2"
+    result = _export(run_copy, out2, "--allow-unvalidated")
+    assert result.exit_code == 1 and "sha256 mismatch" in result.output
+    assert not out2.exists() and not list(tmp_path.glob(".out2.*"))  # no half-written repository either
+
+
+def _add_plan(run_dir, precision: str, validation_entry: dict) -> str:
+    """A TensorRT plan registered like `fdkd build` does. The bytes stand in for an engine (no TensorRT on
+    CPU machines); the exporter copies plans by hash and reads their sidecars, never their contents."""
+    name = f"student.{precision}.nvidia-h200.trt10.3.0.plan"
+    (run_dir / name).write_bytes(f"stand-in {precision} engine".encode())
+    src = {"fp16": "student.fp16.onnx", "int8": "student.int8.minmax.onnx"}[precision]
+    artifacts.write_json(run_dir / name.replace(".plan", ".build.json"), {
+        "tensorrt": "10.3.0", "gpu": "NVIDIA H200", "precision": precision, "onnx": src,
+        "profile": {"input": "input", "min": 1, "opt": 8, "max": 32}})
+    mpath = run_dir / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    manifest["artifacts"][name] = {"path": name, "sha256": artifacts.sha256_file(run_dir / name), "stage": "build",
+                                   "precision": precision}
+    mpath.write_text(json.dumps(manifest))
+    vpath = run_dir / "validation.json"
+    validation = json.loads(vpath.read_text())
+    validation["artifacts"].append({"name": name, "precision": precision, "target": "tensorrt", **validation_entry})
+    vpath.write_text(json.dumps(validation))
+    return name
+
+
+def test_validated_tensorrt_plan_becomes_a_second_model_and_unvalidated_ones_are_left_out(run_copy, tmp_path):
+    fp16 = _add_plan(run_copy, "fp16", {"gate": {"metric": "accuracy_drop_pt", "value": 0.1, "limit": 0.3,
+                                                 "passed": True}})
+    int8 = _add_plan(run_copy, "int8", {"skipped": "RuntimeError: engine built for another GPU"})
+    out = tmp_path / "out"
+    result = _export(run_copy, out)
+    assert result.exit_code == 0, result.output
+    trt = out / "model_repository" / "served_trt_fp16"
+    cfg = _config(trt / "config.pbtxt")
+    assert (cfg.platform, cfg.max_batch_size) == ("tensorrt_plan", 32)  # the engine profile's max batch
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert cfg.parameters["fdkd_tensorrt"].string_value == "10.3.0"
+    assert list(cfg.input[0].dims) == list(_config(out / "model_repository/served/config.pbtxt").input[0].dims)
+    assert (trt / "1" / "model.plan").read_bytes() == (run_copy / fp16).read_bytes()
+    summary = json.loads((out / "export.json").read_text())
+    assert [m["model"] for m in summary["models"]] == ["served", "served_trt_fp16"]
+    assert summary["left_out"] == [{"artifact": int8, "reason": "not validated: validation skipped it "
+                                                                "(RuntimeError: engine built for another GPU)"}]
+    assert f"left out {int8}" in " ".join(result.output.split())
+    text = (out / "inferenceservice.yaml").read_text()
+    assert "TensorRT 10.3.0" in text.split("apiVersion")[0]  # the comment naming the Triton release to pick
+    assert yaml.safe_load(text)["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+    assert _export(run_copy, tmp_path / "all", "--allow-unvalidated").exit_code == 0
+    assert (tmp_path / "all" / "model_repository" / "served_trt_int8" / "1" / "model.plan").exists()
+
+
+def test_string_literals_survive_tritons_parser():
+    s = 'a "quoted" \\ back\nslash, ünïcode €'
+    cfg = text_format.Parse(f"parameters {{ key: \"k\" value {{ string_value: {_q(s)} }} }}",
+                            model_config_pb2.ModelConfig())
+    assert cfg.parameters["k"].string_value == s
+
+
+def test_export_stage_command_is_still_there():
+    result = runner.invoke(app, ["export", "--help"])
+    assert result.exit_code == 0 and "Export student.pt to ONNX" in result.output and "triton" in result.output
+    result = runner.invoke(app, ["export", "--set", "seed=1", "triton", "a", "b"])
+    assert result.exit_code == 2 and "belong to the export stage" in " ".join(result.output.split())
