@@ -1,7 +1,8 @@
 """Tables from ``bench/serve_load.py``'s raw records (jsonl): one run, fdkd beside Triton and in-process.
 
     python bench/serve_results.py bench/serve_load.jsonl                    # print the latest run
-    python bench/serve_results.py bench/serve_load.jsonl --write docs/results.md
+    python bench/serve_results.py bench/serve_load.jsonl --write docs/results.md \
+        --profiles bench/profiles/fdkd-binary-32clients.pyspy.txt bench/profiles/fdkd-json-32clients.pyspy.txt
 
 ``--write`` replaces what stands between ``<!-- serve_load:begin -->`` and ``<!-- serve_load:end -->``.
 """
@@ -89,9 +90,18 @@ def main() -> None:
     ap.add_argument("records", type=Path)
     ap.add_argument("--run", default=None, help="run id (default: the latest)")
     ap.add_argument("--write", type=Path, default=None, help="markdown file with the begin/end markers")
+    ap.add_argument("--profiles", type=Path, nargs="*", default=[],
+                    help="py-spy raw profiles to summarize below the table (bench/profile_summary.py)")
     args = ap.parse_args()
     records = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]
     table = render(records, args.run)
+    if args.profiles:
+        from profile_summary import summarize
+
+        for p in args.profiles:
+            table += f"\nWhere fdkd's time goes, `{p}` (py-spy, both threads, share of samples):\n\n"
+            table += "| where | share |\n|---|---|\n"
+            table += "".join(f"| {cat} | {100 * share:.1f} % |\n" for cat, share in summarize(p))
     if args.write is None:
         print(table)
         return

@@ -59,6 +59,10 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: ServeSettings, runtime_override=None) -> None:
+    if settings.http == "granian" and runtime_override is None:
+        from serving.granian_server import serve_granian
+
+        return serve_granian(settings)
     configure_logging(settings.log_level)
     app = create_app(settings, runtime_override)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,

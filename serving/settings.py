@@ -34,3 +34,4 @@ class ServeSettings(BaseSettings):
     # NaN/Inf input values (binary tensors, FP32 overflow): "reject" with 400, or "accept" as Triton does
     nonfinite_inputs: Literal["reject", "accept"] = "reject"
     hot_path: bool = True  # the bare ASGI inference routes (False: through FastAPI, for comparison)
+    http: Literal["uvicorn", "granian"] = "uvicorn"  # the HTTP server (granian: faster, see serving.granian_server)

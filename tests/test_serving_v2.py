@@ -289,3 +289,36 @@ def test_16_mb_of_nested_empty_arrays_does_not_stall_the_event_loop(served_run):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.slow
+def test_fdkd_serve_under_granian(served_run, runtime):
+    """`fdkd serve --http granian`: the same app and hot path behind Granian; SIGTERM ends it."""
+    from serving.wav import write_wav
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", str(served_run), "--port", str(port),
+                             "--http", "granian", "--max-batch", "8"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        x = _x(2, 9)
+        r = httpx.post(url + INFER, json=body(x, id="g-1"), timeout=30)
+        assert r.status_code == 200 and r.json()["id"] == "g-1" and r.headers["x-request-id"] == "g-1"
+        np.testing.assert_allclose(np.array(r.json()["outputs"][0]["data"]).reshape(2, 10), runtime(x), atol=1e-5)
+        r = httpx.post(url + INFER, json=body(_x(9)), timeout=30)
+        assert r.status_code == 400 and "exceeds max_batch_size 8" in r.json()["error"]  # the flag reached the app
+        r = httpx.post(url + "/v1/classify", content=write_wav(np.zeros(16000), 16000), timeout=30)
+        assert r.status_code == 200 and r.json()["class_name"]
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert proc.returncode == 0
