@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# the innermost frame of a thread that waits (py-spy cannot tell these waits from work)
+IDLE = [("runtime worker thread waiting for a batch (idle)", ("_worker (concurrent/futures/thread.py:81)",)),
+        ("event loop in uvloop's C code (socket I/O, callbacks, and waiting in epoll)", ("Runner.run",))]
 # (category, substrings of a frame "function (file:line)"), checked innermost frame first
 CATEGORIES = [
     ("ONNX Runtime (worker thread)", ("Session.run",)),
     ("JSON tensor decode (msgspec + numpy)", ("_json_tensor",)),
-    ("V2 header parse and checks", ("parse_infer", "_parse_outputs", "_check_shape", "_check_id")),
+    ("V2 request decode (one msgspec pass, numbers included), float32 conversion, checks",
+     ("parse_infer", "_parse_outputs", "_check_shape", "_check_id", "_checked", "_parse_head")),
     ("reply building (orjson)", ("build_response",)),
     ("batcher and thread hand-off", ("DynamicBatcher", "ThreadPoolExecutor", "_chain_future", "Future.set_result",
                                     "_WorkItem", "_worker", "Inference._rows")),
@@ -24,7 +28,6 @@ CATEGORIES = [
     ("hot path handler (ASGI glue)", ("HotPath.", "Inference.", "receive_gone")),
     ("pure-ASGI middleware (log, key, body cap)", ("RequestLog.", "ApiKey.", "BodyLimit.", "FdkdApp.")),
     ("uvicorn HTTP protocol (Python)", ("uvicorn/",)),
-    ("event loop and socket I/O (uvloop, C)", ("Runner.run", "uvloop")),
 ]
 
 
@@ -37,8 +40,8 @@ def summarize(path: Path) -> list[tuple[str, float]]:
         stack, n = line.rsplit(" ", 1)
         frames = stack.split(";")[::-1]
         total += int(n)
-        cat = "other"
-        for frame in frames:
+        cat = next((c for c, keys in IDLE if any(k in frames[0] for k in keys)), "other")
+        for frame in frames if cat == "other" else ():
             hit = next((c for c, keys in CATEGORIES if any(k in frame for k in keys)), None)
             if hit:
                 cat = hit

@@ -46,7 +46,7 @@ def render(records: list[dict], run_id: str | None) -> str:
     batched = ref["batched_rows_per_s"]
     out = [f"Run `{run_id}` ({meta['started']}): `{meta['command']}`  ",
            f"CPU: {meta['cpu']}, {meta['cores']} cores, SIMD flags: {meta['simd_flags']}; "
-           f"1-minute load average at the start {meta.get('load_avg_1m')}"
+           f"1-minute load average at the start {meta.get('load_avg_1m') or 0:.1f}"
            + (f"; {meta['note']}" if meta.get("note") else "") + ".  ",
            f"In-process `student.onnx` (same process as the load generator): batched (64 rows) "
            f"{_f(batched)} rows/s; batch-1 p50 {ref['b1_p50_ms']:.3f} ms.", ""]
@@ -72,15 +72,22 @@ def render(records: list[dict], run_id: str | None) -> str:
         out.append("")
     servers = sorted({s for s, _, _ in rows})
     n_rounds = max(r["rounds"] for r in rows.values())
+    top = max(clients)
     out += [f"Every server of the run (rows/s, p50 / p99 ms; medians of {n_rounds} interleaved rounds):", "",
-            "| server | " + " | ".join(f"{b} x{c}" for b in bodies for c in clients) + " |",
-            "|---|" + "---|" * (len(bodies) * len(clients))]
+            "| server | " + " | ".join(f"{b} x{c}" for b in bodies for c in clients)
+            + f" | {top} clients: " + " | ".join(f"{b} / Triton" for b in bodies) + " | binary / in-process batched |",
+            "|---|" + "---|" * (len(bodies) * len(clients) + len(bodies) + 1)]
     for s in servers:
         cells = []
         for b in bodies:
             for c in clients:
                 r = rows.get((s, b, c))
                 cells.append(f"{_f(r['rows_per_s'])} ({r['p50_ms']:.2f} / {r['p99_ms']:.2f})" if r else "-")
+        for b in bodies:
+            r, t = rows.get((s, b, top)), rows.get(("triton", b, top))
+            cells.append(f"{r['rows_per_s'] / t['rows_per_s']:.2f}" if r and t else "-")
+        r = rows.get((s, "binary", top))
+        cells.append(f"{100 * r['rows_per_s'] / batched:.0f} %" if r else "-")
         out.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
