@@ -8,7 +8,7 @@ Servers (each started as its own process on 127.0.0.1, one at a time, then stopp
 - ``fdkd``: ``fdkd serve`` (uvicorn + httptools + uvloop, the bare-ASGI hot path).
 - ``fdkd-fastapi``: the same with ``FDKD_SERVE_HOT_PATH=0`` (the inference routes through FastAPI).
 - ``fdkd-granian``: ``fdkd serve --http granian``: the same app under Granian (a Rust HTTP server),
-  one worker (``serving/granian_server.py``).
+  one worker (``serving/granian_server.py``); ``fdkd-granian-2w``: two worker processes.
 - ``fdkd-2proc``: the same app under uvicorn with 2 worker processes sharing the port
   (``fdkd-uvicorn``: 1 worker, i.e. ``fdkd serve`` without the CLI process around it).
 - ``triton``: Triton's ``tritonserver`` (from the ``nvidia-pytriton`` wheel, in its own virtualenv
@@ -165,8 +165,9 @@ def start(server: str, args, env_extra: dict) -> tuple[subprocess.Popen, int]:
         if server == "fdkd-fastapi":
             env["FDKD_SERVE_HOT_PATH"] = "0"
         cmd = [py, "-m", "pipeline", "serve", str(args.run_dir), "--port", str(port)]
-    elif server == "fdkd-granian":
-        cmd = [py, "-m", "pipeline", "serve", str(args.run_dir), "--port", str(port), "--http", "granian"]
+    elif server in ("fdkd-granian", "fdkd-granian-2w"):
+        cmd = [py, "-m", "pipeline", "serve", str(args.run_dir), "--port", str(port), "--http", "granian",
+               "--workers", "2" if server.endswith("2w") else "1"]
     elif server in ("fdkd-2proc", "fdkd-uvicorn"):
         workers = "2" if server == "fdkd-2proc" else "1"
         cmd = [py, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--workers", workers,

@@ -294,6 +294,7 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
           threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads"),
           http: str | None = typer.Option(None, help="HTTP server: uvicorn (default; drain on SIGTERM) or granian "
                                                      "(faster under load)"),
+          workers: int | None = typer.Option(None, help="With --http granian: processes sharing the port"),
           nonfinite_inputs: str | None = typer.Option(None, help="NaN/Inf input values: reject (default, 400) or "
                                                                  "accept (as Triton)")):
     """Serve a validated student over HTTP (KServe/Triton V2 protocol + /v1/classify). No torch needed.
@@ -310,7 +311,8 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
 
     flags = {"run_dir": run_dir, "host": host, "port": port, "artifact": artifact, "engine_dir": engine_dir,
              "max_batch": max_batch, "max_queue": max_queue, "max_queue_delay_ms": max_queue_delay_ms,
-             "drain_seconds": drain_seconds, "threads": threads, "http": http, "nonfinite_inputs": nonfinite_inputs}
+             "drain_seconds": drain_seconds, "threads": threads, "http": http, "nonfinite_inputs": nonfinite_inputs,
+             "workers": workers}
     if allow_unvalidated:
         flags["allow_unvalidated"] = True
     try:

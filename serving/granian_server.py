@@ -7,7 +7,9 @@ worker process as ``FDKD_SERVE_*`` variables (``serving.asgi`` builds the app fr
 Differences from the default uvicorn server: on SIGTERM Granian stops accepting connections and
 lets in-flight requests finish (its own graceful shutdown) instead of ``serving.server``'s drain
 (readiness 503 while queued work finishes); the connection and slow-sender limits configured for
-uvicorn do not apply. Use it where throughput matters more than those.
+uvicorn do not apply. Use it where throughput matters more than those. ``--workers N`` runs N
+processes on the port, each with its own model copy and batcher (JSON decoding then uses every
+core; each batcher sees only its share of the requests).
 """
 
 from __future__ import annotations
@@ -36,5 +38,6 @@ def serve_granian(settings: ServeSettings) -> None:
     from granian import Granian
 
     os.environ.update(settings_env(settings))
-    Granian("serving.asgi:app", address=settings.host, port=settings.port, interface="asgi", workers=1,
+    Granian("serving.asgi:app", address=settings.host, port=settings.port, interface="asgi",
+            workers=settings.workers,
             loop="uvloop", log_enabled=False, workers_kill_timeout=max(1, int(settings.drain_seconds))).serve()

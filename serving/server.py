@@ -59,6 +59,8 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: ServeSettings, runtime_override=None) -> None:
+    if settings.workers > 1 and settings.http != "granian":
+        raise SystemExit("--workers needs --http granian (the uvicorn server runs one process, with the drain)")
     if settings.http == "granian" and runtime_override is None:
         from serving.granian_server import serve_granian
 

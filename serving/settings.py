@@ -35,3 +35,4 @@ class ServeSettings(BaseSettings):
     nonfinite_inputs: Literal["reject", "accept"] = "reject"
     hot_path: bool = True  # the bare ASGI inference routes (False: through FastAPI, for comparison)
     http: Literal["uvicorn", "granian"] = "uvicorn"  # the HTTP server (granian: faster, see serving.granian_server)
+    workers: int = Field(1, ge=1)  # granian only: processes sharing the port, each with its model and batcher
