@@ -2,9 +2,9 @@
 
 ``create_app(settings)`` is the factory (the model loads in the lifespan handler, never at
 import). Routes: ``/v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/models/{m}[/versions/{v}]``
-(+ ``/ready``, ``/infer``), ``/v2/models/{m}/config``, ``/v1/classify`` (a WAV or image upload,
-preprocessed with the manifest's constants by ``serving.preprocess``), ``/metrics``, and the
-page a person can use (``/``, ``/v1/model``: ``serving.webpage``). Every error
+(+ ``/ready``, ``/infer``, ``/config``), ``/v1/classify`` (a WAV or image upload,
+preprocessed with the manifest's constants by ``serving.preprocess``, within ``serving.upload``'s
+limits), ``/metrics``, and the page a person can use (``/``, ``/v1/model``: ``serving.webpage``). Every error
 is ``{"error": "..."}`` with a 4xx (400, never 422) or 5xx status, without stack traces.
 """
 
@@ -27,13 +27,15 @@ from serving.batcher import DynamicBatcher
 from serving.errors import RETRY_AFTER, ApiError
 from serving.hotpath import HotPath, Inference, error_reply
 from serving.metrics import Metrics
-from serving.middleware import ApiKey, BodyLimit, RequestLog
+from serving.middleware import ApiKey, BodyLimit, RequestLog, bounded
 from serving.model import LoadedModel, NotServable, load_model
 from serving.settings import ServeSettings
 from serving.webpage import add_page_routes
 
 log = logging.getLogger("fdkd.serve")
 VERSION = "0.1.0"
+BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
+EXPOSED_HEADERS = ["Inference-Header-Content-Length", "X-Request-ID", "Retry-After"]
 
 
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
@@ -92,6 +94,14 @@ class State:
         self.draining = False
         self.runtime_override = runtime_override
 
+    def unready_reason(self) -> str:
+        """Why readiness is 503 (loading, refused, draining, batcher down, runtime hung), or "" when ready."""
+        if self.draining:
+            return "draining"
+        if not self.ready:
+            return self.not_ready_reason
+        return (self.batcher.failure if self.batcher else None) or ""
+
 
 def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
     """Build the app. ``runtime_override`` wraps the loaded runtime (fault and slow-runtime tests)."""
@@ -123,7 +133,8 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
             state.batcher = DynamicBatcher(model.runtime, max_batch=max_batch, max_queue=settings.max_queue,
                                            max_queue_delay_s=settings.max_queue_delay_ms / 1000,
                                            queue_timeout_s=settings.queue_timeout_ms / 1000, metrics=state.metrics,
-                                           delay_s=settings.debug_delay_ms / 1000, on_batch=_log_batch)
+                                           delay_s=settings.debug_delay_ms / 1000,
+                                           batch_timeout_s=settings.batch_timeout_s, on_batch=_log_batch)
             state.batcher.start()
             state.ready, state.not_ready_reason = True, ""
             log.info('{"event": "ready", "model": "%s", "artifact": "%s", "warm_up_s": %.3f}',
@@ -161,16 +172,17 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception):
-        log.exception("unhandled error")
+        log.exception("unhandled error")  # the traceback goes to the log, never to the client
         return JSONResponse({"error": "internal server error"}, 500)
 
     def _model(name: str, version: str | None = None) -> LoadedModel:
         if not state.ready or state.model is None:
             raise ApiError(503, f"model not ready: {state.not_ready_reason}", "not_ready", RETRY_AFTER)
         if name != state.model.name:
-            raise ApiError(404, f"unknown model {name!r}; this server serves {state.model.name!r}", "unknown_model")
+            raise ApiError(404, f"unknown model {bounded(name)}; this server serves {state.model.name!r}",
+                           "unknown_model")
         if version not in (None, state.model.version):
-            raise ApiError(404, f"model {name!r} has no version {version!r}", "unknown_version")
+            raise ApiError(404, f"model {state.model.name!r} has no version {bounded(version)}", "unknown_version")
         return state.model
 
     @app.get("/v2/health/live", responses=_ok({"type": "object"}))
@@ -179,9 +191,9 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
 
     @app.get("/v2/health/ready", responses=_ok({"type": "object"}) | _errors(503))
     async def ready():
-        if state.ready and not state.draining:
+        reason = state.unready_reason()
+        if not reason:
             return {"ready": True}
-        reason = "draining" if state.draining else state.not_ready_reason
         return JSONResponse({"error": f"not ready: {reason}"}, 503, headers=RETRY_AFTER)
 
     @app.get("/v2", responses=_ok({"type": "object"}))
@@ -205,6 +217,8 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         if state.draining:
             raise ApiError(503, "server is draining", "draining", RETRY_AFTER)
         m = _model(model_name, version)
+        if reason := state.unready_reason():
+            raise ApiError(503, f"model not ready: {reason}", "not_ready", RETRY_AFTER)
         return {"name": m.name, "ready": True}
 
     @app.get("/v2/models/{model_name}/ready", responses=_ok({"type": "object"}) | _errors(404, 503))
@@ -216,14 +230,27 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
     async def model_version_ready(model_name: str, version: str):
         return _model_ready(model_name, version)
 
-    @app.get("/v2/models/{model_name}/config", responses=_ok({"type": "object"}) | _errors(404, 503))
-    async def model_config(model_name: str):
-        m = _model(model_name)
+    def _config(m: LoadedModel) -> dict:
+        """Triton's ``ModelConfig`` in its protobuf JSON form (tritonclient's model_config_pb2 parses it)."""
         inp = {"name": m.input_name, "data_type": "TYPE_FP32", "dims": m.input_shape}
         out = {"name": m.output_name, "data_type": "TYPE_FP32", "dims": [m.num_classes]}
-        return {"name": m.name, "platform": m.platform, "max_batch_size": state.settings.max_batch,
-                "input": [inp], "output": [out], "inputs": [inp], "outputs": [out],
-                "dynamic_batching": {"max_queue_delay_microseconds": int(1000 * state.settings.max_queue_delay_ms)}}
+        return {"name": m.name, "platform": m.platform, "backend": BACKENDS.get(m.platform, ""),
+                "version_policy": {"specific": {"versions": [int(m.version)]}},
+                "max_batch_size": state.settings.max_batch, "input": [inp], "output": [out],
+                "dynamic_batching": {"max_queue_delay_microseconds": int(1000 * state.settings.max_queue_delay_ms),
+                                     "default_queue_policy": {
+                                         "timeout_action": "REJECT",
+                                         "default_timeout_microseconds": int(1000 * state.settings.queue_timeout_ms),
+                                         "max_queue_size": state.settings.max_queue}},
+                "instance_group": [{"count": 1, "kind": "KIND_GPU" if m.platform == "tensorrt_plan" else "KIND_CPU"}]}
+
+    @app.get("/v2/models/{model_name}/config", responses=_ok({"type": "object"}) | _errors(404, 503))
+    async def model_config(model_name: str):
+        return _config(_model(model_name))
+
+    @app.get("/v2/models/{model_name}/versions/{version}/config", responses=_ok({"type": "object"}) | _errors(404, 503))
+    async def model_version_config(model_name: str, version: str):
+        return _config(_model(model_name, version))
 
     def _fallback_headers(request: Request) -> dict:
         return {k.lower(): v for k, v in request.headers.raw}
@@ -274,14 +301,15 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
     async def metrics():
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    # pure ASGI middleware, innermost first: the body cap runs after authentication, the log sees everything
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    # pure ASGI middleware, innermost first: the body cap runs after authentication; CORS runs before it, so
+    # a preflight (which carries no key) is answered by CORS and a 401 still carries the CORS headers
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(ApiKey, key=settings.api_key.get_secret_value() if settings.api_key else None)
     if settings.cors_origins:  # CORS is off unless origins are configured
         from starlette.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"])
-    app.add_middleware(ApiKey, key=settings.api_key.get_secret_value() if settings.api_key else None)
+                           allow_headers=["*"], expose_headers=EXPOSED_HEADERS)
     app.add_middleware(RequestLog)
     return app
 
@@ -298,28 +326,10 @@ async def _multipart_file(request: Request) -> bytes:
 
 
 def preprocess(m: LoadedModel, body: bytes) -> np.ndarray:
-    """Raw file bytes -> [1, ...] features with the run's own preprocessing constants."""
-    from serving.preprocess import AudioFrontend
-    from serving.wav import WavError, read_wav
+    """Raw file bytes -> [1, ...] features with the run's own preprocessing constants (``serving.upload``)."""
+    from serving.upload import UploadError, features
 
-    if not body:
-        raise protocol.BadRequest("empty body: send one WAV or image file")
-    fe = m.frontend
-    if isinstance(fe, AudioFrontend):
-        try:
-            wav = read_wav(body)
-        except WavError as e:
-            raise protocol.BadRequest(f"not a readable WAV file: {e}") from None
-        if wav.sample_rate != fe.sample_rate:
-            raise protocol.BadRequest(f"WAV sample rate {wav.sample_rate} Hz; this model takes {fe.sample_rate} Hz")
-        mono = wav.mono()
-        if mono.size == 0 or not np.isfinite(mono).all():
-            raise protocol.BadRequest("WAV is empty or holds NaN/Inf samples")
-        return fe(fe.fit_clip(mono)[None])
-    from serving.image import ImageError, decode_image
-
-    try:  # the decoder the training data went through (16-bit, alpha, EXIF, bilinear resize)
-        arr = decode_image(body, fe.channels, (fe.height, fe.width)).astype(np.float32)
-    except ImageError as e:
-        raise protocol.BadRequest(f"not a readable image: {e}") from None
-    return fe(arr[None] / 255.0 * fe.max_value)
+    try:
+        return features(m.frontend, body)
+    except UploadError as e:
+        raise protocol.BadRequest(str(e)) from None

@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 
 from serving import protocol
-from serving.batcher import QueueFull, QueueTimeout
+from serving.batcher import Unavailable
 from serving.errors import RETRY_AFTER, ApiError
 
 log = logging.getLogger("fdkd.serve")
@@ -179,10 +179,8 @@ class Inference:
             self._gone.discard(task)
             task.uncancel()
             raise ApiError(499, "client disconnected", "disconnected") from None
-        except QueueFull as e:
-            raise ApiError(503, str(e), "queue_full", RETRY_AFTER) from None
-        except QueueTimeout as e:
-            raise ApiError(503, str(e), "queue_timeout", RETRY_AFTER) from None
+        except Unavailable as e:  # queue full or timed out, runtime hung, batcher down, shutting down
+            raise ApiError(503, str(e), e.reason, RETRY_AFTER) from None
         except ApiError:
             raise
         except Exception:

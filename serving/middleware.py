@@ -1,11 +1,15 @@
-"""Pure ASGI middleware: body size cap (Content-Length and chunked), API key, request id + JSON log.
+"""Pure ASGI middleware: body size cap and read deadline, API key, request id + JSON log.
 
 Pure ASGI (not BaseHTTPMiddleware) so the body cap sees every chunk before the app does and
-nothing is buffered past the limit.
+nothing is buffered past the limit. ``read_body`` is the one body reader (a route that reads
+``receive`` itself should use it): at most ``limit`` bytes (else 413), all of them within
+``timeout_s`` of the first read (else 408: a slow sender cannot hold a request open). Both
+answers close the connection, since the rest of the body was never read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -16,6 +20,46 @@ log = logging.getLogger("fdkd.serve")
 
 EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics",
                     "/", "/ui/page.js", "/ui/page.css"})  # the page itself: its calls need the key
+CLOSE = [(b"connection", b"close")]
+
+
+def bounded(text: str, limit: int = 64) -> str:
+    """``repr`` of client-supplied text, cut to ``limit`` characters: error messages never echo more."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+class BodyError(Exception):
+    """The body was refused while being read: ``status`` (408 or 413) and a message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def read_body(receive, limit: int, timeout_s: float, declared: bytes | None = None) -> bytes | None:
+    """The whole request body, or None if the client disconnected; raises :class:`BodyError`."""
+    if declared is not None:
+        if not declared.isdigit() or len(declared) > 20:
+            raise BodyError(400, "invalid Content-Length")
+        if int(declared) > limit:
+            raise BodyError(413, f"body of {int(declared)} bytes exceeds the {limit}-byte limit")
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return None
+                chunk = msg.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise BodyError(413, f"body exceeds the {limit}-byte limit")
+                chunks.append(chunk)
+                if not msg.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise BodyError(408, f"request body not received within {timeout_s:g} s ({size} bytes arrived)") from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _send_json(send, status: int, payload: dict, headers: list | None = None) -> None:
@@ -27,36 +71,24 @@ async def _send_json(send, status: int, payload: dict, headers: list | None = No
 
 
 class BodyLimit:
-    """Reads the whole body up to ``limit`` bytes, then replays it; beyond the limit: 413."""
+    """Reads the whole body with :func:`read_body`, then replays it; too large: 413, too slow: 408."""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout_s: float = 30.0) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                if int(declared) > self.limit:
-                    return await _send_json(send, 413, {"error": f"body of {int(declared)} bytes exceeds the "
-                                                                 f"{self.limit}-byte limit"})
-            except ValueError:
-                return await _send_json(send, 400, {"error": "invalid Content-Length"})
-        chunks, size = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return None
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                return await _send_json(send, 413, {"error": f"body exceeds the {self.limit}-byte limit"})
-            chunks.append(chunk)
-            if not msg.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        declared = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value
+        try:
+            body = await read_body(receive, self.limit, self.timeout_s, declared)
+        except BodyError as e:
+            return await _send_json(send, e.status, {"error": str(e)}, CLOSE)
+        if body is None:
+            return None
         sent = False
 
         async def replay():
@@ -73,7 +105,9 @@ class ApiKey:
     """``Authorization: Bearer KEY`` or ``X-API-Key: KEY``, compared in constant time; health and metrics exempt."""
 
     def __init__(self, app, key: str | None) -> None:
-        self.app, self.key = app, key.encode() if key else None
+        if key is not None and not key.strip():
+            raise ValueError("empty API key: a configuration error, not 'auth off' (pass None for no key)")
+        self.app, self.key = app, key.encode() if key is not None else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or self.key is None or scope["path"] in EXEMPT:

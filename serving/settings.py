@@ -1,12 +1,19 @@
-"""Server settings: environment variables ``FDKD_SERVE_*`` and ``fdkd serve`` flags (pydantic-settings)."""
+"""Server settings: environment variables ``FDKD_SERVE_*`` and ``fdkd serve`` flags (pydantic-settings).
+
+An API key that is set but empty (``FDKD_SERVE_API_KEY=""``) is a configuration error, never
+"auth off": leave the variable unset to serve without a key.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+K8S_GRACE_SECONDS = 30.0  # Kubernetes' default terminationGracePeriodSeconds
+SHUTDOWN_MARGIN_SECONDS = 2.0  # after the drain: answer what was cut off (503), close connections, stop the batcher
 
 
 class ServeSettings(BaseSettings):
@@ -23,10 +30,15 @@ class ServeSettings(BaseSettings):
     max_queue: int = Field(256, ge=1)  # requests waiting for the batcher; beyond: 503
     max_queue_delay_ms: float = Field(0.0, ge=0)  # wait this long after the oldest request for more rows
     queue_timeout_ms: float = Field(10_000.0, gt=0)  # a request still queued after this: 503
+    batch_timeout_s: float = Field(10.0, gt=0)  # a batch still running after this: runtime hung, 503, not ready
     max_body_bytes: int = Field(16 << 20, ge=1024)
+    body_timeout_s: float = Field(30.0, gt=0)  # the whole body must arrive within this after the headers: else 408
+    header_timeout_s: float = Field(10.0, gt=0)  # a request's headers must arrive within this: else 408 and close
+    max_header_bytes: int = Field(32 << 10, ge=1024)  # request line + headers; beyond: 431 and close
+    max_connections: int = Field(512, ge=1)  # open connections served at once; a request on one more: 503
     max_json_depth: int = Field(32, ge=2)
     cors_origins: list[str] = []
-    drain_seconds: float = Field(30.0, ge=0)
+    drain_seconds: float = Field(20.0, ge=0)  # default + SHUTDOWN_MARGIN_SECONDS fits K8S_GRACE_SECONDS
     allow_unvalidated: bool = False
     threads: int | None = Field(None, ge=1)
     log_level: str = "info"
@@ -36,3 +48,11 @@ class ServeSettings(BaseSettings):
     hot_path: bool = True  # the bare ASGI inference routes (False: through FastAPI, for comparison)
     http: Literal["uvicorn", "granian"] = "uvicorn"  # the HTTP server (granian: faster, see serving.granian_server)
     workers: int = Field(1, ge=1)  # granian only: processes sharing the port, each with its model and batcher
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("the API key is set but empty; set a non-empty key, or unset FDKD_SERVE_API_KEY "
+                             "to serve without one")
+        return v

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MAX_CHUNKS = 1024
+
 
 class WavError(ValueError):
     """The bytes are not a WAV file this reader supports; the message says why."""
@@ -33,8 +35,11 @@ def read_wav(data: bytes) -> Wav:
     """Parse WAV bytes. Raises :class:`WavError` naming the fault."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         raise WavError("not a RIFF/WAVE file")
-    pos, fmt, payload = 12, None, None
+    pos, fmt, payload, chunks = 12, None, None, 0
     while pos + 8 <= len(data):
+        chunks += 1
+        if chunks > MAX_CHUNKS:  # 16 MB of empty chunks would otherwise be millions of loop turns
+            raise WavError(f"more than {MAX_CHUNKS} chunks")
         cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
         body = data[pos + 8 : pos + 8 + size]
         if cid == b"fmt ":

@@ -1,4 +1,4 @@
-"""A real uvicorn server on loopback, in a background thread, for the serving tests."""
+"""A real uvicorn server on loopback, in a background thread, configured as `fdkd serve` runs it."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import httpx
 import uvicorn
 
 from serving.app import create_app
+from serving.server import uvicorn_config
 from serving.settings import ServeSettings
 
 
 @contextlib.contextmanager
 def running_server(run_dir, runtime_override=None, wait_ready: bool = True, **settings):
-    app = create_app(ServeSettings(run_dir=run_dir, port=0, **settings), runtime_override)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
+    serve_settings = ServeSettings(run_dir=run_dir, port=0, **settings)
+    app = create_app(serve_settings, runtime_override)
+    server = uvicorn.Server(uvicorn_config(app, serve_settings, log_level="error"))  # what `fdkd serve` runs
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
