@@ -13,7 +13,8 @@ import argparse
 from pathlib import Path
 
 # the innermost frame of a thread that waits (py-spy cannot tell these waits from work)
-IDLE = [("runtime worker thread waiting for a batch (idle)", ("_worker (concurrent/futures/thread.py:81)",)),
+IDLE = [("runtime worker thread waiting for a batch (idle)", ("_worker (concurrent/futures/thread.py:81)",
+                                                             "_RuntimeThread._work (serving/batcher.py:88)")),
         ("event loop in uvloop's C code (socket I/O, callbacks, and waiting in epoll)", ("Runner.run",))]
 # (category, substrings of a frame "function (file:line)"), checked innermost frame first
 CATEGORIES = [
@@ -22,12 +23,13 @@ CATEGORIES = [
     ("V2 request decode (one msgspec pass, numbers included), float32 conversion, checks",
      ("parse_infer", "_parse_outputs", "_check_shape", "_check_id", "_checked", "_parse_head")),
     ("reply building (orjson)", ("build_response",)),
-    ("batcher and thread hand-off", ("DynamicBatcher", "ThreadPoolExecutor", "_chain_future", "Future.set_result",
+    ("batcher and thread hand-off", ("DynamicBatcher", "_RuntimeThread", "asyncio/timeouts.py",
+                                    "asyncio/tasks.py", "ThreadPoolExecutor", "_chain_future", "Future.set_result",
                                     "_WorkItem", "_worker", "Inference._rows")),
     ("metrics and logging", ("prometheus", "Inference._count", "_log_batch", "logging/", "Logger.")),
     ("hot path handler (ASGI glue)", ("HotPath.", "Inference.", "receive_gone")),
     ("pure-ASGI middleware (log, key, body cap)", ("RequestLog.", "ApiKey.", "BodyLimit.", "FdkdApp.")),
-    ("uvicorn HTTP protocol (Python)", ("uvicorn/",)),
+    ("uvicorn HTTP protocol (Python; serving.http_guard's subclass included)", ("uvicorn/", "http_guard")),
 ]
 
 
