@@ -19,7 +19,7 @@ from serving.runtime.onnx import OnnxRuntime
 
 RUN = Path(os.environ["FDKD_SERVE_RUN_DIR"])
 NAME = json.loads((RUN / "manifest.json").read_text()).get("name", "student")
-rt = OnnxRuntime(RUN / "student.onnx", threads=int(os.environ.get("FDKD_SERVE_THREADS", "1")))
+rt = OnnxRuntime(RUN / "student.onnx", threads=int(os.environ.get("FDKD_BENCH_THREADS", "1")) or None)
 SHAPE = [1, *rt.input_shape[1:]]
 
 

@@ -4,7 +4,8 @@
     python bench/compress.py runs/avdigits --repeats 200
 
 torch eager FP32 vs ONNX Runtime FP32, FP16, INT8 Q/DQ per calibration method (as ONNX Runtime's
-CPU kernels run them, and with Q/DQ emulated: the graph TensorRT consumes) and the CPU INT8
+CPU kernels run them, and with Q/DQ emulated: the graph's reference semantics, which TensorRT
+approximates with its own fused INT8 kernels) and the CPU INT8
 variant, at batch 1 and 64: throughput, p50/p99 latency, test accuracy. Then the model's FLOPs
 against a measured FP32 matmul ceiling of this machine, to say how far from the hardware each is.
 """

@@ -130,17 +130,19 @@ def load(*args) -> dict:
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     import httpx
 
-    deadline = time.time() + timeout
+    deadline, reason = time.time() + timeout, "no answer"
     while time.time() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{url}: server exited with {proc.returncode}")
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+            r = httpx.get(f"{url}/v2/health/ready", timeout=2)
+            if r.status_code == 200:
                 return
-        except httpx.TransportError:
+            reason = r.json().get("error", r.text)
+        except (httpx.TransportError, ValueError):
             pass
         time.sleep(0.2)
-    raise SystemExit(f"{url}: server did not become ready")
+    raise SystemExit(f"{url}: server did not become ready: {reason}")
 
 
 def triton_python(venv: Path) -> Path:
@@ -157,9 +159,11 @@ def triton_python(venv: Path) -> Path:
 
 def start(server: str, args, env_extra: dict) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads),
-           "FDKD_SERVE_RUN_DIR": str(args.run_dir), "FDKD_SERVE_MAX_QUEUE_DELAY_MS": str(args.delay_ms),
-           "FDKD_SERVE_THREADS": str(args.threads), **env_extra}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FDKD_SERVE_RUN_DIR": str(args.run_dir),
+           "FDKD_SERVE_MAX_QUEUE_DELAY_MS": str(args.delay_ms), **env_extra}
+    env["FDKD_BENCH_THREADS"] = str(args.ort_threads or 0)  # bare_asgi's runtime (0: ORT's default)
+    if args.threads is not None:  # fdkd serves only in the validated mode: by default it takes that count itself
+        env.update(OMP_NUM_THREADS=str(args.threads), FDKD_SERVE_THREADS=str(args.threads))
     py = sys.executable
     if server in ("fdkd", "fdkd-fastapi"):
         if server == "fdkd-fastapi":
@@ -179,7 +183,7 @@ def start(server: str, args, env_extra: dict) -> tuple[subprocess.Popen, int]:
     elif server == "triton":
         cmd = [str(triton_python(args.triton_venv)), str(ROOT / "bench" / "triton_server.py"), str(args.run_dir),
                "--http-port", str(port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
-               "--delay-us", str(int(args.delay_ms * 1000)), "--threads", str(args.threads)]
+               "--delay-us", str(int(args.delay_ms * 1000)), "--threads", str(args.ort_threads or 0)]
     else:
         raise SystemExit(f"unknown server {server!r}")
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -199,7 +203,14 @@ def stop(proc: subprocess.Popen) -> None:
     time.sleep(0.5)  # children (tritonserver, workers) of the group
 
 
-def in_process(run_dir: Path, threads: int) -> dict:
+def validated_threads(run_dir: Path) -> int | None:
+    """The ONNX Runtime thread count student.onnx was validated with (None: ORT's default)."""
+    validation = json.loads((run_dir / "validation.json").read_text())
+    return next((a.get("mode", {}).get("threads") for a in validation["artifacts"] if a["name"] == "student.onnx"),
+                None)
+
+
+def in_process(run_dir: Path, threads: int | None) -> dict:
     from serving.runtime.onnx import OnnxRuntime
 
     rt = OnnxRuntime(run_dir / "student.onnx", threads=threads)
@@ -226,7 +237,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the table shows medians")
     ap.add_argument("--delay-ms", type=float, default=0.0, help="max queue delay of fdkd's and Triton's batchers")
-    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (servers and in-process)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="ONNX Runtime intra-op threads in every server and in-process (default: the count "
+                         "student.onnx was validated with; fdkd serves only in a validated mode)")
     ap.add_argument("--clients", default="1,32")
     ap.add_argument("--servers", default="fdkd,triton,bare,fdkd-fastapi,fdkd-granian,fdkd-2proc")
     ap.add_argument("--bodies", default="binary,json")
@@ -235,20 +248,21 @@ def main() -> None:
     ap.add_argument("--note", default="", help="free text stored with every record (e.g. the machine's load)")
     args = ap.parse_args()
     args.run_dir = args.run_dir.resolve()
+    args.ort_threads = args.threads if args.threads is not None else validated_threads(args.run_dir)
     clients = [int(c) for c in args.clients.split(",")]
     servers = args.servers.split(",")
     kinds = args.bodies.split(",")
     cmd = "python bench/serve_load.py " + " ".join(sys.argv[1:])
     run = {"run_id": uuid.uuid4().hex[:12], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "command": cmd, "seconds": args.seconds, "rounds": args.rounds, "delay_ms": args.delay_ms,
-           "threads": args.threads, "note": args.note, **cpu_info()}
+           "threads": args.ort_threads, "note": args.note, **cpu_info()}
     try:
         load_avg = os.getloadavg()[0]
     except OSError:
         load_avg = None
     run["load_avg_1m"] = load_avg
 
-    ref = in_process(args.run_dir, args.threads)
+    ref = in_process(args.run_dir, args.ort_threads)
     records = [{**run, "server": "in-process", **ref}]
     print(f"in-process student.onnx: batched (64) {ref['batched_rows_per_s']:.0f} rows/s; "
           f"batch-1 p50 {ref['b1_p50_ms']:.3f} ms", flush=True)

@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--grpc-port", type=int, required=True)
     ap.add_argument("--metrics-port", type=int, required=True)
     ap.add_argument("--delay-us", type=int, default=0, help="dynamic batcher max_queue_delay_microseconds")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (0: its default)")
     ap.add_argument("--max-batch", type=int, default=64)
     args = ap.parse_args()
 

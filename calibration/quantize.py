@@ -9,6 +9,11 @@ named nodes in float.
 FP16: ONNX Runtime's ``float16.convert_float_to_float16`` with FP32 inputs and outputs
 (``keep_io_types``); nodes that are numerically sensitive in FP16 can be kept in FP32 with
 ``keep_fp32``.
+
+Every graph meant for TensorRT (the FP16 graph and the ``target="tensorrt"`` INT8 graphs) passes
+the TensorRT lint (``pipeline.onnx_lint``) before it is written under its final name, or
+``QuantizeError`` names each offending node. The CPU INT8 variant is not for TensorRT (its
+asymmetric uint8 activations are what the lint forbids) and is not linted.
 """
 
 from __future__ import annotations
@@ -17,6 +22,19 @@ import tempfile
 from pathlib import Path
 
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+class QuantizeError(RuntimeError):
+    """A converted graph is not fit for TensorRT; the message names the graph and each offending node."""
+
+
+def check_tensorrt_lint(model, name: str) -> None:
+    """Raise ``QuantizeError`` if ``model`` (an ``onnx.ModelProto``) fails the TensorRT lint."""
+    from pipeline.onnx_lint import lint_model
+
+    issues = lint_model(model)
+    if issues:
+        raise QuantizeError(f"{name} fails the TensorRT lint:\n  " + "\n  ".join(map(str, issues)))
 
 
 def quantize_int8(fp32: Path, out: Path, calib: Path, input_name: str, method: str = "minmax", *,
@@ -52,6 +70,10 @@ def quantize_int8(fp32: Path, out: Path, calib: Path, input_name: str, method: s
                         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
                         nodes_to_exclude=list(exclude), extra_options=extra)
         _copy_metadata(fp32, q, {"fdkd.precision": "int8", "fdkd.calibration": method, "fdkd.target": target})
+        if trt:
+            import onnx
+
+            check_tensorrt_lint(onnx.load(str(q)), out.name)
         with artifacts.atomic_write(out) as f:
             f.write(q.read_bytes())
 
@@ -68,6 +90,7 @@ def convert_fp16(fp32: Path, out: Path, keep_fp32: tuple[str, ...] = ()) -> None
     OnnxModel(model).topological_sort()  # the converter appends its I/O casts at the end of the node list
     _set_metadata(model, {"fdkd.precision": "fp16"})
     onnx.checker.check_model(model)
+    check_tensorrt_lint(model, out.name)
     with artifacts.atomic_write(out) as f:
         f.write(model.SerializeToString())
 

@@ -36,6 +36,7 @@ BUILD_INFO = "{engine_stem}.build.json"  # sidecar of each engine
 TIMING_CACHE = "timing.cache"
 MANIFEST = "manifest.json"
 VALIDATION = "validation.json"
+TESTSET = "validation.testset.npz"  # test inputs, labels and student.pt's logits: engines validated later, no torch
 REPORT = "report.md"
 ANALYSIS = "analysis.json"
 
@@ -52,6 +53,7 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[io.IOBase]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600: a server running as another user (containers) could not read it
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

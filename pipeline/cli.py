@@ -74,17 +74,26 @@ def data_avmnist(config: Path | None = ConfigOpt, sets: list[str] = SetOpt):
                            **{"data.source": "avdigits"}))
 
 
+@data_app.command("avblend")
+@handles_errors
+def data_avblend(config: Path | None = ConfigOpt, sets: list[str] = SetOpt,
+                 shared: float | None = typer.Option(None, help="Fraction of pairs sharing (second class, w, "
+                                                               "quality) across modalities; 0 = class-level")):
+    """Build the instance-paired avblend set: blended digits + blended spoken words, one event per pair."""
+    _build_builtin(_config(config, sets, **{"data.source": "avblend", "data.avblend.shared": shared}))
+
+
 def _build_builtin(cfg) -> None:
     import time
 
-    from pipeline.data import avdigits
-    from pipeline.data.dataset import SPLITS, load_dataset
+    from pipeline import data
+    from pipeline.data.dataset import ALL_SPLITS, SPLITS, load_dataset
 
     t0 = time.perf_counter()
     with console.status("building paired data") as status:
-        path = avdigits.build(cfg.data.avdigits, cfg.data.cache_dir, progress=status.update)
+        path = data.prepare(cfg, progress=status.update)
         ds = load_dataset(path)
-    counts = ", ".join(f"{s} {len(ds.indices(s))}" for s in SPLITS)
+    counts = ", ".join(f"{s} {len(ds.indices(s))}" for s in ALL_SPLITS if s in SPLITS or ds.has_split(s))
     voices = {s: len(v) for s, v in ds.meta["voice_splits"].items()}
     console.print(f"[green]dataset[/] {path}  ({counts}; voice variants per split {voices}; "
                   f"{time.perf_counter() - t0:.1f} s)", highlight=False)
@@ -332,9 +341,11 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
            out: Path = typer.Option(..., help="Engine folder (a volume keyed by GPU and TensorRT version)"),
            precision: str = typer.Option("fp16", help="fp32 | fp16 | int8"),
            int8_method: str = typer.Option("entropy", help="Which INT8 Q/DQ graph to build")):
-    """Build a TensorRT engine from a run's ONNX on this machine (containers: first start). No torch needed."""
+    """Build a TensorRT engine from a run's ONNX on this machine (containers: first start), then gate it on the
+    run's test set into validation.json beside it (the server serves an engine only on its own entry). No torch."""
     from pipeline.build import BuildUnavailable, build_engine
     from pipeline.config import BuildConfig
+    from pipeline.validate import ValidationFailed, gate_text, validate_engine
 
     sources = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": f"student.int8.{int8_method}.onnx"}
     if precision not in sources:
@@ -345,6 +356,11 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
     except BuildUnavailable as e:
         _fail(str(e), 1)
     console.print(f"[green]engine[/] {plan}", highlight=False)
+    try:
+        entry = validate_engine(run_dir, plan)
+    except ValidationFailed as e:
+        _fail(str(e), 1)
+    console.print(f"[green]validated[/] {plan.name}: {escape(gate_text(entry['gate']))}", highlight=False)
 
 
 def _serve_hint(run_dir: Path) -> str:
@@ -352,13 +368,16 @@ def _serve_hint(run_dir: Path) -> str:
 
 
 def _print_report(run_dir: Path) -> None:
-    from pipeline.report import summary_table
+    from pipeline.report import headline, summary_table
 
     path = run_dir / "validation.json"
     if path.exists():
         result = json.loads(path.read_text())
         console.print(summary_table(result), highlight=False)
-        console.print(f"validation {'[green]PASSED[/]' if result['passed'] else '[red]FAILED[/]'}; "
+        for m in result.get("not_validated", []):
+            console.print(f"[yellow]not validated:[/] {escape(m['name'])}: {escape(m['reason'])}", highlight=False)
+        color = "green" if result["passed"] else "red"
+        console.print(f"validation [{color}]{escape(headline(result))}[/]; "
                       f"plots and details in {run_dir / 'report.md'}", highlight=False)
 
 

@@ -32,8 +32,10 @@ class AVDigitsConfig(_Strict):
     seed: int = 0
     clips_per_image: int = Field(1, ge=1)
     max_images: int | None = Field(None, ge=10)
-    accents: tuple[str, ...] = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc",
-                                "en-gb-x-gbclan", "en-gb-x-gbcwmd")
+    accents: tuple[str, ...] = ("en-us", "en", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
+    # whole accents held out of train/val/test: each test image gets one more clip in one of them,
+    # in split 3 (test_unseen_accent); () builds no such split
+    unseen_accents: tuple[str, ...] = ("en-gb-scotland", "en-029")
     pitch: tuple[int, int] = (20, 80)
     rate: tuple[int, int] = (130, 260)
     gain_db: tuple[float, float] = (-12.0, 0.0)
@@ -52,6 +54,59 @@ class AVDigitsConfig(_Strict):
     def _fractions(cls, v):
         if min(v) <= 0 or abs(sum(v) - 1) > 1e-6:
             raise ValueError(f"train/val/test fractions must be positive and sum to 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _accents_disjoint(self):
+        if not self.accents:
+            raise ValueError("accents must name at least one eSpeak NG accent")
+        both = sorted(set(self.accents) & set(self.unseen_accents))
+        if both:
+            raise ValueError(f"unseen_accents must not also be in accents: {both}")
+        return self
+
+
+class AVBlendConfig(_Strict):
+    """Instance-paired built-in data (``fdkd data avblend``): one blended event in both modalities.
+
+    Each pair: a real 8x8 digit blended toward an image of a second class with weight w in
+    [0, w_max), and the first class's spoken word mixed with the second class's word at the same w,
+    one quality draw setting both the image noise and the audio SNR; label = the first class.
+    ``shared`` is the fraction of pairs whose second class, w and quality are the same in both
+    modalities; the others draw the audio's independently (at 0: class-level pairing).
+    """
+
+    seed: int = 0
+    pairs: int = Field(3000, ge=30)  # train/val/test pairs together, split by split_fractions
+    shared: float = Field(1.0, ge=0, le=1)
+    w_max: float = Field(0.45, gt=0, le=0.5)
+    image_noise: float = Field(0.25, ge=0)  # pixel noise std / max value at the worst quality
+    snr_db: tuple[float, float] = (-5.0, 20.0)  # audio SNR at the worst .. best quality
+    accents: tuple[str, ...] = ("en-us", "en", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
+    pitch: tuple[int, int] = (20, 80)
+    rate: tuple[int, int] = (130, 260)
+    gain_db: tuple[float, float] = (-12.0, 0.0)
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+
+    @field_validator("pitch", "rate", "gain_db", "snr_db")
+    @classmethod
+    def _ordered(cls, v):
+        if v[0] > v[1]:
+            raise ValueError(f"range must be (low, high), got {v}")
+        return v
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions(cls, v):
+        if min(v) <= 0 or abs(sum(v) - 1) > 1e-6:
+            raise ValueError(f"train/val/test fractions must be positive and sum to 1, got {v}")
+        return v
+
+    @field_validator("accents")
+    @classmethod
+    def _accents(cls, v):
+        if not v:
+            raise ValueError("accents must name at least one eSpeak NG accent")
         return v
 
 
@@ -75,9 +130,10 @@ class ManifestDataConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    source: Literal["avdigits", "manifest"] = "avdigits"
+    source: Literal["avdigits", "avblend", "manifest"] = "avdigits"
     cache_dir: Path = Path("runs/data")
     avdigits: AVDigitsConfig = AVDigitsConfig()
+    avblend: AVBlendConfig = AVBlendConfig()
     manifest: ManifestDataConfig | None = None
 
     @model_validator(mode="after")
@@ -171,6 +227,46 @@ class FDConfig(_Strict):
     log_mse: bool = True  # False: plain MSE on the high band
 
 
+class AudioAugmentConfig(_Strict):
+    """On-the-fly augmentation of an audio student's training inputs (pipeline/augment.py).
+
+    Each ``*_p`` is the chance that a clip gets that transform; ranges are (low, high). Never
+    applied to validation/test inputs or to the teacher.
+    """
+
+    enabled: bool = True
+    speed: tuple[float, float] = (0.9, 1.1)  # resampling factor (tempo and pitch together)
+    speed_p: float = Field(0.5, ge=0, le=1)
+    pitch_semitones: tuple[float, float] = (-2.0, 2.0)  # frequency-axis scaling, duration kept
+    pitch_p: float = Field(0.5, ge=0, le=1)
+    warp_p: float = Field(0.5, ge=0, le=1)  # smooth, uneven stretching of the time and mel axes
+    time_warp_frames: float = Field(5.0, ge=0, le=12)
+    freq_warp_bins: float = Field(1.5, ge=0, le=4)
+    gain_db: tuple[float, float] = (-6.0, 6.0)
+    gain_p: float = Field(0.5, ge=0, le=1)
+    noise_snr_db: tuple[float, float] = (5.0, 30.0)
+    noise_tilt: tuple[float, float] = (0.0, 2.0)  # noise power ~ f**-tilt: 0 white, 1 pink, 2 brown
+    noise_p: float = Field(0.25, ge=0, le=1)
+    time_masks: int = Field(1, ge=0)
+    time_mask_max: int = Field(10, ge=0)  # frames (10 ms each)
+    freq_masks: int = Field(1, ge=0)
+    freq_mask_max: int = Field(4, ge=0)  # mel bins
+
+    @field_validator("speed", "pitch_semitones", "gain_db", "noise_snr_db", "noise_tilt")
+    @classmethod
+    def _ordered(cls, v):
+        if v[0] > v[1]:
+            raise ValueError(f"range must be (low, high), got {v}")
+        return v
+
+    @field_validator("speed")
+    @classmethod
+    def _positive(cls, v):
+        if v[0] <= 0:
+            raise ValueError(f"speed factors must be positive, got {v}")
+        return v
+
+
 class DistillConfig(_Strict):
     method: MethodName = "fd"
     bidirectional: bool = False
@@ -183,6 +279,7 @@ class DistillConfig(_Strict):
     dkd: DKDConfig = DKDConfig()
     dist: DISTConfig = DISTConfig()
     fd: FDConfig = FDConfig()
+    augment: AudioAugmentConfig = AudioAugmentConfig()  # audio students only
 
 
 class ExportConfig(_Strict):
@@ -223,9 +320,12 @@ class BuildConfig(_Strict):
 class GateConfig(_Strict):
     """Validation gates per precision: an artifact that fails one is not shipped."""
 
-    fp32_max_abs_logit: float = Field(1e-4, gt=0)
+    fp32_max_abs_logit: float = Field(1e-4, gt=0)  # and top-1 identical to student.pt on every row
     fp16_max_acc_drop_pt: float = Field(0.3, ge=0)
     int8_max_acc_drop_pt: float = Field(1.0, ge=0)
+    # top-1 agreement with student.pt, percent of test rows (catches flips that cancel in accuracy)
+    fp16_min_agree_pct: float = Field(99.0, ge=0, le=100)
+    int8_min_agree_pct: float = Field(97.0, ge=0, le=100)
 
 
 class ValidateConfig(_Strict):

@@ -3,7 +3,9 @@
 Reads the dataset and ``teacher.<A>.pt`` (or ``teacher.checkpoint``); writes ``student.pt``
 (backbone + its own head only; projector and shared classifiers are training-only),
 ``student.config.yaml`` and ``metrics.jsonl`` (every loss term by name, its gradient norm on
-the student's pooled features, train/val accuracy, per epoch). With ``--bidirectional`` the
+the student's pooled features, train/val accuracy, per epoch). An audio student trains on
+augmented clips (``distill.augment``, on by default; the teacher's input never is); its metrics
+add ``test_unseen_accent_acc`` where the dataset holds out whole accents. With ``--bidirectional`` the
 reverse student (modality A, taught by the teacher on B) is trained in the same loop with one
 optimizer and summed losses, and saved as ``student.reverse.pt``.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline import artifacts, data
+from pipeline.augment import student_augmenter
 from pipeline.config import RunConfig
 from pipeline.objectives import METHODS, build_objective
 from pipeline.progress import progress_bar
@@ -58,6 +61,9 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
         if cfg.distill.bidirectional:
             plan.append(("reverse", t_mod, s_mod, cfg.run_dir / artifacts.STUDENT_REVERSE))
         built = [_direction(cfg, ds, x, name, sm, tm) for name, sm, tm, _ in plan]
+        for i, ((d, _), (_, sm, _, _)) in enumerate(zip(built, plan, strict=True)):
+            # a seed per rank and direction: ranks see different rows, and so draw different augmentations
+            d.augment = student_augmenter(cfg.distill.augment, ds, sm, seed=(cfg.seed * 100 + i) * 1000 + acc.rank)
         band_split = None
         for d, _ in built:
             if hasattr(d.objective, "use_band_split"):
@@ -71,7 +77,11 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
         results = {}
         for (d, arch), (name, sm, _, path) in zip(built, plan, strict=True):
             metrics = {"method": cfg.distill.method, **d.best, "world_size": acc.world,
+                       "augment": d.augment is not None,
                        "test_acc": accuracy(predict(d.student, x[sm][test]), y[test])}
+            if ds.has_split("test_unseen_accent") and sm == "audio":
+                unseen = ds.indices("test_unseen_accent")
+                metrics["test_unseen_accent_acc"] = accuracy(predict(d.student, x[sm][unseen]), y[unseen])
             if band_split:
                 metrics["band_split"] = band_split
             if acc.is_main:

@@ -4,7 +4,10 @@ Checks, each reported with the offending node's name: every op is in TensorRT's 
 support list (``TENSORRT_OPS``, TensorRT 10.x; DFT/STFT are absent, since TensorRT < 11.2 and
 every Jetson on JetPack 6 cannot parse them), only the default ONNX domain is used, the opset is
 in range, only the batch axis is dynamic, and Q/DQ pairs are TensorRT-legal (signed INT8,
-zero point 0).
+zero point 0; a QuantizeLinear without a zero-point input quantizes to uint8, so it is an error).
+
+The pipeline lints every graph meant for TensorRT: the FP32 export, the FP16 graph and each INT8
+Q/DQ graph (``calibration.quantize``); a graph with issues is never written under its final name.
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ def lint_model(model) -> list[LintIssue]:
             issues.append(LintIssue(node.name, node.op_type, msg))
         elif node.op_type not in TENSORRT_OPS:
             issues.append(LintIssue(node.name, node.op_type, "op not in TensorRT's ONNX operator support list"))
+        if node.op_type == "QuantizeLinear" and (len(node.input) < 3 or not node.input[2]):
+            issues.append(LintIssue(node.name, node.op_type, "no zero-point input: the output is uint8; "
+                                    "TensorRT needs an int8 zero point of 0"))
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) >= 3 and node.input[2]:
             zp = inits.get(node.input[2])
             if zp is None:

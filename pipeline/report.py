@@ -74,23 +74,52 @@ def _plots(result: dict, run_dir: Path) -> list[str]:
     return files
 
 
+def _gate_cell(g: dict | None) -> str:
+    if g is None:
+        return "-"
+    checks = g.get("checks") or [g | {"op": "<="}]
+    detail = "; ".join(f"{c['metric']} {c['value']:.3g} {c['op']} {c['limit']}" if isinstance(c["value"], float)
+                       else f"{c['metric']} {c['value']} {c['op']} {c['limit']}" for c in checks)
+    return ("pass" if g["passed"] else "**FAIL**") + f" ({detail})"
+
+
+def _mode_cell(a: dict) -> str:
+    m = a.get("mode") or {}
+    if m.get("runtime") == "onnxruntime":
+        qdq = {"fused": ", Q/DQ fused", "emulated": ", Q/DQ emulated"}.get(m.get("qdq"), "")
+        return f"ort {m['provider'].removesuffix('ExecutionProvider')} opt={m['graph_optimization']}{qdq}, " \
+               f"threads={m.get('threads') or 'default'}"
+    if m.get("runtime") == "tensorrt":
+        return f"tensorrt {m.get('tensorrt')} on {m.get('gpu')}"
+    return m.get("runtime", "-")
+
+
 def summary_table(result: dict) -> str:
-    rows = ["| artifact | precision | runs on | accuracy % | agree teacher % | agree student.pt % | max abs dlogit "
-            "| KL | ms / batch | gate |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| artifact | precision | runs on | mode | sha256 | accuracy % | agree teacher % | agree student.pt % "
+            "| max abs dlogit | KL | ms / batch | gate |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in result["artifacts"]:
+        sha = a.get("sha256", "")[:12] or "-"
         if "skipped" in a:
-            rows.append(f"| {a['name']} | {a['precision']} | {a['target']} | skipped: {a['skipped']} |||||||")
+            rows.append(f"| {a['name']} | {a['precision']} | {a['target']} | - | {sha} | "
+                        f"NOT VALIDATED: {a['skipped']} |||||||")
             continue
         m = a["metrics"]
-        g = a.get("gate")
-        gate = "-" if g is None else ("pass" if g["passed"] else "**FAIL**") + (
-            f" ({g['metric']} {g['value']:.3g} <= {g['limit']})" if g else "")
-
+        gate = _gate_cell(a.get("gate"))
+        if a.get("gate") and not a["gate"]["passed"] and not a.get("required", True):
+            gate += " (this mode is not servable; the artifact's gate is its other entry)"
         cells = [_fmt(m, k, f) for k, f in (("accuracy", "%"), ("agree_teacher", "%"), ("agree_student_pt", "%"),
                                               ("max_abs_logit", ".2e"), ("kl_to_student_pt", ".2e"),
                                               ("ms_per_batch", ".2f"))]
-        rows.append(f"| {a['name']} | {a['precision']} | {a['target']} | " + " | ".join(cells) + f" | {gate} |")
+        rows.append(f"| {a['name']} | {a['precision']} | {a['target']} | {_mode_cell(a)} | {sha} | "
+                    + " | ".join(cells) + f" | {gate} |")
     return "\n".join(rows)
+
+
+def headline(result: dict) -> str:
+    """``PASSED``, ``FAILED``, plus ``(incomplete: N not validated here)`` when something could not run."""
+    verdict = "PASSED" if result["passed"] else "FAILED"
+    missing = result.get("not_validated", [])
+    return verdict + (f" (incomplete: {len(missing)} not validated here)" if missing else "")
 
 
 def _fmt(metrics: dict, key: str, fmt: str) -> str:
@@ -101,11 +130,25 @@ def _fmt(metrics: dict, key: str, fmt: str) -> str:
 
 def write_report(result: dict, run_dir: Path) -> None:
     pngs = _plots(result, run_dir)
-    verdict = "PASSED" if result["passed"] else "FAILED"
-    text = [f"# Validation report: {verdict}", "",
+    text = [f"# Validation report: {headline(result)}", "",
             f"Held-out **{result['split']}** split, {result['rows']} rows; student modality "
             f"`{result['student_modality']}`, teacher modality `{result['teacher_modality']}`. Agreement and "
-            "deltas are against `student.pt`; INT8 Q/DQ graphs for TensorRT are computed as written (Q/DQ "
-            "not fused), which is how TensorRT reads them.", "", summary_table(result), ""]
+            "deltas are against `student.pt`. Each row is one artifact (its sha256) in one execution mode; "
+            "`fdkd serve` loads an artifact only in a mode whose row passed.", "",
+            "The TensorRT INT8 graphs are run twice here. *Q/DQ emulated* (unfused) computes the graph as "
+            "written: its reference semantics, and the row that gates the graph. TensorRT does not run it that "
+            "way: it fuses Q/DQ into INT8 kernels and approximates the reference (the engine is gated on its own "
+            "row once it is built and run on its GPU). *Q/DQ fused* is ONNX Runtime's CPU INT8 kernels, how a "
+            "CPU would serve the graph.", "", summary_table(result), ""]
+    missing = result.get("not_validated", [])
+    if missing:
+        text += ["## Not validated here", "", "These were **not** validated on this machine and are not "
+                 "servable until they are (`complete: false`):", ""]
+        text += [f"- {m['name']}: {m['reason']}" for m in missing] + [""]
+    if "unseen_accent" in result:
+        u = result["unseen_accent"]
+        text += [f"`student.pt` on unseen accents ({', '.join(u['accents']) or 'held out'}; split `{u['split']}`, "
+                 f"{u['rows']} rows, never heard in training): **{100 * u['test_unseen_accent_acc']:.1f} %**, "
+                 f"against {100 * u['test_acc']:.1f} % in-domain.", ""]
     text += [f"![{p}]({p})" for p in pngs]
     artifacts.write_text(run_dir / artifacts.REPORT, "\n".join(text) + "\n")

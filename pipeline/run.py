@@ -179,7 +179,8 @@ def stage_validate(ctx: Ctx) -> list[Output]:
     inputs = STAGES["validate"][2](ctx)
     validate.run(ctx.cfg, ctx.dataset, ctx.run_dir)  # raises ValidationFailed after writing both files
     return [Output(artifacts.VALIDATION, ctx.run_dir / artifacts.VALIDATION, inputs),
-            Output(artifacts.REPORT, ctx.run_dir / artifacts.REPORT, inputs)]
+            Output(artifacts.REPORT, ctx.run_dir / artifacts.REPORT, inputs),
+            Output(artifacts.TESTSET, ctx.run_dir / artifacts.TESTSET, inputs)]
 
 
 # name -> (function, config sections that shape its outputs, manifest names it reads)
@@ -194,7 +195,7 @@ STAGES: dict[str, tuple[Callable[[Ctx], list[Output]], tuple[str, ...], Callable
     "build": (stage_build, ("build",), lambda c: [n for n in c.manifest.data["artifacts"] if n.endswith(".onnx")]),
     "validate": (stage_validate, ("validate", "teacher"),
                  lambda c: sorted(n for n in c.manifest.data["artifacts"]
-                                  if n not in (artifacts.VALIDATION, artifacts.REPORT))),
+                                  if n not in (artifacts.VALIDATION, artifacts.REPORT, artifacts.TESTSET))),
 }
 
 
@@ -245,7 +246,7 @@ def run(cfg: RunConfig, force: tuple[str, ...] = (), stop_after: str | None = No
                 outputs, record = [], {"key": key, "status": "skipped", "reason": str(e)}
                 console.print(f"[yellow]build skipped:[/] {escape(str(e))}", highlight=False)
             except ValidationFailed:  # keep the evidence: validation.json and report.md are written
-                names = [artifacts.VALIDATION, artifacts.REPORT]
+                names = [artifacts.VALIDATION, artifacts.REPORT, artifacts.TESTSET]
                 for n in names:
                     manifest.record(n, cfg.run_dir / n, stage, STAGES[stage][2](ctx))
                 manifest.data["stages"][stage] = {"key": key, "status": "failed", "outputs": names}

@@ -7,6 +7,8 @@ checkpoint selection on the **validation** split with the student's own head.
 The frozen teacher's features and logits are computed once per training sample and reused
 every epoch (``teacher_cache``), since nothing about them changes; ``teacher_cache=False`` runs
 the teacher every step, the way the reference code does (kept for the speed benchmark).
+A direction's ``augment`` (``pipeline.augment``) replaces its student's training batches with
+freshly augmented ones; validation always reads the un-augmented ``x_student``.
 Devices, AMP and torchrun processes come from ``pipeline.accel``.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +41,7 @@ class Direction:
     teacher: nn.Module | None = None
     x_teacher: torch.Tensor | None = None  # all rows, teacher modality
     cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (features, logits) for the train rows
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # train rows -> augmented student batch
     best_state: dict | None = None
     best: dict = field(default_factory=dict)
 
@@ -127,11 +131,15 @@ def batch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _inputs(directions: list[Direction], rows: torch.Tensor, local: torch.Tensor, acc: Accel):
-    """Student inputs and (cached or computed) teacher outputs of one batch, on the device."""
+def _inputs(directions: list[Direction], rows: torch.Tensor, local: torch.Tensor, acc: Accel,
+            augment: bool = False):
+    """Student inputs and (cached or computed) teacher outputs of one batch, on the device.
+
+    ``augment``: a direction's ``augment`` (training batches only) replaces its student inputs.
+    """
     xs, touts = [], []
     for d in directions:
-        xs.append(acc.batch(d.x_student[rows]))
+        xs.append(acc.batch(d.augment(rows) if augment and d.augment is not None else d.x_student[rows]))
         f_t = z_t = None
         if d.objective.needs_teacher:
             if d.cache is not None:
@@ -235,7 +243,7 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
             for g in sgd.param_groups:
                 g["lr"] = lr
             probe = grad_norm_every > 0 and b % grad_norm_every == 0
-            xs, touts = _inputs(directions, rows, local, acc)
+            xs, touts = _inputs(directions, rows, local, acc, augment=True)
             results = model(xs, touts, yb, epoch, acc.amp_dtype)
             total = 0.0
             for d, (f_s, z_s, terms) in zip(directions, results, strict=True):

@@ -11,13 +11,15 @@ Writes::
     OUT/export.json                                   what was exported (sha256) and what was left out, why
 
 Only artifacts whose sha256 matches the run's manifest *and* that passed their validation gate are
-exported. The ONNX graph asked for is required: if it failed or was never validated, nothing is
-written (exit 1) unless ``allow_unvalidated``. A TensorRT plan that failed, was skipped by
-validation (built elsewhere, validated on a machine without its GPU) or was never validated is
-left out, named with the reason in ``export.json`` and on the console; ``allow_unvalidated``
-exports those too, and says so in the model's config parameters. A hash mismatch is never
-exported. A plan runs only under the TensorRT version it was built with: the Triton release must
-match (recorded in ``export.json`` and as a comment in the manifest).
+exported: a ``validation.json`` entry for that same sha256 (a stale one validates nothing), judged
+in a mode Triton runs (Q/DQ fused, not the emulated reference). The ONNX graph asked for is
+required: if it failed or was never validated, nothing is written (exit 1) unless
+``allow_unvalidated``. A TensorRT plan that failed, was skipped by validation (built elsewhere,
+validated on a machine without its GPU) or was never validated is left out, named with the reason in
+``export.json`` and on the console; ``allow_unvalidated`` exports those too, and says so in the
+model's config parameters. A hash mismatch is never exported. A plan runs only under the TensorRT
+version it was built with: the Triton release must match (recorded in ``export.json`` and as a
+comment in the manifest).
 
 OUT is written in a temporary folder beside it and renamed into place, so a failure never leaves
 a half-written repository; an existing OUT is replaced only if an earlier export wrote it.
@@ -86,14 +88,24 @@ def config_pbtxt(name: str, platform: str, io: dict, max_batch: int, queue_delay
             f"{parameters}")
 
 
-def _gate(validation: dict, name: str) -> tuple[bool, str]:
-    """(passed, what validation said) for one artifact."""
-    entry = next((a for a in validation.get("artifacts", []) if a.get("name") == name), None)
-    if entry is None:
+def _gate(validation: dict, name: str, sha: str) -> tuple[bool, str]:
+    """(passed, what validation said) for one artifact: an entry for this very file (same sha256), judged in a
+    mode Triton runs (ONNX Runtime at full optimisation, so Q/DQ fused, never the emulated reference)."""
+    named = [a for a in validation.get("artifacts", []) if a.get("name") == name]
+    if not named:
         return False, "not validated (no entry in validation.json; run `fdkd validate`)"
-    if "skipped" in entry:
-        return False, f"not validated: validation skipped it ({entry['skipped']})"
-    g = entry.get("gate")
+    same = [a for a in named if a.get("sha256") == sha]
+    if not same:
+        judged = ", ".join(sorted({str(a.get("sha256", "none"))[:12] for a in named}))
+        return False, (f"not validated: validation.json is stale (it judged sha256 {judged}, the file is {sha[:12]}; "
+                       "run `fdkd validate`)")
+    ran = [a for a in same if "skipped" not in a]
+    if not ran:
+        return False, f"not validated: validation skipped it ({same[0]['skipped']})"
+    served = [a for a in ran if (a.get("mode") or {}).get("graph_optimization", "all") == "all"]
+    if not served:
+        return False, "not validated in the mode Triton runs it (only with Q/DQ emulated; Triton fuses them)"
+    g = served[0].get("gate")
     if g is None:
         return False, "not validated (no gate in validation.json)"
     limit = "none" if g["limit"] is None else f"{g['limit']:g}"
@@ -190,7 +202,7 @@ def export_triton(run_dir: Path, out: Path, *, onnx: str = artifacts.ONNX_FP32, 
     def provenance(art: str, verdict: str) -> dict[str, str]:
         return {"fdkd_artifact": art, "fdkd_sha256": arts[art]["sha256"], "fdkd_validation": verdict}
 
-    passed, verdict = _gate(validation, onnx)
+    passed, verdict = _gate(validation, onnx, arts[onnx]["sha256"])
     if not passed:
         if not allow_unvalidated:
             raise NotExportable(f"{onnx} {verdict}; nothing exported (--allow-unvalidated exports it anyway)")
@@ -210,7 +222,7 @@ def export_triton(run_dir: Path, out: Path, *, onnx: str = artifacts.ONNX_FP32, 
             reason = None
             info_path = run_dir / (Path(plan).stem + ".build.json")
             info = json.loads(info_path.read_text()) if info_path.exists() else None
-            passed, verdict = _gate(validation, plan)
+            passed, verdict = _gate(validation, plan, arts[plan]["sha256"])
             if not (run_dir / plan).exists():
                 reason = "file missing from the run directory"
             elif info is None:

@@ -1,11 +1,30 @@
 """Stage ``validate``: the teacher, ``student.pt`` and every artifact on the held-out test split.
 
 Every ONNX artifact and engine runs through ``serving``'s runtimes (the code that will serve it).
-Per artifact: top-1 accuracy, agreement with the teacher's and with ``student.pt``'s predictions,
-max and mean |delta logit| and KL(student.pt || artifact), latency per batch. Gates per
-precision (``validate.gates``): FP32 parity, FP16 and INT8 accuracy drop against ``student.pt``.
-Writes ``validation.json`` and ``report.md`` (+ PNG plots) even when a gate fails, then raises
-``ValidationFailed`` naming each failing artifact and metric.
+Each result is one entry of ``validation.json`` that records the artifact's **sha256** and the exact
+**execution mode** it was judged in (runtime, provider, graph-optimisation level, Q/DQ fused or
+emulated, threads; for engines the TensorRT version and GPU). The server loads an artifact only
+when an entry with its hash and its serving mode passed (``serving.model``).
+
+Per entry: top-1 accuracy, agreement with the teacher's and with ``student.pt``'s predictions,
+max and mean |delta logit| and KL(student.pt || artifact), latency per batch. Gates per precision
+(``validate.gates``): FP32 parity (max |delta logit| and identical top-1), FP16 and INT8 accuracy
+drop against ``student.pt`` and top-1 agreement with it.
+
+The TensorRT-target INT8 graphs run here twice: with Q/DQ emulated (unfused: the graph's reference
+semantics, which TensorRT approximates with fused INT8 kernels; this entry is the graph's gate) and
+with Q/DQ fused by ONNX Runtime's CPU kernels (how the CPU would serve it; gated too, but failing it
+only makes that mode unservable). Engines that cannot run here, and engines the build stage could
+not make, are listed under ``not_validated`` and the result says ``complete: false``.
+
+Writes ``validation.json``, ``report.md`` (+ PNG plots) and ``validation.testset.npz`` (test inputs,
+labels, ``student.pt``'s logits) even when a gate fails, then raises ``ValidationFailed`` naming
+each failing artifact and metric. ``validate_engine`` gates an engine built later (``fdkd engine``,
+a container's first start) on that test set, without torch, into ``validation.json`` beside the
+engine, which is where the server looks for the engine's own entry.
+
+Where the dataset holds out whole accents (split ``test_unseen_accent``), ``student.pt``'s accuracy
+on it is reported beside the in-domain test accuracy (``unseen_accent`` in ``validation.json``).
 """
 
 from __future__ import annotations
@@ -17,33 +36,40 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import artifacts
-from pipeline.config import RunConfig
+from pipeline.config import GateConfig, RunConfig
 
 
 class ValidationFailed(RuntimeError):
     """At least one artifact failed its gate; the message names each artifact and metric."""
 
 
-# file pattern -> (precision, target, runtime options); the one table of what validate runs and how
+REFERENCE = "reference semantics: Q/DQ emulated (unfused) in onnxruntime; TensorRT fuses them and approximates this"
+CPU_FUSED = "onnxruntime cpu, Q/DQ fused into INT8 kernels (how the CPU serves it)"
+
+# file pattern -> (precision, target, modes it runs in: (runtime options, role, required)); the one table of what
+# validate runs and how. A required entry's failed gate fails the run; another's only makes its mode unservable.
 ARTIFACT_KINDS = [
-    (artifacts.ONNX_FP32, "fp32", "onnxruntime/tensorrt", {}),
-    (artifacts.ONNX_FP16, "fp16", "tensorrt (run here in onnxruntime)", {}),
-    (artifacts.ONNX_INT8.format(method="*"), "int8", "tensorrt (Q/DQ emulated in onnxruntime)", {"emulate_qdq": True}),
-    (artifacts.ONNX_INT8_CPU, "int8", "onnxruntime cpu", {}),
-    ("student.*.plan", None, "tensorrt", {}),
+    (artifacts.ONNX_FP32, "fp32", [({}, "onnxruntime cpu (source of every engine)", True)]),
+    (artifacts.ONNX_FP16, "fp16", [({}, "tensorrt graph, run here in onnxruntime cpu", True)]),
+    (artifacts.ONNX_INT8.format(method="*"), "int8", [({"emulate_qdq": True}, REFERENCE, True),
+                                                      ({}, CPU_FUSED, False)]),
+    (artifacts.ONNX_INT8_CPU, "int8", [({}, CPU_FUSED, True)]),
+    ("student.*.plan", None, [({}, "tensorrt engine", True)]),
 ]
 
 
 def discover(run_dir: Path) -> list[dict]:
-    """The artifacts present in ``run_dir``, in table order."""
+    """The (artifact, mode) pairs to validate in ``run_dir``, in table order."""
     found = []
-    for pattern, precision, target, opts in ARTIFACT_KINDS:
+    for pattern, precision, modes in ARTIFACT_KINDS:
         for path in sorted(run_dir.glob(pattern)):
             prec = precision
             if prec is None:  # an engine: its precision is in its own sidecar
                 info = path.with_name(path.stem + ".build.json")
                 prec = json.loads(info.read_text())["precision"] if info.exists() else "unknown"
-            found.append({"name": path.name, "path": path, "precision": prec, "target": target, "options": opts})
+            for opts, target, required in modes:
+                found.append({"name": path.name, "path": path, "precision": prec, "target": target,
+                              "options": opts, "required": required})
     return found
 
 
@@ -74,17 +100,47 @@ def latency(fn, x: np.ndarray, batch: int, repeats: int) -> dict:
     return {"batch": batch, "ms_per_batch": ms, "rows_per_s": batch / (ms / 1000)}
 
 
-def gate(entry: dict, cfg: RunConfig, ref_acc: float) -> dict:
-    g = cfg.validate_.gates
+def _check(metric: str, value: float, op: str, limit: float) -> dict:
+    ok = value <= limit + 1e-9 if op == "<=" else value >= limit - 1e-9
+    return {"metric": metric, "value": value, "op": op, "limit": limit, "passed": bool(ok)}
+
+
+def gate(entry: dict, gates: GateConfig, ref_acc: float) -> dict:
+    """Every check of ``entry``'s precision; ``passed`` only if all pass. ``metric``/``value``/``limit``
+    repeat the first failing check (or the first check when all pass) for one-line messages."""
     m = entry["metrics"]
+    agree = 100.0 * m["agree_student_pt"]
     if entry["precision"] == "fp32":
-        return {"metric": "max_abs_logit", "value": m["max_abs_logit"], "limit": g.fp32_max_abs_logit,
-                "passed": m["max_abs_logit"] <= g.fp32_max_abs_logit and m["agree_student_pt"] == 1.0}
-    limit = {"fp16": g.fp16_max_acc_drop_pt, "int8": g.int8_max_acc_drop_pt}.get(entry["precision"])
-    if limit is None:
-        return {"metric": "precision", "value": entry["precision"], "limit": None, "passed": False}
-    drop = 100.0 * (ref_acc - m["accuracy"])
-    return {"metric": "accuracy_drop_pt", "value": drop, "limit": limit, "passed": drop <= limit + 1e-9}
+        checks = [_check("max_abs_logit", m["max_abs_logit"], "<=", gates.fp32_max_abs_logit),
+                  _check("agree_student_pt_pct", agree, ">=", 100.0)]
+    elif entry["precision"] in ("fp16", "int8"):
+        drop_limit, agree_limit = {"fp16": (gates.fp16_max_acc_drop_pt, gates.fp16_min_agree_pct),
+                                   "int8": (gates.int8_max_acc_drop_pt, gates.int8_min_agree_pct)}[entry["precision"]]
+        checks = [_check("accuracy_drop_pt", 100.0 * (ref_acc - m["accuracy"]), "<=", drop_limit),
+                  _check("agree_student_pt_pct", agree, ">=", agree_limit)]
+    else:
+        checks = [{"metric": "precision", "value": entry["precision"], "op": "in", "limit": ["fp32", "fp16", "int8"],
+                   "passed": False}]
+    head = next((c for c in checks if not c["passed"]), checks[0])
+    return {"passed": all(c["passed"] for c in checks), "checks": checks,
+            "metric": head["metric"], "value": head["value"], "limit": head["limit"]}
+
+
+def gate_text(g: dict) -> str:
+    """``accuracy_drop_pt=1.2 (<= 1.0)`` for each failing check (every check when none fails)."""
+    bad = [c for c in g["checks"] if not c["passed"]] or g["checks"]
+    return ", ".join(f"{c['metric']}={c['value']:.4g} ({c['op']} {c['limit']})" if isinstance(c["value"], float)
+                     else f"{c['metric']}={c['value']} ({c['op']} {c['limit']})" for c in bad)
+
+
+def _not_built(run_dir: Path, cfg: RunConfig) -> list[dict]:
+    """Engines the build stage was asked for but could not make on this machine."""
+    path = run_dir / artifacts.MANIFEST
+    stage = json.loads(path.read_text()).get("stages", {}).get("build", {}) if path.exists() else {}
+    if stage.get("status") != "skipped":
+        return []
+    return [{"name": f"tensorrt {p} engine", "reason": f"not built here: {stage.get('reason', 'build skipped')}"}
+            for p in cfg.build.precisions]
 
 
 def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
@@ -111,32 +167,98 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
         with torch.no_grad():
             return student(torch.from_numpy(batch)).numpy()
 
+    torch_mode = {"runtime": "pytorch", "provider": "cpu", "threads": torch.get_num_threads()}
     entries = [{"name": "teacher", "precision": "fp32", "target": f"pytorch ({t_mod})", "path": str(tpath),
+                "sha256": artifacts.sha256_file(tpath), "mode": torch_mode,
                 "metrics": {"accuracy": float((teacher_pred == y).mean())}},
                {"name": artifacts.STUDENT, "precision": "fp32", "target": "pytorch eager",
+                "sha256": artifacts.sha256_file(run_dir / artifacts.STUDENT), "mode": torch_mode,
                 "metrics": compare(ref, ref, teacher_pred, y)
                 | latency(torch_fn, x, v.latency_batch, v.latency_repeats),
                 "predictions": ref.argmax(1).tolist()}]
     ref_acc = entries[1]["metrics"]["accuracy"]
+    artifacts.save_npz(run_dir / artifacts.TESTSET, {"x": x, "y": y, "ref_logits": ref, "teacher_pred": teacher_pred})
+    not_validated = _not_built(run_dir, cfg)
+    hashes: dict[Path, str] = {}
     for art in discover(run_dir):
-        entry = {"name": art["name"], "precision": art["precision"], "target": art["target"]}
+        sha = hashes.setdefault(art["path"], artifacts.sha256_file(art["path"]))
+        entry = {"name": art["name"], "sha256": sha, "precision": art["precision"], "target": art["target"],
+                 "required": art["required"]}
+        opts = dict(art["options"], **({"threads": cfg.threads} if art["path"].suffix == ".onnx" else {}))
         try:
-            rt = load_runtime(art["path"], **art["options"])
+            rt = load_runtime(art["path"], **opts)
         except (ImportError, RuntimeError) as e:  # no TensorRT / GPU here, or an engine for another GPU
-            entries.append(entry | {"skipped": f"{type(e).__name__}: {e}" if str(e) else type(e).__name__})
+            reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            entries.append(entry | {"skipped": reason})
+            not_validated.append({"name": art["name"], "reason": f"could not run here: {reason}"})
             continue
         logits = rt(x)
+        entry["mode"] = rt.mode()
         entry["runtime"] = rt.describe()
         entry["metrics"] = compare(logits, ref, teacher_pred, y) | latency(rt, x, v.latency_batch, v.latency_repeats)
         entry["predictions"] = logits.argmax(1).tolist()
-        entry["gate"] = gate(entry, cfg, ref_acc)
+        entry["gate"] = gate(entry, v.gates, ref_acc)
         entries.append(entry)
-    failed = [e for e in entries if "gate" in e and not e["gate"]["passed"]]
+    failed = [e for e in entries if e.get("required") and "gate" in e and not e["gate"]["passed"]]
     result = {"split": "test", "rows": int(len(y)), "class_names": ds.class_names, "labels": y.tolist(),
-              "student_modality": s_mod, "teacher_modality": t_mod, "passed": not failed, "artifacts": entries}
+              "student_modality": s_mod, "teacher_modality": t_mod, "passed": not failed,
+              "complete": not not_validated, "not_validated": not_validated, "artifacts": entries}
+    if s_mod == "audio" and ds.has_split("test_unseen_accent"):  # whole eSpeak accents no other split hears
+        xu, yu = ds.take(s_mod, "test_unseen_accent")
+        result["unseen_accent"] = {"split": "test_unseen_accent", "rows": int(len(yu)),
+                                   "accents": ds.meta.get("accent_splits", {}).get("test_unseen_accent", []),
+                                   "test_acc": ref_acc,
+                                   "test_unseen_accent_acc": float((predict(student, torch.from_numpy(xu)).numpy()
+                                                                    .argmax(1) == yu).mean())}
     artifacts.write_json(run_dir / artifacts.VALIDATION, result)
     write_report(result, run_dir)
     if failed:
         raise ValidationFailed("validation gate failed: " + "; ".join(
-            f"{e['name']} {e['gate']['metric']}={e['gate']['value']:.4g} (limit {e['gate']['limit']})" for e in failed))
+            f"{e['name']} {gate_text(e['gate'])} in mode [{_mode_text(e)}]" for e in failed))
     return result
+
+
+def _mode_text(entry: dict) -> str:
+    m = entry.get("mode", {})
+    return ", ".join(f"{k}={v}" for k, v in m.items() if v is not None)
+
+
+def validate_engine(run_dir: Path, plan: Path) -> dict:
+    """Gate one engine built after the run on the run's test set (no torch); record it beside the engine.
+
+    The test set must still hash as the run's manifest says; the gates are the run's. Returns the
+    entry; raises ``ValidationFailed`` (after writing the entry) when its gate fails, and
+    ``RuntimeError`` when the engine cannot run here.
+    """
+    from serving.runtime import load_runtime
+
+    run_dir, plan = Path(run_dir), Path(plan)
+    manifest = json.loads((run_dir / artifacts.MANIFEST).read_text())
+    rec = manifest["artifacts"].get(artifacts.TESTSET)
+    testset = run_dir / artifacts.TESTSET
+    if rec is None or not testset.exists():
+        raise ValueError(f"{run_dir} has no {artifacts.TESTSET}: re-run `fdkd validate` with this version of fdkd")
+    if artifacts.sha256_file(testset) != rec["sha256"]:
+        raise ValueError(f"{testset} does not match the run's manifest (tampered or truncated)")
+    gates = GateConfig.model_validate(manifest["config"]["validate"]["gates"])
+    v = manifest["config"]["validate"]
+    z = np.load(testset)
+    x, y, ref, teacher_pred = z["x"], z["y"], z["ref_logits"], z["teacher_pred"]
+    info = json.loads(plan.with_name(plan.stem + ".build.json").read_text())
+    rt = load_runtime(plan)
+    logits = rt(x)
+    entry = {"name": plan.name, "sha256": artifacts.sha256_file(plan), "precision": info["precision"],
+             "target": "tensorrt engine", "required": True, "source_onnx": info.get("onnx"),
+             "testset_sha256": rec["sha256"], "mode": rt.mode(), "runtime": rt.describe(),
+             "metrics": compare(logits, ref, teacher_pred, y)
+             | latency(rt, x, v["latency_batch"], v["latency_repeats"]),
+             "predictions": logits.argmax(1).tolist()}
+    entry["gate"] = gate(entry, gates, float((ref.argmax(1) == y).mean()))
+    out = plan.parent / artifacts.VALIDATION
+    existing = json.loads(out.read_text()) if out.exists() else {"artifacts": []}
+    existing["artifacts"] = [a for a in existing.get("artifacts", []) if a.get("name") != plan.name] + [entry]
+    artifacts.write_json(out, existing)
+    if not entry["gate"]["passed"]:
+        raise ValidationFailed(f"validation gate failed: {plan.name} {gate_text(entry['gate'])} "
+                               f"in mode [{_mode_text(entry)}]")
+    return entry

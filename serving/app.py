@@ -137,8 +137,8 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
                                            batch_timeout_s=settings.batch_timeout_s, on_batch=_log_batch)
             state.batcher.start()
             state.ready, state.not_ready_reason = True, ""
-            log.info('{"event": "ready", "model": "%s", "artifact": "%s", "warm_up_s": %.3f}',
-                     model.name, model.artifact, seconds)
+            log.info('{"event": "ready", "model": "%s", "artifact": "%s", "sha256": "%s", "mode": %s, '
+                     '"warm_up_s": %.3f}', model.name, model.artifact, model.sha256, json.dumps(model.mode), seconds)
         except NotServable as e:
             state.not_ready_reason = str(e)
             log.error('{"event": "not_ready", "reason": %s}', json.dumps(str(e)))
@@ -242,7 +242,9 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
                                          "timeout_action": "REJECT",
                                          "default_timeout_microseconds": int(1000 * state.settings.queue_timeout_ms),
                                          "max_queue_size": state.settings.max_queue}},
-                "instance_group": [{"count": 1, "kind": "KIND_GPU" if m.platform == "tensorrt_plan" else "KIND_CPU"}]}
+                "instance_group": [{"count": 1, "kind": "KIND_GPU" if m.platform == "tensorrt_plan" else "KIND_CPU"}],
+                "parameters": {"artifact": {"string_value": m.artifact}, "sha256": {"string_value": m.sha256},
+                               "execution_mode": {"string_value": json.dumps(m.mode, sort_keys=True)}}}
 
     @app.get("/v2/models/{model_name}/config", responses=_ok({"type": "object"}) | _errors(404, 503))
     async def model_config(model_name: str):

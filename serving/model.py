@@ -1,9 +1,22 @@
-"""Load the model a run directory ships: manifest, hash and gate checks, artifact choice, runtime.
+"""Load the model a run directory ships: manifest, hash, validation-mode and gate checks, runtime.
 
 ``serving`` reads ``manifest.json`` and ``validation.json`` itself (no ``pipeline`` import). A
-model is *servable* only when its artifact's sha256 matches the manifest and its validation
-gate passed (``allow_unvalidated`` overrides the gate, never the hash). Every refusal raises
-``NotServable`` with the reason, which ``/v2/health/ready`` then reports.
+model is *servable* only when one chain of hashes holds from gate to server:
+
+- an ``.onnx`` artifact's sha256 matches the manifest (an engine's ``.plan`` is hashed the same way,
+  against its own validation entry: engines are gated on their own entry, never through their
+  source ONNX);
+- ``validation.json`` has an entry for that file **with that sha256** (a standalone ``fdkd quantize``
+  or ``fdkd export`` after validation leaves the old entry stale: refused);
+- that entry was judged in the **execution mode** the server will run (ONNX Runtime: provider,
+  full graph optimisation, so Q/DQ *fused*, and threads; TensorRT: version and GPU): an INT8 graph
+  validated only with Q/DQ emulated is refused, since the server would run it fused. The server
+  loads the artifact in exactly that mode (with ``threads`` unset it takes the validated count) and
+  checks the runtime reports the same mode once loaded;
+- that entry's gate passed.
+
+``allow_unvalidated`` overrides the validation checks (with a warning), never the manifest hash.
+Every refusal raises ``NotServable`` with the reason, which ``/v2/health/ready`` then reports.
 """
 
 from __future__ import annotations
@@ -48,6 +61,8 @@ class LoadedModel:
     frontend: object
     modality: str
     warnings: list[str] = field(default_factory=list)
+    sha256: str = ""
+    mode: dict = field(default_factory=dict)  # the execution mode it runs in (= the validated one)
 
     @property
     def num_classes(self) -> int:
@@ -83,18 +98,65 @@ def _pick(run_dir: Path, manifest: dict, artifact: str, engine_dir: Path | None)
     raise NotServable(f"no servable artifact in {run_dir}")
 
 
-def _check_gate(validation: dict, name: str, allow_unvalidated: bool, warnings: list[str]) -> None:
-    entry = next((a for a in validation.get("artifacts", []) if a.get("name") == name), None)
-    problem = None
-    if entry is None:
-        problem = f"{name} was not validated"
-    elif "gate" in entry and not entry["gate"]["passed"]:
-        g = entry["gate"]
-        problem = f"{name} failed its validation gate ({g['metric']}={g['value']:.4g}, limit {g['limit']})"
-    if problem:
-        if not allow_unvalidated:
-            raise NotServable(problem + "; --allow-unvalidated overrides")
-        warnings.append(problem + "; serving anyway because --allow-unvalidated was given")
+MODE_ORDER = ("runtime", "provider", "graph_optimization", "qdq", "threads", "tensorrt", "gpu", "compute_capability",
+              "device")
+
+
+def _mode_text(mode: dict) -> str:
+    """``runtime=onnxruntime, ..., threads=default``: one order whatever the JSON's key order."""
+    keys = [k for k in MODE_ORDER if k in mode] + sorted(k for k in mode if k not in MODE_ORDER)
+    parts = [f"{k}={'default' if k == 'threads' and mode[k] is None else mode[k]}" for k in keys
+             if mode[k] is not None or k == "threads"]
+    return ", ".join(parts) or "unknown"
+
+
+def _serving_mode(entry_mode: dict, suffix: str, threads: int | None) -> dict:
+    """The mode this server would run an artifact in, given the mode an entry for it was validated in."""
+    if suffix == ".plan":
+        return entry_mode  # checked against the loaded engine (TensorRT version and this GPU) after loading
+    has_qdq = entry_mode.get("qdq") is not None  # the entry describes this very file (same sha256)
+    return {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "graph_optimization": "all",
+            "qdq": "fused" if has_qdq else None,
+            "threads": threads if threads is not None else entry_mode.get("threads")}
+
+
+def _validated_entry(validation: dict, name: str, sha: str, suffix: str, threads: int | None) -> tuple[dict, str]:
+    """(the entry that validates serving ``name`` here, or {}; the problem when there is none or it failed)."""
+    named = [a for a in validation.get("artifacts", []) if a.get("name") == name]
+    if not named:
+        return {}, f"{name} was not validated (no entry in validation.json)"
+    same = [a for a in named if a.get("sha256") == sha]
+    if not same:
+        judged = sorted({str(a.get("sha256", "none"))[:12] for a in named})
+        return {}, (f"validation.json is stale for {name}: it judged sha256 {', '.join(judged)}, the file is "
+                    f"{sha[:12]} (the artifact changed after validation, e.g. a standalone fdkd quantize or "
+                    "export); re-run `fdkd validate`")
+    ran = [a for a in same if "skipped" not in a]
+    if not ran:
+        return {}, f"{name} was not validated: it could not run where it was validated ({same[0]['skipped']})"
+    for a in ran:
+        if a.get("mode") == _serving_mode(a.get("mode", {}), suffix, threads):
+            g = a.get("gate")
+            if g is not None and not g.get("passed"):
+                return a, (f"{name} failed its validation gate in mode [{_mode_text(a['mode'])}] "
+                           f"({g['metric']}={g['value']:.4g}, limit {g['limit']})")
+            return a, ""
+    want = _serving_mode(ran[0].get("mode", {}), suffix, threads)
+    hint = ""
+    if any({**a.get("mode", {}), "threads": None} == {**want, "threads": None} for a in ran):
+        hint = f" (validate with `--set threads={threads}`, or serve without --threads)"
+    return {}, (f"{name} was validated only in mode(s) " + "; ".join(f"[{_mode_text(a.get('mode', {}))}]" for a in ran)
+                + f", not in the mode this server would run it in [{_mode_text(want)}]{hint}")
+
+
+def _validations(run_dir: Path, path: Path) -> dict:
+    """validation.json of the run, plus (for an engine outside the run) the one beside the engine."""
+    validation = _read_json(run_dir / "validation.json", "validation")
+    beside = path.parent / "validation.json"
+    if path.suffix == ".plan" and beside.exists() and beside.resolve() != (run_dir / "validation.json").resolve():
+        extra = _read_json(beside, "engine validation")
+        validation = validation | {"artifacts": validation.get("artifacts", []) + extra.get("artifacts", [])}
+    return validation
 
 
 def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None = None, model_name: str | None = None,
@@ -105,28 +167,48 @@ def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None
     if not path.exists():
         raise NotServable(f"artifact {path} does not exist")
     warnings: list[str] = []
-    if path.suffix == ".plan":  # built after the run: trust comes from the ONNX it was built from
+    found = sha256(path)
+    if path.suffix == ".plan":  # built after the run: it must come from this run's ONNX and be gated itself
         info = _read_json(path.with_name(path.stem + ".build.json"), "engine sidecar")
         src = manifest["artifacts"].get(info.get("onnx", ""))
         if src is None or src["sha256"] != info.get("onnx_sha256"):
             raise NotServable(f"engine {path.name} was not built from this run's {info.get('onnx')}")
-        gate_name = info["onnx"]
+        rec = manifest["artifacts"].get(path.name)  # built by the run's build stage: in the manifest too
+        if rec is not None and (run_dir / rec["path"]).resolve() == path.resolve() and found != rec["sha256"]:
+            raise NotServable(f"{path.name}: sha256 mismatch with the manifest (tampered or truncated: "
+                              f"manifest {rec['sha256'][:12]}, file {found[:12]})")
+        io_name = info["onnx"]
     else:
         rec = manifest["artifacts"].get(path.name)
         if rec is None:
             raise NotServable(f"{path.name} is not in {run_dir}/manifest.json")
-        found = sha256(path)
         if found != rec["sha256"]:
             raise NotServable(f"{path.name}: sha256 mismatch with the manifest (tampered or truncated: "
                               f"manifest {rec['sha256'][:12]}, file {found[:12]})")
-        gate_name = path.name
-    _check_gate(_read_json(run_dir / "validation.json", "validation"), gate_name, allow_unvalidated, warnings)
-    opts = {"threads": threads} if path.suffix == ".onnx" else {}
+        io_name = path.name
+    entry, problem = _validated_entry(_validations(run_dir, path), path.name, found, path.suffix, threads)
+    if problem:
+        if not allow_unvalidated:
+            raise NotServable(problem + "; --allow-unvalidated overrides")
+        warnings.append(problem + "; serving anyway because --allow-unvalidated was given")
+    mode = entry.get("mode") or {}
+    opts = {}
+    if path.suffix == ".onnx":
+        opts = {"threads": threads if threads is not None else mode.get("threads")}
     try:
         runtime = load_runtime(path, **opts)
     except Exception as e:  # a corrupt file, a wrong GPU, a missing library: not servable, and why
         raise NotServable(f"cannot load {path.name}: {e}") from None
-    rec = manifest["artifacts"].get(gate_name, {})
+    if entry:
+        got = runtime.mode()
+        want = _serving_mode(mode, path.suffix, threads)
+        if got != want or (path.suffix == ".plan" and got != mode):
+            problem = (f"{path.name} loads here in mode [{_mode_text(got)}], but was validated in "
+                       f"[{_mode_text(mode)}]")
+            if not allow_unvalidated:
+                raise NotServable(problem + "; --allow-unvalidated overrides")
+            warnings.append(problem + "; serving anyway because --allow-unvalidated was given")
+    rec = manifest["artifacts"].get(io_name, {})
     io = rec.get("onnx", {})
     inp = io.get("inputs", [{}])[0]
     shape = [int(d) for d in inp.get("shape", [])[1:]]
@@ -136,4 +218,4 @@ def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None
         input_name=inp.get("name", "input"), input_shape=shape,
         output_name=io.get("outputs", [{}])[0].get("name", "logits"), class_names=list(manifest["class_names"]),
         frontend=frontend_from_dict(manifest["preprocessing"]), modality=manifest.get("student_modality", "audio"),
-        warnings=warnings)
+        warnings=warnings, sha256=found, mode=runtime.mode())

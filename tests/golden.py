@@ -15,6 +15,15 @@ import torch
 PATH = Path(__file__).parent / "golden" / "losses.json"
 
 
+def inputs() -> tuple[torch.Tensor, ...]:
+    """The fixed seeded inputs: features f_s, f_t [8, 32], logits z_s, z_t [8, 10] (float64), labels y [8]."""
+    g = torch.Generator().manual_seed(1234)
+    f_s, f_t = (torch.randn(8, 32, generator=g, dtype=torch.float64) for _ in range(2))
+    z_s, z_t = (torch.randn(8, 10, generator=g, dtype=torch.float64) for _ in range(2))
+    y = torch.randint(0, 10, (8,), generator=g)
+    return f_s, f_t, z_s, z_t, y
+
+
 def compute() -> dict[str, float]:
     from pipeline.config import DistillConfig
     from pipeline.losses.dist import dist_loss
@@ -23,10 +32,7 @@ def compute() -> dict[str, float]:
     from pipeline.losses.kd import kd_loss
     from pipeline.objectives import METHODS
 
-    g = torch.Generator().manual_seed(1234)
-    f_s, f_t = (torch.randn(8, 32, generator=g, dtype=torch.float64) for _ in range(2))
-    z_s, z_t = (torch.randn(8, 10, generator=g, dtype=torch.float64) for _ in range(2))
-    y = torch.randint(0, 10, (8,), generator=g)
+    f_s, f_t, z_s, z_t, y = inputs()
     fd = fd_feature_losses(f_s, f_t)
     out = {
         "kd_T4": kd_loss(z_s, z_t, 4.0), "dkd_a1_b8_T4": dkd_loss(z_s, z_t, y, 1.0, 8.0, 4.0),

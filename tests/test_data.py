@@ -55,13 +55,16 @@ def test_pairs_are_within_class_and_splits_voice_disjoint(small_build):
     # images are disjoint across splits too
     per_split = [set(idx[z["split"] == s]) for s in range(3)]
     assert not (per_split[0] & per_split[1]) and not (per_split[0] & per_split[2])
-    assert z["audio_raw"].shape == (60, 16000) and z["audio_raw"].dtype == np.int16
+    n_unseen = int((z["split"] == 3).sum())  # one extra unseen-accent clip per test image
+    assert n_unseen == int((z["split"] == 2).sum())
+    assert z["audio_raw"].shape == (60 + n_unseen, 16000) and z["audio_raw"].dtype == np.int16
     assert np.abs(z["audio_raw"]).max() > 1000  # not silence
 
 
 def test_loaded_features_are_standardised_on_train(small_build):
     ds = load_dataset(small_build)
-    assert ds.x["audio"].shape == (60, 1, 40, 101) and ds.x["image"].shape == (60, 1, 8, 8)
+    n = 60 + len(ds.indices("test_unseen_accent"))
+    assert ds.x["audio"].shape == (n, 1, 40, 101) and ds.x["image"].shape == (n, 1, 8, 8)
     train = ds.indices("train")
     for m in ("audio", "image"):
         assert abs(float(ds.x[m][train].mean())) < 1e-3
@@ -188,3 +191,33 @@ def test_valid_manifest_builds_a_dataset(tmp_path):
     (tmp_path / "7.wav").write_bytes(b"")
     with pytest.raises(ManifestError, match="line 9, student: empty file"):
         build_manifest(mcfg, tmp_path / "cache2")
+
+
+def test_unseen_accent_split_holds_only_held_out_accents(small_build):
+    z = np.load(small_build)
+    meta = json.loads(bytes(z["meta"]).decode())
+    accents = meta["accents"]
+    unseen = set(SMALL.unseen_accents)
+    assert unseen and not unseen & set(SMALL.accents)
+    heard = {s: {accents[a] for a in z["accent"][z["split"] == s]} for s in range(4)}
+    assert heard[3] and heard[3] <= unseen  # split 3 hears only held-out accents ...
+    for s in range(3):
+        assert heard[s] and not heard[s] & unseen  # ... and no other split hears any of them
+    # one extra clip per test image, spoken by a test-split voice variant, same label
+    test, extra = z["split"] == 2, z["split"] == 3
+    assert sorted(z["image_index"][extra]) == sorted(z["image_index"][test])
+    variants = meta["build"]["variants"]
+    assert {variants[v] for v in z["voice"][extra]} <= set(meta["voice_splits"]["test"])
+    ds = load_dataset(small_build)
+    assert len(ds.indices("test_unseen_accent")) == int(extra.sum()) and ds.has_split("test_unseen_accent")
+    np.testing.assert_array_equal(ds.indices("test"), np.flatnonzero(test))  # test stays in-domain only
+
+
+def test_no_unseen_accents_means_no_extra_split(tmp_path):
+    from pydantic import ValidationError
+
+    path = avdigits.build(AVDigitsConfig(max_images=30, seed=1, unseen_accents=()), tmp_path)
+    assert set(np.load(path)["split"].tolist()) <= {0, 1, 2}
+    assert not load_dataset(path).has_split("test_unseen_accent")
+    with pytest.raises(ValidationError, match="must not also be in accents"):
+        AVDigitsConfig(unseen_accents=("en-us",))

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from pipeline.config import load_config
@@ -50,8 +51,26 @@ def test_wrapper_launches_torchrun_and_records_the_stage(tiny_cfg, tiny_teachers
     assert rec["metrics"]["world_size"] == 2 and manifest["stages"]["distill"]["status"] == "done"
 
 
-def test_band_split_forms_agree_and_auto_picks_one():
+def test_band_split_forms_agree():
     x = torch.randn(32, 128)
     for a, b in zip(band_split(x, method="matmul"), band_split(x, method="fft"), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert fastest_band_split(128, None, torch.device("cpu"), repeats=3) in ("matmul", "fft")
+
+
+@pytest.mark.parametrize("slow", ["matmul", "fft"])
+def test_auto_band_split_picks_the_faster_form(monkeypatch, slow):
+    """Make one form slow on purpose (a sleep inside it): the timing must pick the other one."""
+    import time
+
+    from pipeline.losses import frequency
+
+    real = frequency.band_split
+
+    def timed(x, cut=None, method="matmul"):
+        if method == slow:
+            time.sleep(0.002)
+        return real(x, cut, method=method)
+
+    monkeypatch.setattr(frequency, "band_split", timed)
+    fast = {"matmul": "fft", "fft": "matmul"}[slow]
+    assert fastest_band_split(128, None, torch.device("cpu"), repeats=3) == fast

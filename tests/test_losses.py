@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,3 +106,91 @@ def test_golden_values():
     assert sorted(now) == sorted(stored), "loss terms changed: regenerate with `python tests/golden.py --write`"
     for key, value in stored.items():
         assert now[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+# ---- golden values against independent numpy formulas (not the implementation under test) -------------
+
+
+def _np_inputs():
+    from tests.golden import inputs
+
+    return [t.numpy() for t in inputs()]
+
+
+def _np_softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _stored(key):
+    from tests.golden import PATH
+
+    return json.loads(PATH.read_text())[key]
+
+
+def test_golden_kd_is_the_explicit_kl_sum():
+    _, _, z_s, z_t, _ = _np_inputs()
+    t = 4.0
+    p_s, p_t = _np_softmax(z_s / t), _np_softmax(z_t / t)
+    explicit = t * t * sum(p_t[b, c] * (np.log(p_t[b, c]) - np.log(p_s[b, c]))
+                           for b in range(len(z_s)) for c in range(z_s.shape[1])) / len(z_s)
+    assert _stored("kd_T4") == pytest.approx(explicit, rel=1e-12)
+
+
+def _np_tckd_nckd(z_s, z_t, y, t):
+    """Per-sample TCKD and NCKD written out from the DKD paper's definitions."""
+    p_s, p_t = _np_softmax(z_s / t), _np_softmax(z_t / t)
+    rows = np.arange(len(y))
+    b_s = np.stack([p_s[rows, y], 1 - p_s[rows, y]], 1)
+    b_t = np.stack([p_t[rows, y], 1 - p_t[rows, y]], 1)
+    tckd = t * t * (b_t * np.log(b_t / b_s)).sum(1)
+    keep = np.ones_like(p_s, bool)
+    keep[rows, y] = False
+    q_s = p_s[keep].reshape(len(y), -1)
+    q_t = p_t[keep].reshape(len(y), -1)
+    q_s, q_t = q_s / q_s.sum(1, keepdims=True), q_t / q_t.sum(1, keepdims=True)
+    nckd = t * t * (q_t * np.log(q_t / q_s)).sum(1)
+    return tckd, nckd, p_t[rows, y]
+
+
+def test_golden_dkd_from_its_definition_and_the_kd_identity():
+    _, _, z_s, z_t, y = _np_inputs()
+    tckd, nckd, pt_gt = _np_tckd_nckd(z_s, z_t, y, 4.0)
+    assert _stored("dkd_a1_b8_T4") == pytest.approx(float(np.mean(tckd + 8.0 * nckd)), rel=1e-9)
+    # the paper's identity KD = TCKD + (1 - p_t^gt) NCKD, per sample, through the torch implementations
+    zs, zt, yt = (torch.from_numpy(a) for a in (z_s, z_t, y))
+    for b in range(len(y)):
+        kd = float(kd_loss(zs[b : b + 1], zt[b : b + 1], 4.0))
+        dkd = float(dkd_loss(zs[b : b + 1], zt[b : b + 1], yt[b : b + 1], 1.0, 1.0 - float(pt_gt[b]), 4.0))
+        assert dkd == pytest.approx(kd, rel=1e-9), b
+
+
+def test_golden_dist_matches_numpy_corrcoef():
+    _, _, z_s, z_t, _ = _np_inputs()
+    p_s, p_t = _np_softmax(z_s), _np_softmax(z_t)
+    inter = 1 - np.mean([np.corrcoef(p_s[b], p_t[b])[0, 1] for b in range(len(p_s))])
+    intra = 1 - np.mean([np.corrcoef(p_s[:, c], p_t[:, c])[0, 1] for c in range(p_s.shape[1])])
+    assert _stored("dist_T1") == pytest.approx(inter + intra, rel=1e-6)  # eps 1e-8 in the Pearson denominator
+
+
+def test_golden_fd_matches_numpy_rfft_masks():
+    f_s, f_t, _, _, _ = _np_inputs()
+    d = f_s.shape[1]
+    cut = d // 4
+    bins = np.arange(d // 2 + 1)
+
+    def bands(f):
+        spec = np.fft.rfft(f, axis=1)
+        low = np.fft.irfft(spec * ((bins >= 1) & (bins <= cut)), n=d, axis=1)
+        high = np.fft.irfft(spec * (bins > cut), n=d, axis=1)
+        return low, high
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def sigma(v):
+        return np.sign(v) * np.log1p(np.abs(v))
+
+    (s_low, s_high), (t_low, t_high) = bands(f_s), bands(f_t)
+    assert _stored("fd_low") == pytest.approx(np.mean((unit(s_low) - unit(t_low)) ** 2), rel=1e-9)
+    assert _stored("fd_high") == pytest.approx(np.mean((sigma(unit(s_high)) - sigma(unit(t_high))) ** 2), rel=1e-9)

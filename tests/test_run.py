@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -70,6 +71,11 @@ def test_run_produces_validated_artifacts_and_manifest(reference):
     assert all(a["gate"]["passed"] for a in validation["artifacts"] if "gate" in a)
     report = (run_dir / "report.md").read_text()
     assert "PASSED" in report and "report_confusion.png" in report
+    # the config.yaml the run wrote loads back to the config it ran with
+    from pipeline.config import load_config
+
+    sets = _sets(root, "r")[1::2]
+    assert load_config(run_dir / "config.yaml") == load_config(None, sets)
     for png in ("report_confusion.png", "report_per_class.png", "report_accuracy_latency.png"):
         assert (run_dir / png).stat().st_size > 1000
 
@@ -148,3 +154,51 @@ def test_unknown_force_stage_is_rejected(reference):
     root, _ = reference
     proc = _cli(root, "r-ref", "--force", "exprot", check=False)
     assert proc.returncode == 2 and "unknown stage" in proc.stderr
+
+
+def test_default_gates_end_to_end_on_a_student_that_learns(tmp_path):
+    """No loosened gates: FP16 and INT8 judged by the defaults (accuracy drop and top-1 agreement with student.pt).
+
+    The tiny runs above predict one class (agreement is trivially 100 %); here the student learns the 8x8
+    digit images (audio teacher, task loss only), so a flipped row shows. Every gate verdict is recomputed from
+    the recorded predictions and the default limits, and the exit status and message must follow them.
+    """
+    from pipeline.config import GateConfig
+
+    sets = tiny_overrides(tmp_path) + [
+        "name=gates", "threads=1", "data.avdigits.max_images=400", "teacher.modality=audio", "teacher.model.width=4",
+        "teacher.optim.epochs=1", "distill.method=none", "distill.student.width=8", "distill.optim.epochs=8",
+        "quantize.calib_samples=128", "quantize.calib_methods=[minmax]", "build.int8_method=minmax"]
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", *[a for s in sets for a in ("--set", s)]],
+                          capture_output=True, text=True, env=dict(os.environ, FDKD_QUIET="1"), cwd=tmp_path)
+    result = json.loads((tmp_path / "runs" / "gates" / "validation.json").read_text())
+    y = np.array(result["labels"])
+    entries = result["artifacts"]
+    ref = np.array(next(a for a in entries if a["name"] == "student.pt")["predictions"])
+    ref_acc = float((ref == y).mean())
+    assert ref_acc >= 0.5 and len(set(ref.tolist())) >= 6, "the student must learn, or agreement means nothing"
+    g = GateConfig()
+    limits = {"fp16": (g.fp16_max_acc_drop_pt, g.fp16_min_agree_pct), "int8": (g.int8_max_acc_drop_pt,
+                                                                                g.int8_min_agree_pct)}
+    failing, judged = [], set()
+    for a in entries:
+        if a.get("precision") not in limits or "gate" not in a:
+            continue
+        pred = np.array(a["predictions"])
+        drop = 100 * (ref_acc - float((pred == y).mean()))
+        agree = 100 * float((pred == ref).mean())
+        max_drop, min_agree = limits[a["precision"]]
+        ok = drop <= max_drop + 1e-9 and agree >= min_agree - 1e-9
+        assert a["gate"]["passed"] == ok, (a["name"], a["mode"], drop, agree)
+        assert [c["limit"] for c in a["gate"]["checks"]] == [max_drop, min_agree]  # the defaults, not loosened
+        judged.add((a["name"], a["mode"]["qdq"]))
+        if not ok and a["required"]:
+            failing.append(a["name"])
+    assert judged == {("student.fp16.onnx", None), ("student.int8.minmax.onnx", "emulated"),
+                      ("student.int8.minmax.onnx", "fused"), ("student.int8cpu.onnx", "fused")}
+    fp16 = next(a for a in entries if a["name"] == "student.fp16.onnx")
+    assert fp16["gate"]["passed"] and fp16["metrics"]["agree_student_pt"] >= 0.99
+    assert result["passed"] == (not failing) and proc.returncode == (1 if failing else 0), proc.stderr[-2000:]
+    if failing:
+        err = " ".join(proc.stderr.split())
+        assert "validation gate failed" in err and all(name in err for name in failing)

@@ -124,7 +124,8 @@ def _add_plan(run_dir, precision: str, validation_entry: dict) -> str:
     mpath.write_text(json.dumps(manifest))
     vpath = run_dir / "validation.json"
     validation = json.loads(vpath.read_text())
-    validation["artifacts"].append({"name": name, "precision": precision, "target": "tensorrt", **validation_entry})
+    validation["artifacts"].append({"name": name, "sha256": artifacts.sha256_file(run_dir / name),
+                                    "precision": precision, "target": "tensorrt", **validation_entry})
     vpath.write_text(json.dumps(validation))
     return name
 

@@ -1,4 +1,4 @@
-"""Paired two-modality data: the built-in avdigits/avmnist sets and user manifests.
+"""Paired two-modality data: the built-in avdigits/avmnist/avblend sets and user manifests.
 
 ``prepare(cfg)`` builds (or finds in the cache) the dataset file the config names;
 ``load(cfg)`` returns it as a :class:`~pipeline.data.dataset.PairedDataset`.
@@ -16,6 +16,10 @@ def prepare(cfg: RunConfig, progress=None) -> Path:
         from pipeline.data import avdigits
 
         return avdigits.build(cfg.data.avdigits, cfg.data.cache_dir, progress=progress)
+    if cfg.data.source == "avblend":
+        from pipeline.data import avblend
+
+        return avblend.build(cfg.data.avblend, cfg.data.cache_dir, progress=progress)
     from pipeline.data import manifest
 
     return manifest.build(cfg.data.manifest, cfg.data.cache_dir)

@@ -7,7 +7,10 @@ voice variant, pitch and rate, then resampled to 16 kHz, placed at a random onse
 scaled by a random gain and mixed with white noise at a random SNR.
 
 Splits are stratified by class over images and **voice-disjoint**: the voice variants are
-partitioned between train/val/test, so no variant is heard in two splits.
+partitioned between train/val/test, so no variant is heard in two splits. A fourth split,
+``test_unseen_accent`` (id 3), holds out whole accents: every test image gets one more clip,
+spoken with a test-split voice variant in one of ``unseen_accents``, which no other split hears.
+The per-row ``accent`` array (index into ``meta["accents"]``) records which accent spoke each clip.
 
 Writes ``<cache_dir>/<preset>-<hash>.npz``, the hash covering every build parameter and the
 eSpeak NG version; the same parameters rebuild byte-identical files.
@@ -21,10 +24,10 @@ import numpy as np
 
 from pipeline import artifacts
 from pipeline.config import AVDigitsConfig
-from pipeline.data.dataset import SPLITS, encode_meta, stratified_split
+from pipeline.data.dataset import ALL_SPLITS, SPLITS, encode_meta, stratified_split
 from serving.preprocess import AudioFrontend, ImageFrontend
 
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SYNTH_RATE = 22050
 
@@ -92,8 +95,8 @@ def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
     if out.exists():
         return out
     images, labels, image_fe = _images(cfg.preset)
-    seeds = np.random.SeedSequence(cfg.seed).spawn(3)
-    rng_split, rng_voice, rng_audio = (np.random.default_rng(s) for s in seeds)
+    seeds = np.random.SeedSequence(cfg.seed).spawn(4)
+    rng_split, rng_voice, rng_audio, rng_unseen = (np.random.default_rng(s) for s in seeds)
     source = np.arange(len(labels))  # index into the original image collection
     if cfg.max_images is not None:
         source = np.sort(rng_split.permutation(len(labels))[: cfg.max_images])
@@ -102,16 +105,29 @@ def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
     pools = _split_voices(params["variants"], cfg.split_fractions, rng_voice)
 
     pair_image = np.repeat(np.arange(len(labels)), cfg.clips_per_image)
-    utterances, voice_names = [], []
-    for i in pair_image:
-        pool = pools[image_split[i]]
-        variant = pool[int(rng_voice.integers(len(pool)))]
-        accent = cfg.accents[int(rng_voice.integers(len(cfg.accents)))]
+    pair_split = image_split[pair_image]
+    accents = list(cfg.accents) + list(cfg.unseen_accents)
+    utterances, voice_names, pair_accent = [], [], []
+
+    def speak(i: int, pool: list[str], accent_pool, rng: np.random.Generator) -> None:
+        variant = pool[int(rng.integers(len(pool)))]
+        accent = accent_pool[int(rng.integers(len(accent_pool)))]
         utterances.append(Utterance(WORDS[labels[i]], f"{accent}+{variant}",
-                                    int(rng_voice.integers(cfg.rate[0], cfg.rate[1] + 1)),
-                                    int(rng_voice.integers(cfg.pitch[0], cfg.pitch[1] + 1)),
-                                    int(rng_voice.integers(1, 2**31 - 1))))
+                                    int(rng.integers(cfg.rate[0], cfg.rate[1] + 1)),
+                                    int(rng.integers(cfg.pitch[0], cfg.pitch[1] + 1)),
+                                    int(rng.integers(1, 2**31 - 1))))
         voice_names.append(variant)
+        pair_accent.append(accents.index(accent))
+
+    for i in pair_image:
+        speak(i, pools[image_split[i]], cfg.accents, rng_voice)
+    if cfg.unseen_accents:  # one more clip per test image, in an accent no other split hears
+        unseen_images = np.flatnonzero(image_split == SPLITS.index("test"))
+        for i in unseen_images:
+            speak(i, pools[SPLITS.index("test")], cfg.unseen_accents, rng_unseen)
+        pair_image = np.concatenate([pair_image, unseen_images])
+        pair_split = np.concatenate([pair_split, np.full(len(unseen_images), ALL_SPLITS.index("test_unseen_accent"),
+                                                         np.int8)])
     if progress:
         progress(f"synthesising {len(utterances)} clips with eSpeak NG")
     rate, waves = synthesize_batch(utterances)
@@ -123,12 +139,14 @@ def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
     meta = {
         "name": cfg.preset, "class_names": list(WORDS), "build": params,
         "frontends": {"image": image_fe.to_dict(), "audio": fe.to_dict()},
-        "voice_splits": dict(zip(SPLITS, pools, strict=True)),
+        "voice_splits": dict(zip(SPLITS, pools, strict=True)), "accents": accents,
+        "accent_splits": {"in_domain": list(cfg.accents), "test_unseen_accent": list(cfg.unseen_accents)},
     }
     artifacts.save_npz(out, {
         "image_raw": images[pair_image], "audio_raw": audio, "label": labels[pair_image],
-        "split": image_split[pair_image], "image_index": source[pair_image].astype(np.int32),
+        "split": pair_split.astype(np.int8), "image_index": source[pair_image].astype(np.int32),
         "voice": np.array([variants.index(v) for v in voice_names], np.int16),
+        "accent": np.array(pair_accent, np.int16),
         "meta": encode_meta(meta),
     })
     return out

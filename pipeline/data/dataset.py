@@ -4,6 +4,10 @@ A dataset file (``.npz``, written by ``pipeline.data.avdigits`` or ``pipeline.da
 holds raw pixels and raw waveforms, labels, splits and a JSON ``meta`` record. Loading fits the
 frontends' standardisation on the training split and computes the features with
 ``serving.preprocess`` (the exact numpy code the server runs).
+
+Split ids: 0 train, 1 val, 2 test, and 3 ``test_unseen_accent`` (built-in audio only: clips in
+eSpeak NG accents that no other split hears; absent when the file has none). Every consumer
+that selects train/val/test by id ignores split 3.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import numpy as np
 from serving.preprocess import AudioFrontend, ImageFrontend, frontend_from_dict
 
 SPLITS = ("train", "val", "test")
+EXTRA_SPLITS = ("test_unseen_accent",)  # split id 3 onwards: extra evaluation-only splits
+ALL_SPLITS = SPLITS + EXTRA_SPLITS
 MODALITIES = ("image", "audio")
 
 
 @dataclass
 class PairedDataset:
-    """Features per modality ([N, C, H, W] float32), labels, and split ids (0 train, 1 val, 2 test)."""
+    """Features per modality ([N, C, H, W] float32), labels, and split ids (``ALL_SPLITS`` order)."""
 
     x: dict[str, np.ndarray]
     y: np.ndarray
@@ -38,7 +44,10 @@ class PairedDataset:
         return len(self.class_names)
 
     def indices(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self.split == SPLITS.index(split))
+        return np.flatnonzero(self.split == ALL_SPLITS.index(split))
+
+    def has_split(self, split: str) -> bool:
+        return bool(len(self.indices(split)))
 
     def take(self, modality: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         idx = self.indices(split)

@@ -5,11 +5,16 @@ where onnxruntime-gpu is installed. ``session.run`` is thread-safe, so one sessi
 worker thread.
 
 ``emulate_qdq=True`` keeps Q/DQ nodes unfused (basic graph optimisations only), so a Q/DQ graph
-is computed exactly as written: quantize, dequantize, float op. That is how validation measures
-the numerics of the graph TensorRT will consume. With full optimisations ONNX Runtime fuses Q/DQ
+is computed exactly as written: quantize, dequantize, float op. These are the graph's reference
+semantics; TensorRT does *not* run them: it fuses Q/DQ into INT8 kernels and approximates them.
+With full optimisations (the default, and what ``fdkd serve`` runs) ONNX Runtime also fuses Q/DQ
 into its own INT8 kernels, whose S8S8 path saturates on x86 CPUs without VNNI (seen here: 10
-points of accuracy lost on an AVX2 machine): that is a property of the CPU kernels, not of the
-graph, and the CPU variant ``student.int8cpu.onnx`` (U8S8, reduced range) exists for it.
+points of accuracy lost on an AVX2 machine); the CPU variant ``student.int8cpu.onnx`` (U8S8,
+reduced range) exists for those.
+
+``mode()`` is the execution mode as a dict (runtime, provider, graph optimisation level, Q/DQ
+fused or emulated, threads): validation records it next to each result, and the server loads an
+artifact only in a mode that was validated.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ class OnnxRuntime:
 
         self.path = Path(path)
         self.emulate_qdq = emulate_qdq
+        self.threads = threads or None
+        # op types are stored verbatim in the protobuf: a graph without this string has no Q/DQ node
+        self.has_qdq = b"QuantizeLinear" in self.path.read_bytes() if self.path.exists() else False
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -50,6 +58,14 @@ class OnnxRuntime:
         x = np.ascontiguousarray(x, dtype=np.float32)
         return self.session.run(self.output_names[:1], {self.input_name: x})[0]
 
+    def mode(self) -> dict:
+        """How this session computes: what validation records and what the server must match."""
+        return {"runtime": self.kind, "provider": self.providers[0],
+                "graph_optimization": "basic" if self.emulate_qdq else "all",
+                "qdq": ("emulated" if self.emulate_qdq else "fused") if self.has_qdq else None,
+                "threads": self.threads}
+
     def describe(self) -> dict:
         return {"runtime": self.kind, "providers": self.providers, "input": self.input_name,
-                "input_shape": self.input_shape, "outputs": self.output_names, "emulate_qdq": self.emulate_qdq}
+                "input_shape": self.input_shape, "outputs": self.output_names, "emulate_qdq": self.emulate_qdq,
+                "mode": self.mode()}

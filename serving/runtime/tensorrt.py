@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.runtime.cuda_env import describe, gpu_status, same_device, tensorrt_version
+from serving.runtime.cuda_env import describe, gpu_slug, gpu_status, same_device, tensorrt_version
 
 
 class EngineMismatch(RuntimeError):
@@ -133,8 +133,15 @@ class TensorRTRuntime:
         cuda.stream_synchronize(self.stream)
         return outputs[self.output_names[0]].astype(np.float32, copy=False)
 
+    def mode(self) -> dict:
+        """The execution mode validation records and the server must match (TensorRT fuses Q/DQ)."""
+        gpu = self.info.get("gpu", {})
+        return {"runtime": self.kind, "tensorrt": self.info.get("tensorrt"), "gpu": gpu.get("name"),
+                "compute_capability": gpu.get("compute_capability"), "device": gpu_slug(gpu),
+                "qdq": "fused" if self.info.get("precision") == "int8" else None}
+
     def describe(self) -> dict:
-        return {"runtime": self.kind, "engine": self.path.name, "input": self.input_name,
+        return {"runtime": self.kind, "mode": self.mode(), "engine": self.path.name, "input": self.input_name,
                 "outputs": self.output_names, "build": self.info}
 
     def __del__(self) -> None:

@@ -1,0 +1,166 @@
+"""On-the-fly audio augmentation for students, computed on the log-mel spectrogram of each batch.
+
+Stage: used by ``pipeline.distill`` for an audio student's **training** rows only. Validation
+and test inputs, the teacher's input (so the teacher cache stays valid) and the dataset file are
+never touched.
+
+Where it runs, and why there: the dataset file stores raw 16 kHz waveforms, and loading turns
+every row into a log-mel once (``serving.preprocess``, the server's numpy code). Redoing the STFT
+on augmented waveforms for every batch costs about as much as the student's own forward and
+backward pass on this project's 2-core CI machine (measured: 100-200 ms per 64-clip batch, which
+would double ``fdkd distill``, and ``fdkd run`` trains several candidates). Precomputing K
+variants per clip at build time would fix the variety at K and grow the file K-fold. So every
+transform here is the spectral-domain form of its waveform counterpart, applied to the cached
+log-mel of the training rows (a few milliseconds per batch):
+
+- **speed perturbation** by a factor a (resampling: tempo and pitch together): frame t reads
+  frame t*a, and the frequency axis is scaled by a;
+- **pitch shift** by s semitones (duration kept): the frequency axis scaled by 2**(s/12); each mel
+  bin takes the power found at its centre frequency / factor (interpolated on the mel axis; this
+  moves formants with the pitch, as vocal-tract-length perturbation does);
+- **local warps** (a stand-in for accent: vowel lengths and formant positions that move unevenly):
+  smooth random displacements of the frame and mel axes, a sinusoid of one or two half-periods
+  over the clip, at most ``time_warp_frames`` frames and ``freq_warp_bins`` mel bins;
+- **gain** in dB: the mel power multiplied by the gain (exact, the log floor included);
+- **background noise** at a random SNR with a random spectral tilt (power ~ f**-tilt: white, pink,
+  brown): its expected mel power (the filterbank applied to the tilt) with per-cell fluctuation,
+  added to the mel power (speech and noise add in power up to a zero-mean cross term);
+- **time and frequency masks** (SpecAugment) on the standardised features, masked cells set to
+  0, the training mean.
+
+Every draw comes from the augmenter's own seeded ``torch.Generator``: the same seed and the
+same sequence of batches give identical tensors. The augmenter holds a copy of the training
+rows' features only and refuses any other row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.config import AudioAugmentConfig
+from serving.preprocess import AudioFrontend, _hz_to_mel, _mel_filterbank, _mel_to_hz
+
+
+def _uniform(gen: torch.Generator, n: int, bounds) -> torch.Tensor:
+    lo, hi = bounds
+    return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+def _warp(p: torch.Tensor, frame_pos: torch.Tensor, mel_pos: torch.Tensor) -> torch.Tensor:
+    """p [B, M, T] resampled bilinearly at fractional frames [B, T] x mel bins [B, M], clamped at the edges."""
+    n, m, t = p.shape
+    gx = (2 * frame_pos / (t - 1) - 1)[:, None, :].expand(n, m, t)
+    gy = (2 * mel_pos / (m - 1) - 1)[:, :, None].expand(n, m, t)
+    grid = torch.stack([gx, gy], dim=-1)
+    return torch.nn.functional.grid_sample(p[:, None], grid, mode="bilinear", padding_mode="border",
+                                           align_corners=True)[:, 0]
+
+
+class AudioAugmenter:
+    """Augmented, standardised student inputs [B, 1, n_mels, frames] for training rows.
+
+    ``features``: the standardised log-mel features [n, 1, n_mels, frames] of the training rows,
+    in the order of ``rows`` (their indices in the whole dataset); ``fe`` carries the mean/std
+    they were standardised with. Call it with dataset row indices; any other row (validation,
+    test) raises ``KeyError``.
+    """
+
+    def __init__(self, features: np.ndarray, rows: np.ndarray, fe: AudioFrontend, cfg: AudioAugmentConfig,
+                 seed: int) -> None:
+        logmel = torch.from_numpy(np.asarray(features, np.float32)[:, 0]) * fe.std + fe.mean
+        self.power = (logmel.exp() - fe.log_floor).clamp(min=0)  # mel power [n, n_mels, frames]
+        self.local = {int(r): i for i, r in enumerate(np.asarray(rows))}
+        if len(self.local) != len(self.power):
+            raise ValueError(f"{len(self.power)} feature rows for {len(self.local)} distinct row indices")
+        self.fe, self.cfg = fe, cfg
+        self.gen = torch.Generator().manual_seed(int(seed))
+        fbank = _mel_filterbank(fe.sample_rate, fe.n_fft, fe.n_mels, fe.f_min, fe.f_max)  # [n_mels, bins]
+        self.fbank = torch.from_numpy(fbank.astype(np.float32))
+        self.bin_hz = torch.linspace(0, fe.sample_rate / 2, fbank.shape[1]).clamp(min=fe.sample_rate / fe.n_fft)
+        # effective number of FFT bins under each filter: how much averaging tames the noise's fluctuation
+        self.noise_dof = torch.from_numpy((fbank.sum(1) ** 2 / (fbank**2).sum(1).clip(1e-12)).astype(np.float32))
+        mel_lo, mel_hi = _hz_to_mel(fe.f_min), _hz_to_mel(fe.f_max)
+        self.mel_step = (mel_hi - mel_lo) / (fe.n_mels + 1)
+        self.mel_lo = mel_lo
+        self.centre_hz = torch.from_numpy(_mel_to_hz(mel_lo + self.mel_step * np.arange(1, fe.n_mels + 1))
+                                          .astype(np.float32))
+
+    def _local(self, rows: torch.Tensor) -> torch.Tensor:
+        try:
+            return torch.tensor([self.local[int(r)] for r in rows], dtype=torch.long)
+        except KeyError as e:
+            raise KeyError(f"row {e.args[0]} is not a training row: the augmenter only sees training inputs") from None
+
+    def _draw(self, n: int, p: float, bounds, neutral: float) -> torch.Tensor:
+        """Per clip: a value from ``bounds`` with probability ``p``, else ``neutral`` (draws made either way)."""
+        on = torch.rand(n, generator=self.gen) < p
+        return torch.where(on, _uniform(self.gen, n, bounds), torch.tensor(neutral))
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        c, fe = self.cfg, self.fe
+        p = self.power[self._local(rows)]
+        n, n_mels, frames = p.shape
+        speed = self._draw(n, c.speed_p, c.speed, 1.0)
+        pitch = 2 ** (self._draw(n, c.pitch_p, c.pitch_semitones, 0.0) / 12)
+        gain_db = self._draw(n, c.gain_p, c.gain_db, 0.0)
+        snr_db, tilt = _uniform(self.gen, n, c.noise_snr_db), _uniform(self.gen, n, c.noise_tilt)
+        noisy = torch.rand(n, generator=self.gen) < c.noise_p
+        # speed: frame t reads frame t * a; speed and pitch both scale the frequency axis
+        frame_pos = torch.arange(frames, dtype=torch.float32)[None] * speed[:, None]
+        src_hz = self.centre_hz[None] / (speed * pitch)[:, None]
+        mel_pos = (2595.0 * torch.log10(1 + src_hz / 700.0) - self.mel_lo) / self.mel_step - 1
+        warped = torch.rand(n, generator=self.gen) < c.warp_p
+        frame_pos = frame_pos + self._smooth(n, frames, c.time_warp_frames) * warped[:, None]
+        mel_pos = mel_pos + self._smooth(n, n_mels, c.freq_warp_bins) * warped[:, None]
+        p = _warp(p, frame_pos, mel_pos) * (10 ** (gain_db / 10))[:, None, None]
+        if noisy.any():
+            p[noisy] = p[noisy] + self._noise(p[noisy], snr_db[noisy], tilt[noisy])
+        x = (torch.log(p + fe.log_floor) - fe.mean) / fe.std
+        x = self._masks(x, c.time_masks, c.time_mask_max, dim=2)
+        x = self._masks(x, c.freq_masks, c.freq_mask_max, dim=1)
+        return x[:, None].float()
+
+    def _smooth(self, n: int, size: int, amplitude: float) -> torch.Tensor:
+        """Smooth random displacements [n, size]: A * sin(pi * k * i / size + phase), |A| <= amplitude, k in {1, 2}.
+
+        Monotone (no folding) while amplitude < size / (2 pi); the config keeps it well below.
+        """
+        amp = (2 * torch.rand(n, generator=self.gen) - 1) * amplitude
+        k = torch.randint(1, 3, (n,), generator=self.gen).float()
+        phase = torch.rand(n, generator=self.gen) * 2 * torch.pi
+        i = torch.arange(size, dtype=torch.float32)[None]
+        return amp[:, None] * torch.sin(torch.pi * k[:, None] * i / size + phase[:, None])
+
+    def _noise(self, p: torch.Tensor, snr_db: torch.Tensor, tilt: torch.Tensor) -> torch.Tensor:
+        """Mel power of noise with spectrum ~ f**-tilt, mean power = the clip's mean mel power / 10**(snr/10)."""
+        n, n_mels, frames = p.shape
+        shape = (self.bin_hz[None] ** -tilt[:, None]) @ self.fbank.T  # [n, n_mels]
+        shape = shape / shape.mean(1, keepdim=True)
+        level = p.mean((1, 2)) / 10 ** (snr_db / 10)
+        spread = torch.randn(n, n_mels, frames, generator=self.gen) / self.noise_dof.sqrt()[None, :, None]
+        return (level[:, None, None] * shape[:, :, None] * (1 + spread)).clamp(min=0)
+
+    def _masks(self, x: torch.Tensor, count: int, max_width: int, dim: int) -> torch.Tensor:
+        """``count`` masks per clip along ``dim`` (1 mel, 2 time), each 0..max_width cells wide."""
+        if count == 0 or max_width == 0:
+            return x
+        n, size = x.shape[0], x.shape[dim]
+        pos = torch.arange(size)[None]
+        keep = torch.ones(n, size, dtype=torch.bool)
+        for _ in range(count):
+            width = torch.randint(0, min(max_width, size) + 1, (n,), generator=self.gen)
+            start = (torch.rand(n, generator=self.gen) * (size - width + 1)).floor().long()
+            keep &= ~((pos >= start[:, None]) & (pos < (start + width)[:, None]))
+        shape = [n, 1, 1]
+        shape[dim] = size
+        return x * keep.view(shape)
+
+
+def student_augmenter(cfg: AudioAugmentConfig, ds, modality: str, seed: int) -> AudioAugmenter | None:
+    """The augmenter for a student on ``modality`` of dataset ``ds``, or None (switched off, or not audio)."""
+    fe = ds.frontends.get(modality)
+    if not cfg.enabled or not isinstance(fe, AudioFrontend):
+        return None
+    train = ds.indices("train")
+    return AudioAugmenter(ds.x[modality][train], train, fe, cfg, seed)
