@@ -1,8 +1,9 @@
 """``fdkd serve --http granian``: the same app under Granian (a Rust HTTP server) instead of uvicorn.
 
-Measured in ``bench/serve_load.py`` (docs/results.md, section 4): about twice uvicorn's rows/s at
-32 clients with one-row requests, on this project's 2-core machine. The settings travel to the
-worker process as ``FDKD_SERVE_*`` variables (``serving.asgi`` builds the app from them).
+Measured in ``bench/serve_load.py`` (docs/results.md, section 4): on a busy 2-core machine up to
+1.6x uvicorn's rows/s at 32 clients, on a quiet one about the same; ``--workers 2`` adds most.
+The settings travel to the worker processes as ``FDKD_SERVE_*`` variables (``serving.asgi``
+builds the app from them).
 
 Differences from the default uvicorn server: on SIGTERM Granian stops accepting connections and
 lets in-flight requests finish (its own graceful shutdown) instead of ``serving.server``'s drain
