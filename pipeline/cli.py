@@ -301,7 +301,12 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
           drain_seconds: float | None = typer.Option(None, help="SIGTERM: finish in-flight work within this"),
           allow_unvalidated: bool = typer.Option(False, "--allow-unvalidated",
                                                  help="Serve even if the artifact failed its validation gate"),
-          threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads")):
+          threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads"),
+          http: str | None = typer.Option(None, help="HTTP server: uvicorn (default; drain on SIGTERM) or granian "
+                                                     "(faster under load)"),
+          workers: int | None = typer.Option(None, help="With --http granian: processes sharing the port"),
+          nonfinite_inputs: str | None = typer.Option(None, help="NaN/Inf input values: reject (default, 400) or "
+                                                                 "accept (as Triton)")):
     """Serve a validated student over HTTP (KServe/Triton V2 protocol + /v1/classify). No torch needed.
 
     Settings also come from FDKD_SERVE_* environment variables (FDKD_SERVE_API_KEY for the key).
@@ -316,7 +321,8 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
 
     flags = {"run_dir": run_dir, "host": host, "port": port, "artifact": artifact, "engine_dir": engine_dir,
              "max_batch": max_batch, "max_queue": max_queue, "max_queue_delay_ms": max_queue_delay_ms,
-             "drain_seconds": drain_seconds, "threads": threads}
+             "drain_seconds": drain_seconds, "threads": threads, "http": http, "nonfinite_inputs": nonfinite_inputs,
+             "workers": workers}
     if allow_unvalidated:
         flags["allow_unvalidated"] = True
     try:

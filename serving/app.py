@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -24,7 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import protocol
-from serving.batcher import DynamicBatcher, Unavailable
+from serving.batcher import DynamicBatcher
+from serving.errors import RETRY_AFTER, ApiError
+from serving.hotpath import HotPath, Inference, error_reply
 from serving.metrics import Metrics
 from serving.middleware import ApiKey, BodyLimit, RequestLog, bounded
 from serving.model import LoadedModel, NotServable, load_model
@@ -33,15 +34,8 @@ from serving.webpage import add_page_routes
 
 log = logging.getLogger("fdkd.serve")
 VERSION = "0.1.0"
-RETRY_AFTER = {"Retry-After": "1"}
 BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
 EXPOSED_HEADERS = ["Inference-Header-Content-Length", "X-Request-ID", "Retry-After"]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, reason: str, headers: dict | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.reason, self.headers = status, message, reason, headers or {}
 
 
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
@@ -64,6 +58,29 @@ def _errors(*codes: int) -> dict:
 
 def _ok(schema: dict) -> dict:
     return {200: {"description": "ok", "content": {"application/json": {"schema": schema}}}}
+
+
+class FdkdApp(FastAPI):
+    """FastAPI, except that the inference requests ``hot.takes`` go to the bare ASGI hot path.
+
+    They pass the same user middleware (built from ``user_middleware``, so whatever is added with
+    ``add_middleware`` applies to them too) but not FastAPI's own stack (error and telemetry
+    wrappers, routing, dependency injection); the hot path answers every error itself.
+    """
+
+    hot: HotPath | None = None
+    _hot_stack = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        hot = self.hot
+        if hot is not None and hot.takes(scope):
+            if self._hot_stack is None:
+                stack = hot
+                for cls, args, kwargs in reversed(self.user_middleware):
+                    stack = cls(stack, *args, **kwargs)
+                self._hot_stack = stack
+            return await self._hot_stack(scope, receive, send)
+        return await super().__call__(scope, receive, send)
 
 
 class State:
@@ -89,6 +106,12 @@ class State:
 def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
     """Build the app. ``runtime_override`` wraps the loaded runtime (fault and slow-runtime tests)."""
     state = State(settings, runtime_override)
+    inference = Inference(state)
+
+    def _log_batch(requests: int, rows: int, compute_s: float, queued_s: float) -> None:
+        if log.isEnabledFor(logging.INFO):
+            log.info('{"event": "batch", "requests": %d, "rows": %d, "compute_ms": %.3f, "max_queued_ms": %.3f}',
+                     requests, rows, 1000 * compute_s, 1000 * queued_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -111,7 +134,7 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
                                            max_queue_delay_s=settings.max_queue_delay_ms / 1000,
                                            queue_timeout_s=settings.queue_timeout_ms / 1000, metrics=state.metrics,
                                            delay_s=settings.debug_delay_ms / 1000,
-                                           batch_timeout_s=settings.batch_timeout_s)
+                                           batch_timeout_s=settings.batch_timeout_s, on_batch=_log_batch)
             state.batcher.start()
             state.ready, state.not_ready_reason = True, ""
             log.info('{"event": "ready", "model": "%s", "artifact": "%s", "sha256": "%s", "mode": %s, '
@@ -123,12 +146,14 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
             state.not_ready_reason = f"warm-up failed: {type(e).__name__}: {e}"
             log.error('{"event": "not_ready", "reason": %s}', json.dumps(state.not_ready_reason))
         yield
+        await inference.stop()
         if state.batcher:
             await state.batcher.stop()
 
-    app = FastAPI(title="fdkd", version=VERSION, lifespan=lifespan,
+    app = FdkdApp(title="fdkd", version=VERSION, lifespan=lifespan,
                   description="KServe/Triton V2 inference for an fdkd student.")
     app.state.fdkd = state
+    app.hot = HotPath(inference)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -229,79 +254,27 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
     async def model_version_config(model_name: str, version: str):
         return _config(_model(model_name, version))
 
-    async def _infer_rows(request: Request, x: np.ndarray) -> np.ndarray:
-        """Through the batcher; the client's disconnect before dispatch drops the request."""
-        if state.draining:
-            raise ApiError(503, "server is draining", "draining", RETRY_AFTER)
-        task = asyncio.ensure_future(state.batcher.submit(x))
-        while not task.done():
-            done, _ = await asyncio.wait({task}, timeout=0.25)
-            if not done and await request.is_disconnected():
-                task.cancel()
-                raise ApiError(499, "client disconnected", "disconnected")
-        try:
-            logits, queued = task.result()
-        except Unavailable as e:  # queue full or timed out, runtime hung, batcher down, shutting down
-            raise ApiError(503, str(e), e.reason, RETRY_AFTER) from None
-        except Exception:
-            log.exception("runtime failed")
-            raise ApiError(500, "inference failed in the runtime", "runtime_error") from None
-        state.metrics.queue.observe(queued)
-        request.scope.setdefault("state", {})["rows"] = int(len(x))
-        return logits
+    def _fallback_headers(request: Request) -> dict:
+        return {k.lower(): v for k, v in request.headers.raw}
 
-    async def _counted(endpoint: str, request: Request, handler):
-        started = time.perf_counter()
-        outcome, reason = "failure", "internal"
-        try:
-            response = await handler()
-            outcome, reason = "success", "ok"
-            return response
-        except ApiError as e:
-            reason = e.reason
-            raise
-        except protocol.BadRequest:
-            reason = "bad_request"
-            raise
-        finally:
-            state.metrics.requests.labels(endpoint, outcome, reason).inc()
-            state.metrics.request_duration.labels(endpoint).observe(time.perf_counter() - started)
+    def _reply(reply: tuple[int, bytes, list]) -> Response:
+        status, payload, extra = reply
+        return Response(payload, status, headers={k.decode(): v.decode("latin-1") for k, v in extra})
 
-    async def _v2_infer(request: Request, model_name: str, version: str | None):
-        async def handle():
-            m = _model(model_name, version)
-            body = await request.body()
-            try:
-                req = protocol.parse_infer(body, request.headers.get("inference-header-content-length"),
-                                           request.headers.get("content-type", ""), input_name=m.input_name,
-                                           input_shape=m.input_shape, output_names=[m.output_name],
-                                           max_batch=state.settings.max_batch,
-                                           max_depth=state.settings.max_json_depth)
-            except protocol.BadRequest as e:
-                raise ApiError(400, str(e), "bad_request") from None
-            if req.id is not None:
-                request.scope.setdefault("state", {})["v2_id"] = req.id
-            logits = await _infer_rows(request, req.x)
-            wanted = req.outputs if req.outputs is not None else [m.output_name]
-            payload, head_len = protocol.build_response(m.name, m.version, req.id,
-                                                        {n: logits for n in wanted}, req.binary_outputs)
-            if head_len is None:
-                return Response(payload, media_type="application/json")
-            return Response(payload, media_type="application/octet-stream",
-                            headers={"Inference-Header-Content-Length": str(head_len)})
-
-        return await _counted("infer", request, handle)
-
+    # The hot path (serving.hotpath.HotPath) answers these POSTs before FastAPI sees them; the routes below
+    # document them in /openapi.json and answer when the hot path is off (hot_path=False) or for multipart.
     infer_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}}}}
-    infer_responses = _ok(INFER_RESPONSE_SCHEMA) | _errors(400, 401, 404, 413, 500, 503)
+    infer_responses = _ok(INFER_RESPONSE_SCHEMA) | _errors(400, 401, 404, 413, 415, 500, 503)
 
     @app.post("/v2/models/{model_name}/infer", openapi_extra=infer_doc, responses=infer_responses)
     async def infer(model_name: str, request: Request):
-        return await _v2_infer(request, model_name, None)
+        return _reply(await inference.infer(model_name, None, _fallback_headers(request), await request.body(),
+                                            request.is_disconnected, request.scope.setdefault("state", {})))
 
     @app.post("/v2/models/{model_name}/versions/{version}/infer", openapi_extra=infer_doc, responses=infer_responses)
     async def infer_version(model_name: str, version: str, request: Request):
-        return await _v2_infer(request, model_name, version)
+        return _reply(await inference.infer(model_name, version, _fallback_headers(request), await request.body(),
+                                            request.is_disconnected, request.scope.setdefault("state", {})))
 
     classify_doc = {"requestBody": {"required": True, "content": {
         "audio/wav": {"schema": {"type": "string", "format": "binary"}},
@@ -310,30 +283,19 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         "class_name": {"type": "string"}, "class_index": {"type": "integer"},
         "probabilities": {"type": "object", "additionalProperties": {"type": "number"}}}}
 
-    @app.post("/v1/classify", openapi_extra=classify_doc, responses=_ok(classify_ok) | _errors(400, 401, 413, 500, 503))
+    @app.post("/v1/classify", openapi_extra=classify_doc,
+              responses=_ok(classify_ok) | _errors(400, 401, 413, 415, 500, 503))
     async def classify(request: Request):
         """Classify one raw student-modality file (WAV for audio students, PNG/JPEG for image students)."""
-
-        async def handle():
-            if not state.ready or state.model is None:
-                raise ApiError(503, f"model not ready: {state.not_ready_reason}", "not_ready", RETRY_AFTER)
-            m = state.model
-            body = await request.body()
-            if request.headers.get("content-type", "").startswith("multipart/form-data"):
-                body = await _multipart_file(request)
+        headers = _fallback_headers(request)
+        body = await request.body()
+        if headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
             try:
-                x = preprocess(m, body)
-            except protocol.BadRequest as e:
-                raise ApiError(400, str(e), "bad_request") from None
-            logits = (await _infer_rows(request, x))[0].astype(np.float64)
-            p = np.exp(logits - logits.max())
-            p /= p.sum()
-            k = int(p.argmax())
-            return {"class_name": m.class_names[k], "class_index": k,
-                    "probabilities": {n: float(v) for n, v in zip(m.class_names, p, strict=True)},
-                    "model": m.name, "artifact": m.artifact}
-
-        return await _counted("classify", request, handle)
+                body = await _multipart_file(request)
+            except ApiError as e:
+                return _reply(error_reply(e.status, e.message, e.headers))
+        return _reply(await inference.classify(headers, body, request.is_disconnected,
+                                               request.scope.setdefault("state", {})))
 
     add_page_routes(app, state)  # GET / (the page, public) and GET /v1/model
 

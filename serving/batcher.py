@@ -99,13 +99,14 @@ class _RuntimeThread:
 
 class DynamicBatcher:
     def __init__(self, runtime, *, max_batch: int, max_queue: int, max_queue_delay_s: float, queue_timeout_s: float,
-                 metrics=None, delay_s: float = 0.0, batch_timeout_s: float = 10.0) -> None:
+                 metrics=None, delay_s: float = 0.0, batch_timeout_s: float = 10.0, on_batch=None) -> None:
         self.runtime = runtime
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_queue_delay_s, self.queue_timeout_s = max_queue_delay_s, queue_timeout_s
         self.batch_timeout_s = batch_timeout_s
         self.metrics = metrics
         self.delay_s = delay_s
+        self.on_batch = on_batch  # called once per executed batch: (requests, rows, compute s, longest queued s)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
         self._worker: _RuntimeThread | None = None
         self._task: asyncio.Task | None = None
@@ -250,6 +251,8 @@ class DynamicBatcher:
             if not i.future.done():
                 i.future.set_result((logits[offset : offset + n], started - i.enqueued))
             offset += n
+        if self.on_batch:
+            self.on_batch(len(batch), len(x), time.perf_counter() - started, started - batch[0].enqueued)
 
     async def _wait_out_hang(self, running: asyncio.Future, rows: int) -> None:
         """The runtime is past its deadline: fail the batch and the queue now, refuse new requests

@@ -124,9 +124,12 @@ class ApiKey:
 
 
 class RequestLog:
-    """Request id (``X-Request-ID`` or generated; a V2 ``id`` wins) echoed back; one JSON log line per request.
+    """Request ids and one JSON log line per request (method, path, status, duration, rows; never payloads or keys).
 
-    Logs method, path, status, duration and the model; never payloads or keys.
+    A request id exists only where the client sent one (``X-Request-ID``, or a V2 ``id``, which wins) and
+    is then echoed back; none is made up for the response. Successful batched inference requests without
+    a client id are not logged one by one (the batcher logs each batch: requests, rows, times) unless the
+    level is DEBUG; every error, and every request the client named, gets its own line.
     """
 
     def __init__(self, app) -> None:
@@ -135,9 +138,11 @@ class RequestLog:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
+        rid = ""
+        for k, v in scope["headers"]:
+            if k == b"x-request-id":
+                rid = v.decode("latin-1")[:128]
+        state = scope.setdefault("state", {})
         started = time.perf_counter()
         status = 500
 
@@ -145,15 +150,18 @@ class RequestLog:
             nonlocal status
             if msg["type"] == "http.response.start":
                 status = msg["status"]
-                final = scope["state"].get("v2_id") or rid
-                header = (b"x-request-id", final.encode("latin-1", "replace"))
-                msg = dict(msg, headers=[*msg.get("headers", []), header])
+                final = state.get("v2_id") or rid
+                if final:
+                    msg = dict(msg, headers=[*msg.get("headers", []), (b"x-request-id",
+                                                                       final.encode("latin-1", "replace"))])
             await send(msg)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            log.info(json.dumps({"event": "request", "request_id": scope["state"].get("v2_id") or rid,
-                                 "method": scope["method"], "path": scope["path"], "status": status,
-                                 "duration_ms": round(1000 * (time.perf_counter() - started), 3),
-                                 "rows": scope["state"].get("rows")}))
+            named = state.get("v2_id") or rid
+            if status >= 400 or named or not state.get("batched") or log.isEnabledFor(logging.DEBUG):
+                log.info(json.dumps({"event": "request", "request_id": named or uuid.uuid4().hex,
+                                     "method": scope["method"], "path": scope["path"], "status": status,
+                                     "duration_ms": round(1000 * (time.perf_counter() - started), 3),
+                                     "rows": state.get("rows")}))

@@ -102,6 +102,12 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: ServeSettings, runtime_override=None) -> None:
     """Serve until signalled; a forced exit (second signal) exits with status 1."""
+    if settings.workers > 1 and settings.http != "granian":
+        raise SystemExit("--workers needs --http granian (the uvicorn server runs one process, with the drain)")
+    if settings.http == "granian" and runtime_override is None:
+        from serving.granian_server import serve_granian
+
+        return serve_granian(settings)
     configure_logging(settings.log_level)
     app = create_app(settings, runtime_override)
     server = DrainingServer(uvicorn_config(app, settings), app.state.fdkd, settings.drain_seconds)

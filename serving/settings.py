@@ -7,6 +7,7 @@ An API key that is set but empty (``FDKD_SERVE_API_KEY=""``) is a configuration 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,11 @@ class ServeSettings(BaseSettings):
     threads: int | None = Field(None, ge=1)
     log_level: str = "info"
     debug_delay_ms: float = Field(0.0, ge=0)  # artificial compute time per batch (drain/backpressure tests)
+    # NaN/Inf input values (binary tensors, FP32 overflow): "reject" with 400, or "accept" as Triton does
+    nonfinite_inputs: Literal["reject", "accept"] = "reject"
+    hot_path: bool = True  # the bare ASGI inference routes (False: through FastAPI, for comparison)
+    http: Literal["uvicorn", "granian"] = "uvicorn"  # the HTTP server (granian: faster, see serving.granian_server)
+    workers: int = Field(1, ge=1)  # granian only: processes sharing the port, each with its model and batcher
 
     @field_validator("api_key")
     @classmethod

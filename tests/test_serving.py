@@ -63,7 +63,7 @@ def test_json_id_echo_nested_data_and_request_id_header(server, runtime):
     body = {"inputs": [{"name": "input", "shape": [2, *SHAPE], "datatype": "FP32", "data": x.tolist()}]}
     r = httpx.post(f"{url}/v2/models/served/infer", json=body)
     assert r.status_code == 200 and "id" not in r.json()
-    assert len(r.headers["x-request-id"]) == 32
+    assert "x-request-id" not in r.headers  # none made up: the client sent none
     np.testing.assert_allclose(np.array(r.json()["outputs"][0]["data"]).reshape(2, 10), runtime(x), atol=1e-5)
     r = httpx.post(f"{url}/v2/models/served/versions/1/infer", json=body | {"id": "req-7"},
                    headers={"X-Request-ID": "ignored"})

@@ -59,7 +59,7 @@ CASES = {
     "empty inputs": ({"json": {"inputs": []}}, 400, "non-empty"),
     "no inputs key": ({"json": {"outputs": []}}, 400, "non-empty"),
     "duplicate names": ({"json": {"inputs": good()["inputs"] * 2}}, 400, "duplicate"),
-    "input not an object": ({"json": {"inputs": [3]}}, 400, "string name"),
+    "input not an object": ({"json": {"inputs": [3]}}, 400, "inputs[0]: expected object"),
     "missing data": ({"json": {"inputs": [{"name": "input", "shape": [1, *SHAPE], "datatype": "FP32"}]}}, 400,
                      "no data"),
     "NaN literal": (raw(json.dumps(good()).replace("0.5", "NaN", 1)), 400, "non-finite"),
@@ -78,7 +78,7 @@ CASES = {
                           400, "nesting deeper"),
     "id not a string": ({"json": good() | {"id": 5}}, 400, "id must be a string"),
     "unknown output": ({"json": good() | {"outputs": [{"name": "probs"}]}}, 400, "unknown output"),
-    "outputs not a list": ({"json": good() | {"outputs": "logits"}}, 400, "outputs must be a list"),
+    "outputs not a list": ({"json": good() | {"outputs": "logits"}}, 400, "outputs: expected array"),
     "octet-stream without header length": (binary(BIN_HEAD, ZEROS), 400, "Inference-Header-Content-Length"),
     "header length not int": (binary(BIN_HEAD, ZEROS, None) | {"headers": {
         "Inference-Header-Content-Length": "ten", "content-type": "application/octet-stream"}}, 400, "not an integer"),

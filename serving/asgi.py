@@ -1,0 +1,19 @@
+"""An importable ASGI app built from ``FDKD_SERVE_*`` environment variables, for other ASGI servers.
+
+    FDKD_SERVE_RUN_DIR=runs/avdigits granian --interface asgi --loop uvloop serving.asgi:app
+    FDKD_SERVE_RUN_DIR=runs/avdigits uvicorn --workers 2 serving.asgi:app
+
+``fdkd serve`` (uvicorn, one process, graceful drain) is the supported way to run the server;
+this module exists for the HTTP-layer trial in ``bench/serve_load.py``. Several worker
+processes each load the model and run their own batcher.
+"""
+
+from __future__ import annotations
+
+from serving.app import create_app
+from serving.server import configure_logging
+from serving.settings import ServeSettings
+
+_settings = ServeSettings()
+configure_logging(_settings.log_level)
+app = create_app(_settings)
