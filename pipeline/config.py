@@ -370,6 +370,11 @@ class DistillConfig(_Strict):
     @model_validator(mode="after")
     def _candidates_valid(self):
         if self.method == "auto":
+            if self.label_smoothing.epsilon or self.teacher_shuffle:
+                raise ValueError("method auto with distill.label_smoothing.epsilon or distill.teacher_shuffle set "
+                                 "would apply the control to every candidate, the training-alone baseline too: "
+                                 "put controls in a candidate's `set` (e.g. set: {teacher_shuffle: true}), or "
+                                 "pick one `--method`")
             for c in self.auto.candidates:
                 self.candidate(c)
         return self

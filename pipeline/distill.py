@@ -124,7 +124,7 @@ def _select(candidates: list[dict]) -> dict:
     for c in candidates:
         if c["val_acc"] > winner["val_acc"]:
             winner = c
-    return {"winner": winner["name"], "winner_method": winner["method"],
+    return {"winner": winner["name"], "winner_method": winner["method"], "winner_plain": winner["plain"],
             "margin_val_pt": 100 * (winner["val_acc"] - baseline["val_acc"]),
             "margin_test_pt": 100 * (winner["test_acc"] - baseline["test_acc"]),
             "candidates": [{k: v for k, v in c.items() if k != "plain"} for c in candidates]}
@@ -180,6 +180,8 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
                 teacher_cache=cfg.distill.teacher_cache, grad_norm_every=cfg.distill.grad_norm_every, log=log,
                 progress=p, description=f"distill ({cfg.distill.method})", acc=acc)
         test = ds.indices("test")
+        # the training-alone baseline, from the candidates' definitions: method none and no overrides
+        plain = {c.name for c in cfg.distill.auto.candidates if c.method == "none" and not c.set}
         results = {}
         for i, (name, sm, _, path) in enumerate(plan):
             cands = []
@@ -188,8 +190,7 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
                 if "_unseen" in info:
                     unseen = info["_unseen"]
                     extra["test_unseen_accent_acc"] = accuracy(predict(d.student, x[sm][unseen]), y[unseen])
-                cands.append({"name": cname, "method": dcfg.method, "plain": not dcfg.label_smoothing.epsilon
-                              and not dcfg.teacher_shuffle, **d.best,
+                cands.append({"name": cname, "method": dcfg.method, "plain": cname in plain, **d.best,
                               "test_acc": accuracy(predict(d.student, x[sm][test]), y[test]), **extra,
                               "_d": d, "_arch": arch})
             if auto:

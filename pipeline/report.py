@@ -140,9 +140,13 @@ def candidates_table(auto: dict) -> str:
 
 def selection_text(auto: dict) -> list[str]:
     w, mv, mt = auto["winner"], auto["margin_val_pt"], auto["margin_test_pt"]
-    if auto["winner_method"] == "none":
+    if auto.get("winner_plain", auto["winner_method"] == "none"):  # results written before winner_plain
         verdict = (f"No distillation candidate beat training alone on validation, so the student trained "
                    f"alone (`{w}`) ships.")
+    elif auto["winner_method"] == "none":
+        verdict = (f"`{w}` ships: method `none` with its own overrides (a control such as label smoothing, "
+                   f"so not training alone), {mv:+.1f} points over training alone on validation, {mt:+.1f} on "
+                   "test (test is reported, never used to choose).")
     else:
         verdict = (f"`{w}` ships: {mv:+.1f} points over training alone (`none`) on validation, "
                    f"{mt:+.1f} on test (test is reported, never used to choose).")

@@ -95,6 +95,33 @@ def test_auto_is_the_default_and_candidates_are_validated():
                            "set: {optim.lr: 3}}]"])
 
 
+def test_auto_refuses_a_global_control():
+    from pipeline.config import ConfigError, load_config
+
+    for override in ("distill.label_smoothing.epsilon=teacher", "distill.label_smoothing.epsilon=0.1",
+                     "distill.teacher_shuffle=true"):
+        with pytest.raises(ConfigError, match="put controls in a candidate's `set`"):
+            load_config(None, [override])
+        load_config(None, [override, "distill.method=kd"])  # one method: the control applies to it
+
+
+def test_auto_with_a_smoothed_none_candidate_compares_against_the_plain_one(tiny_cfg, tiny_teachers, tiny_dataset,
+                                                                           monkeypatch):
+    from pipeline.report import selection_text
+
+    trained = _rigged_fit(monkeypatch, lambda name, real: {"none": 0.5, "ls": 0.7}[name])
+    cands = "[{name: none, method: none}, {name: ls, method: none, set: {label_smoothing.epsilon: 0.1}}]"
+    cfg = _cfg(tiny_cfg, "auto-ls", **{"distill.method": "auto", "distill.auto.candidates": cands})
+    _, res = distill.run(cfg)
+    _assert_ships(cfg, res, trained, "ls")
+    auto = res["student"]["auto"]
+    assert auto["winner_plain"] is False and auto["margin_val_pt"] == pytest.approx(20)
+    verdict = selection_text(auto)[-2]
+    assert "not training alone" in verdict and "trained alone" not in verdict
+    auto_plain = dict(auto, winner="none", winner_plain=True)
+    assert "the student trained alone (`none`) ships" in selection_text(auto_plain)[-2]
+
+
 def test_auto_chooses_per_direction_when_bidirectional(tiny_cfg, tiny_teachers, tiny_dataset):
     cfg = _cfg(tiny_cfg, "auto-bidi", **{"distill.method": "auto", "distill.bidirectional": "true",
                                          "distill.auto.candidates": CANDIDATES})

@@ -92,7 +92,7 @@ def test_label_smoothing_strength_equals_the_measured_entropy_match(tiny_cfg, ti
 def test_task_term_uses_the_smoothing_strength():
     from pipeline.config import load_config
 
-    cfg = load_config(None, ["distill.label_smoothing.epsilon=0.2"]).distill
+    cfg = load_config(None, ["distill.method=none", "distill.label_smoothing.epsilon=0.2"]).distill
     obj = build_objective("none", 8, 8, 10, cfg)
     z, y = torch.randn(16, 10), torch.randint(0, 10, (16,))
     task = obj(None, z, None, None, y)["task"][1]
