@@ -449,6 +449,9 @@ class ValidateConfig(_Strict):
     gates: GateConfig = GateConfig()
     latency_batch: int = Field(64, ge=1)
     latency_repeats: int = Field(5, ge=1)
+    # ONNX Runtime intra-op threads of the runtimes judged (the mode the server must match); None: the
+    # top-level ``threads``. Its own key so another count re-validates without retraining.
+    threads: int | None = Field(None, ge=1)
 
 
 class AccelConfig(_Strict):

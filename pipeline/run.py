@@ -193,7 +193,8 @@ STAGES: dict[str, tuple[Callable[[Ctx], list[Output]], tuple[str, ...], Callable
     "calibrate": (stage_calibrate, ("seed", "quantize"), lambda c: ["dataset", artifacts.ONNX_FP32]),
     "quantize": (stage_quantize, ("quantize", "build"), lambda c: [artifacts.ONNX_FP32, artifacts.CALIB]),
     "build": (stage_build, ("build",), lambda c: [n for n in c.manifest.data["artifacts"] if n.endswith(".onnx")]),
-    "validate": (stage_validate, ("validate", "teacher"),
+    # "threads": the default of validate.threads
+    "validate": (stage_validate, ("validate", "teacher", "threads"),
                  lambda c: sorted(n for n in c.manifest.data["artifacts"]
                                   if n not in (artifacts.VALIDATION, artifacts.REPORT, artifacts.TESTSET))),
 }

@@ -184,7 +184,8 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
         sha = hashes.setdefault(art["path"], artifacts.sha256_file(art["path"]))
         entry = {"name": art["name"], "sha256": sha, "precision": art["precision"], "target": art["target"],
                  "required": art["required"]}
-        opts = dict(art["options"], **({"threads": cfg.threads} if art["path"].suffix == ".onnx" else {}))
+        threads = v.threads or cfg.threads
+        opts = dict(art["options"], **({"threads": threads} if art["path"].suffix == ".onnx" else {}))
         try:
             rt = load_runtime(art["path"], **opts)
         except (ImportError, RuntimeError) as e:  # no TensorRT / GPU here, or an engine for another GPU

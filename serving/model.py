@@ -144,7 +144,7 @@ def _validated_entry(validation: dict, name: str, sha: str, suffix: str, threads
     want = _serving_mode(ran[0].get("mode", {}), suffix, threads)
     hint = ""
     if any({**a.get("mode", {}), "threads": None} == {**want, "threads": None} for a in ran):
-        hint = f" (validate with `--set threads={threads}`, or serve without --threads)"
+        hint = f" (validate with `--set validate.threads={threads}`, or serve without --threads)"
     return {}, (f"{name} was validated only in mode(s) " + "; ".join(f"[{_mode_text(a.get('mode', {}))}]" for a in ran)
                 + f", not in the mode this server would run it in [{_mode_text(want)}]{hint}")
 

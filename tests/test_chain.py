@@ -108,6 +108,21 @@ def test_stale_validation_after_a_standalone_quantize_is_refused(run_copy):
         load_model(run_copy, INT8_TRT)
 
 
+def test_another_validated_thread_count_revalidates_without_retraining(run_copy):
+    from pipeline import run
+
+    trained = {n: artifacts.sha256_file(run_copy / n) for n in ("teacher.image.pt", "student.pt", "student.onnx")}
+    mtimes = {n: (run_copy / n).stat().st_mtime_ns for n in trained}
+    with pytest.raises(NotServable, match=r"threads=3\]"):
+        load_model(run_copy, threads=3)
+    run.run(_served_cfg(run_copy, "validate.threads=3"))  # no --force: the validate key alone changed
+    assert {n: artifacts.sha256_file(run_copy / n) for n in trained} == trained
+    assert {n: (run_copy / n).stat().st_mtime_ns for n in trained} == mtimes  # not rewritten either
+    onnx = [a for a in _validation(run_copy)["artifacts"] if a["name"] == "student.onnx"]
+    assert onnx and all(a["mode"]["threads"] == 3 for a in onnx)
+    assert load_model(run_copy, threads=3).mode["threads"] == 3
+
+
 def test_int8_graph_validated_only_with_qdq_emulated_is_refused(run_copy):
     """The server runs ONNX Runtime at full optimisation (Q/DQ fused): an emulated-only verdict does not cover it."""
     model = load_model(run_copy, INT8_TRT)
@@ -141,7 +156,7 @@ def test_server_runs_the_validated_thread_count_and_refuses_another(run_copy):
     validated = next(a for a in v["artifacts"] if a["name"] == "student.onnx")["mode"]["threads"]
     assert load_model(run_copy).mode["threads"] == validated
     other = (validated or 1) + 1
-    with pytest.raises(NotServable, match=rf"threads={other}\]\ \(validate with `--set threads={other}`"):
+    with pytest.raises(NotServable, match=rf"threads={other}\]\ \(validate with `--set validate.threads={other}`"):
         load_model(run_copy, threads=other)
     for a in v["artifacts"]:  # validated with 2 threads: the server, told nothing, runs 2
         if a["name"] == "student.onnx":
