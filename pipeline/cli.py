@@ -341,19 +341,27 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
 def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by `fdkd run`"),
            out: Path = typer.Option(..., help="Engine folder (a volume keyed by GPU and TensorRT version)"),
            precision: str = typer.Option("fp16", help="fp32 | fp16 | int8"),
-           int8_method: str = typer.Option("entropy", help="Which INT8 Q/DQ graph to build")):
+           int8_method: str | None = typer.Option(None, help="Which INT8 Q/DQ graph to build (default: the "
+                                                  "run's build.int8_method)")):
     """Build a TensorRT engine from a run's ONNX on this machine (containers: first start), then gate it on the
     run's test set into validation.json beside it (the server serves an engine only on its own entry). No torch."""
+    from pipeline import artifacts
     from pipeline.build import BuildUnavailable, build_engine
     from pipeline.config import BuildConfig
     from pipeline.validate import ValidationFailed, gate_text, validate_engine
 
+    manifest_path = run_dir / artifacts.MANIFEST
+    if not manifest_path.is_file():
+        _fail(f"{manifest_path} not found: not a run directory of `fdkd run`")
+    # the run's build config (batch profile, workspace, INT8 graph), as validate_engine takes the run's gates
+    bcfg = BuildConfig.model_validate(json.loads(manifest_path.read_text())["config"]["build"])
+    int8_method = int8_method or bcfg.int8_method
     sources = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": f"student.int8.{int8_method}.onnx"}
     if precision not in sources:
         _fail(f"--precision must be one of {sorted(sources)}, got {precision!r}")
     out.mkdir(parents=True, exist_ok=True)
     try:
-        plan = build_engine(run_dir / sources[precision], precision, out, BuildConfig())
+        plan = build_engine(run_dir / sources[precision], precision, out, bcfg)
     except BuildUnavailable as e:
         _fail(str(e), 1)
     console.print(f"[green]engine[/] {plan}", highlight=False)

@@ -231,3 +231,28 @@ def test_runtime_refuses_a_sidecar_of_another_engine_or_another_jetson(fake_gpu,
     sidecar.write_text(json.dumps({**info, "gpu": {**info["gpu"], "jetson": {"model": "NVIDIA Jetson AGX Orin"}}}))
     with pytest.raises(EngineMismatch, match="built for NVIDIA H100 80GB HBM3 .sm 9.0. on NVIDIA Jetson AGX Orin"):
         load_runtime(plan)
+
+
+def test_engine_command_builds_with_the_runs_build_config(fake_gpu, tmp_path):
+    """`fdkd engine` takes the run's build section (profile, workspace, INT8 graph), not BuildConfig()'s defaults."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    fake_gpu()
+    run = tmp_path / "run"
+    run.mkdir()
+    build = {"min_batch": 2, "opt_batch": 4, "max_batch": 8, "workspace_mb": 256, "int8_method": "minmax"}
+    (run / "manifest.json").write_text(json.dumps({"config": {"build": build}, "artifacts": {}}))
+    (run / "student.int8.minmax.onnx").write_bytes(b"minmax graph")
+    out = tmp_path / "engines"
+    result = CliRunner().invoke(app, ["engine", str(run), "--out", str(out), "--precision", "int8"])
+    # built (then the gate refuses: this run has no test set to judge it on)
+    text = " ".join(result.output.split())  # rich wraps long lines
+    assert "engine" in text and "has no validation.testset.npz" in text, text
+    (info,) = [json.loads(p.read_text()) for p in out.glob("*.build.json")]
+    assert info["onnx"] == "student.int8.minmax.onnx" and info["workspace_mb"] == 256
+    assert info["profile"] | {"input": None, "shape": None} == {"input": None, "shape": None, "min": 2, "opt": 4,
+                                                                 "max": 8}
+    bad = CliRunner().invoke(app, ["engine", str(tmp_path), "--out", str(out)])
+    assert bad.exit_code == 2 and "not a run directory" in " ".join(bad.output.split())
