@@ -192,7 +192,8 @@ def unused_parameters(joint: Joint, directions: list[Direction], train_idx: torc
 def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: OptimConfig, *, seed: int,
         teacher_cache: bool = True, grad_norm_every: int = 10, log=None, progress=None,
         description: str = "train", acc: Accel | None = None) -> list[dict]:
-    """Train every direction jointly (one optimizer, summed losses); returns per-epoch records.
+    """Train every direction jointly (one optimizer, summed losses; under fp16 AMP one optimizer and
+    loss scaler per direction); returns per-epoch records.
 
     With ``acc.world`` > 1 this runs inside one torchrun process per rank: the trainable parts are
     wrapped in DistributedDataParallel, each epoch's seeded permutation is sharded across ranks
@@ -236,9 +237,18 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
                                         find_unused_parameters=bool(unused))
     if acc.compile:
         model = torch.compile(model)
-    params = [p for p in joint.parameters() if p.requires_grad]
-    sgd = torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if acc.amp_dtype == torch.float16 else None
+    def sgd_of(params):
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+
+    # fp16 AMP: one optimizer and one loss scaler per direction (their parameters are disjoint), so an inf
+    # in one candidate skips that candidate's step and lowers its scale only, as if trained on its own
+    fp16 = acc.amp_dtype == torch.float16
+    if fp16:
+        sgds = [sgd_of([p for m in (d.student, d.objective) for p in m.parameters() if p.requires_grad])
+                for d in directions]
+        scalers = [torch.amp.GradScaler(acc.device.type) for _ in directions]
+    else:
+        sgds = [sgd_of([p for p in joint.parameters() if p.requires_grad])]
     per_rank_batch = max(1, opt.batch_size // acc.world)
     shard = math.ceil(len(train_idx) / acc.world)
     bounds = batch_bounds(shard, per_rank_batch)  # the same on every rank: equal shards
@@ -260,12 +270,12 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
             rows = train_idx[local]
             yb = acc.batch(y[rows])
             lr = poly_lr(opt, step, total_steps)
-            for g in sgd.param_groups:
+            for g in (g for sgd in sgds for g in sgd.param_groups):
                 g["lr"] = lr
             probe = grad_norm_every > 0 and b % grad_norm_every == 0
             xs, touts = _inputs(directions, rows, local, acc, augment=True)
             results = model(xs, touts, yb, epoch, acc.amp_dtype)
-            total = 0.0
+            losses = []
             for d, (f_s, z_s, terms) in zip(directions, results, strict=True):
                 for name, (w, v) in terms.items():
                     sums[d.name][name] = sums[d.name].get(name, 0.0) + float(v.detach()) * len(rows)
@@ -273,16 +283,18 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
                         (g,) = torch.autograd.grad(w * v, f_s, retain_graph=True, allow_unused=True)
                         norms[d.name].setdefault(name, []).append(0.0 if g is None else float(g.norm()))
                 correct[d.name] += int((z_s.detach().argmax(1) == yb).sum())
-                total = total + sum(w * v for w, v in terms.values())
+                losses.append(sum(w * v for w, v in terms.values()))
             seen += len(rows)
-            sgd.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(total).backward()
-                scaler.step(sgd)
-                scaler.update()
+            for sgd in sgds:
+                sgd.zero_grad(set_to_none=True)
+            if fp16:
+                sum(sc.scale(loss) for sc, loss in zip(scalers, losses, strict=True)).backward()
+                for sc, sgd in zip(scalers, sgds, strict=True):
+                    sc.step(sgd)
+                    sc.update()
             else:
-                total.backward()
-                sgd.step()
+                sum(losses).backward()
+                sgds[0].step()
             step += 1
         seconds = time.perf_counter() - t0
         for d in directions:

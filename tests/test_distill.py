@@ -216,3 +216,48 @@ def test_teacher_weights_and_batchnorm_buffers_are_unchanged_by_distillation(tin
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     student_after = direction.student.state_dict()
     assert any(not torch.equal(v, student_after[k]) for k, v in student_before.items())  # while the student trained
+
+
+def test_fp16_amp_scales_each_candidate_on_its_own():
+    """An overflow in one auto candidate skips that candidate's step only: the others train as if trained alone."""
+    import numpy as np
+
+    from pipeline.accel import Accel
+    from pipeline.config import DistillConfig, OptimConfig
+    from pipeline.models.encoders import build_encoder
+    from pipeline.objectives import build_objective
+    from pipeline.train import Direction, fit
+
+    class Overflowing(torch.nn.Module):
+        """The wrapped objective, its loss infinite on the first step."""
+
+        needs_teacher = False
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, *args):
+            self.calls += 1
+            terms = self.inner(*args)
+            return {k: (w, v * float("inf")) for k, (w, v) in terms.items()} if self.calls == 1 else terms
+
+    def student():
+        torch.manual_seed(0)
+        s = build_encoder("conv", 1, 2, width=4, depth=2)
+        return s, build_objective("none", s.num_features, s.num_features, 2, DistillConfig())
+
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(24, 1, 8, 8, generator=gen), torch.arange(24) % 2
+    split = np.array([0] * 16 + [1] * 8)
+    acc = Accel(torch.device("cpu"), amp_dtype=torch.float16)
+    opt = OptimConfig(epochs=2, batch_size=8)
+    alone = Direction("alone", *student(), x)
+    fit([alone], y, split, opt, seed=0, grad_norm_every=0, acc=acc)
+    good, (bad_s, bad_o) = Direction("good", *student(), x), student()
+    bad = Direction("bad", bad_s, Overflowing(bad_o), x)
+    fit([good, bad], y, split, opt, seed=0, grad_norm_every=0, acc=acc)
+    ref = alone.student.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in good.student.state_dict().items())
+    assert bad.objective.calls > 1 and all(torch.isfinite(v).all() for v in bad.student.state_dict().values()
+                                           if v.is_floating_point())
