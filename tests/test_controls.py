@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from pipeline import controls, distill
-from pipeline.models.checkpoint import load_model
+from pipeline.models.checkpoint import load_model, read_checkpoint
 from pipeline.objectives import build_objective
 from pipeline.train import predict
-from tests.test_distill import _cfg
+from tests.test_distill import _cfg, _test_accuracy
 
 
 def test_shuffle_within_class_is_a_derangement_that_keeps_class():
@@ -61,9 +61,21 @@ def test_shuffled_teacher_cache_is_the_real_cache_permuted_within_class(tiny_cfg
 
 def test_shuffled_teacher_trains_with_any_method(tiny_cfg, tiny_teachers, tiny_dataset):
     for method in ("kd", "fd"):
-        cfg = _cfg(tiny_cfg, f"shuffle-{method}", **{"distill.method": method, "distill.teacher_shuffle": "true"})
-        _, res = distill.run(cfg)
-        assert res["student"]["teacher_shuffle"] is True and 0 <= res["student"]["test_acc"] <= 1
+        runs = {}
+        for shuffle in ("true", "false"):
+            cfg = _cfg(tiny_cfg, f"shuffle-{method}-{shuffle}", **{"distill.method": method,
+                                                                   "distill.teacher_shuffle": shuffle})
+            _, res = distill.run(cfg)
+            assert res["student"]["test_acc"] == pytest.approx(_test_accuracy(cfg.run_dir / "student.pt",
+                                                                              tiny_dataset))
+            runs[shuffle] = (res["student"], read_checkpoint(cfg.run_dir / "student.pt")["state_dict"],
+                             [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()])
+        (shuf, s_state, s_log), (real, r_state, r_log) = runs["true"], runs["false"]
+        assert shuf["teacher_shuffle"] is True and "teacher_shuffle" not in real
+        # same initial weights and batches; only the teacher targets differ: so do the losses and the students
+        teacher_terms = [k for k in s_log[0] if k.startswith("loss/") and k != "loss/task"]
+        assert teacher_terms and all(s_log[0][k] != r_log[0][k] for k in teacher_terms)
+        assert any(not torch.equal(s_state[k], r_state[k]) for k in s_state)
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.01, 0.1, 0.37, 0.9])
@@ -110,6 +122,11 @@ def test_pre_activation_tap_feeds_the_objective_the_last_block_before_its_relu(t
     f_head, f_pre = features(enc, x, "pre")
     torch.testing.assert_close(f_head, enc.forward_features(x))
     assert (f_pre < 0).any() and not torch.allclose(f_pre, f_head)  # pooled before the ReLU: signed
-    cfg = _cfg(tiny_cfg, "tap-pre", **{"distill.method": "fd", "distill.feature_tap": "pre"})
-    _, res = distill.run(cfg)
-    assert res["student"]["feature_tap"] == "pre" and 0 <= res["student"]["test_acc"] <= 1
+    states = {}
+    for tap in ("pre", "post"):
+        cfg = _cfg(tiny_cfg, f"tap-{tap}", **{"distill.method": "fd", "distill.feature_tap": tap})
+        _, res = distill.run(cfg)
+        assert res["student"].get("feature_tap", "post") == tap
+        assert res["student"]["test_acc"] == pytest.approx(_test_accuracy(cfg.run_dir / "student.pt", tiny_dataset))
+        states[tap] = read_checkpoint(cfg.run_dir / "student.pt")["state_dict"]
+    assert any(not torch.equal(states["pre"][k], states["post"][k]) for k in states["pre"])  # the tap was used
