@@ -42,48 +42,61 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class AVDigitsConfig(_Strict):
+def _ordered(v):
+    """A (low, high) range."""
+    if v[0] > v[1]:
+        raise ValueError(f"range must be (low, high), got {v}")
+    return v
+
+
+def _fractions(v):
+    """train/val/test split fractions."""
+    if min(v) <= 0 or abs(sum(v) - 1) > 1e-6:
+        raise ValueError(f"train/val/test fractions must be positive and sum to 1, got {v}")
+    return v
+
+
+def _accents(v):
+    if not v:
+        raise ValueError("accents must name at least one eSpeak NG accent")
+    return v
+
+
+class _SpokenDigitsConfig(_Strict):
+    """What the built-in sources share: eSpeak NG voices, clip gain and noise, the split."""
+
+    accents: tuple[str, ...] = ("en-us", "en", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
+    pitch: tuple[int, int] = (20, 80)
+    rate: tuple[int, int] = (130, 260)
+    gain_db: tuple[float, float] = (-12.0, 0.0)
+    snr_db: tuple[float, float] = (-5.0, 20.0)  # avdigits: drawn uniformly; avblend: worst .. best quality
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+
+    _ranges = field_validator("pitch", "rate", "gain_db", "snr_db")(staticmethod(_ordered))
+    _split = field_validator("split_fractions")(staticmethod(_fractions))
+    _voices = field_validator("accents")(staticmethod(_accents))
+
+
+class AVDigitsConfig(_SpokenDigitsConfig):
     """Built-in paired data: real digit images + eSpeak NG spoken digit words."""
 
     preset: Literal["avdigits", "avmnist"] = "avdigits"
     seed: int = 0
     clips_per_image: int = Field(1, ge=1)
     max_images: int | None = Field(None, ge=10)
-    accents: tuple[str, ...] = ("en-us", "en", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
     # whole accents held out of train/val/test: each test image gets one more clip in one of them,
     # in split 3 (test_unseen_accent); () builds no such split
     unseen_accents: tuple[str, ...] = ("en-gb-scotland", "en-029")
-    pitch: tuple[int, int] = (20, 80)
-    rate: tuple[int, int] = (130, 260)
-    gain_db: tuple[float, float] = (-12.0, 0.0)
-    snr_db: tuple[float, float] = (-5.0, 20.0)
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-
-    @field_validator("pitch", "rate", "gain_db", "snr_db")
-    @classmethod
-    def _ordered(cls, v):
-        if v[0] > v[1]:
-            raise ValueError(f"range must be (low, high), got {v}")
-        return v
-
-    @field_validator("split_fractions")
-    @classmethod
-    def _fractions(cls, v):
-        if min(v) <= 0 or abs(sum(v) - 1) > 1e-6:
-            raise ValueError(f"train/val/test fractions must be positive and sum to 1, got {v}")
-        return v
 
     @model_validator(mode="after")
     def _accents_disjoint(self):
-        if not self.accents:
-            raise ValueError("accents must name at least one eSpeak NG accent")
         both = sorted(set(self.accents) & set(self.unseen_accents))
         if both:
             raise ValueError(f"unseen_accents must not also be in accents: {both}")
         return self
 
 
-class AVBlendConfig(_Strict):
+class AVBlendConfig(_SpokenDigitsConfig):
     """Instance-paired built-in data (``fdkd data avblend``): one blended event in both modalities.
 
     Each pair: a real 8x8 digit blended toward an image of a second class with weight w in
@@ -98,33 +111,6 @@ class AVBlendConfig(_Strict):
     shared: float = Field(1.0, ge=0, le=1)
     w_max: float = Field(0.45, gt=0, le=0.5)
     image_noise: float = Field(0.25, ge=0)  # pixel noise std / max value at the worst quality
-    snr_db: tuple[float, float] = (-5.0, 20.0)  # audio SNR at the worst .. best quality
-    accents: tuple[str, ...] = ("en-us", "en", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
-    pitch: tuple[int, int] = (20, 80)
-    rate: tuple[int, int] = (130, 260)
-    gain_db: tuple[float, float] = (-12.0, 0.0)
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-
-    @field_validator("pitch", "rate", "gain_db", "snr_db")
-    @classmethod
-    def _ordered(cls, v):
-        if v[0] > v[1]:
-            raise ValueError(f"range must be (low, high), got {v}")
-        return v
-
-    @field_validator("split_fractions")
-    @classmethod
-    def _fractions(cls, v):
-        if min(v) <= 0 or abs(sum(v) - 1) > 1e-6:
-            raise ValueError(f"train/val/test fractions must be positive and sum to 1, got {v}")
-        return v
-
-    @field_validator("accents")
-    @classmethod
-    def _accents(cls, v):
-        if not v:
-            raise ValueError("accents must name at least one eSpeak NG accent")
-        return v
 
 
 class ManifestDataConfig(_Strict):
@@ -140,10 +126,7 @@ class ManifestDataConfig(_Strict):
     seed: int = 0
     max_file_mb: float = Field(64.0, gt=0)  # larger files are a manifest problem, never read
 
-    @field_validator("split_fractions")
-    @classmethod
-    def _fractions(cls, v):
-        return AVDigitsConfig._fractions(v)
+    _split = field_validator("split_fractions")(staticmethod(_fractions))
 
 
 class DataConfig(_Strict):
@@ -331,12 +314,8 @@ class AudioAugmentConfig(_Strict):
     freq_masks: int = Field(1, ge=0)
     freq_mask_max: int = Field(4, ge=0)  # mel bins
 
-    @field_validator("speed", "pitch_semitones", "gain_db", "noise_snr_db", "noise_tilt")
-    @classmethod
-    def _ordered(cls, v):
-        if v[0] > v[1]:
-            raise ValueError(f"range must be (low, high), got {v}")
-        return v
+    _ranges = field_validator("speed", "pitch_semitones", "gain_db", "noise_snr_db", "noise_tilt")(
+        staticmethod(_ordered))
 
     @field_validator("speed")
     @classmethod
