@@ -35,7 +35,7 @@ import numpy as np
 
 from pipeline import artifacts
 from pipeline.config import AVBlendConfig
-from pipeline.data.avdigits import SYNTH_RATE, WORDS, _images, _split_voices
+from pipeline.data.avdigits import SYNTH_RATE, WORDS, _images, _split_voices, place_clip
 from pipeline.data.dataset import SPLITS, encode_meta, stratified_split
 from serving.preprocess import AudioFrontend
 
@@ -128,14 +128,7 @@ def _render_audio(first: np.ndarray, second: np.ndarray, w: float, quality: floa
     mix[: len(b)] += w * b
     speech = resample_poly(mix, fe.sample_rate, SYNTH_RATE)[: fe.clip_samples]
     speech = 0.1 * speech  # unit RMS words -> a comfortable level before the random gain
-    onset = int(rng.integers(0, fe.clip_samples - len(speech) + 1))
-    gain = 10 ** (rng.uniform(*cfg.gain_db) / 20)
-    snr = cfg.snr_db[0] + quality * (cfg.snr_db[1] - cfg.snr_db[0])
-    clip = np.zeros(fe.clip_samples)
-    clip[onset : onset + len(speech)] = speech * gain
-    power = float(np.mean((speech * gain) ** 2)) if len(speech) else 0.0
-    clip += rng.standard_normal(fe.clip_samples) * np.sqrt(power / 10 ** (snr / 10))
-    return (np.clip(clip, -1, 1 - 1 / 32768) * 32768).round().astype(np.int16)
+    return place_clip(speech, fe.clip_samples, rng, cfg.gain_db, cfg.snr_db, quality=quality)
 
 
 def build(cfg: AVBlendConfig, cache_dir: Path, *, progress=None) -> Path:

@@ -75,14 +75,23 @@ def _augment(wave22k: np.ndarray, fe: AudioFrontend, rng: np.random.Generator, c
     from scipy.signal import resample_poly
 
     speech = resample_poly(wave22k.astype(np.float64) / 32768.0, fe.sample_rate, SYNTH_RATE)
-    speech = speech[: fe.clip_samples]
-    onset = int(rng.integers(0, fe.clip_samples - len(speech) + 1))
-    gain = 10 ** (rng.uniform(*cfg.gain_db) / 20)
-    snr = rng.uniform(*cfg.snr_db)
-    clip = np.zeros(fe.clip_samples)
+    return place_clip(speech[: fe.clip_samples], fe.clip_samples, rng, cfg.gain_db, cfg.snr_db)
+
+
+def place_clip(speech: np.ndarray, clip_samples: int, rng: np.random.Generator, gain_db: tuple[float, float],
+               snr_db: tuple[float, float], quality: float | None = None) -> np.ndarray:
+    """Speech (float, 16 kHz, at most ``clip_samples``) -> int16 clip: random onset, random gain, white noise
+    at an SNR drawn uniformly from ``snr_db``, or, given ``quality`` in [0, 1], the SNR at that point of it.
+
+    The draw order (onset, gain, SNR when drawn, noise) fixes the bytes of every built dataset.
+    """
+    onset = int(rng.integers(0, clip_samples - len(speech) + 1))
+    gain = 10 ** (rng.uniform(*gain_db) / 20)
+    snr = rng.uniform(*snr_db) if quality is None else snr_db[0] + quality * (snr_db[1] - snr_db[0])
+    clip = np.zeros(clip_samples)
     clip[onset : onset + len(speech)] = speech * gain
     power = float(np.mean((speech * gain) ** 2)) if len(speech) else 0.0
-    clip += rng.standard_normal(fe.clip_samples) * np.sqrt(power / 10 ** (snr / 10))
+    clip += rng.standard_normal(clip_samples) * np.sqrt(power / 10 ** (snr / 10))
     return (np.clip(clip, -1, 1 - 1 / 32768) * 32768).round().astype(np.int16)
 
 
