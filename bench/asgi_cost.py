@@ -106,6 +106,11 @@ async def main_async(args) -> None:
     print("| route | binary us/request | json us/request |\n|---|---|---|")
     for label in ("bare", "fdkd hot path", "fdkd via FastAPI"):
         print(f"| {label} | {results[(label, 'binary')]:.0f} | {results[(label, 'json')]:.0f} |")
+    from host_cpu import describe
+
+    print(f"\ncpu: {describe()}")
+    print(f"reproduce: python bench/asgi_cost.py {args.run_dir} --n {args.n}"
+          + (f" --profile {args.profile}" if args.profile else ""))
 
 
 def main() -> None:

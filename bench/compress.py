@@ -113,6 +113,9 @@ def main() -> None:
               f"{b64['rows_per_s'] / base['b64']['rows_per_s']:.2f} | {b64['rows_per_s'] * flops / 1e9:.1f} |")
     print(f"\nmodel: {flops / 1e6:.1f} MFLOP per sample; FP32 matmul ceiling of this machine "
           f"(torch 1024^3, {threads} threads): {ceiling:.0f} GFLOP/s")
+    from host_cpu import describe
+
+    print(f"cpu: {describe()}")
     print(f"reproduce: python bench/compress.py {args.run_dir} --repeats {args.repeats}")
 
 

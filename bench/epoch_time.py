@@ -46,7 +46,10 @@ def main() -> None:
     print("| variant | median s / epoch | x none |\n|---|---|---|")
     for name, s in seconds.items():
         print(f"| {name} | {statistics.median(s):.2f} | {statistics.median(s) / ref:.2f} |")
-    print(f"\nreproduce: python bench/epoch_time.py --epochs {args.epochs} --rounds {args.rounds}")
+    from host_cpu import describe
+
+    print(f"\ncpu: {describe()}")
+    print(f"reproduce: python bench/epoch_time.py --epochs {args.epochs} --rounds {args.rounds}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -17,24 +16,11 @@ import traceback
 from pathlib import Path
 
 
-def cpu_model() -> dict:
-    info = {"model": platform.processor() or platform.machine(), "flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and info["model"] in ("", platform.machine(), platform.processor()):
-            info["model"] = value.strip()
-        if key.strip() in ("flags", "Features") and not info["flags"]:
-            wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "asimd", "sve")
-            info["flags"] = [f for f in value.split() if f in wanted]
-    return info
-
-
 def environment() -> dict:
-    env = {"python": sys.version.split()[0], "cpu": cpu_model(), "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    from host_cpu import cpu_model, simd_flags
+
+    env = {"python": sys.version.split()[0], "cpu": {"model": cpu_model(), "flags": simd_flags()},
+           "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
         env["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                                             "--format=csv,noheader"], capture_output=True, text=True,

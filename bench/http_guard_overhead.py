@@ -12,12 +12,10 @@ p50s, the CPU model and flags. Client and server share the machine's cores.
 from __future__ import annotations
 
 import argparse
-import platform
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -78,17 +76,6 @@ def measure(protocol: str, body: int, seconds: float) -> np.ndarray:
         proc.wait(10)
 
 
-def cpu() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags"))
-        wanted = [f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "sse4_2", "fma")]
-        return f"{model}; flags: {' '.join(wanted)}"
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -112,7 +99,9 @@ def main() -> None:
     for p, body, rps, p50, p99 in rows:
         print(f"| {p} | {body} | {'' if rps is None else f'{rps:,.0f}'} | {p50:.1f} | "
               f"{'' if p99 is None else f'{p99:.1f}'} |")
-    print(f"\ncpu: {cpu()}\ncommand: python bench/http_guard_overhead.py --seconds {args.seconds:g}")
+    from host_cpu import describe
+
+    print(f"\ncpu: {describe()}\ncommand: python bench/http_guard_overhead.py --seconds {args.seconds:g}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -123,22 +122,12 @@ def tag(*parts) -> str:
 
 def machine() -> dict:
     """CPU model and the SIMD flags that matter here, the device, library versions."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", "x86_64", ""):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
     import torch
+    from host_cpu import cpu_model, simd_flags
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    keep = sorted(f for f in flags if f in ("avx", "avx2", "fma", "f16c") or f.startswith(("avx512", "amx"))
-                  or "vnni" in f)
-    return {"cpu": model, "cores": os.cpu_count(), "flags": keep, "device": device, "torch": torch.__version__}
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "flags": simd_flags(), "device": device,
+            "torch": torch.__version__}
 
 
 def git_rev() -> str:

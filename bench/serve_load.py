@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -56,20 +55,9 @@ def free_port() -> int:
 
 
 def cpu_info() -> dict:
-    model, flags = platform.processor(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model.strip():
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                break
-    except OSError:
-        pass
-    simd = [f for f in flags if f.startswith(("avx", "sse4", "fma", "amx")) or f in ("vnni", "f16c")]
-    return {"cpu": model, "cores": os.cpu_count(), "simd_flags": " ".join(simd)}
+    from host_cpu import cpu_model, simd_flags
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "simd_flags": " ".join(simd_flags())}
 
 
 def bodies(x: np.ndarray) -> dict[str, tuple[bytes, dict]]:
