@@ -94,3 +94,13 @@ def test_serve_extra_installs_and_serves_without_torch(served_run, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_http_granian_without_granian_names_the_extra(monkeypatch, tmp_path):
+    """Granian is its own extra: without it `--http granian` exits with what to install, not a traceback."""
+    from serving.granian_server import serve_granian
+    from serving.settings import ServeSettings
+
+    monkeypatch.setitem(sys.modules, "granian", None)  # import granian -> ImportError
+    with pytest.raises(SystemExit, match=r"pip install 'fdkd\[granian\]'"):
+        serve_granian(ServeSettings(run_dir=tmp_path, http="granian"))
