@@ -12,6 +12,10 @@
   /openapi.json and answer when the hot path is switched off (``hot_path=False``, the bench's
   comparison).
 
+A classify upload over ``PREPROCESS_INLINE_BYTES`` is decoded (image decode, WAV STFT) in a worker
+thread so the event loop keeps serving; smaller ones stay on the loop (cheaper than a thread hop).
+Both adapters share this, the FastAPI route included.
+
 Disconnects: a request waiting on the batcher is not polled; one watcher task looks every
 0.25 s at requests that have waited longer than that and cancels those whose client went away
 (the batcher then drops them before dispatch; they count as ``disconnected``).
@@ -38,6 +42,7 @@ log = logging.getLogger("fdkd.serve")
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 JSON = [(b"content-type", b"application/json")]
 WATCH_EVERY_S = 0.25
+PREPROCESS_INLINE_BYTES = 64 << 10  # bigger uploads are decoded in a worker thread, off the event loop
 MAX_ERROR_CHARS = 512  # an error message never carries more than this (client text inside is cut shorter)
 
 
@@ -149,8 +154,9 @@ class Inference:
 
         m = self._model()
         body = self._body(headers, body)
-        try:
-            x = preprocess(m, body)
+        try:  # decoding up to 16.8 Mpx or an STFT would stall every other request: a thread, past a small size
+            x = preprocess(m, body) if len(body) <= PREPROCESS_INLINE_BYTES else \
+                await asyncio.to_thread(preprocess, m, body)
         except protocol.BadRequest as e:
             raise ApiError(400, str(e), "bad_request") from None
         logits = (await self._rows(x, is_gone, scope_state))[0].astype(np.float64)

@@ -213,6 +213,36 @@ def test_float_wav_near_1e20_gets_a_json_400_and_loud_but_sane_wavs_classify(ser
     assert r.status_code == 400 and "more than 1024 chunks" in r.json()["error"]
 
 
+def test_big_uploads_are_preprocessed_off_the_event_loop(served_run, monkeypatch):
+    """A large upload's decode runs in a worker thread (the loop keeps serving); a small one stays inline."""
+    import asyncio
+
+    import serving.app
+    from serving.hotpath import PREPROCESS_INLINE_BYTES
+
+    on_loop = []
+    real = serving.app.preprocess
+
+    def spy(m, body):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return real(m, body)
+
+    monkeypatch.setattr(serving.app, "preprocess", spy)
+    small = write_wav(np.zeros(8000), 16000)  # 16 kB
+    big = write_wav(np.zeros(48000), 16000)  # 96 kB
+    assert len(small) <= PREPROCESS_INLINE_BYTES < len(big)
+    for hot in (True, False):  # the hot path and the FastAPI route
+        with running_server(served_run, hot_path=hot) as (url, _):
+            on_loop.clear()
+            for body in (small, big):
+                assert httpx.post(f"{url}/v1/classify", content=body, timeout=30).status_code == 200
+            assert on_loop == [True, False], (hot, on_loop)
+
+
 def _chunk(ctype: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data))
 
