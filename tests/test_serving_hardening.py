@@ -395,6 +395,8 @@ def test_dead_batcher_answers_503_turns_unready_and_logs_the_traceback(served_ru
         ready = httpx.get(f"{url}/v2/health/ready")
         assert ready.status_code == 503 and "batcher task died" in ready.json()["error"]
         assert httpx.get(f"{url}/v2/models/served/ready").status_code == 503
+        page = httpx.get(f"{url}/v1/model")  # the page's model info agrees with readiness
+        assert page.status_code == 503 and page.headers["retry-after"] == "1" and "batcher task died" in page.text
         assert httpx.get(f"{url}/v2/health/live").status_code == 200
         t0 = time.monotonic()
         again = httpx.post(f"{url}/v1/classify", content=write_wav(np.zeros(16000), 16000), timeout=10)
