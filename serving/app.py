@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving import protocol
 from serving.batcher import DynamicBatcher
 from serving.errors import RETRY_AFTER, ApiError
-from serving.hotpath import HotPath, Inference, error_reply
+from serving.hotpath import HotPath, Inference, error_reply, is_multipart
 from serving.metrics import Metrics
 from serving.middleware import ApiKey, BodyLimit, RequestLog, bounded
 from serving.model import LoadedModel, NotServable, load_model
@@ -289,7 +289,7 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         """Classify one raw student-modality file (WAV for audio students, PNG/JPEG for image students)."""
         headers = _fallback_headers(request)
         body = await request.body()
-        if headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
+        if is_multipart(headers.get(b"content-type", b"")):
             try:
                 body = await _multipart_file(request)
             except ApiError as e:

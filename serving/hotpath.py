@@ -218,6 +218,11 @@ def error_reply(status: int, message: str, headers: dict | None = None) -> tuple
     return status, orjson.dumps({"error": message}), JSON + extra
 
 
+def is_multipart(content_type: bytes) -> bool:
+    """A form upload (``multipart/form-data``, any case): FastAPI's classify route parses it; the hot path does not."""
+    return content_type[:19].lower() == b"multipart/form-data"
+
+
 def receive_gone(receive):
     """An ``is_gone()`` for an ASGI ``receive``: True once the client has disconnected (never waits)."""
 
@@ -244,7 +249,7 @@ class HotPath:
         path = scope["path"]
         if path == "/v1/classify":
             # a multipart upload needs form parsing: FastAPI's route
-            return not any(k == b"content-type" and v.startswith(b"multipart/") for k, v in scope["headers"])
+            return not any(k == b"content-type" and is_multipart(v) for k, v in scope["headers"])
         return path.startswith("/v2/models/") and path.endswith("/infer") and INFER_PATH.fullmatch(path) is not None
 
     async def __call__(self, scope, receive, send):
