@@ -97,7 +97,8 @@ class Inference:
             self._count(endpoint, "failure", "internal", time.perf_counter() - started)
             return error_reply(500, "internal server error")
 
-    def _model(self, name: str | None = None, version: str | None = None):
+    def model(self, name: str | None = None, version: str | None = None):
+        """The served model, if ready and ``name``/``version`` (when given) are its own; else ApiError 503/404."""
         st = self.state
         if not st.ready or st.model is None:
             raise ApiError(503, f"model not ready: {st.not_ready_reason}", "not_ready", RETRY_AFTER)
@@ -122,7 +123,7 @@ class Inference:
             raise ApiError(400, str(e), "bad_request") from None
 
     async def _infer(self, model_name, version, headers, body, is_gone, scope_state):
-        m = self._model(model_name, version)
+        m = self.model(model_name, version)
         body = self._body(headers, body)
         s = self.state.settings
         hlen = headers.get(b"inference-header-content-length")
@@ -152,7 +153,7 @@ class Inference:
     async def _classify(self, headers, body, is_gone, scope_state):
         from serving.app import preprocess
 
-        m = self._model()
+        m = self.model()
         body = self._body(headers, body)
         try:  # decoding up to 16.8 Mpx or an STFT would stall every other request: a thread, past a small size
             x = preprocess(m, body) if len(body) <= PREPROCESS_INLINE_BYTES else \

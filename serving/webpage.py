@@ -23,7 +23,7 @@ STATIC = {
     "/ui/page.js": ("page.js", "text/javascript; charset=utf-8"),
     "/ui/page.css": ("page.css", "text/css; charset=utf-8"),
 }
-PUBLIC_PATHS = frozenset(STATIC)  # served without an API key (middleware.EXEMPT includes them)
+PUBLIC_PATHS = frozenset(STATIC)  # served without an API key (middleware.EXEMPT is built from it)
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
                                "img-src 'self' blob: data:; media-src 'self' blob:; base-uri 'none'; "

@@ -29,7 +29,7 @@ import yaml
 
 from serving.settings import K8S_GRACE_SECONDS, SHUTDOWN_MARGIN_SECONDS, ServeSettings
 from serving.wav import write_wav
-from tests.serving_helpers import metric, running_server
+from tests.serving_helpers import metric, running_server, start_fdkd_serve
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = [1, 40, 101]
@@ -434,31 +434,6 @@ def test_hung_runtime_answers_503_turns_unready_then_recovers(served_run):
 
 # ---------------------------------------------------------------- drain (real processes)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_serving(run_dir, *flags, env=None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", str(run_dir), "--port", str(port), *flags],
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("server did not become ready")
-
-
 def _in_flight(url: str, results: list) -> threading.Thread:
     def call():
         try:
@@ -476,7 +451,7 @@ def _in_flight(url: str, results: list) -> threading.Thread:
 
 
 def test_second_sigterm_exits_at_once(served_run):
-    proc, url = start_serving(served_run, "--drain-seconds", "20", env={"FDKD_SERVE_DEBUG_DELAY_MS": "30000"})
+    proc, url = start_fdkd_serve(served_run, "--drain-seconds", "20", env={"FDKD_SERVE_DEBUG_DELAY_MS": "30000"})
     try:
         results = []
         t = _in_flight(url, results)
@@ -499,8 +474,8 @@ def test_drain_is_bounded_even_with_a_hung_runtime_and_the_default_fits_kubernet
     default = ServeSettings.model_fields["drain_seconds"].default
     assert default + SHUTDOWN_MARGIN_SECONDS <= K8S_GRACE_SECONDS
     drain = 1.5
-    proc, url = start_serving(served_run, "--drain-seconds", str(drain),
-                              env={"FDKD_SERVE_DEBUG_DELAY_MS": "60000", "FDKD_SERVE_BATCH_TIMEOUT_S": "120"})
+    proc, url = start_fdkd_serve(served_run, "--drain-seconds", str(drain),
+                                 env={"FDKD_SERVE_DEBUG_DELAY_MS": "60000", "FDKD_SERVE_BATCH_TIMEOUT_S": "120"})
     try:
         results = []
         t = _in_flight(url, results)
