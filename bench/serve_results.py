@@ -5,6 +5,12 @@
         --profiles bench/profiles/fdkd-binary-32clients.pyspy.txt bench/profiles/fdkd-json-32clients.pyspy.txt
 
 ``--write`` replaces what stands between ``<!-- serve_load:begin -->`` and ``<!-- serve_load:end -->``.
+
+Besides the tables it writes the verdict on each of issue 10's targets, from the per-round records.
+The rounds are interleaved (each server meets the same quiet and busy moments), so each round of
+fdkd is compared with the same round of the other side: a target is **met** when every round
+clears it, **not met** when no round does, and **parity within noise** when the rounds disagree
+(the median alone would call a difference smaller than the round-to-round swing).
 """
 
 from __future__ import annotations
@@ -29,6 +35,85 @@ def _median(recs: list[dict]) -> dict:
     out["errors"] = sum(r["errors"] for r in recs)
     out["rounds"] = len(recs)
     return out
+
+
+def _per_round(recs: list[dict]) -> dict[int, dict]:
+    return {r["round"]: r for r in recs}
+
+
+def _verdict(passes: list[bool]) -> str:
+    if all(passes):
+        return "met"
+    if not any(passes):
+        return "not met"
+    return f"parity within noise ({sum(passes)} of {len(passes)} rounds clear it)"
+
+
+def _rounds(passes: list[bool]) -> str:
+    return "every round" if all(passes) else "no round" if not any(passes) else f"{sum(passes)} of {len(passes)} rounds"
+
+
+def _paired(a: list[dict], b: list[dict]) -> list[tuple[dict, dict]]:
+    ra, rb = _per_round(a), _per_round(b)
+    return [(ra[i], rb[i]) for i in sorted(ra.keys() & rb.keys())]
+
+
+def targets(groups: dict[tuple, list[dict]], batched: float, top: int) -> list[str]:
+    """Issue 10's targets, each with the measured medians and its verdict over the paired rounds."""
+    med = {k: _median(v) for k, v in groups.items()}
+    out = ["Targets, from the rounds of this run (met: every round; not met: no round; else parity within noise):",
+           ""]
+    for b in ("binary", "json"):
+        f, t = groups.get(("fdkd", b, top)), groups.get(("triton", b, top))
+        if not f or not t:
+            continue
+        pairs = _paired(f, t)
+        mf, mt = med[("fdkd", b, top)], med[("triton", b, top)]
+        both = [x["rows_per_s"] >= y["rows_per_s"] and x["p99_ms"] <= y["p99_ms"] for x, y in pairs]
+        out.append(f"- {top} clients, {b}, `fdkd serve` >= Triton's rows/s with p99 <= Triton's: "
+                   f"**{_verdict(both)}**"
+                   f" (rows/s {mf['rows_per_s'] / mt['rows_per_s']:.2f}x Triton's: "
+                   f"{_verdict([x['rows_per_s'] >= y['rows_per_s'] for x, y in pairs])}; "
+                   f"p99 {mf['p99_ms']:.1f} vs {mt['p99_ms']:.1f} ms: "
+                   f"{_verdict([x['p99_ms'] <= y['p99_ms'] for x, y in pairs])})")
+    cells = []
+    for s in sorted({s for s, b, c in groups if s.startswith("fdkd") and b == "binary" and c == top}):
+        rs = groups[(s, "binary", top)]
+        cells.append(f"`{s}` {100 * med[(s, 'binary', top)]['rows_per_s'] / batched:.0f} % "
+                     f"({_verdict([r['rows_per_s'] >= 0.7 * batched for r in rs])})")
+    if ("triton", "binary", top) in med:
+        cells.append(f"Triton {100 * med[('triton', 'binary', top)]['rows_per_s'] / batched:.0f} %")
+    if cells:
+        out.append(f"- {top} clients, binary >= 70 % of in-process batched rows/s: " + "; ".join(cells))
+    for b in ("binary", "json"):
+        f, bare = groups.get(("fdkd", b, 1)), groups.get(("bare", b, 1))
+        if not f or not bare:
+            continue
+        pairs = _paired(f, bare)
+        out.append(f"- one client, {b}, p50 within 0.15 ms of the bare ASGI endpoint: "
+                   f"**{_verdict([x['p50_ms'] - y['p50_ms'] <= 0.15 for x, y in pairs])}** "
+                   f"({med[('fdkd', b, 1)]['p50_ms']:.2f} vs {med[('bare', b, 1)]['p50_ms']:.2f} ms)")
+    compare = [("fdkd-fastapi", "the hot path against the same routes through FastAPI"),
+               ("fdkd-granian", "uvicorn (`fdkd serve`) against Granian (`--http granian`)")]
+    for other, what in compare:
+        parts = []
+        for b in ("binary", "json"):
+            f, o = groups.get(("fdkd", b, top)), groups.get((other, b, top))
+            if not f or not o:
+                continue
+            pairs = _paired(f, o)
+            mf, mo = med[("fdkd", b, top)], med[(other, b, top)]
+            parts.append(f"{b} rows/s {mf['rows_per_s'] / mo['rows_per_s']:.2f}x "
+                         f"(higher in {_rounds([x['rows_per_s'] > y['rows_per_s'] for x, y in pairs])}), "
+                         f"p99 {mf['p99_ms']:.1f} vs {mo['p99_ms']:.1f} ms")
+        if parts:
+            out.append(f"- {what}, {top} clients: " + "; ".join(parts))
+    best = {b: max((k for k in med if k[1] == b and k[2] == top and k[0] != "bare"),
+                   key=lambda k: med[k]["rows_per_s"], default=None) for b in ("binary", "json")}
+    if all(best.values()):
+        out.append(f"- most rows/s at {top} clients: " + "; ".join(
+            f"{b} `{best[b][0]}` ({_f(med[best[b]]['rows_per_s'])})" for b in best))
+    return out + [""]
 
 
 def render(records: list[dict], run_id: str | None) -> str:
@@ -89,7 +174,8 @@ def render(records: list[dict], run_id: str | None) -> str:
         r = rows.get((s, "binary", top))
         cells.append(f"{100 * r['rows_per_s'] / batched:.0f} %" if r else "-")
         out.append(f"| {s} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
+    out += ["", *targets(groups, batched, top)]
+    return "\n".join(out)
 
 
 def main() -> None:

@@ -25,9 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving import protocol
 from serving.batcher import DynamicBatcher
 from serving.errors import RETRY_AFTER, ApiError
-from serving.hotpath import HotPath, Inference, error_reply
+from serving.hotpath import HotPath, Inference, error_reply, is_multipart
 from serving.metrics import Metrics
-from serving.middleware import ApiKey, BodyLimit, RequestLog, bounded
+from serving.middleware import ApiKey, BodyLimit, RequestLog
 from serving.model import LoadedModel, NotServable, load_model
 from serving.settings import ServeSettings
 from serving.webpage import add_page_routes
@@ -175,15 +175,7 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         log.exception("unhandled error")  # the traceback goes to the log, never to the client
         return JSONResponse({"error": "internal server error"}, 500)
 
-    def _model(name: str, version: str | None = None) -> LoadedModel:
-        if not state.ready or state.model is None:
-            raise ApiError(503, f"model not ready: {state.not_ready_reason}", "not_ready", RETRY_AFTER)
-        if name != state.model.name:
-            raise ApiError(404, f"unknown model {bounded(name)}; this server serves {state.model.name!r}",
-                           "unknown_model")
-        if version not in (None, state.model.version):
-            raise ApiError(404, f"model {state.model.name!r} has no version {bounded(version)}", "unknown_version")
-        return state.model
+    _model = inference.model  # one check (ready, name, version) for the hot path and these routes
 
     @app.get("/v2/health/live", responses=_ok({"type": "object"}))
     async def live():
@@ -289,7 +281,7 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         """Classify one raw student-modality file (WAV for audio students, PNG/JPEG for image students)."""
         headers = _fallback_headers(request)
         body = await request.body()
-        if headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
+        if is_multipart(headers.get(b"content-type", b"")):
             try:
                 body = await _multipart_file(request)
             except ApiError as e:

@@ -3,9 +3,10 @@
     FDKD_SERVE_RUN_DIR=runs/avdigits granian --interface asgi --loop uvloop serving.asgi:app
     FDKD_SERVE_RUN_DIR=runs/avdigits uvicorn --workers 2 serving.asgi:app
 
-``fdkd serve`` (uvicorn, one process, graceful drain) is the supported way to run the server;
-this module exists for the HTTP-layer trial in ``bench/serve_load.py``. Several worker
-processes each load the model and run their own batcher.
+``fdkd serve`` (uvicorn, one process, graceful drain) is the default way to run the server.
+``fdkd serve --http granian`` (``serving.granian_server``) runs this module's ``app`` in each Granian
+worker, with the settings passed as those variables; ``bench/serve_load.py``'s HTTP-layer trial
+uses it too. Several worker processes each load the model and run their own batcher.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """``fdkd serve --http granian``: the same app under Granian (a Rust HTTP server) instead of uvicorn.
 
-Measured in ``bench/serve_load.py`` (docs/results.md, section 4): on a busy 2-core machine up to
-1.6x uvicorn's rows/s at 32 clients, on a quiet one about the same; ``--workers 2`` adds most.
+Measured in ``bench/serve_load.py`` (docs/results.md, section 4, generated from the raw records):
+ahead of uvicorn at 32 clients on a busy 2-core machine, within noise of it on a quieter one;
+``--workers 2`` adds most.
 The settings travel to the worker processes as ``FDKD_SERVE_*`` variables (``serving.asgi``
 builds the app from them).
 
@@ -10,7 +11,9 @@ lets in-flight requests finish (its own graceful shutdown) instead of ``serving.
 (readiness 503 while queued work finishes); the connection and slow-sender limits configured for
 uvicorn do not apply. Use it where throughput matters more than those. ``--workers N`` runs N
 processes on the port, each with its own model copy and batcher (JSON decoding then uses every
-core; each batcher sees only its share of the requests).
+core; each batcher sees only its share of the requests). Granian is the ``granian`` extra
+(``pip install 'fdkd[granian]'``), not part of ``serve``: without it ``--http granian`` exits with
+that instruction.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import json
 import os
 
 from serving.settings import ServeSettings
+
+INSTALL_HINT = "--http granian needs Granian, which is not installed: pip install 'fdkd[granian]'"
 
 
 def settings_env(settings: ServeSettings) -> dict[str, str]:
@@ -36,7 +41,10 @@ def settings_env(settings: ServeSettings) -> dict[str, str]:
 
 
 def serve_granian(settings: ServeSettings) -> None:
-    from granian import Granian
+    try:
+        from granian import Granian
+    except ImportError:
+        raise SystemExit(INSTALL_HINT) from None
 
     os.environ.update(settings_env(settings))
     Granian("serving.asgi:app", address=settings.host, port=settings.port, interface="asgi",

@@ -16,16 +16,13 @@ import logging
 import time
 import uuid
 
+from serving.webpage import PUBLIC_PATHS
+
 log = logging.getLogger("fdkd.serve")
 
-EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics",
-                    "/", "/ui/page.js", "/ui/page.css"})  # the page itself: its calls need the key
+# health, metrics and the page's own files (its calls need the key); webpage imports nothing from here
+EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"}) | PUBLIC_PATHS
 CLOSE = [(b"connection", b"close")]
-
-
-def bounded(text: str, limit: int = 64) -> str:
-    """``repr`` of client-supplied text, cut to ``limit`` characters: error messages never echo more."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 class BodyError(Exception):

@@ -15,13 +15,15 @@ from importlib import resources
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
+from serving.errors import RETRY_AFTER
+
 # URL path -> (file in serving/static, media type); the whole set of files the page is made of
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/ui/page.js": ("page.js", "text/javascript; charset=utf-8"),
     "/ui/page.css": ("page.css", "text/css; charset=utf-8"),
 }
-PUBLIC_PATHS = frozenset(STATIC)  # served without an API key (middleware.EXEMPT includes them)
+PUBLIC_PATHS = frozenset(STATIC)  # served without an API key (middleware.EXEMPT is built from it)
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
                                "img-src 'self' blob: data:; media-src 'self' blob:; base-uri 'none'; "
@@ -63,8 +65,8 @@ def add_page_routes(app: FastAPI, state) -> None:
     async def model_info():
         """The served model: name, version, artifact, modality, class names and preprocessing constants."""
         m = state.model
-        if not state.ready or m is None:
-            return JSONResponse({"error": f"model not ready: {state.not_ready_reason}"}, 503,
-                                headers={"Retry-After": "1"})
+        reason = state.unready_reason()  # what readiness says: loading, refused, draining, batcher down
+        if reason or m is None:
+            return JSONResponse({"error": f"model not ready: {reason or 'loading'}"}, 503, headers=RETRY_AFTER)
         return {"name": m.name, "version": m.version, "artifact": m.artifact, "platform": m.platform,
                 "modality": m.modality, "class_names": m.class_names, "preprocessing": m.frontend.to_dict()}

@@ -1,8 +1,13 @@
-"""A real uvicorn server on loopback, in a background thread, configured as `fdkd serve` runs it."""
+"""Real servers on loopback for the tests: uvicorn in a background thread, configured as `fdkd serve` runs it
+(``running_server``), or a server process on a free port, waited on until ready (``start_server_process``)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -37,6 +42,36 @@ def running_server(run_dir, runtime_override=None, wait_ready: bool = True, **se
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server_process(cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``cmd --port P`` (P free) with ``env`` on top of ours; returns once /v2/health/ready is 200 (120 s at most)."""
+    port = free_port()
+    proc = subprocess.Popen([*cmd, "--port", str(port)], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("server did not become ready")
+
+
+def start_fdkd_serve(run_dir, *flags, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``fdkd serve RUN_DIR FLAGS`` as a process (this interpreter), ready."""
+    return start_server_process([sys.executable, "-m", "pipeline", "serve", str(run_dir), *flags], env)
 
 
 def metric(text: str, name: str, **labels) -> float:

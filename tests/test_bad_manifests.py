@@ -260,6 +260,10 @@ FAILS = {
     "huge-wav": (_huge_wav, ODD, "over the 1 MB limit", ["--max-file-mb", "1"], ["data.manifest.max_file_mb=1"]),
     "huge-png-pixels": (_bad_png(_huge_png_header), ODD, "too large"),
     "corrupt-png": (_bad_png(lambda: b"\x89PNG\r\n\x1a\nbroken"), ODD, "unreadable image"),
+    # the server's image policy (serving.image): what /v1/classify would refuse is refused here, by row
+    "webp-named-png": (_bad_png(lambda: _png_bytes("WEBP")), ODD, "not a PNG/JPEG/BMP/GIF image"),
+    "tiff-named-png": (_bad_png(lambda: _png_bytes("TIFF")), ODD, "not a PNG/JPEG/BMP/GIF image"),
+    "png-metadata-bomb": (_bad_png(lambda: _ztxt_bomb_png()), ODD, "metadata limit"),
     "truncated-png": (_bad_png(lambda: _png_bytes()[:-30]), ODD, "unreadable image"),
     "missing-file": (_row("gone.png,odd.wav,one"), ODD, "file not found"),
     "unsupported-type": (_row("odd.gif,odd.wav,one"), ODD, "unsupported file type"),
@@ -283,10 +287,17 @@ FAILS = {
 }
 
 
-def _png_bytes() -> bytes:
+def _png_bytes(fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(buf, "PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(buf, fmt)
     return buf.getvalue()
+
+
+def _ztxt_bomb_png() -> bytes:
+    """A valid PNG with a zTXt chunk that inflates to 8 MiB (a few kB on disk)."""
+    png = _png_bytes()
+    bomb = _png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"a" * (8 << 20), 9))
+    return png[:33] + bomb + png[33:]  # after the signature and IHDR
 
 
 def _invoke(args):

@@ -87,6 +87,10 @@ def test_classify_route_applies_the_manifest_preprocessing(server, served_run, r
         assert sum(body["probabilities"].values()) == pytest.approx(1.0)
     files = {"file": ("clip.wav", write_wav(np.zeros(16000), 16000), "audio/wav")}
     assert httpx.post(f"{url}/v1/classify", files=files).status_code == 200
+    form = httpx.Request("POST", f"{url}/v1/classify", files=files)  # media types are case-insensitive
+    kind = form.headers["content-type"].replace("multipart/form-data", "Multipart/Form-Data")
+    r = httpx.post(f"{url}/v1/classify", content=form.read(), headers={"content-type": kind})
+    assert r.status_code == 200, r.text
     r = httpx.post(f"{url}/v1/classify", content=write_wav(np.zeros(8000), 8000))
     assert r.status_code == 400 and "8000 Hz" in r.json()["error"]
 

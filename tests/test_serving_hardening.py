@@ -29,7 +29,7 @@ import yaml
 
 from serving.settings import K8S_GRACE_SECONDS, SHUTDOWN_MARGIN_SECONDS, ServeSettings
 from serving.wav import write_wav
-from tests.serving_helpers import metric, running_server
+from tests.serving_helpers import metric, running_server, start_fdkd_serve
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = [1, 40, 101]
@@ -213,6 +213,36 @@ def test_float_wav_near_1e20_gets_a_json_400_and_loud_but_sane_wavs_classify(ser
     assert r.status_code == 400 and "more than 1024 chunks" in r.json()["error"]
 
 
+def test_big_uploads_are_preprocessed_off_the_event_loop(served_run, monkeypatch):
+    """A large upload's decode runs in a worker thread (the loop keeps serving); a small one stays inline."""
+    import asyncio
+
+    import serving.app
+    from serving.hotpath import PREPROCESS_INLINE_BYTES
+
+    on_loop = []
+    real = serving.app.preprocess
+
+    def spy(m, body):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return real(m, body)
+
+    monkeypatch.setattr(serving.app, "preprocess", spy)
+    small = write_wav(np.zeros(8000), 16000)  # 16 kB
+    big = write_wav(np.zeros(48000), 16000)  # 96 kB
+    assert len(small) <= PREPROCESS_INLINE_BYTES < len(big)
+    for hot in (True, False):  # the hot path and the FastAPI route
+        with running_server(served_run, hot_path=hot) as (url, _):
+            on_loop.clear()
+            for body in (small, big):
+                assert httpx.post(f"{url}/v1/classify", content=body, timeout=30).status_code == 200
+            assert on_loop == [True, False], (hot, on_loop)
+
+
 def _chunk(ctype: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data))
 
@@ -365,6 +395,8 @@ def test_dead_batcher_answers_503_turns_unready_and_logs_the_traceback(served_ru
         ready = httpx.get(f"{url}/v2/health/ready")
         assert ready.status_code == 503 and "batcher task died" in ready.json()["error"]
         assert httpx.get(f"{url}/v2/models/served/ready").status_code == 503
+        page = httpx.get(f"{url}/v1/model")  # the page's model info agrees with readiness
+        assert page.status_code == 503 and page.headers["retry-after"] == "1" and "batcher task died" in page.text
         assert httpx.get(f"{url}/v2/health/live").status_code == 200
         t0 = time.monotonic()
         again = httpx.post(f"{url}/v1/classify", content=write_wav(np.zeros(16000), 16000), timeout=10)
@@ -402,31 +434,6 @@ def test_hung_runtime_answers_503_turns_unready_then_recovers(served_run):
 
 # ---------------------------------------------------------------- drain (real processes)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_serving(run_dir, *flags, env=None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", str(run_dir), "--port", str(port), *flags],
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("server did not become ready")
-
-
 def _in_flight(url: str, results: list) -> threading.Thread:
     def call():
         try:
@@ -444,7 +451,7 @@ def _in_flight(url: str, results: list) -> threading.Thread:
 
 
 def test_second_sigterm_exits_at_once(served_run):
-    proc, url = start_serving(served_run, "--drain-seconds", "20", env={"FDKD_SERVE_DEBUG_DELAY_MS": "30000"})
+    proc, url = start_fdkd_serve(served_run, "--drain-seconds", "20", env={"FDKD_SERVE_DEBUG_DELAY_MS": "30000"})
     try:
         results = []
         t = _in_flight(url, results)
@@ -467,8 +474,8 @@ def test_drain_is_bounded_even_with_a_hung_runtime_and_the_default_fits_kubernet
     default = ServeSettings.model_fields["drain_seconds"].default
     assert default + SHUTDOWN_MARGIN_SECONDS <= K8S_GRACE_SECONDS
     drain = 1.5
-    proc, url = start_serving(served_run, "--drain-seconds", str(drain),
-                              env={"FDKD_SERVE_DEBUG_DELAY_MS": "60000", "FDKD_SERVE_BATCH_TIMEOUT_S": "120"})
+    proc, url = start_fdkd_serve(served_run, "--drain-seconds", str(drain),
+                                 env={"FDKD_SERVE_DEBUG_DELAY_MS": "60000", "FDKD_SERVE_BATCH_TIMEOUT_S": "120"})
     try:
         results = []
         t = _in_flight(url, results)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,39 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving_helpers import metric
+from tests.serving_helpers import metric, start_fdkd_serve, start_server_process
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = {"inputs": [{"name": "input", "shape": [1, 1, 40, 101], "datatype": "FP32", "data": [0.1] * 4040}]}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([*cmd, "--port", str(port)], env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("server did not become ready")
-
-
 def test_sigterm_drains_in_flight_requests(served_run):
-    proc, url = start([sys.executable, "-m", "pipeline", "serve", str(served_run), "--max-batch", "1",
-                       "--drain-seconds", "20"], {"FDKD_SERVE_DEBUG_DELAY_MS": "700"})
+    proc, url = start_fdkd_serve(served_run, "--max-batch", "1", "--drain-seconds", "20",
+                                 env={"FDKD_SERVE_DEBUG_DELAY_MS": "700"})
     results = []
     threads = [threading.Thread(target=lambda: results.append(
         httpx.post(f"{url}/v2/models/served/infer", json=BODY, timeout=30).status_code)) for _ in range(3)]
@@ -84,7 +58,7 @@ def test_serve_extra_installs_and_serves_without_torch(served_run, tmp_path):
     subprocess.run([*pip, f"{ROOT}[serve]"], check=True, timeout=900)
     probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True)
     assert probe.returncode != 0, "the serve extra must not pull torch"
-    proc, url = start([str(venv / "bin" / "fdkd"), "serve", str(served_run)])
+    proc, url = start_server_process([str(venv / "bin" / "fdkd"), "serve", str(served_run)])
     try:
         from serving.wav import write_wav
 
@@ -94,3 +68,13 @@ def test_serve_extra_installs_and_serves_without_torch(served_run, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_http_granian_without_granian_names_the_extra(monkeypatch, tmp_path):
+    """Granian is its own extra: without it `--http granian` exits with what to install, not a traceback."""
+    from serving.granian_server import serve_granian
+    from serving.settings import ServeSettings
+
+    monkeypatch.setitem(sys.modules, "granian", None)  # import granian -> ImportError
+    with pytest.raises(SystemExit, match=r"pip install 'fdkd\[granian\]'"):
+        serve_granian(ServeSettings(run_dir=tmp_path, http="granian"))

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from serving.runtime import load_runtime
-from tests.serving_helpers import running_server
+from tests.serving_helpers import running_server, start_fdkd_serve
 
 SHAPE = [1, 40, 101]
 N = 4040
@@ -296,20 +296,8 @@ def test_fdkd_serve_under_granian(served_run, runtime):
     """`fdkd serve --http granian`: the same app and hot path behind Granian; SIGTERM ends it."""
     from serving.wav import write_wav
 
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", str(served_run), "--port", str(port),
-                             "--http", "granian", "--max-batch", "8"],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_fdkd_serve(served_run, "--http", "granian", "--max-batch", "8", env={"OMP_NUM_THREADS": "1"})
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
         x = _x(2, 9)
         r = httpx.post(url + INFER, json=body(x, id="g-1"), timeout=30)
         assert r.status_code == 200 and r.json()["id"] == "g-1" and r.headers["x-request-id"] == "g-1"
