@@ -35,7 +35,7 @@ import numpy as np
 
 from pipeline import artifacts
 from pipeline.config import AVBlendConfig
-from pipeline.data.avdigits import SYNTH_RATE, WORDS, _images, _split_voices, place_clip
+from pipeline.data.avdigits import SYNTH_RATE, WORDS, _images, _split_voices, place_clip, synthesize_words
 from pipeline.data.dataset import SPLITS, encode_meta, stratified_split
 from serving.preprocess import AudioFrontend
 
@@ -133,7 +133,7 @@ def _render_audio(first: np.ndarray, second: np.ndarray, w: float, quality: floa
 
 def build(cfg: AVBlendConfig, cache_dir: Path, *, progress=None) -> Path:
     """Build (or find in the cache) the dataset file; returns its path."""
-    from pipeline.data.espeak import Utterance, synthesize_batch
+    from pipeline.data.espeak import Utterance
 
     params = build_params(cfg)
     out = Path(cache_dir) / artifacts.DATASET.format(preset=PRESET, digest=artifacts.digest(params))
@@ -154,11 +154,7 @@ def build(cfg: AVBlendConfig, cache_dir: Path, *, progress=None) -> Path:
         rate, pitch, seed = int(plan["rate"][k]), int(plan["pitch"][k]), int(plan["seed"][k])
         utterances.append(Utterance(WORDS[plan["label"][k]], voice, rate, pitch, seed))
         utterances.append(Utterance(WORDS[plan["audio_partner"][k]], voice, rate, pitch, seed + 1))
-    if progress:
-        progress(f"synthesising {len(utterances)} words with eSpeak NG")
-    rate, waves = synthesize_batch(utterances)
-    if rate != SYNTH_RATE:
-        raise RuntimeError(f"eSpeak NG produced {rate} Hz audio, expected {SYNTH_RATE}")
+    waves = synthesize_words(utterances, progress, "words")
     fe = AudioFrontend()
     audio = np.stack([_render_audio(waves[2 * k], waves[2 * k + 1], float(plan["audio_w"][k]),
                                     float(plan["audio_quality"][k]), fe, rng_audio, cfg)

@@ -78,6 +78,18 @@ def _augment(wave22k: np.ndarray, fe: AudioFrontend, rng: np.random.Generator, c
     return place_clip(speech[: fe.clip_samples], fe.clip_samples, rng, cfg.gain_db, cfg.snr_db)
 
 
+def synthesize_words(utterances: list, progress, noun: str) -> list:
+    """eSpeak NG renders ``utterances`` (in a fresh child process, in order) at ``SYNTH_RATE``."""
+    from pipeline.data.espeak import synthesize_batch
+
+    if progress:
+        progress(f"synthesising {len(utterances)} {noun} with eSpeak NG")
+    rate, waves = synthesize_batch(utterances)
+    if rate != SYNTH_RATE:
+        raise RuntimeError(f"eSpeak NG produced {rate} Hz audio, expected {SYNTH_RATE}")
+    return waves
+
+
 def place_clip(speech: np.ndarray, clip_samples: int, rng: np.random.Generator, gain_db: tuple[float, float],
                snr_db: tuple[float, float], quality: float | None = None) -> np.ndarray:
     """Speech (float, 16 kHz, at most ``clip_samples``) -> int16 clip: random onset, random gain, white noise
@@ -97,7 +109,7 @@ def place_clip(speech: np.ndarray, clip_samples: int, rng: np.random.Generator, 
 
 def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
     """Build (or find in the cache) the dataset file; returns its path."""
-    from pipeline.data.espeak import Utterance, synthesize_batch
+    from pipeline.data.espeak import Utterance
 
     params = build_params(cfg)
     out = Path(cache_dir) / artifacts.DATASET.format(preset=cfg.preset, digest=artifacts.digest(params))
@@ -137,11 +149,7 @@ def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
         pair_image = np.concatenate([pair_image, unseen_images])
         pair_split = np.concatenate([pair_split, np.full(len(unseen_images), ALL_SPLITS.index("test_unseen_accent"),
                                                          np.int8)])
-    if progress:
-        progress(f"synthesising {len(utterances)} clips with eSpeak NG")
-    rate, waves = synthesize_batch(utterances)
-    if rate != SYNTH_RATE:
-        raise RuntimeError(f"eSpeak NG produced {rate} Hz audio, expected {SYNTH_RATE}")
+    waves = synthesize_words(utterances, progress, "clips")
     fe = AudioFrontend()
     audio = np.stack([_augment(w, fe, rng_audio, cfg) for w in waves])
     variants = params["variants"]
