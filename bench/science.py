@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -368,7 +369,9 @@ class Bench:
         print(f"FAILED {what}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
 
     def run(self) -> None:
-        pool = ProcessPoolExecutor(self.args.jobs, initializer=_init_worker, initargs=(self.args.threads,)) \
+        # spawn, not fork: machine() has initialised CUDA in this process, and a forked child cannot use it
+        pool = ProcessPoolExecutor(self.args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.args.threads,)) \
             if self.args.jobs > 1 else None
         try:
             self.build_data()
