@@ -95,14 +95,15 @@ EOF
   echo "device $device; ${#presets[@]} presets at once, $jobs runs each; log: $OUT_DIR/science.log"
   pids=()
   for p in "${presets[@]}"; do
-    t=$(echo "$p" | tr ':=.' '_-p')
+    t=$(echo "$p" | sed 's/[:=]/_/g; s/[.]/p/g')  # a name the device tool copies back
     timeout -k 5 "$left" "$PY" bench/science.py --presets "$p" --jobs "$jobs" --full \
       --set "accel.device=$device" --records "$OUT_DIR/science-$t.jsonl" \
       --out /tmp/fdkd-science --data-cache "/tmp/fdkd-science/data-$t" >>"$OUT_DIR/science.log" 2>&1 &
     pids+=($!)
   done
   wait "${pids[@]}"
-  pkill -f "bench/science.py|multiprocessing.spawn" 2>/dev/null  # and the pool workers a timed-out parent left
+  pkill -f "multiprocessing.spawn" 2>/dev/null  # pool workers a timed-out parent left (a pattern naming the
+  # script would also match the shell that launched this one)
   grep -h -m 1 "^CPU:" "$OUT_DIR/science.log"
   for f in "$OUT_DIR"/science-*.jsonl; do [ -f "$f" ] && echo "$(wc -l <"$f") records: $f"; done
   echo "failed runs: $(grep -c '^FAILED' "$OUT_DIR/science.log")"
