@@ -56,6 +56,9 @@ DEFAULT_PRESETS = "avdigits,avblend:shared=0,avblend:shared=0.5,avblend:shared=1
 BENCH_SETS = {"avblend": ["data.avblend.pairs=2000"]}  # sized for the 4-hour budget (the preset's default: 3000)
 DIRECTIONS = {"image->audio": "image", "audio->image": "audio"}  # name -> teacher modality
 HEADROOM_PT = 1.0
+# the audio augmentation every science record was made with (the defaults before issue 8 part 5 widened them)
+AUGMENT_V1 = ["distill.augment.speed=[0.9,1.1]", "distill.augment.pitch_semitones=[-2,2]",
+              "distill.augment.pitch_p=0.5", "distill.augment.freq_warp_bins=1.5"]
 PLATEAU_PT = 1.0
 
 FD = ["distill.method=fd"]
@@ -215,7 +218,7 @@ class Bench:
         a = self.args
         return [*sets, f"runs_dir={a.out}", f"data.cache_dir={a.data_cache}",
                 f"teacher.modality={DIRECTIONS[direction]}", f"teacher.optim.epochs={a.teacher_epochs}",
-                f"distill.student.width={a.width}", "distill.grad_norm_every=0", *a.sets]
+                f"distill.student.width={a.width}", "distill.grad_norm_every=0", *AUGMENT_V1, *a.sets]
 
     def teacher_path(self, spec: str, direction: str) -> Path:
         return Path(self.args.out) / tag(spec, direction, "teacher") / f"teacher.{DIRECTIONS[direction]}.pt"
