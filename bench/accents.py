@@ -114,11 +114,10 @@ def _mean_sd(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}"
 
 
-def _how(recs: list[dict]) -> str:
-    skipped = sorted({s for r in recs for s in r.get("stages_skipped", [])})
-    if skipped:
-        return "resumed (" + ", ".join(skipped) + " reused)"
-    return "fresh, data built in the run" if any(r.get("fresh_data") for r in recs) else "fresh"
+def _how(r: dict) -> str:
+    if r.get("stages_skipped"):
+        return "resumed"
+    return "fresh, data built" if r.get("fresh_data") else "fresh"
 
 
 def render(records: list[dict]) -> str:
@@ -145,16 +144,18 @@ def render(records: list[dict]) -> str:
         revs = ", ".join(sorted({r["git_rev"] for r in recs}))
         out.append(f"| {ids[label, sets]} | {(label + ': ') if label else ''}{text} (rev {revs}) |")
     out += ["", "| config | seeds | in-domain test % | unseen accents % | gap (pt) | target met | winner(s) | "
-            "wall s | CPU s | run |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "wall s (per seed) | CPU s (per seed) | run (per seed) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key, recs in groups.items():
         acc = [r["in_domain_acc"] for r in recs]
         unseen = [r["unseen_accent_acc"] for r in recs]
         gap = [r["gap_pt"] for r in recs]
         met = sum(a >= TARGET_ACC and g <= TARGET_GAP for a, g in zip(acc, gap, strict=True))
         winners = ", ".join(sorted({r["winner"] for r in recs}))
+        walls = " / ".join(f"{r['wall_s']:.0f}" for r in recs)
+        cpus = " / ".join(f"{r['cpu_s']:.0f}" for r in recs)
         out.append(f"| {ids[key]} | {','.join(str(r['seed']) for r in recs)} | {_mean_sd(acc)} | {_mean_sd(unseen)} "
-                   f"| {_mean_sd(gap)} | {met}/{len(recs)} seeds | {winners} | {_mean_sd([r['wall_s'] for r in recs])} "
-                   f"| {_mean_sd([r['cpu_s'] for r in recs])} | {_how(recs)} |")
+                   f"| {_mean_sd(gap)} | {met}/{len(recs)} seeds | {winners} | {walls} | {cpus} "
+                   f"| {' / '.join(_how(r) for r in recs)} |")
     out += ["", "Every `auto` candidate (mean over the seeds; the shipped one is the best on validation):", "",
             "| config | candidate | in-domain % | unseen % | gap (pt) |", "|---|---|---|---|---|"]
     for key, recs in groups.items():
