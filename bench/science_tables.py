@@ -234,6 +234,27 @@ def summary(rec: Records) -> list[str]:
     return out
 
 
+CROSS = [  # (column, method row, reference row, budget): the paired per-seed differences that answer the question
+    ("`fd` − `none`, fixed", "fd", "none", "fixed"),
+    ("`fd` − `none+LS`, fixed", "fd", "none+LS", "fixed"),
+    ("`fd` − shuffled teacher, fixed", "fd", "fd shuffled teacher", "fixed"),
+    ("`kd` − shuffled teacher, fixed", "kd", "kd shuffled teacher", "fixed"),
+    ("`fd` − `none`, converged", "fd", "none", "converged"),
+    ("`none` at equal time − `none`, fixed", WALL, "none", "fixed"),
+]
+
+
+def cross(rec: Records) -> list[str]:
+    """One row per preset and direction with headroom: does the gain grow with instance pairing (shared)?"""
+    out = ["| preset | direction | " + " | ".join(c for c, *_ in CROSS) + " |", "|---|---|" + "---|" * len(CROSS)]
+    for preset, direction in rec.cells():
+        cells = [fmt_diff(paired(rec.acc(preset, direction, m, b), rec.acc(preset, direction, ref, b)))
+                 for _, m, ref, b in CROSS]
+        if any(c != "-" for c in cells):
+            out.append(f"| {preset} | {direction} | " + " | ".join(cells) + " |")
+    return out
+
+
 def plot_curves(rec: Records, preset: str, direction: str, png_dir: Path) -> bool:
     import matplotlib
 
@@ -281,7 +302,10 @@ def render(records: list[dict], png_dir: Path | None, command: str) -> str:
            f"accuracy by less than {PLATEAU_PT} point; `none (equal wall time)` trains the student alone for the CPU "
            f"time the teacher and the `fd` student took together.", ""]
     out += ["Where a method transfers the teacher's knowledge (above `none`, `none+LS` and its shuffled-teacher "
-            "control, each with a paired 95 % interval above zero) and where it does not:", "", *summary(rec), ""]
+            "control, each with a paired 95 % interval above zero) and where it does not:", "", *summary(rec), "",
+            "Across presets (test accuracy points, paired per seed, [95 % t-interval], bold where it excludes 0; "
+            "avblend's `shared` is the fraction of pairs whose image and clip are one event, avdigits pairs by class "
+            "only):", "", *cross(rec), ""]
     for preset, direction in rec.cells():
         out += cell_section(rec, preset, direction, png_dir)
     out.append(END)
