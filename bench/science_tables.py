@@ -129,6 +129,28 @@ class Records:
             recs = self.by_seed(preset, direction, row, budget)
         return {s: 100 * r["test_acc"] for s, r in recs.items()}
 
+    def diff(self, preset, direction, a: str, b: str, budget: str):
+        """Paired per-seed difference a - b (test %). Converged: per seed at the longest epoch count both rows
+        reached, so a 60-epoch attempt is never set against a 30-epoch one while the doubled runs are landing."""
+        if budget != "converged":
+            return paired(self.acc(preset, direction, a, budget), self.acc(preset, direction, b, budget))
+        ea, eb = self._attempts(preset, direction, a), self._attempts(preset, direction, b)
+        x, y = {}, {}
+        for seed in set(ea) & set(eb):
+            common = set(ea[seed]) & set(eb[seed])
+            if common:
+                e = max(common)
+                x[seed], y[seed] = ea[seed][e], eb[seed][e]
+        return paired(x, y)
+
+    def _attempts(self, preset, direction, row) -> dict[int, dict[int, float]]:
+        if row == PICKED and self.picked(preset, direction) == "fd":
+            row = "fd"
+        out: dict[int, dict[int, float]] = {}
+        for r in self.get(preset, direction, row, "converged"):
+            out.setdefault(r["seed"], {})[r["epochs"]] = 100 * r["test_acc"]
+        return out
+
 
 def cell_section(rec: Records, preset: str, direction: str, png_dir: Path | None) -> list[str]:
     out = [f"### {preset}, {direction} student", ""]
@@ -153,7 +175,8 @@ def cell_section(rec: Records, preset: str, direction: str, png_dir: Path | None
             "", f"Fixed budget: {e} epochs for every row. Converged: {' or '.join(map(str, conv_e)) or '-'} epochs "
             "(the longer where the first attempt's curve was not flat). Test accuracy %, mean ± sample std over "
             "seeds; "
-            "Δ: paired per-seed difference to `none` in the same budget, [95 % t-interval], bold where it excludes 0.",
+            "Δ: paired per-seed difference to `none` in the same budget (converged: at the longest epoch count both "
+            "reached for that seed), [95 % t-interval], bold where it excludes 0.",
             "", "| row | fixed | Δ vs none | converged | Δ vs none | converged: flat runs | CPU-s / run (fixed) |",
             "|---|---|---|---|---|---|---|"]
     base = {b: rec.acc(preset, direction, "none", b) for b in ("fixed", "converged")}
@@ -175,7 +198,7 @@ def cell_section(rec: Records, preset: str, direction: str, png_dir: Path | None
         cpu = [r["cpu_seconds"] for r in rec.get(preset, direction, picked if row == PICKED else row, "fixed",
                                                   None if row == WALL else e)]
         d_fixed = fmt_diff(paired(fixed, base["fixed"])) if fixed and row != "none" else ""
-        d_conv = fmt_diff(paired(conv, base["converged"])) if conv and row != "none" else ""
+        d_conv = fmt_diff(rec.diff(preset, direction, row, "none", "converged")) if conv and row != "none" else ""
         cpu_txt = f"{statistics.mean(cpu):.0f}" if cpu else "-"
         out.append(f"| {label} | {fmt_acc(fixed)} | {d_fixed} | {fmt_acc(conv)} | {d_conv} | {flat_txt} | {cpu_txt} |")
     ls = rec.get(preset, direction, "none+LS", "fixed")
@@ -199,7 +222,8 @@ def verdict(rec: Records, preset: str, direction: str, method: str, budget: str)
     tests = {}
     for other in ("none", "none+LS", CONTROLS[method]):
         o = rec.acc(preset, direction, other, budget)
-        tests[other] = "not run" if not o else paired(m, o) or "fewer than 2 paired seeds"
+        tests[other] = "not run" if not o else rec.diff(preset, direction, method, other, budget) or \
+            "fewer than 2 paired seeds"
     beaten = [k for k, p in tests.items() if isinstance(p, tuple) and p[0] - p[1] > 0]
     if len(beaten) == len(tests):
         return True, "above `none`, `none+LS` and the shuffled teacher (95 % intervals)"
@@ -248,8 +272,7 @@ def cross(rec: Records) -> list[str]:
     """One row per preset and direction with headroom: does the gain grow with instance pairing (shared)?"""
     out = ["| preset | direction | " + " | ".join(c for c, *_ in CROSS) + " |", "|---|---|" + "---|" * len(CROSS)]
     for preset, direction in rec.cells():
-        cells = [fmt_diff(paired(rec.acc(preset, direction, m, b), rec.acc(preset, direction, ref, b)))
-                 for _, m, ref, b in CROSS]
+        cells = [fmt_diff(rec.diff(preset, direction, m, ref, b)) for _, m, ref, b in CROSS]
         if any(c != "-" for c in cells):
             out.append(f"| {preset} | {direction} | " + " | ".join(cells) + " |")
     return out
