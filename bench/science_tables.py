@@ -27,6 +27,20 @@ from science import CONVERGED, HEADROOM_PT, PICKED, PLATEAU_PT, ROWS, SWEEP, WAL
 
 BEGIN, END = "<!-- science-v2:begin (bench/science_tables.py) -->", "<!-- science-v2:end -->"
 CONTROLS = {"kd": "kd shuffled teacher", "fd": "fd shuffled teacher", PICKED: "fd shuffled teacher"}
+ORDER = ["avdigits", "avblend:shared=0", "avblend:shared=0.5", "avblend:shared=1", "avmnist"]  # class-level first
+
+
+def device_of(r: dict) -> str:
+    """Where a run trained: the GPU's name, or the CPU's core count (the CPU machines of this project differ)."""
+    m = r["machine"]
+    return m["device"] if m["device"] != "cpu" else f"CPU ({m['cores']} cores)"
+
+
+def devices_line(records: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[device_of(r)] = counts.get(device_of(r), 0) + 1
+    return ", ".join(f"{n} on {d}" for d, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def t975(df: int) -> float:
@@ -70,7 +84,8 @@ class Records:
         for r in self.records:
             if (r["preset"], r["direction"]) not in seen:
                 seen.append((r["preset"], r["direction"]))
-        return seen
+        rank = {p: i for i, p in enumerate(ORDER)}
+        return sorted(seen, key=lambda c: (rank.get(c[0], len(ORDER)), c[0], c[1] != "image->audio"))
 
     def get(self, preset, direction, row, budget, epochs=None) -> list[dict]:
         return [r for r in self.records if (r["preset"], r["direction"], r["row"], r["budget"]) == (preset, direction,
@@ -114,6 +129,28 @@ class Records:
             recs = self.by_seed(preset, direction, row, budget)
         return {s: 100 * r["test_acc"] for s, r in recs.items()}
 
+    def diff(self, preset, direction, a: str, b: str, budget: str):
+        """Paired per-seed difference a - b (test %). Converged: per seed at the longest epoch count both rows
+        reached, so a 60-epoch attempt is never set against a 30-epoch one while the doubled runs are landing."""
+        if budget != "converged":
+            return paired(self.acc(preset, direction, a, budget), self.acc(preset, direction, b, budget))
+        ea, eb = self._attempts(preset, direction, a), self._attempts(preset, direction, b)
+        x, y = {}, {}
+        for seed in set(ea) & set(eb):
+            common = set(ea[seed]) & set(eb[seed])
+            if common:
+                e = max(common)
+                x[seed], y[seed] = ea[seed][e], eb[seed][e]
+        return paired(x, y)
+
+    def _attempts(self, preset, direction, row) -> dict[int, dict[int, float]]:
+        if row == PICKED and self.picked(preset, direction) == "fd":
+            row = "fd"
+        out: dict[int, dict[int, float]] = {}
+        for r in self.get(preset, direction, row, "converged"):
+            out.setdefault(r["seed"], {})[r["epochs"]] = 100 * r["test_acc"]
+        return out
+
 
 def cell_section(rec: Records, preset: str, direction: str, png_dir: Path | None) -> list[str]:
     out = [f"### {preset}, {direction} student", ""]
@@ -131,10 +168,15 @@ def cell_section(rec: Records, preset: str, direction: str, png_dir: Path | None
     picked = rec.picked(preset, direction)
     conv_e = sorted({r["epochs"] for r in rec.records if (r["preset"], r["direction"], r["budget"]) ==
                      (preset, direction, "converged")})
-    out += ["", f"Fixed budget: {e} epochs for every row. Converged: {' or '.join(map(str, conv_e)) or '-'} epochs "
+    mine = [r for r in rec.records if (r["preset"], r["direction"]) == (preset, direction)]
+    out += ["", f"Runs: {devices_line(mine)} (the CPU-s column is each run's own process time on its device; "
+            "runs of one seed on different devices differ only by floating-point order: the weights, batches and "
+            "augmentations are drawn on the CPU from the same seeds).",
+            "", f"Fixed budget: {e} epochs for every row. Converged: {' or '.join(map(str, conv_e)) or '-'} epochs "
             "(the longer where the first attempt's curve was not flat). Test accuracy %, mean ± sample std over "
             "seeds; "
-            "Δ: paired per-seed difference to `none` in the same budget, [95 % t-interval], bold where it excludes 0.",
+            "Δ: paired per-seed difference to `none` in the same budget (converged: at the longest epoch count both "
+            "reached for that seed), [95 % t-interval], bold where it excludes 0.",
             "", "| row | fixed | Δ vs none | converged | Δ vs none | converged: flat runs | CPU-s / run (fixed) |",
             "|---|---|---|---|---|---|---|"]
     base = {b: rec.acc(preset, direction, "none", b) for b in ("fixed", "converged")}
@@ -156,7 +198,7 @@ def cell_section(rec: Records, preset: str, direction: str, png_dir: Path | None
         cpu = [r["cpu_seconds"] for r in rec.get(preset, direction, picked if row == PICKED else row, "fixed",
                                                   None if row == WALL else e)]
         d_fixed = fmt_diff(paired(fixed, base["fixed"])) if fixed and row != "none" else ""
-        d_conv = fmt_diff(paired(conv, base["converged"])) if conv and row != "none" else ""
+        d_conv = fmt_diff(rec.diff(preset, direction, row, "none", "converged")) if conv and row != "none" else ""
         cpu_txt = f"{statistics.mean(cpu):.0f}" if cpu else "-"
         out.append(f"| {label} | {fmt_acc(fixed)} | {d_fixed} | {fmt_acc(conv)} | {d_conv} | {flat_txt} | {cpu_txt} |")
     ls = rec.get(preset, direction, "none+LS", "fixed")
@@ -180,7 +222,8 @@ def verdict(rec: Records, preset: str, direction: str, method: str, budget: str)
     tests = {}
     for other in ("none", "none+LS", CONTROLS[method]):
         o = rec.acc(preset, direction, other, budget)
-        tests[other] = "not run" if not o else paired(m, o) or "fewer than 2 paired seeds"
+        tests[other] = "not run" if not o else rec.diff(preset, direction, method, other, budget) or \
+            "fewer than 2 paired seeds"
     beaten = [k for k, p in tests.items() if isinstance(p, tuple) and p[0] - p[1] > 0]
     if len(beaten) == len(tests):
         return True, "above `none`, `none+LS` and the shuffled teacher (95 % intervals)"
@@ -212,6 +255,26 @@ def summary(rec: Records) -> list[str]:
                 cells.append("-" if v is None else ("**transfers**" if v[0] else "not shown"))
             if any(c != "-" for c in cells):
                 out.append(f"| {preset} | {direction} | {budget} | " + " | ".join(cells) + " |")
+    return out
+
+
+CROSS = [  # (column, method row, reference row, budget): the paired per-seed differences that answer the question
+    ("`fd` − `none`, fixed", "fd", "none", "fixed"),
+    ("`fd` − `none+LS`, fixed", "fd", "none+LS", "fixed"),
+    ("`fd` − shuffled teacher, fixed", "fd", "fd shuffled teacher", "fixed"),
+    ("`kd` − shuffled teacher, fixed", "kd", "kd shuffled teacher", "fixed"),
+    ("`fd` − `none`, converged", "fd", "none", "converged"),
+    ("`none` at equal time − `none`, fixed", WALL, "none", "fixed"),
+]
+
+
+def cross(rec: Records) -> list[str]:
+    """One row per preset and direction with headroom: does the gain grow with instance pairing (shared)?"""
+    out = ["| preset | direction | " + " | ".join(c for c, *_ in CROSS) + " |", "|---|---|" + "---|" * len(CROSS)]
+    for preset, direction in rec.cells():
+        cells = [fmt_diff(rec.diff(preset, direction, m, ref, b)) for _, m, ref, b in CROSS]
+        if any(c != "-" for c in cells):
+            out.append(f"| {preset} | {direction} | " + " | ".join(cells) + " |")
     return out
 
 
@@ -250,16 +313,22 @@ def plot_curves(rec: Records, preset: str, direction: str, png_dir: Path) -> boo
 
 def render(records: list[dict], png_dir: Path | None, command: str) -> str:
     rec = Records(records)
-    machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores; {' '.join(r['machine']['flags'])}); "
-                       f"device {r['machine']['device']}; torch {r['machine']['torch']}" for r in records})
+    machines = sorted({f"{device_of(r)}: {r['machine']['cpu']} ({r['machine']['cores']} cores; "
+                       f"{' '.join(r['machine']['flags'])}); torch {r['machine']['torch']}" for r in records})
+    salvaged = sum(1 for r in records if r.get("salvaged"))
     widths = sorted({s.split("=", 1)[1] for r in records for s in r["sets"] if s.startswith("distill.student.width=")})
-    out = [BEGIN, "", f"Generated by `python bench/science_tables.py` from {len(records)} records of `{command}`; "
-           f"student width {', '.join(widths) or 'default'}; measured on: " + "; ".join(machines) + ".",
+    out = [BEGIN, "", f"Generated by `python bench/science_tables.py` from {len(records)} records of {command}; "
+           f"student width {', '.join(widths) or 'default'}; runs: {devices_line(records)}"
+           + (f" ({salvaged} rebuilt by `bench/science_salvage.py` from their run directories: CPU-s to whole "
+              "seconds, no wall time)" if salvaged else "") + "; machines: " + "; ".join(machines) + ".",
            f"Plateau rule: a converged run is flat when the last third of its epochs raised the best validation "
            f"accuracy by less than {PLATEAU_PT} point; `none (equal wall time)` trains the student alone for the CPU "
            f"time the teacher and the `fd` student took together.", ""]
     out += ["Where a method transfers the teacher's knowledge (above `none`, `none+LS` and its shuffled-teacher "
-            "control, each with a paired 95 % interval above zero) and where it does not:", "", *summary(rec), ""]
+            "control, each with a paired 95 % interval above zero) and where it does not:", "", *summary(rec), "",
+            "Across presets (test accuracy points, paired per seed, [95 % t-interval], bold where it excludes 0; "
+            "avblend's `shared` is the fraction of pairs whose image and clip are one event, avdigits pairs by class "
+            "only):", "", *cross(rec), ""]
     for preset, direction in rec.cells():
         out += cell_section(rec, preset, direction, png_dir)
     out.append(END)
@@ -270,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=Path, default=ROOT / "docs" / "science-v2-records.jsonl")
     ap.add_argument("--results", default=str(ROOT / "docs" / "results.md"), help="file with the markers, or -")
-    ap.add_argument("--command", default="python bench/science.py --jobs 2")
+    ap.add_argument("--command", default="`python bench/science.py --jobs 2` on the CPU and "
+                    "`bash bench/gpu_check.sh --science 555` on the lent GPU", help="how the records were made")
     args = ap.parse_args(argv)
     if not args.records.exists():
         raise SystemExit(f"no records at {args.records}: run bench/science.py first")

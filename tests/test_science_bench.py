@@ -100,3 +100,44 @@ def test_tables_generate_from_records_and_call_transfer_only_above_every_control
     assert "fixed budget, `kd`: **transfers knowledge**" in text
     assert "fixed budget, `fd`: knowledge transfer **not shown**" in text and "not above `fd shuffled teacher`" in text
     assert "smoothing strength: 0.300" in text
+
+
+def _landed_run(runs: Path, val: float, test: float) -> str:
+    """A finished `fd` run directory as bench/science.py leaves it, and the log line it printed."""
+    import torch
+
+    run = runs / science.tag("avdigits", "image->audio", "fd", "fixed", 15, "s1")
+    run.mkdir(parents=True)
+    torch.save({"metrics": {"val_acc": val, "test_acc": test, "epoch": 1, "test_unseen_accent_acc": 0.5}},
+               run / "student.pt")
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"val_acc": v}) + "\n" for v in (0.4, val, 0.6)))
+    return (f"[2026-11-28T14:21:00] avdigits image->audio fd seed 1 fixed 15 ep: val {100 * val:.1f} test 81.5 "
+            "(12 cpu-s)")
+
+
+def test_salvage_rebuilds_a_landed_run_from_its_directory_and_refuses_a_mismatch(tmp_path, monkeypatch):
+    import science_salvage
+
+    machine = {"cpu": "x", "cores": 16, "flags": [], "device": "GPU", "torch": "t"}
+    (tmp_path / "m.jsonl").write_text(json.dumps({"machine": machine}) + "\n")
+    log = tmp_path / "science.log"
+    log.write_text("CPU: ...\n" + _landed_run(tmp_path / "runs", 0.7, 0.815) + "\nFAILED something\n")
+    out = tmp_path / "r.jsonl"
+    argv = ["x", "--log", str(log), "--runs", str(tmp_path / "runs"), "--machine-from", str(tmp_path / "m.jsonl"),
+            "--presets", "avdigits", "--records", str(out), "--set", "accel.device=cuda"]
+    monkeypatch.setattr(sys, "argv", argv)
+    science_salvage.main()
+    science_salvage.main()  # idempotent: the key is already there
+    (r,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (r["row"], r["seed"], r["budget"], r["epochs"]) == ("fd", 1, "fixed", 15)
+    assert r["val_acc"] == 0.7 and r["test_acc"] == 0.815 and r["val_curve"] == [0.4, 0.7, 0.6]
+    assert r["cpu_seconds"] == 12.0 and r["seconds"] is None and r["machine"] == machine and r["salvaged"]
+    assert "distill.method=fd" in r["sets"] and "accel.device=cuda" in r["sets"] and "seed=1" in r["sets"]
+    assert r["test_unseen_accent_acc"] == 0.5
+    # a checkpoint that disagrees with its log line is refused, and nothing is appended
+    log.write_text(_landed_run(tmp_path / "runs2", 0.7, 0.6) + "\n")
+    monkeypatch.setattr(sys, "argv", [*argv[:4], str(tmp_path / "runs2"), *argv[5:-4], "--records",
+                                      str(tmp_path / "r2.jsonl")])
+    with pytest.raises(SystemExit, match="test_acc"):
+        science_salvage.main()
+    assert not (tmp_path / "r2.jsonl").exists()
