@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+import results_section  # noqa: E402
 from host_cpu import cpu_model, simd_flags  # noqa: E402
 
 RECORDS = ROOT / "docs" / "accent-records.jsonl"
@@ -172,12 +173,7 @@ def render(records: list[dict]) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path} has no {BEGIN} ... {END} markers")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{section}{END}{tail}")
+    results_section.write_section(path, BEGIN, END, "\n" + section)
 
 
 def main() -> None:

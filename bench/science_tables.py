@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+import results_section  # noqa: E402
 from science import CONVERGED, HEADROOM_PT, PICKED, PLATEAU_PT, ROWS, SWEEP, WALL, tag  # noqa: E402
 
 BEGIN, END = "<!-- science-v2:begin (bench/science_tables.py) -->", "<!-- science-v2:end -->"
@@ -349,12 +350,10 @@ def main(argv: list[str] | None = None) -> None:
         print(render(records, None, args.command))
         return
     path = Path(args.results)
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
+    if BEGIN not in path.read_text():  # before the PNGs are drawn
         raise SystemExit(f"{path} has no {BEGIN} ... {END} markers to replace")
     section = render(records, path.parent, args.command)
-    head, rest = text.split(BEGIN, 1)
-    path.write_text(head + section + rest.split(END, 1)[1])
+    results_section.write_section(path, BEGIN, END, section.removeprefix(BEGIN).removesuffix(END))
     print(f"wrote the science section of {path} ({len(records)} records)")
 
 

@@ -20,6 +20,8 @@ import json
 import statistics
 from pathlib import Path
 
+import results_section
+
 BEGIN, END = "<!-- serve_load:begin -->", "<!-- serve_load:end -->"
 
 
@@ -198,12 +200,7 @@ def main() -> None:
     if args.write is None:
         print(table)
         return
-    text = args.write.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{args.write} has no {BEGIN} ... {END} markers")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    args.write.write_text(f"{head}{BEGIN}\n{table}{END}{tail}")
+    results_section.write_section(args.write, BEGIN, END, "\n" + table)
     print(f"wrote the table of run {args.run or records[-1]['run_id']} into {args.write}")
 
 

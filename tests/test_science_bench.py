@@ -141,3 +141,16 @@ def test_salvage_rebuilds_a_landed_run_from_its_directory_and_refuses_a_mismatch
     with pytest.raises(SystemExit, match="test_acc"):
         science_salvage.main()
     assert not (tmp_path / "r2.jsonl").exists()
+
+
+def test_results_section_replaces_only_between_its_markers_and_refuses_a_file_without_them(tmp_path):
+    import results_section
+
+    doc = tmp_path / "results.md"
+    doc.write_text("head\n<!-- a:begin -->\nold\n<!-- a:end -->\ntail <!-- b:begin -->keep<!-- b:end -->\n")
+    results_section.write_section(doc, "<!-- a:begin -->", "<!-- a:end -->", "\nnew\n")
+    assert doc.read_text() == "head\n<!-- a:begin -->\nnew\n<!-- a:end -->\ntail <!-- b:begin -->keep<!-- b:end -->\n"
+    before = doc.read_text()
+    with pytest.raises(SystemExit, match="results.md has no <!-- c:begin -->"):
+        results_section.write_section(doc, "<!-- c:begin -->", "<!-- c:end -->", "x")
+    assert doc.read_text() == before
