@@ -162,22 +162,32 @@ def run_job(job: dict) -> dict:
     cfg = load_config(None, job["sets"])
     t0, c0 = time.perf_counter(), time.process_time()
     if job["row"] == "teacher":
-        _, m = teacher.run(cfg)
+        path, m = teacher.run(cfg)
+        m = {**m, "teacher_sha256": _sha256(path)}
         curve_file = cfg.run_dir / f"teacher.{cfg.teacher.modality}.metrics.jsonl"
     else:
         _, res = distill.run(cfg)
         m = res["student"]
         curve_file = cfg.run_dir / "metrics.jsonl"
+        m = {**m, "teacher_sha256": _sha256(cfg.teacher.checkpoint)}
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     curve = [round(json.loads(line)["val_acc"], 5) for line in curve_file.read_text().splitlines()]
     rec = {"val_acc": m["val_acc"], "test_acc": m["test_acc"], "best_epoch": m["epoch"], "val_curve": curve,
            "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "threads": job["threads"]}
-    for k in ("label_smoothing", "teacher_entropy", "label_smoothing_temperature", "test_unseen_accent_acc"):
+    for k in ("label_smoothing", "teacher_entropy", "label_smoothing_temperature", "test_unseen_accent_acc",
+              "teacher_sha256"):
         if k in m:
             rec[k] = m[k]
     if job["budget"] == "converged":
         rec["flat"] = is_flat(curve)
     return rec
+
+
+def _sha256(path) -> str:
+    """The first 16 hex digits of a checkpoint's SHA-256: which teacher a run distilled from."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def is_flat(curve: list[float]) -> bool:
@@ -234,6 +244,18 @@ class Bench:
         return {"preset": spec, "direction": direction, "row": row, "seed": seed, "budget": budget, "epochs": epochs,
                 "sets": sets, "threads": self.args.threads}
 
+    def retrain_job(self, spec: str, direction: str) -> dict:
+        """The teacher's record is here but its checkpoint is not (it trained on another machine): train it again,
+        same config and seed, and record that as its own run (budget ``retrained``, seed = the how-many-th), so the
+        runs that land afterwards, which name their teacher's checkpoint hash, can be told apart in the tables."""
+        n = len(self.get_all(spec, direction, "teacher", "retrained"))
+        return {**self.job(spec, direction, "teacher", 0, "teacher", self.args.teacher_epochs), "seed": n,
+                "budget": "retrained"}
+
+    def get_all(self, preset, direction, row, budget) -> list[dict]:
+        return [r for r in self.records if (r["preset"], r["direction"], r["row"], r["budget"]) ==
+                (preset, direction, row, budget)]
+
     # the runs each phase wants, given the records so far
     def headroom(self, spec, direction) -> bool | None:
         t = self.find(spec, direction, "teacher", 0, "teacher")
@@ -278,6 +300,9 @@ class Bench:
         for spec, direction in self.cells():
             if phase == "teacher":
                 out.append(self.job(spec, direction, "teacher", 0, "teacher", a.teacher_epochs))
+                recorded = self.find(spec, direction, "teacher", 0, "teacher")
+                if recorded and not self.teacher_path(spec, direction).exists():
+                    out.append(self.retrain_job(spec, direction))
                 continue
             if self.find(spec, direction, "teacher", 0, "teacher") is None:
                 continue

@@ -14,7 +14,7 @@ import science_tables  # noqa: E402
 
 def _bench(tmp_path, *extra):
     return science.Bench(science.parse_args(["--records", str(tmp_path / "r.jsonl"), "--presets", "avdigits",
-                                             "--seeds", "3", *extra]))
+                                             "--out", str(tmp_path / "runs"), "--seeds", "3", *extra]))
 
 
 def _rec(**kw):
@@ -26,7 +26,10 @@ def test_runs_resume_from_the_records_and_follow_the_headroom_rule(tmp_path):
     b = _bench(tmp_path)
     (teacher,) = b.wanted("teacher")
     assert teacher["row"] == "teacher" and b.wanted("headroom") == []  # nothing before the teacher
-    b.land(teacher, _rec(val_acc=0.9))
+    b.land(teacher, _rec(val_acc=0.9, teacher_sha256="aa"))
+    ckpt = b.teacher_path("avdigits", "image->audio")
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"teacher")
     assert b.wanted("teacher") == []
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
     (none0,) = b.wanted("headroom")
@@ -154,3 +157,22 @@ def test_results_section_replaces_only_between_its_markers_and_refuses_a_file_wi
     with pytest.raises(SystemExit, match="results.md has no <!-- c:begin -->"):
         results_section.write_section(doc, "<!-- c:begin -->", "<!-- c:end -->", "x")
     assert doc.read_text() == before
+
+
+def test_a_teacher_recorded_elsewhere_is_retrained_once_and_the_tables_say_which_runs_used_it(tmp_path):
+    b = _bench(tmp_path, "--rows", "none,fd")
+    b.land(b.wanted("teacher")[0], _rec(val_acc=0.9, teacher_sha256="aa"))  # landed on another machine: no checkpoint
+    (retrain,) = b.wanted("teacher")
+    assert (retrain["row"], retrain["budget"], retrain["seed"]) == ("teacher", "retrained", 0)
+    assert b.teacher_path("avdigits", "image->audio").parent.name in " ".join(retrain["sets"])  # same place, same name
+    b.land(retrain, _rec(val_acc=0.88, test_acc=0.87, teacher_sha256="bb"))
+    ckpt = b.teacher_path("avdigits", "image->audio")
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"teacher")
+    assert b.wanted("teacher") == []
+    b.land(b.wanted("headroom")[0], _rec(val_acc=0.6, teacher_sha256="aa"))  # none seed 0 ran before the retrain
+    for j in b.wanted("fixed"):
+        b.land(j, _rec(teacher_sha256="bb"))
+    text = science_tables.render(b.records, None, "cmd")
+    assert "trained again" in text and "88.0 % val" in text
+    assert "5 runs had that teacher (none, fd)" in text  # none seeds 1-2 and fd seeds 0-2; not none seed 0
