@@ -87,6 +87,9 @@ class AVDigitsConfig(_SpokenDigitsConfig):
     # whole accents held out of train/val/test: each test image gets one more clip in one of them,
     # in split 3 (test_unseen_accent); () builds no such split
     unseen_accents: tuple[str, ...] = ("en-gb-scotland", "en-029")
+    # the chance that a training clip is spoken with a pronunciation variant (avdigits.PRONUNCIATION_RULES, e.g.
+    # "eight" with a monophthong): accents differ in more than voice; validation and test clips never are
+    pronunciation_variants: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _accents_disjoint(self):

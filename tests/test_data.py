@@ -29,6 +29,48 @@ def test_rebuild_is_byte_identical(small_build, tmp_path):
     assert again.read_bytes() == small_build.read_bytes()
 
 
+class _Always:  # a generator whose every draw is 0: each rule applies
+    def random(self):
+        return 0.0
+
+
+class _Never:
+    def random(self):
+        return 0.99
+
+
+def test_pronunciation_rules_rewrite_the_accent_phonemes():
+    assert avdigits.pronunciation_variant("'eIt", _Always()) == "'e:t"  # FACE monophthong
+    assert avdigits.pronunciation_variant("Tr'i:", _Always()) == "tr'i:"  # TH stopping
+    assert avdigits.pronunciation_variant("f'o@", _Always()) == "f'o@r"  # rhotic
+    assert avdigits.pronunciation_variant("z'i@roU", _Always()) == "z'i@ro:"  # GOAT, and i@ before r untouched
+    assert avdigits.pronunciation_variant("s'Iks", _Always()) == "s'iks"
+    assert avdigits.pronunciation_variant("f'aI2v", _Always()) == "f'aI2v"  # a Scottish PRICE: no rule of ours
+    assert avdigits.pronunciation_variant("t'u:", _Always()) == "t'U"
+    assert avdigits.pronunciation_variant("'eIt", _Never()) == "'eIt"
+
+
+def test_pronunciation_variants_touch_training_clips_only_and_are_build_parameters(small_build, tmp_path, monkeypatch):
+    varied = avdigits.build(SMALL.model_copy(update={"pronunciation_variants": 1.0}), tmp_path)
+    again = avdigits.build(SMALL.model_copy(update={"pronunciation_variants": 1.0}), tmp_path / "again")
+    assert varied.name != small_build.name and again.read_bytes() == varied.read_bytes()
+    # the rules are build parameters: a changed table is a new file, not a stale cache hit
+    monkeypatch.setattr(avdigits, "PRONUNCIATION_RULES", avdigits.PRONUNCIATION_RULES[:-1])
+    assert avdigits.dataset_path(SMALL.model_copy(update={"pronunciation_variants": 1.0}), tmp_path) != varied
+    assert avdigits.dataset_path(SMALL, tmp_path).name == small_build.name  # off: the rules do not matter
+    a, b = np.load(small_build), np.load(varied)
+    spoken, split = b["phonemes"], b["split"]
+    assert "phonemes" not in a.files  # off: the file is what it always was
+    assert all(p == "" for p in spoken[split != 0])  # validation, test and unseen clips: the plain word
+    train = np.flatnonzero(split == 0)
+    assert (spoken[train] != "").mean() > 0.3  # 9 of 10 words have a rule (not "seven"); chance 1/2 each
+    assert any(p == "'e:t" for p in spoken[train])
+    changed = (a["audio_raw"] != b["audio_raw"]).any(1)
+    assert changed[spoken != ""].all()  # (later clips may differ a little too: eSpeak NG carries state over)
+    for k in ("label", "split", "image_index", "voice", "accent", "image_raw"):
+        np.testing.assert_array_equal(a[k], b[k])
+
+
 def test_cache_hit_and_parameters_in_the_name(small_build):
     mtime = small_build.stat().st_mtime_ns
     assert avdigits.build(SMALL, small_build.parent) == small_build

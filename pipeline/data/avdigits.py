@@ -12,6 +12,12 @@ partitioned between train/val/test, so no variant is heard in two splits. A four
 spoken with a test-split voice variant in one of ``unseen_accents``, which no other split hears.
 The per-row ``accent`` array (index into ``meta["accents"]``) records which accent spoke each clip.
 
+With ``pronunciation_variants`` = p > 0, each training clip is, with chance p, spoken from its
+accent's own phonemes (eSpeak NG's mnemonics for the word in that accent) rewritten by
+``PRONUNCIATION_RULES``, each rule that applies taken with chance 1/2: well-known ways English
+accents differ (Wells, *Accents of English*, 1982), not a copy of any one accent. The per-row
+``phonemes`` array holds what such a clip was spoken from ("" for the plain word).
+
 Writes ``<cache_dir>/<preset>-<hash>.npz``, the hash covering every build parameter and the
 eSpeak NG version; the same parameters rebuild byte-identical files.
 """
@@ -30,6 +36,18 @@ from serving.preprocess import AudioFrontend, ImageFrontend
 BUILDER_VERSION = 3
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SYNTH_RATE = 22050
+# (name, eSpeak NG mnemonic pattern, replacement): where English accents commonly differ (Wells 1982); each
+# applies to the words that have the pattern, e.g. FACE to "eight" ('eIt -> 'e:t) and TH to "three"
+PRONUNCIATION_RULES = (
+    ("FACE monophthong", r"eI", "e:"),  # Scottish, Irish, Northern English, Caribbean, Welsh, Indian ...
+    ("GOAT monophthong", r"oU", "o:"),
+    ("PRICE monophthong", r"aI(?!2)", "a:"),  # Southern US, Yorkshire
+    ("TH stopping", r"T", "t"),  # Irish, Caribbean, West African, Indian
+    ("rhotic r", r"([oO]@)(?!r)", r"\1r"),  # "four" with its r (Scottish, Irish, US)
+    ("STRUT/LOT", r"[V0]", "U"),  # "one" with the FOOT vowel (Northern English)
+    ("KIT tensing", r"(?<![aeO])I(?!2)", "i"),
+    ("FOOT/GOOSE merger", r"u:", "U"),  # "two" with a short, centralised vowel (Scottish, Northern Irish)
+)
 
 
 def _images(preset: str) -> tuple[np.ndarray, np.ndarray, ImageFrontend]:
@@ -53,11 +71,48 @@ def build_params(cfg: AVDigitsConfig) -> dict:
 
     return {"builder": BUILDER_VERSION, "config": cfg.model_dump(mode="json"),
             "espeak": espeak_version(), "variants": voice_variants(),
-            "frontend": AudioFrontend().to_dict()}
+            "frontend": AudioFrontend().to_dict(),
+            **({"pronunciation_rules": [list(r) for r in PRONUNCIATION_RULES]} if cfg.pronunciation_variants else {})}
 
 
 def dataset_path(cfg: AVDigitsConfig, cache_dir: Path) -> Path:
     return Path(cache_dir) / artifacts.DATASET.format(preset=cfg.preset, digest=artifacts.digest(build_params(cfg)))
+
+
+def pronunciation_variant(phonemes: str, rng: np.random.Generator) -> str:
+    """``phonemes`` rewritten by each applicable rule with chance 1/2 (one draw per rule, applicable or not)."""
+    import re
+
+    out = phonemes
+    for _, pattern, repl in PRONUNCIATION_RULES:
+        if rng.random() < 0.5:
+            out = re.sub(pattern, repl, out)
+    return out
+
+
+def _vary_pronunciation(utterances: list, split: np.ndarray, accents: list[str], cfg: AVDigitsConfig) -> list[str]:
+    """With chance ``cfg.pronunciation_variants``, a training utterance is spoken from rewritten phonemes (in place);
+    returns what each was spoken from ("" for the plain word). Its own random stream: nothing else changes."""
+    import dataclasses
+
+    from pipeline.data.espeak import phonemize
+
+    spoken = [""] * len(utterances)
+    if cfg.pronunciation_variants <= 0:
+        return spoken
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(5)[4])
+    pairs = sorted({(w, a) for w in WORDS for a in accents})
+    lexicon = dict(zip(pairs, phonemize(pairs), strict=True))
+    for k, u in enumerate(utterances):
+        take, draws = rng.random() < cfg.pronunciation_variants, np.random.default_rng(rng.integers(2**63))
+        if not take or split[k] != SPLITS.index("train"):
+            continue
+        base = lexicon[(u.text, u.voice.split("+")[0])]
+        variant = pronunciation_variant(base, draws)
+        if variant != base:
+            utterances[k] = dataclasses.replace(u, text=f"[[{variant}]]")
+            spoken[k] = variant
+    return spoken
 
 
 def _split_voices(variants: list[str], fractions, rng: np.random.Generator) -> list[list[str]]:
@@ -149,6 +204,7 @@ def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
         pair_image = np.concatenate([pair_image, unseen_images])
         pair_split = np.concatenate([pair_split, np.full(len(unseen_images), ALL_SPLITS.index("test_unseen_accent"),
                                                          np.int8)])
+    spoken = _vary_pronunciation(utterances, pair_split, list(cfg.accents), cfg)
     waves = synthesize_words(utterances, progress, "clips")
     fe = AudioFrontend()
     audio = np.stack([_augment(w, fe, rng_audio, cfg) for w in waves])
@@ -164,6 +220,7 @@ def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
         "split": pair_split.astype(np.int8), "image_index": source[pair_image].astype(np.int32),
         "voice": np.array([variants.index(v) for v in voice_names], np.int16),
         "accent": np.array(pair_accent, np.int16),
+        **({"phonemes": np.array(spoken)} if cfg.pronunciation_variants > 0 else {}),
         "meta": encode_meta(meta),
     })
     return out

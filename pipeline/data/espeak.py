@@ -23,12 +23,13 @@ import numpy as np
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000
 _POS_CHARACTER = 1
+_PHONEMES = 0x100  # espeakPHONEMES: text may hold phoneme mnemonics in [[ ]]
 _RATE, _PITCH = 1, 3
 
 
 @dataclass(frozen=True)
 class Utterance:
-    text: str
+    text: str  # words, or eSpeak NG phoneme mnemonics in [[ ]] (e.g. "[['e:t]]")
     voice: str  # "<accent>+<variant>", e.g. "en-gb-scotland+f3"
     rate: int  # words per minute
     pitch: int  # 0..100
@@ -81,11 +82,21 @@ class _Engine:
         self.lib.espeak_SetParameter(_RATE, int(u.rate), 0)
         self.lib.espeak_SetParameter(_PITCH, int(u.pitch), 0)
         text = u.text.encode()
-        err = self.lib.espeak_Synth(text, len(text) + 1, 0, _POS_CHARACTER, 0, 0, None, None)
+        flags = _PHONEMES if u.text.startswith("[[") else 0
+        err = self.lib.espeak_Synth(text, len(text) + 1, 0, _POS_CHARACTER, 0, flags, None, None)
         if err != 0:
             raise RuntimeError(f"espeak_Synth failed with code {err} for {u}")
         self.lib.espeak_Synchronize()
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+
+    def phonemes(self, text: str, voice: str) -> str:
+        """eSpeak NG's phoneme mnemonics for ``text`` in ``voice`` (e.g. "eight" -> "'eIt")."""
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"eSpeak NG has no voice {voice!r}")
+        fn = self.lib.espeak_TextToPhonemes
+        fn.restype, fn.argtypes = ctypes.c_char_p, [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+        ptr = ctypes.c_char_p(text.encode())
+        return fn(ctypes.byref(ptr), 1, 0).decode().strip()
 
 
 def synthesize_batch(utterances: list[Utterance]) -> tuple[int, list[np.ndarray]]:
@@ -104,7 +115,21 @@ def synthesize_batch(utterances: list[Utterance]) -> tuple[int, list[np.ndarray]
     return int(z["rate"]), np.split(z["samples"], np.cumsum(lengths)[:-1])
 
 
+def phonemize(pairs: list[tuple[str, str]]) -> list[str]:
+    """eSpeak NG's phoneme mnemonics for each (text, voice), looked up in a fresh child process."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.data.espeak", "--phonemes"],
+                          input=json.dumps(pairs).encode(), capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"eSpeak NG phoneme lookup failed: {proc.stderr.decode(errors='replace').strip()}")
+    return json.loads(proc.stdout)
+
+
 def _child_main() -> None:
+    if sys.argv[1:] == ["--phonemes"]:
+        engine = _Engine()
+        pairs = json.loads(sys.stdin.buffer.read())
+        sys.stdout.write(json.dumps([engine.phonemes(text, voice) for text, voice in pairs]))
+        return
     utterances = [Utterance(**d) for d in json.loads(sys.stdin.buffer.read())]
     engine = _Engine()
     waves = [engine.say(u) for u in utterances]
