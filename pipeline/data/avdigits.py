@@ -90,19 +90,17 @@ def pronunciation_variant(phonemes: str, rng: np.random.Generator) -> str:
     return out
 
 
-def _vary_pronunciation(utterances: list, split: np.ndarray, accents: list[str], cfg: AVDigitsConfig) -> list[str]:
-    """With chance ``cfg.pronunciation_variants``, a training utterance is spoken from rewritten phonemes (in place);
-    returns what each was spoken from ("" for the plain word). Its own random stream: nothing else changes."""
-    import dataclasses
-
+def _vary_pronunciation(utterances: list, split: np.ndarray, accents: list[str], cfg: AVDigitsConfig) -> dict[int, str]:
+    """Which training utterances to speak from rewritten phonemes: {index: phonemes}, each taken with chance
+    ``cfg.pronunciation_variants`` (from its own random stream, so nothing else changes)."""
     from pipeline.data.espeak import phonemize
 
-    spoken = [""] * len(utterances)
     if cfg.pronunciation_variants <= 0:
-        return spoken
+        return {}
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(5)[4])
     pairs = sorted({(w, a) for w in WORDS for a in accents})
     lexicon = dict(zip(pairs, phonemize(pairs), strict=True))
+    out = {}
     for k, u in enumerate(utterances):
         take, draws = rng.random() < cfg.pronunciation_variants, np.random.default_rng(rng.integers(2**63))
         if not take or split[k] != SPLITS.index("train"):
@@ -110,9 +108,8 @@ def _vary_pronunciation(utterances: list, split: np.ndarray, accents: list[str],
         base = lexicon[(u.text, u.voice.split("+")[0])]
         variant = pronunciation_variant(base, draws)
         if variant != base:
-            utterances[k] = dataclasses.replace(u, text=f"[[{variant}]]")
-            spoken[k] = variant
-    return spoken
+            out[k] = variant
+    return out
 
 
 def _split_voices(variants: list[str], fractions, rng: np.random.Generator) -> list[list[str]]:
@@ -204,8 +201,17 @@ def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
         pair_image = np.concatenate([pair_image, unseen_images])
         pair_split = np.concatenate([pair_split, np.full(len(unseen_images), ALL_SPLITS.index("test_unseen_accent"),
                                                          np.int8)])
-    spoken = _vary_pronunciation(utterances, pair_split, list(cfg.accents), cfg)
     waves = synthesize_words(utterances, progress, "clips")
+    # the re-pronounced clips in a child process of their own: eSpeak NG carries state from clip to clip, so
+    # speaking them in line would change every later clip too; this way each other clip is what it is without them
+    varied = _vary_pronunciation(utterances, pair_split, list(cfg.accents), cfg)
+    if varied:
+        import dataclasses
+
+        again = [dataclasses.replace(utterances[k], text=f"[[{ph}]]") for k, ph in varied.items()]
+        for k, w in zip(varied, synthesize_words(again, progress, "re-pronounced clips"), strict=True):
+            waves[k] = w
+    spoken = [varied.get(k, "") for k in range(len(utterances))]
     fe = AudioFrontend()
     audio = np.stack([_augment(w, fe, rng_audio, cfg) for w in waves])
     variants = params["variants"]
