@@ -38,3 +38,10 @@ def test_no_paired_table_without_two_shared_seeds():
     new, ref = accents.PAIRS[0]
     text = accents.render([_rec(ref, 0, 94.0, 86.0), _rec(new, 0, 93.0, 89.0), _rec(new, 1, 93.0, 89.0)])
     assert "Paired by seed" not in text
+
+
+def test_a_run_that_failed_a_gate_is_shown_as_such():
+    new, ref = accents.PAIRS[0]
+    failed = {**_rec(ref, 2, 94.0, 86.0), "validation_passed": False, "gates_failed": ["student.int8.minmax.onnx"]}
+    text = accents.render([_rec(ref, 0, 94.0, 86.0), failed])
+    assert "fresh (validation gate failed: `student.int8.minmax.onnx`)" in text
