@@ -48,12 +48,10 @@ def _uniform(gen: torch.Generator, n: int, bounds) -> torch.Tensor:
 
 
 def _warp(p: torch.Tensor, frame_pos: torch.Tensor, mel_pos: torch.Tensor) -> torch.Tensor:
-    """p [B, M, T] resampled bilinearly at fractional frames [B, T] x mel bins ([B, M], or [B, M, T] where the
-    frequency mapping changes over time), clamped at the edges."""
+    """p [B, M, T] resampled bilinearly at fractional frames [B, T] x mel bins [B, M], clamped at the edges."""
     n, m, t = p.shape
     gx = (2 * frame_pos / (t - 1) - 1)[:, None, :].expand(n, m, t)
-    gy = 2 * mel_pos / (m - 1) - 1
-    gy = (gy[:, :, None] if gy.dim() == 2 else gy).expand(n, m, t)
+    gy = (2 * mel_pos / (m - 1) - 1)[:, :, None].expand(n, m, t)
     grid = torch.stack([gx, gy], dim=-1)
     return torch.nn.functional.grid_sample(p[:, None], grid, mode="bilinear", padding_mode="border",
                                            align_corners=True)[:, 0]
@@ -111,15 +109,10 @@ class AudioAugmenter:
         # speed: frame t reads frame t * a; speed and pitch both scale the frequency axis
         frame_pos = torch.arange(frames, dtype=torch.float32)[None] * speed[:, None]
         src_hz = self.centre_hz[None] / (speed * pitch)[:, None]
-        if c.glide > 0:  # the frequency scale drifts over time: formant trajectories bend (no draws at 0)
-            glide = torch.rand(n, generator=self.gen) < c.glide_p
-            drift = 1 + self._smooth(n, frames, c.glide, half_periods=c.glide_half_periods) * glide[:, None]
-            src_hz = src_hz[:, :, None] / drift[:, None, :]  # [n, n_mels, frames]
         mel_pos = (2595.0 * torch.log10(1 + src_hz / 700.0) - self.mel_lo) / self.mel_step - 1
         warped = torch.rand(n, generator=self.gen) < c.warp_p
         frame_pos = frame_pos + self._smooth(n, frames, c.time_warp_frames) * warped[:, None]
-        freq_warp = self._smooth(n, n_mels, c.freq_warp_bins) * warped[:, None]
-        mel_pos = mel_pos + (freq_warp if mel_pos.dim() == 2 else freq_warp[:, :, None])
+        mel_pos = mel_pos + self._smooth(n, n_mels, c.freq_warp_bins) * warped[:, None]
         p = _warp(p, frame_pos, mel_pos) * (10 ** (gain_db / 10))[:, None, None]
         if noisy.any():
             p[noisy] = p[noisy] + self._noise(p[noisy], snr_db[noisy], tilt[noisy])
@@ -128,14 +121,13 @@ class AudioAugmenter:
         x = self._masks(x, c.freq_masks, c.freq_mask_max, dim=1)
         return x[:, None].float()
 
-    def _smooth(self, n: int, size: int, amplitude: float, half_periods=(1, 2)) -> torch.Tensor:
-        """Smooth random displacements [n, size]: A * sin(pi * k * i / size + phase), |A| <= amplitude, k drawn
-        from the integers in ``half_periods`` (both ends included).
+    def _smooth(self, n: int, size: int, amplitude: float) -> torch.Tensor:
+        """Smooth random displacements [n, size]: A * sin(pi * k * i / size + phase), |A| <= amplitude, k in {1, 2}.
 
-        Monotone (no folding) while amplitude < size / (2 pi k); the config keeps it well below.
+        Monotone (no folding) while amplitude < size / (2 pi); the config keeps it well below.
         """
         amp = (2 * torch.rand(n, generator=self.gen) - 1) * amplitude
-        k = torch.randint(int(half_periods[0]), int(half_periods[1]) + 1, (n,), generator=self.gen).float()
+        k = torch.randint(1, 3, (n,), generator=self.gen).float()
         phase = torch.rand(n, generator=self.gen) * 2 * torch.pi
         i = torch.arange(size, dtype=torch.float32)[None]
         return amp[:, None] * torch.sin(torch.pi * k[:, None] * i / size + phase[:, None])

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Modality = Literal["image", "audio"]
 MethodName = Literal["none", "kd", "feat", "dkd", "dist", "fd"]
@@ -309,11 +309,6 @@ class AudioAugmentConfig(_Strict):
     warp_p: float = Field(0.5, ge=0, le=1)  # smooth, uneven stretching of the time and mel axes
     time_warp_frames: float = Field(5.0, ge=0, le=12)
     freq_warp_bins: float = Field(3.0, ge=0, le=4)
-    # formant glides: the frequency axis scaled by 1 + d(t), d a smooth random curve over the clip, |d| <= glide
-    # (a diphthong flattened or a monophthong bent, as accents differ); 0 switches it off
-    glide: float = Field(0.0, ge=0, le=0.3)
-    glide_p: float = Field(0.5, ge=0, le=1)
-    glide_half_periods: tuple[PositiveInt, PositiveInt] = (2, 6)  # half-periods of d over the 1 s clip
     gain_db: tuple[float, float] = (-6.0, 6.0)
     gain_p: float = Field(0.5, ge=0, le=1)
     noise_snr_db: tuple[float, float] = (5.0, 30.0)
@@ -324,8 +319,8 @@ class AudioAugmentConfig(_Strict):
     freq_masks: int = Field(1, ge=0)
     freq_mask_max: int = Field(4, ge=0)  # mel bins
 
-    _ranges = field_validator("speed", "pitch_semitones", "gain_db", "noise_snr_db", "noise_tilt",
-                              "glide_half_periods")(staticmethod(_ordered))
+    _ranges = field_validator("speed", "pitch_semitones", "gain_db", "noise_snr_db", "noise_tilt")(
+        staticmethod(_ordered))
 
     @field_validator("speed")
     @classmethod

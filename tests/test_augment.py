@@ -43,8 +43,7 @@ def test_each_transform_changes_the_input(ds):
     for update in ({"speed_p": 1.0, "speed": (1.1, 1.1)}, {"warp_p": 1.0},
                    {"pitch_p": 1.0, "pitch_semitones": (2.0, 2.0)},
                    {"gain_p": 1.0, "gain_db": (6.0, 6.0)}, {"noise_p": 1.0, "noise_snr_db": (0.0, 0.0)},
-                   {"time_masks": 1, "time_mask_max": 20}, {"freq_masks": 1, "freq_mask_max": 8},
-                   {"glide": 0.2, "glide_p": 1.0}):
+                   {"time_masks": 1, "time_mask_max": 20}, {"freq_masks": 1, "freq_mask_max": 8}):
         x = student_augmenter(OFF.model_copy(update=update), ds, "audio", seed=0)(rows)
         assert float((x - clean).abs().mean()) > 1e-2, update
     # gain is exact in the mel-power domain: +6 dB lifts every cell above the log floor by log(10**0.6)
@@ -120,34 +119,6 @@ def test_config_rejects_bad_ranges():
         AudioAugmentConfig(noise_p=1.5)
     with pytest.raises(ValueError, match="distinct row"):
         AudioAugmenter(np.zeros((2, 1, 40, 101), np.float32), np.array([3, 3]), _fe(), OFF, 0)
-
-
-def test_formant_glide_bends_a_steady_tone_over_time_and_draws_nothing_when_off():
-    fe = _fe()
-    power = np.full((1, fe.n_mels, 101), 1e-6, np.float32)
-    power[0, 20] = 1.0  # a steady tone in mel bin 20 for the whole clip
-    feats = ((np.log(power + fe.log_floor) - fe.mean) / fe.std)[:, None].astype(np.float32)
-    rows = torch.tensor([0])
-    mel = torch.arange(fe.n_mels, dtype=torch.float32)[:, None]
-
-    def track(cfg):  # the tone's mel position, frame by frame
-        w = student_augmenter_for(feats, fe, cfg)(rows)[0, 0] * fe.std + fe.mean
-        w = w.exp()
-        return (w * mel).sum(0) / w.sum(0)
-
-    steady = track(OFF)
-    assert float(steady.std()) < 1e-3 and abs(float(steady.mean()) - 20) < 0.1
-    bent = track(OFF.model_copy(update={"glide": 0.2, "glide_p": 1.0, "glide_half_periods": (3, 3)}))
-    assert float(bent.max() - bent.min()) > 1.0  # the tone moves by more than a mel bin within the clip
-    # glide 0 makes no random draws: the other transforms see the same stream as a config without the field
-    on = OFF.model_copy(update={"gain_p": 0.5, "noise_p": 0.5})
-    a = student_augmenter_for(feats, fe, on)(rows)
-    b = student_augmenter_for(feats, fe, on.model_copy(update={"glide_p": 0.9, "glide_half_periods": (1, 9)}))(rows)
-    assert torch.equal(a, b)
-
-
-def student_augmenter_for(feats, fe, cfg):
-    return AudioAugmenter(feats, np.arange(len(feats)), fe, cfg, seed=0)
 
 
 def _fe():
