@@ -16,7 +16,9 @@ With ``pronunciation_variants`` = p > 0, each training clip is, with chance p, s
 accent's own phonemes (eSpeak NG's mnemonics for the word in that accent) rewritten by
 ``PRONUNCIATION_RULES``, each rule that applies taken with chance 1/2: well-known ways English
 accents differ (Wells, *Accents of English*, 1982), not a copy of any one accent. The per-row
-``phonemes`` array holds what such a clip was spoken from ("" for the plain word).
+``phonemes`` array holds what such a clip was spoken from ("" for the plain word). Those clips are
+synthesised in a child process of their own, so every other clip (validation and test included)
+is byte-identical to the build without variants.
 
 Writes ``<cache_dir>/<preset>-<hash>.npz``, the hash covering every build parameter and the
 eSpeak NG version; the same parameters rebuild byte-identical files.
