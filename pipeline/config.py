@@ -90,6 +90,8 @@ class AVDigitsConfig(_SpokenDigitsConfig):
     # the chance that a training clip is spoken with a pronunciation variant (avdigits.PRONUNCIATION_RULES, e.g.
     # "eight" with a monophthong): accents differ in more than voice; validation and test clips never are
     pronunciation_variants: float = Field(0.0, ge=0, le=1)
+    # extra training clips per training image, each re-pronounced, beside (not instead of) its plain clips
+    pronunciation_variant_clips: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _accents_disjoint(self):

@@ -263,3 +263,18 @@ def test_no_unseen_accents_means_no_extra_split(tmp_path):
     assert not load_dataset(path).has_split("test_unseen_accent")
     with pytest.raises(ValidationError, match="must not also be in accents"):
         AVDigitsConfig(unseen_accents=("en-us",))
+
+
+def test_pronunciation_variant_clips_are_added_beside_the_plain_ones(small_build, tmp_path):
+    extra = avdigits.build(SMALL.model_copy(update={"pronunciation_variant_clips": 1}), tmp_path)
+    a, b = np.load(small_build), np.load(extra)
+    n = len(a["label"])
+    for k in ("audio_raw", "label", "split", "image_index", "voice", "accent", "image_raw"):
+        np.testing.assert_array_equal(a[k], b[k][:n])  # every clip of the plain build, byte for byte
+    train_images = a["image_index"][a["split"] == 0]
+    added = slice(n, None)
+    assert sorted(b["image_index"][added]) == sorted(set(train_images))  # one more clip per training image
+    assert (b["split"][added] == 0).all() and (b["phonemes"][:n] == "").all()
+    spoken = b["phonemes"][added]
+    words = np.array(avdigits.WORDS)[b["label"][added]]
+    assert all(p != "" for p, w in zip(spoken, words, strict=True) if w not in ("seven",))  # re-pronounced

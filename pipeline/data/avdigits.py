@@ -74,7 +74,8 @@ def build_params(cfg: AVDigitsConfig) -> dict:
     return {"builder": BUILDER_VERSION, "config": cfg.model_dump(mode="json"),
             "espeak": espeak_version(), "variants": voice_variants(),
             "frontend": AudioFrontend().to_dict(),
-            **({"pronunciation_rules": [list(r) for r in PRONUNCIATION_RULES]} if cfg.pronunciation_variants else {})}
+            **({"pronunciation_rules": [list(r) for r in PRONUNCIATION_RULES]}
+               if cfg.pronunciation_variants or cfg.pronunciation_variant_clips else {})}
 
 
 def dataset_path(cfg: AVDigitsConfig, cache_dir: Path) -> Path:
@@ -92,23 +93,40 @@ def pronunciation_variant(phonemes: str, rng: np.random.Generator) -> str:
     return out
 
 
-def _vary_pronunciation(utterances: list, split: np.ndarray, accents: list[str], cfg: AVDigitsConfig) -> dict[int, str]:
+class _EveryRule:
+    """A stand-in generator whose every draw takes the rule."""
+
+    @staticmethod
+    def random() -> float:
+        return 0.0
+
+
+_EVERY_RULE = _EveryRule()
+
+
+def _vary_pronunciation(utterances: list, split: np.ndarray, accents: list[str], cfg: AVDigitsConfig,
+                        always: int = 0) -> dict[int, str]:
     """Which training utterances to speak from rewritten phonemes: {index: phonemes}, each taken with chance
-    ``cfg.pronunciation_variants`` (from its own random stream, so nothing else changes)."""
+    ``cfg.pronunciation_variants``, and the last ``always`` (the extra variant clips) always, with every rule that
+    applies where the draws changed nothing (a word no rule applies to stays plain). Its own random stream: nothing
+    else changes."""
     from pipeline.data.espeak import phonemize
 
-    if cfg.pronunciation_variants <= 0:
+    if cfg.pronunciation_variants <= 0 and not always:
         return {}
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(5)[4])
     pairs = sorted({(w, a) for w in WORDS for a in accents})
     lexicon = dict(zip(pairs, phonemize(pairs), strict=True))
     out = {}
     for k, u in enumerate(utterances):
+        extra = k >= len(utterances) - always
         take, draws = rng.random() < cfg.pronunciation_variants, np.random.default_rng(rng.integers(2**63))
-        if not take or split[k] != SPLITS.index("train"):
+        if not (take or extra) or split[k] != SPLITS.index("train"):
             continue
         base = lexicon[(u.text, u.voice.split("+")[0])]
         variant = pronunciation_variant(base, draws)
+        if extra and variant == base:  # an extra clip is always a variant: every rule that applies
+            variant = pronunciation_variant(base, _EVERY_RULE)
         if variant != base:
             out[k] = variant
     return out
@@ -203,15 +221,28 @@ def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
         pair_image = np.concatenate([pair_image, unseen_images])
         pair_split = np.concatenate([pair_split, np.full(len(unseen_images), ALL_SPLITS.index("test_unseen_accent"),
                                                          np.int8)])
-    waves = synthesize_words(utterances, progress, "clips")
+    n_extra = 0
+    if cfg.pronunciation_variant_clips:  # extra training clips, re-pronounced, after every other clip
+        rng_extra = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(6)[5])
+        extra_images = np.repeat(np.flatnonzero(image_split == SPLITS.index("train")), cfg.pronunciation_variant_clips)
+        for i in extra_images:
+            speak(i, pools[SPLITS.index("train")], cfg.accents, rng_extra)
+        n_extra = len(extra_images)
+        pair_image = np.concatenate([pair_image, extra_images])
+        pair_split = np.concatenate([pair_split, np.full(n_extra, SPLITS.index("train"), np.int8)])
+    n_main = len(utterances) - n_extra
+    waves = synthesize_words(utterances[:n_main], progress, "clips")
     # the re-pronounced clips in a child process of their own: eSpeak NG carries state from clip to clip, so
     # speaking them in line would change every later clip too; this way each other clip is what it is without them
-    varied = _vary_pronunciation(utterances, pair_split, list(cfg.accents), cfg)
-    if varied:
+    varied = _vary_pronunciation(utterances, pair_split, list(cfg.accents), cfg, always=n_extra)
+    apart = sorted({*varied, *range(n_main, len(utterances))})
+    if apart:
         import dataclasses
 
-        again = [dataclasses.replace(utterances[k], text=f"[[{ph}]]") for k, ph in varied.items()]
-        for k, w in zip(varied, synthesize_words(again, progress, "re-pronounced clips"), strict=True):
+        again = [dataclasses.replace(utterances[k], text=f"[[{varied[k]}]]") if k in varied else utterances[k]
+                 for k in apart]
+        waves = [*waves, *([None] * n_extra)]
+        for k, w in zip(apart, synthesize_words(again, progress, "re-pronounced clips"), strict=True):
             waves[k] = w
     spoken = [varied.get(k, "") for k in range(len(utterances))]
     fe = AudioFrontend()
@@ -228,7 +259,7 @@ def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
         "split": pair_split.astype(np.int8), "image_index": source[pair_image].astype(np.int32),
         "voice": np.array([variants.index(v) for v in voice_names], np.int16),
         "accent": np.array(pair_accent, np.int16),
-        **({"phonemes": np.array(spoken)} if cfg.pronunciation_variants > 0 else {}),
+        **({"phonemes": np.array(spoken)} if cfg.pronunciation_variants > 0 or n_extra else {}),
         "meta": encode_meta(meta),
     })
     return out
