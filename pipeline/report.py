@@ -86,7 +86,8 @@ def _gate_cell(g: dict | None) -> str:
 def _mode_cell(a: dict) -> str:
     m = a.get("mode") or {}
     if m.get("runtime") == "onnxruntime":
-        qdq = {"fused": ", Q/DQ fused", "emulated": ", Q/DQ emulated"}.get(m.get("qdq"), "")
+        qdq = {"fused": f", Q/DQ fused ({m.get('int8_kernels', '?')} kernels)",
+               "emulated": ", Q/DQ emulated"}.get(m.get("qdq"), "")
         return f"ort {m['provider'].removesuffix('ExecutionProvider')} opt={m['graph_optimization']}{qdq}, " \
                f"threads={m.get('threads') or 'default'}"
     if m.get("runtime") == "tensorrt":
@@ -167,7 +168,9 @@ def write_report(result: dict, run_dir: Path) -> None:
             "written: its reference semantics, and the row that gates the graph. TensorRT does not run it that "
             "way: it fuses Q/DQ into INT8 kernels and approximates the reference (the engine is gated on its own "
             "row once it is built and run on its GPU). *Q/DQ fused* is ONNX Runtime's CPU INT8 kernels, how a "
-            "CPU would serve the graph.", "", summary_table(result), ""]
+            "CPU would serve the graph; their results depend on the CPU's kernel family (x86 without VNNI "
+            "saturates where VNNI does not), so a fused row holds for CPUs of its family only.", "",
+            summary_table(result), ""]
     missing = result.get("not_validated", [])
     if missing:
         text += ["## Not validated here", "", "These were **not** validated on this machine and are not "

@@ -9,8 +9,10 @@ model is *servable* only when one chain of hashes holds from gate to server:
 - ``validation.json`` has an entry for that file **with that sha256** (a standalone ``fdkd quantize``
   or ``fdkd export`` after validation leaves the old entry stale: refused);
 - that entry was judged in the **execution mode** the server will run (ONNX Runtime: provider,
-  full graph optimisation, so Q/DQ *fused*, and threads; TensorRT: version and GPU): an INT8 graph
-  validated only with Q/DQ emulated is refused, since the server would run it fused. The server
+  full graph optimisation, so Q/DQ *fused*, the CPU's INT8 kernel family, and threads; TensorRT:
+  version and GPU): an INT8 graph validated only with Q/DQ emulated is refused, since the server
+  would run it fused, and so is one validated fused on a CPU of another INT8 kernel family (x86
+  without VNNI saturates where VNNI does not: ``serving.runtime.cpu_isa``). The server
   loads the artifact in exactly that mode (with ``threads`` unset it takes the validated count) and
   checks the runtime reports the same mode once loaded;
 - that entry's gate passed.
@@ -98,8 +100,8 @@ def _pick(run_dir: Path, manifest: dict, artifact: str, engine_dir: Path | None)
     raise NotServable(f"no servable artifact in {run_dir}")
 
 
-MODE_ORDER = ("runtime", "provider", "graph_optimization", "qdq", "threads", "tensorrt", "gpu", "compute_capability",
-              "device")
+MODE_ORDER = ("runtime", "provider", "graph_optimization", "qdq", "int8_kernels", "threads", "tensorrt", "gpu",
+              "compute_capability", "device")
 
 
 def _mode_text(mode: dict) -> str:
@@ -115,9 +117,14 @@ def _serving_mode(entry_mode: dict, suffix: str, threads: int | None) -> dict:
     if suffix == ".plan":
         return entry_mode  # checked against the loaded engine (TensorRT version and this GPU) after loading
     has_qdq = entry_mode.get("qdq") is not None  # the entry describes this very file (same sha256)
-    return {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "graph_optimization": "all",
+    mode = {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "graph_optimization": "all",
             "qdq": "fused" if has_qdq else None,
             "threads": threads if threads is not None else entry_mode.get("threads")}
+    if has_qdq:  # fused INT8 kernels compute differently per CPU family (saturation without VNNI)
+        from serving.runtime.cpu_isa import int8_kernels
+
+        mode["int8_kernels"] = int8_kernels()
+    return mode
 
 
 def _validated_entry(validation: dict, name: str, sha: str, suffix: str, threads: int | None) -> tuple[dict, str]:
@@ -145,6 +152,9 @@ def _validated_entry(validation: dict, name: str, sha: str, suffix: str, threads
     hint = ""
     if any({**a.get("mode", {}), "threads": None} == {**want, "threads": None} for a in ran):
         hint = f" (validate with `--set validate.threads={threads}`, or serve without --threads)"
+    elif any({**a.get("mode", {}), "int8_kernels": None} == {**want, "int8_kernels": None} for a in ran):
+        hint = (f" (its fused INT8 kernels were judged on a CPU of another family; this CPU's is "
+                f"{want.get('int8_kernels')}: run `fdkd validate` on this machine, or serve student.onnx)")
     return {}, (f"{name} was validated only in mode(s) " + "; ".join(f"[{_mode_text(a.get('mode', {}))}]" for a in ran)
                 + f", not in the mode this server would run it in [{_mode_text(want)}]{hint}")
 

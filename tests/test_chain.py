@@ -17,6 +17,7 @@ import pytest
 
 from pipeline import artifacts
 from serving.model import NotServable, load_model
+from serving.runtime.cpu_isa import int8_kernels
 from tests.serving_helpers import running_server
 
 INT8_TRT = "student.int8.minmax.onnx"
@@ -57,8 +58,12 @@ def test_every_entry_records_its_hash_and_execution_mode(served_run):
             assert a["sha256"] == artifacts.sha256_file(served_run / name), name
     for name in ("student.onnx", "student.fp16.onnx", INT8_TRT, "student.int8cpu.onnx"):
         for a in by_name[name]:
-            assert set(a["mode"]) == {"runtime", "provider", "graph_optimization", "qdq", "threads"}
+            # fused INT8 kernels differ per CPU family, so a fused entry also names the family it was judged on
+            extra = {"int8_kernels"} if a["mode"]["qdq"] == "fused" else set()
+            assert set(a["mode"]) == {"runtime", "provider", "graph_optimization", "qdq", "threads"} | extra
             assert a["mode"]["runtime"] == "onnxruntime" and a["mode"]["provider"] == "CPUExecutionProvider"
+            if extra:
+                assert a["mode"]["int8_kernels"] == int8_kernels()
     assert by_name["student.onnx"][0]["mode"]["qdq"] is None
     # the TensorRT INT8 graph: judged as written (reference, gates the graph) and as the CPU would serve it
     modes = {(a["mode"]["qdq"], a["mode"]["graph_optimization"], a["required"]) for a in by_name[INT8_TRT]}
@@ -149,6 +154,26 @@ def test_fused_mode_that_failed_its_gate_is_refused_though_the_graph_passed(run_
     with pytest.raises(NotServable, match=rf"{INT8_TRT} failed its validation gate in mode \[.*qdq=fused"):
         load_model(run_copy, INT8_TRT)
     assert load_model(run_copy, INT8_TRT, allow_unvalidated=True).warnings
+
+
+def test_fused_int8_validated_on_another_cpu_family_is_refused(run_copy):
+    """x86 without VNNI saturates in fused INT8 kernels where VNNI does not: a verdict from one family does not
+    cover the other. The validation is moved to another family the way copying a run dir to another host would."""
+    name = "student.int8cpu.onnx"
+    assert load_model(run_copy, name).mode["int8_kernels"] == int8_kernels()
+    other = "x86-vnni" if int8_kernels() != "x86-vnni" else "x86"
+    v = _validation(run_copy)
+    for a in v["artifacts"]:
+        if a["mode"].get("qdq") == "fused":
+            a["mode"]["int8_kernels"] = other
+    _write_validation(run_copy, v)
+    with pytest.raises(NotServable) as e:
+        load_model(run_copy, name)
+    msg = str(e.value)
+    assert f"[runtime=onnxruntime, provider=CPUExecutionProvider, graph_optimization=all, qdq=fused, " \
+           f"int8_kernels={other}, threads=" in msg
+    assert f"judged on a CPU of another family; this CPU's is {int8_kernels()}" in msg
+    assert load_model(run_copy).artifact == "student.onnx"  # FP32 has no INT8 kernels: still served
 
 
 def test_server_runs_the_validated_thread_count_and_refuses_another(run_copy):

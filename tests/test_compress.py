@@ -13,6 +13,7 @@ from pipeline.config import ExportConfig, RunConfig
 from pipeline.onnx_lint import lint_file, lint_model
 from pipeline.validate import gate
 from serving.runtime import load_runtime
+from serving.runtime.cpu_isa import int8_kernels
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +103,25 @@ def test_int8_qdq_is_symmetric_and_tensorrt_clean(exported, tiny_dataset, method
     sqnr_db = 10 * np.log10(np.mean(ref**2) / np.mean(err**2))
     assert sqnr_db >= 25, f"INT8 ({method}) logits SQNR {sqnr_db:.1f} dB against FP32"  # 8-bit: ~30-45 dB here
     assert emulated.mode()["qdq"] == "emulated" and emulated.mode()["graph_optimization"] == "basic"
-    fused = load_runtime(out)
-    assert fused.mode()["qdq"] == "fused" and fused.mode()["graph_optimization"] == "all"
-    # ONNX Runtime's fused INT8 kernels compute the same graph: within a few output quantization steps
-    assert np.abs(fused(x) - emulated(x)).max() <= 0.05 * np.abs(ref).max()
     assert {p.key: p.value for p in model.metadata_props}["fdkd.calibration"] == method
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_fused_int8_kernels_compute_the_emulated_graph(exported, tiny_dataset, target):
+    """ONNX Runtime's fused INT8 kernels compute the Q/DQ graph as written, within a few output quantization steps:
+    the CPU variant (U8S8, 7-bit weights) on every CPU; the TensorRT graph (S8S8, full-range weights) only where the
+    kernels accumulate in 32 bits (x86 VNNI, ARM): x86 without VNNI sums pairs of products in 16 bits and saturates
+    (its fused mode then fails validation and is not servable; tests/test_chain.py)."""
+    if target == "tensorrt" and int8_kernels() == "x86":
+        pytest.skip("x86 without VNNI: the full-range S8S8 graph saturates in ONNX Runtime's fused kernels here")
+    out = exported["dir"] / f"fused-{target}.onnx"
+    quantize_int8(exported["onnx"], out, exported["calib"], "input", "minmax", target=target)
+    x, _ = tiny_dataset.take("audio", "test")
+    ref = load_runtime(exported["onnx"])(x)
+    emulated, fused = load_runtime(out, emulate_qdq=True), load_runtime(out)
+    assert fused.mode()["qdq"] == "fused" and fused.mode()["graph_optimization"] == "all"
+    assert fused.mode()["int8_kernels"] == int8_kernels()
+    assert np.abs(fused(x) - emulated(x)).max() <= 0.05 * np.abs(ref).max()
 
 
 def test_cpu_int8_variant_and_exclude(exported):

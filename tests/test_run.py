@@ -68,8 +68,14 @@ def test_run_produces_validated_artifacts_and_manifest(reference):
     names = {a["name"] for a in validation["artifacts"]}
     assert {"teacher", "student.pt", "student.onnx", "student.fp16.onnx", "student.int8.minmax.onnx",
             "student.int8cpu.onnx"} <= names
-    assert all(a["gate"]["passed"] for a in validation["artifacts"] if "gate" in a)
+    gated = [a for a in validation["artifacts"] if "gate" in a]
+    assert validation["passed"] and all(a["gate"]["passed"] for a in gated if a["required"])
+    # the TensorRT graph fused by ONNX Runtime is gated too, but only as a serving mode: on x86 without VNNI it
+    # may saturate and fail (tests/test_compress.py), and then the report says that mode is not servable
+    assert {a["mode"]["qdq"] for a in gated if not a["required"]} == {"fused"}
     report = (run_dir / "report.md").read_text()
+    if not all(a["gate"]["passed"] for a in gated if not a["required"]):
+        assert "(this mode is not servable; the artifact's gate is its other entry)" in report
     assert "PASSED" in report and "report_confusion.png" in report
     # method auto (the default): every candidate's val and test accuracy, the winner and its margin
     auto = manifest["artifacts"]["student.pt"]["metrics"]["auto"]

@@ -194,8 +194,11 @@ def test_fdkd_run_on_a_600_pair_user_manifest_finishes_and_validates(tmp_path):
     result, text = _invoke(["data", "manifest", str(manifest)])
     assert result.exit_code == 0 and "600 rows, no problems" in text, text
     # Each class here is a tone of its own pitch: the default audio augmentation (pitch shift, speed,
-    # frequency warps) would blur the classes into each other, so this user turns it off.
-    result, text = _invoke(["run", *_sets(tmp_path, "user600", manifest, "distill.augment.enabled=false")])
+    # frequency warps) would blur the classes into each other, so this user turns it off. Student width 8: at
+    # TINY's 4 it reached 58 % with near-tied logits, and on an AVX2 machine the INT8 CPU graph's 7-bit weights
+    # flipped 7 of 89 predictions (a correct gate failure, exit 1: not the user's case this test is about).
+    result, text = _invoke(["run", *_sets(tmp_path, "user600", manifest, "distill.augment.enabled=false",
+                                          "distill.student.width=8")])
     assert result.exit_code == 0, text
     assert "validation PASSED" in text
     run_dir = tmp_path / "runs" / "user600"

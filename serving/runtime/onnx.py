@@ -13,7 +13,8 @@ points of accuracy lost on an AVX2 machine); the CPU variant ``student.int8cpu.o
 reduced range) exists for those.
 
 ``mode()`` is the execution mode as a dict (runtime, provider, graph optimisation level, Q/DQ
-fused or emulated, threads): validation records it next to each result, and the server loads an
+fused or emulated, threads, and for Q/DQ fused on the CPU the INT8 kernel family,
+``serving.runtime.cpu_isa``): validation records it next to each result, and the server loads an
 artifact only in a mode that was validated.
 """
 
@@ -60,10 +61,15 @@ class OnnxRuntime:
 
     def mode(self) -> dict:
         """How this session computes: what validation records and what the server must match."""
-        return {"runtime": self.kind, "provider": self.providers[0],
+        mode = {"runtime": self.kind, "provider": self.providers[0],
                 "graph_optimization": "basic" if self.emulate_qdq else "all",
                 "qdq": ("emulated" if self.emulate_qdq else "fused") if self.has_qdq else None,
                 "threads": self.threads}
+        if mode["qdq"] == "fused" and mode["provider"] == "CPUExecutionProvider":
+            from serving.runtime.cpu_isa import int8_kernels
+
+            mode["int8_kernels"] = int8_kernels()  # fused INT8 results depend on the CPU's kernel family
+        return mode
 
     def describe(self) -> dict:
         return {"runtime": self.kind, "providers": self.providers, "input": self.input_name,
