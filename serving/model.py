@@ -152,9 +152,11 @@ def _validated_entry(validation: dict, name: str, sha: str, suffix: str, threads
     hint = ""
     if any({**a.get("mode", {}), "threads": None} == {**want, "threads": None} for a in ran):
         hint = f" (validate with `--set validate.threads={threads}`, or serve without --threads)"
-    elif any({**a.get("mode", {}), "int8_kernels": None} == {**want, "int8_kernels": None} for a in ran):
-        hint = (f" (its fused INT8 kernels were judged on a CPU of another family; this CPU's is "
-                f"{want.get('int8_kernels')}: run `fdkd validate` on this machine, or serve student.onnx)")
+    elif family := [a for a in ran if {**a.get("mode", {}), "int8_kernels": None} == {**want, "int8_kernels": None}]:
+        where = ("on a CPU of another family" if "int8_kernels" in family[0]["mode"]
+                 else "before fdkd recorded the CPU's INT8 kernel family")
+        hint = (f" (its fused INT8 kernels were judged {where}; this CPU's is {want.get('int8_kernels')}: "
+                "run `fdkd validate` on this machine, or serve student.onnx)")
     return {}, (f"{name} was validated only in mode(s) " + "; ".join(f"[{_mode_text(a.get('mode', {}))}]" for a in ran)
                 + f", not in the mode this server would run it in [{_mode_text(want)}]{hint}")
 

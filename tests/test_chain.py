@@ -174,6 +174,11 @@ def test_fused_int8_validated_on_another_cpu_family_is_refused(run_copy):
            f"int8_kernels={other}, threads=" in msg
     assert f"judged on a CPU of another family; this CPU's is {int8_kernels()}" in msg
     assert load_model(run_copy).artifact == "student.onnx"  # FP32 has no INT8 kernels: still served
+    for a in v["artifacts"]:  # a validation.json written before the family was recorded
+        a["mode"].pop("int8_kernels", None)
+    _write_validation(run_copy, v)
+    with pytest.raises(NotServable, match="judged before fdkd recorded the CPU's INT8 kernel family"):
+        load_model(run_copy, name)
 
 
 def test_server_runs_the_validated_thread_count_and_refuses_another(run_copy):
