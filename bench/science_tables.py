@@ -165,11 +165,12 @@ def cell_section(rec: Records, preset: str, direction: str, png_dir: Path | None
         users = [r for r in rec.records if (r["preset"], r["direction"]) == (preset, direction)
                  and r["row"] != "teacher" and r.get("teacher_sha256") == t.get("teacher_sha256")]
         rows = sorted({r["row"] for r in users}, key=lambda r: [*ROWS, PICKED, WALL].index(r))
+        where = device_of(t) + (f", {t['machine']['cpu']}" if t["machine"]["device"] == "cpu" else "")
         out.append(f"Its checkpoint was not kept from {device_of(teacher[0]) if teacher else 'the first run'}, so it "
-                   f"was trained again on {device_of(t)} (same config and seed; checkpoint sha256 "
+                   f"was trained again on {where} (same config and seed; checkpoint sha256 "
                    f"{t.get('teacher_sha256', '?')}): {100 * t['val_acc']:.1f} % val, {100 * t['test_acc']:.1f} % "
                    f"test. {len(users)} runs had that teacher ({', '.join(rows) or 'none yet'}); the others "
-                   "the first.")
+                   "the first or another retrained one (each named here).")
     if teacher and none0 and 100 * (teacher[0]["val_acc"] - none0[0]["val_acc"]) < HEADROOM_PT:
         out += ["", f"**No headroom**: the student alone reaches {100 * none0[0]['val_acc']:.1f} % val (seed 0), the "
                 f"teacher {100 * teacher[0]['val_acc']:.1f} %; this direction's other rows were not run.", ""]
