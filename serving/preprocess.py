@@ -63,12 +63,16 @@ class AudioFrontend:
         pad = self.n_fft // 2
         idx = np.arange(self.frames)[:, None] * self.hop_length + np.arange(self.n_fft)[None, :]
         window = _window(self.n_fft, self.win_length)
-        fbank = _mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max).T
+        # contiguous [bins, n_mels] and a 2-D product: numpy hands that to BLAS; a stacked product with the
+        # transposed view ran its own loop, 30x slower (most of a dataset load's time)
+        fbank = np.ascontiguousarray(_mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min,
+                                                     self.f_max).T)
         out = np.empty((len(waves), self.n_mels, self.frames), np.float32)
         for start in range(0, len(waves), 128):  # chunks keep the [N, T, n_fft] frames in cache
             padded = np.pad(waves[start : start + 128], ((0, 0), (pad, pad)), mode="reflect")
             spec = np.fft.rfft(padded[:, idx] * window, axis=-1)  # [n, T, n_fft/2+1]
-            mel = (spec.real**2 + spec.imag**2) @ fbank
+            power = spec.real**2 + spec.imag**2
+            mel = (power.reshape(-1, power.shape[-1]) @ fbank).reshape(*power.shape[:2], -1)
             out[start : start + 128] = np.log(mel + self.log_floor).transpose(0, 2, 1)
         return out
 
