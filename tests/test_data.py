@@ -124,7 +124,6 @@ def test_logmel_peaks_at_the_tone_frequency():
         fe.logmel(np.zeros((1, 100)))
 
 
-
 def test_logmel_matches_a_per_frame_float64_reference_across_chunks():
     """The batched float32 log-mel (chunks of 128 clips, one BLAS product per chunk) equals the textbook
     per-frame computation in float64: reflect-pad, Hann-window, |rfft|^2, mel filters, log."""
@@ -142,6 +141,7 @@ def test_logmel_matches_a_per_frame_float64_reference_across_chunks():
             frame = padded[t * fe.hop_length : t * fe.hop_length + fe.n_fft] * window
             want = np.log(fbank @ np.abs(np.fft.rfft(frame)) ** 2 + fe.log_floor)
             np.testing.assert_allclose(got[i, :, t], want, rtol=0, atol=1e-4, err_msg=f"clip {i}, frame {t}")
+
 
 def test_wav_roundtrip_and_errors():
     x = np.sin(np.linspace(0, 20, 800)).astype(np.float32) * 0.5
