@@ -70,9 +70,43 @@ def encode_meta(meta: dict) -> np.ndarray:
     return np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
 
 
+_LAST: tuple[tuple, PairedDataset] | None = None  # the most recent load: (file key, dataset)
+
+
+def _file_key(path: Path) -> tuple:
+    """Identifies one version of a file: rebuilt dataset files are written anew (``artifacts.atomic_write``),
+    so a rebuild changes the inode, size or modification time."""
+    st = path.stat()
+    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _copy(ds: PairedDataset) -> PairedDataset:
+    return dataclasses.replace(ds, x={m: a.copy() for m, a in ds.x.items()}, y=ds.y.copy(), split=ds.split.copy(),
+                               class_names=list(ds.class_names), frontends=dict(ds.frontends),
+                               meta=json.loads(json.dumps(ds.meta)))
+
+
 def load_dataset(path: Path) -> PairedDataset:
-    """Load a dataset file; standardisation constants come from its training split."""
+    """Load a dataset file; standardisation constants come from its training split.
+
+    The features of the most recently loaded file are kept in memory: ``fdkd run`` reads the same file in
+    several stages, and the log-mel of every clip is most of a load's cost. Every call returns its own
+    copy of the arrays, so a caller that changes them in place changes nothing for the next one.
+    """
+    global _LAST
     path = Path(path)
+    try:
+        key = _file_key(path)
+    except OSError as e:
+        raise ValueError(f"dataset file {path} is unreadable or incomplete: {e}") from None
+    if _LAST is not None and _LAST[0] == key:
+        return dataclasses.replace(_copy(_LAST[1]), path=path)
+    ds = _read(path)
+    _LAST = (key, ds)
+    return _copy(ds)
+
+
+def _read(path: Path) -> PairedDataset:
     try:
         z = np.load(path, allow_pickle=False)
         meta = json.loads(bytes(z["meta"]).decode())
