@@ -35,7 +35,7 @@ import numpy as np
 
 from pipeline import artifacts
 from pipeline.config import AVBlendConfig
-from pipeline.data.avdigits import SYNTH_RATE, WORDS, _images, _split_voices, place_clip, synthesize_words
+from pipeline.data.avdigits import SYNTH_RATE, WORDS, _images, _split_voices, place_clip, resample, synthesize_words
 from pipeline.data.dataset import SPLITS, encode_meta, stratified_split
 from serving.preprocess import AudioFrontend
 
@@ -120,13 +120,11 @@ def _unit_rms(x: np.ndarray) -> np.ndarray:
 def _render_audio(first: np.ndarray, second: np.ndarray, w: float, quality: float, fe: AudioFrontend,
                   rng: np.random.Generator, cfg: AVBlendConfig) -> np.ndarray:
     """Two int16 words at 22.05 kHz -> int16 1 s clip at 16 kHz: mixed at w, onset, gain, noise at SNR(q)."""
-    from scipy.signal import resample_poly
-
     a, b = (_unit_rms(x.astype(np.float64) / 32768.0) for x in (first, second))
     mix = np.zeros(max(len(a), len(b)))
     mix[: len(a)] += (1 - w) * a
     mix[: len(b)] += w * b
-    speech = resample_poly(mix, fe.sample_rate, SYNTH_RATE)[: fe.clip_samples]
+    speech = resample(mix, fe.sample_rate, SYNTH_RATE)[: fe.clip_samples]
     speech = 0.1 * speech  # unit RMS words -> a comfortable level before the random gain
     return place_clip(speech, fe.clip_samples, rng, cfg.gain_db, cfg.snr_db, quality=quality)
 
