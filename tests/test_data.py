@@ -297,3 +297,38 @@ def test_pronunciation_variant_clips_are_added_beside_the_plain_ones(small_build
     spoken = b["phonemes"][added]
     words = np.array(avdigits.WORDS)[b["label"][added]]
     assert all(p != "" for p, w in zip(spoken, words, strict=True) if w not in ("seven",))  # re-pronounced
+
+
+def test_a_reload_of_the_same_file_is_served_from_memory_as_a_private_copy(small_build, tmp_path, monkeypatch):
+    from pipeline.data import dataset
+
+    path = tmp_path / small_build.name
+    path.write_bytes(small_build.read_bytes())
+    reads = []
+    read = dataset._read
+    monkeypatch.setattr(dataset, "_read", lambda p: reads.append(p) or read(p))
+    first = load_dataset(path)
+    expected = {m: a.copy() for m, a in first.x.items()}
+    first.x["audio"][:] = 0  # a caller changing its arrays in place
+    first.y[:] = -1
+    first.meta["name"] = "changed"
+    second = load_dataset(path)
+    assert len(reads) == 1  # the log-mel was computed once
+    for m, a in expected.items():
+        np.testing.assert_array_equal(second.x[m], a)
+    assert second.y.min() >= 0 and second.meta["name"] == "avdigits"
+    # a new version of the file (written anew, as every build writes) is read again
+    other = avdigits.build(SMALL.model_copy(update={"seed": 4}), tmp_path / "other")
+    (tmp_path / "new.npz").write_bytes(other.read_bytes())
+    (tmp_path / "new.npz").replace(path)
+    third = load_dataset(path)
+    assert len(reads) == 2 and not np.array_equal(third.x["audio"], expected["audio"])
+    np.testing.assert_array_equal(third.x["audio"], load_dataset(other).x["audio"])
+
+
+def test_cached_resampling_filter_gives_scipys_resample_poly_bit_for_bit():
+    from scipy.signal import resample_poly
+
+    x = np.random.default_rng(0).standard_normal(9000)
+    for up, down in ((16000, 22050), (16000, 44100), (2, 3)):
+        np.testing.assert_array_equal(avdigits.resample(x, up, down), resample_poly(x, up, down))
