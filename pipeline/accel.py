@@ -3,16 +3,21 @@
 ``setup(cfg)`` reads the ``accel`` config section and the torchrun environment (``WORLD_SIZE``,
 ``RANK``, ``LOCAL_RANK``): several processes join one process group (nccl on CUDA, gloo on CPU)
 and the trainer wraps the trainable modules in DistributedDataParallel. On CUDA: AMP (bf16 where
-the GPU supports it, else fp16 with a gradient scaler), channels_last for image-shaped inputs,
-pinned host memory with non-blocking copies, and ``torch.compile`` when asked for.
+the GPU supports it, else fp16 with a gradient scaler), pinned host memory with non-blocking
+copies, and ``torch.compile`` when asked for. channels_last (NHWC) for image-shaped inputs on
+CUDA and on x86 CPUs, where oneDNN's NHWC convolutions train the built-in conv encoders faster
+(``bench/memory_format.py``); ARM CPUs keep NCHW unless ``accel.channels_last=on``.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 
 import torch
+
+X86 = ("x86_64", "amd64", "i686", "i386")  # platform.machine() of x86 CPUs (Linux, Windows)
 
 
 @dataclass
@@ -67,7 +72,9 @@ def setup(accel_cfg) -> Accel:
         bf16 = torch.cuda.is_bf16_supported()
         amp = {"auto": torch.bfloat16 if bf16 else torch.float16, "bf16": torch.bfloat16,
                "fp16": torch.float16}[accel_cfg.amp]
-    channels_last = cuda if accel_cfg.channels_last == "auto" else accel_cfg.channels_last == "on"
+    channels_last = accel_cfg.channels_last == "on"
+    if accel_cfg.channels_last == "auto":  # on where measured faster: CUDA, and x86 CPUs (oneDNN's NHWC kernels)
+        channels_last = cuda or platform.machine().lower() in X86
     return Accel(device, rank, world, amp, channels_last, accel_cfg.compile)
 
 

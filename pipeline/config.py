@@ -445,11 +445,17 @@ class AccelConfig(_Strict):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # CUDA only
-    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA and x86 CPUs
     compile: bool = False  # torch.compile the student (opt-in)
     band_split: Literal["auto", "matmul", "fft"] = "auto"  # FD band split form; auto: the faster here
     nproc: int = Field(1, ge=1)  # processes on this node for `fdkd distill` (torchrun --nproc-per-node)
     torchrun_args: tuple[str, ...] = ()  # e.g. ["--nnodes=2", "--node-rank=0", "--rdzv-endpoint=host:29500"]
+
+    @field_validator("amp", "channels_last", mode="before")
+    @classmethod
+    def _yaml_switch(cls, v):
+        """YAML reads a bare on/off (``--set accel.channels_last=on``) as true/false: take those as "on"/"off"."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class RunConfig(_Strict):

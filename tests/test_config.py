@@ -36,6 +36,21 @@ def test_overrides_parse_yaml_values():
         apply_override({"seed": 1}, "seed.x=2")
 
 
+def test_on_off_switches_take_yaml_booleans_and_auto_picks_nhwc_on_x86(monkeypatch):
+    from pipeline import accel
+
+    # YAML reads a bare on/off as a boolean: `--set accel.channels_last=on` must still mean "on"
+    assert load_config(None, ["accel.channels_last=on"]).accel.channels_last == "on"
+    assert load_config(None, ["accel.channels_last=off", "accel.amp=off"]).accel.amp == "off"
+    with pytest.raises(ConfigError, match=r"accel\.amp"):
+        load_config(None, ["accel.amp=on"])  # amp has no "on"
+    cfg = load_config(None, ["accel.device=cpu"]).accel
+    for machine, nhwc in (("x86_64", True), ("AMD64", True), ("aarch64", False), ("arm64", False)):
+        monkeypatch.setattr(accel.platform, "machine", lambda m=machine: m)
+        assert accel.setup(cfg).channels_last is nhwc, machine
+        assert accel.setup(cfg.model_copy(update={"channels_last": "off"})).channels_last is False
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
