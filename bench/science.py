@@ -59,6 +59,9 @@ HEADROOM_PT = 1.0
 # the audio augmentation every science record was made with (the defaults before issue 8 part 5 widened them)
 AUGMENT_V1 = ["distill.augment.speed=[0.9,1.1]", "distill.augment.pitch_semitones=[-2,2]",
               "distill.augment.pitch_p=0.5", "distill.augment.freq_warp_bins=1.5"]
+# the CPU records trained in NCHW (the CPU default before accel.channels_last's auto turned NHWC on for x86); the
+# CUDA records in NHWC, which auto still picks there
+MEMORY_FORMAT_V1_CPU = ["accel.channels_last=off"]
 PLATEAU_PT = 1.0
 
 FD = ["distill.method=fd"]
@@ -228,7 +231,8 @@ class Bench:
         a = self.args
         return [*sets, f"runs_dir={a.out}", f"data.cache_dir={a.data_cache}",
                 f"teacher.modality={DIRECTIONS[direction]}", f"teacher.optim.epochs={a.teacher_epochs}",
-                f"distill.student.width={a.width}", "distill.grad_norm_every=0", *AUGMENT_V1, *a.sets]
+                f"distill.student.width={a.width}", "distill.grad_norm_every=0", *AUGMENT_V1,
+                *(MEMORY_FORMAT_V1_CPU if self.info["device"] == "cpu" else []), *a.sets]
 
     def teacher_path(self, spec: str, direction: str) -> Path:
         return Path(self.args.out) / tag(spec, direction, "teacher") / f"teacher.{DIRECTIONS[direction]}.pt"
