@@ -49,7 +49,8 @@ TARGET_ACC, TARGET_GAP = 93.0, 5.0  # issue 8 part 5: >= 93 % in-domain, unseen 
 PAIRS = [("pronunciation variants 0.5", "variants off"),
          ("one variant clip beside each training image's two", "variants off"),
          ("one variant clip per training image, 14 epochs", "variants off"),
-         ("two candidates (none, fd), 20 epochs", "one variant clip per training image, 14 epochs")]
+         ("two candidates (none, fd), 20 epochs", "one variant clip per training image, 14 epochs"),
+         ("two candidates (none, fd), 20 epochs, NHWC", "two candidates (none, fd), 20 epochs")]
 
 
 def git_rev() -> str:
