@@ -185,6 +185,8 @@ class OptimConfig(_Strict):
     poly_power: float = 0.9
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
+    # validate, select and ship an exponential moving average of the weights (pipeline/ema.py); None: the weights
+    ema_decay: float | None = Field(None, ge=0, lt=1)
 
 
 class TeacherConfig(_Strict):

@@ -2,7 +2,8 @@
 
 Full-batch-in-memory data (the paired sets are small arrays of features), seeded shuffling,
 SGD with momentum and polynomial learning-rate decay, per-term loss and gradient-norm logging,
-checkpoint selection on the **validation** split with the student's own head.
+checkpoint selection on the **validation** split with the student's own head (of the weights'
+moving average instead where ``optim.ema_decay`` is set: ``pipeline.ema``).
 
 The frozen teacher's features and logits are computed once per training sample and reused
 every epoch (``teacher_cache``), since nothing about them changes; ``teacher_cache=False`` runs
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +28,7 @@ from torch import nn
 
 from pipeline.accel import Accel
 from pipeline.config import OptimConfig
+from pipeline.ema import WeightAverage
 from pipeline.objectives import Objective
 
 EVAL_BATCH = 512
@@ -249,6 +252,8 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
         scalers = [torch.amp.GradScaler(acc.device.type) for _ in directions]
     else:
         sgds = [sgd_of([p for p in joint.parameters() if p.requires_grad])]
+    # optim.ema_decay: validation, checkpoint selection and the shipped weights use each student's weight average
+    averages = [WeightAverage(d.student, opt.ema_decay) if opt.ema_decay is not None else None for d in directions]
     per_rank_batch = max(1, opt.batch_size // acc.world)
     shard = math.ceil(len(train_idx) / acc.world)
     bounds = batch_bounds(shard, per_rank_batch)  # the same on every rank: equal shards
@@ -295,19 +300,25 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
             else:
                 sum(losses).backward()
                 sgds[0].step()
+            for d, avg in zip(directions, averages, strict=True):
+                if avg is not None:
+                    avg.update(d.student)
             step += 1
         seconds = time.perf_counter() - t0
-        for d in directions:
-            val_acc = _val_accuracy(d.student, d.x_student[val_idx], y[val_idx], acc)
+        for d, avg in zip(directions, averages, strict=True):
+            with avg.swapped_in(d.student) if avg is not None else nullcontext():
+                val_acc = _val_accuracy(d.student, d.x_student[val_idx], y[val_idx], acc)
+                if d.best_state is None or val_acc > d.best["val_acc"]:
+                    d.best_state = {k: v.detach().cpu().clone() for k, v in d.student.state_dict().items()}
+                    d.best = {"epoch": epoch, "val_acc": val_acc}
             rec = {"epoch": epoch, "direction": d.name, "lr": lr, "epoch_seconds": round(seconds, 4),
                    "train_acc": correct[d.name] / max(seen, 1), "val_acc": val_acc, "world_size": acc.world}
+            if avg is not None:
+                rec["val_of"] = "ema"
             for name, s in sums[d.name].items():
                 rec[f"loss/{name}"] = s / max(seen, 1)
             for name, vals in norms[d.name].items():
                 rec[f"grad_norm/{name}"] = float(np.mean(vals))
-            if d.best_state is None or val_acc > d.best["val_acc"]:
-                d.best_state = {k: v.detach().cpu().clone() for k, v in d.student.state_dict().items()}
-                d.best = {"epoch": epoch, "val_acc": val_acc}
             records.append(rec)
             if log and acc.is_main:
                 log(rec)
