@@ -52,6 +52,20 @@ class Accel:
             torch.distributed.barrier()
 
 
+def nhwc_hazard(model: torch.nn.Module) -> str | None:
+    """The first layer NHWC training must not run on the CPU, or None.
+
+    oneDNN's AVX2 kernel for the input gradient of a 1x1 stride-2 convolution with fewer than 8 input
+    channels writes past its buffer in NHWC (torch 2.13 CPU wheel: heap corruption, then an abort; every
+    other kernel size, stride and channel count checked gave NCHW's gradients). Such a model (the residual
+    shortcut of a conv encoder narrower than 8) trains in NCHW instead.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 8:
+            return f"{name} ({type(m).__name__} {m.in_channels}->{m.out_channels}, 1x1, stride {m.stride[0]})"
+    return None
+
+
 def setup(accel_cfg) -> Accel:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     want = accel_cfg.device

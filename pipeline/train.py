@@ -16,6 +16,7 @@ Devices, AMP and torchrun processes come from ``pipeline.accel``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.accel import Accel
+from pipeline.accel import Accel, nhwc_hazard
 from pipeline.config import OptimConfig
 from pipeline.ema import WeightAverage
 from pipeline.objectives import Objective
@@ -211,6 +212,15 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     val_idx = torch.from_numpy(np.flatnonzero(split == 1))
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError("training needs non-empty train and val splits")
+    if acc.channels_last and acc.device.type == "cpu":
+        hazards = [(d.name, h) for d in directions if (h := nhwc_hazard(d.student))]
+        if hazards:  # a oneDNN defect (pipeline.accel.nhwc_hazard): the whole loop trains in NCHW
+            acc = dataclasses.replace(acc, channels_last=False)
+            if acc.is_main:
+                from pipeline.progress import console
+
+                console.print(f"channels_last off on this CPU: {hazards[0][0]}'s layer {hazards[0][1]} would hit "
+                              "a oneDNN NHWC defect", highlight=False, markup=False)
     caches: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # one per (teacher, teacher input)
     for d in directions:
         d.student.to(acc.device)
