@@ -90,6 +90,7 @@ def main() -> None:
     machine = json.loads(a.machine_from.read_text().splitlines()[0])["machine"]
     bench = science.Bench.__new__(science.Bench)  # naming and sets only: no records read, no machine probed
     bench.args = science.parse_args(["--full", *(x for s in a.sets for x in ("--set", s))])
+    bench.info = machine  # the machine the runs trained on (its device decides the memory-format pin)
     have = set()
     if a.records.exists():
         have = {science.Bench.key(json.loads(line)) for line in a.records.read_text().splitlines() if line.strip()}
