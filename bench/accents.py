@@ -50,7 +50,8 @@ PAIRS = [("pronunciation variants 0.5", "variants off"),
          ("one variant clip beside each training image's two", "variants off"),
          ("one variant clip per training image, 14 epochs", "variants off"),
          ("two candidates (none, fd), 20 epochs", "one variant clip per training image, 14 epochs"),
-         ("two candidates (none, fd), 20 epochs, NHWC", "two candidates (none, fd), 20 epochs")]
+         ("two candidates (none, fd), 20 epochs, NHWC", "two candidates (none, fd), 20 epochs"),
+         ("two candidates (none, fd), 20 epochs, NHWC, weight EMA 0.99", "two candidates (none, fd), 20 epochs, NHWC")]
 
 
 def git_rev() -> str:
