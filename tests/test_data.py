@@ -324,6 +324,12 @@ def test_a_reload_of_the_same_file_is_served_from_memory_as_a_private_copy(small
     third = load_dataset(path)
     assert len(reads) == 2 and not np.array_equal(third.x["audio"], expected["audio"])
     np.testing.assert_array_equal(third.x["audio"], load_dataset(other).x["audio"])
+    # features over the limit are not kept: every load reads the file
+    monkeypatch.setattr(dataset, "MEMO_MAX_BYTES", 0)
+    reads.clear()
+    load_dataset(path)
+    load_dataset(path)
+    assert len(reads) == 2
 
 
 def test_cached_resampling_filter_gives_scipys_resample_poly_bit_for_bit():

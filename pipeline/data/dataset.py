@@ -71,6 +71,7 @@ def encode_meta(meta: dict) -> np.ndarray:
 
 
 _LAST: tuple[tuple, PairedDataset] | None = None  # the most recent load: (file key, dataset)
+MEMO_MAX_BYTES = 1 << 30  # features kept in memory up to this size: the copy costs memory for the whole process
 
 
 def _file_key(path: Path) -> tuple:
@@ -89,9 +90,10 @@ def _copy(ds: PairedDataset) -> PairedDataset:
 def load_dataset(path: Path) -> PairedDataset:
     """Load a dataset file; standardisation constants come from its training split.
 
-    The features of the most recently loaded file are kept in memory: ``fdkd run`` reads the same file in
-    several stages, and the log-mel of every clip is most of a load's cost. Every call returns its own
-    copy of the arrays, so a caller that changes them in place changes nothing for the next one.
+    The features of the most recently loaded file (up to ``MEMO_MAX_BYTES`` of them) are kept in memory:
+    ``fdkd run`` reads the same file in several stages, and the log-mel of every clip is most of a load's
+    cost. Every call returns its own copy of the arrays, so a caller that changes them in place changes
+    nothing for the next one.
     """
     global _LAST
     path = Path(path)
@@ -102,6 +104,9 @@ def load_dataset(path: Path) -> PairedDataset:
     if _LAST is not None and _LAST[0] == key:
         return dataclasses.replace(_copy(_LAST[1]), path=path)
     ds = _read(path)
+    if sum(a.nbytes for a in ds.x.values()) > MEMO_MAX_BYTES:
+        _LAST = None
+        return ds
     _LAST = (key, ds)
     return _copy(ds)
 
