@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Modality = Literal["image", "audio"]
-MethodName = Literal["none", "kd", "feat", "dkd", "dist", "fd"]
-DistillMethod = Literal["auto", "none", "kd", "feat", "dkd", "dist", "fd"]
+MethodName = Literal["none", "self-training", "pseudo", "kd", "feat", "dkd", "dist", "fd"]
+DistillMethod = Literal["auto", "none", "self-training", "pseudo", "kd", "feat", "dkd", "dist", "fd"]
 
 
 class ConfigError(ValueError):
@@ -137,6 +137,13 @@ class ManifestDataConfig(_Strict):
 class DataConfig(_Strict):
     source: Literal["avdigits", "avblend", "manifest"] = "avdigits"
     cache_dir: Path = Path("runs/data")
+    # the student's training labels (pipeline/data/labels.py); the dataset file and every val/test label stay as
+    # they are. labelled: the fraction of labelled training pairs that keep their label, stratified by class (at
+    # least one per class), the rest become unlabelled pairs. label_noise: the fraction of the kept labels replaced
+    # by another class, uniformly, stratified by class, fixed per pair. The teacher trains on the file's labels.
+    labelled: float = Field(1.0, gt=0, le=1)
+    label_noise: float = Field(0.0, ge=0, lt=1)
+    label_seed: int | None = None  # None: the run's seed
     avdigits: AVDigitsConfig = AVDigitsConfig()
     avblend: AVBlendConfig = AVBlendConfig()
     manifest: ManifestDataConfig | None = None
@@ -234,6 +241,23 @@ class FDConfig(_Strict):
     log_mse: bool = True  # False: plain MSE on the high band
 
 
+class PseudoConfig(_Strict):
+    """pseudo (supervision transfer): CE to the teacher's hard label on the unlabelled pairs where the teacher's
+    softmax confidence reaches ``threshold``, averaged over the unlabelled pairs of the batch."""
+
+    threshold: float = Field(0.9, ge=0, le=1)
+    weight: float = Field(1.0, ge=0)
+
+
+class SelfTrainingConfig(_Strict):
+    """self-training (FixMatch-style, no teacher): CE of the student on its augmented (strong) view to its own
+    hard prediction on the clean (weak) view of each unlabelled clip, where that prediction's confidence reaches
+    ``threshold``. The control that says whether the teacher, rather than the unlabelled audio, earned a gain."""
+
+    threshold: float = Field(0.95, ge=0, le=1)
+    weight: float = Field(1.0, ge=0)
+
+
 class LabelSmoothingConfig(_Strict):
     """Label smoothing of the task term, usable with any method (the ``none + LS`` control).
 
@@ -275,7 +299,11 @@ class AutoCandidate(_Strict):
 
 class AutoConfig(_Strict):
     """``method: auto``: train every candidate on one shared teacher cache and ship the best by validation
-    accuracy of the student's own head. The ``none`` candidate (training alone) wins every tie."""
+    accuracy of the student's own head, only where it beats the ``none`` candidate (training alone) by more than
+    ``margin_se`` paired standard errors (``pipeline.auto``). The validation split is halved, stratified: one half
+    picks each candidate's epoch, the other judges the candidates, so one set of rows never does both."""
+
+    margin_se: float = Field(2.0, ge=0)
 
     candidates: tuple[AutoCandidate, ...] = (
         AutoCandidate(name="none", method="none"),
@@ -353,6 +381,8 @@ class DistillConfig(_Strict):
     dkd: DKDConfig = DKDConfig()
     dist: DISTConfig = DISTConfig()
     fd: FDConfig = FDConfig()
+    pseudo: PseudoConfig = PseudoConfig()
+    self_training: SelfTrainingConfig = SelfTrainingConfig()
     augment: AudioAugmentConfig = AudioAugmentConfig()  # audio students only
 
     @model_validator(mode="after")

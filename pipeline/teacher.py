@@ -3,11 +3,18 @@
 Reads the dataset; writes ``teacher.<modality>.pt`` (+ ``.config.yaml``) and
 ``teacher.<modality>.metrics.jsonl`` in the run directory. With ``teacher.checkpoint`` set,
 nothing is trained: the given teacher is loaded and evaluated.
+
+The teacher trains on the dataset file's labels (``PairedDataset.teacher_labels``), not the student's:
+``data.labelled`` and ``data.label_noise`` never reach it. A built-in preset labels every training image;
+a manifest's empty label cells are unlabelled for the teacher too, and one with no labelled training row
+needs ``teacher.checkpoint``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import torch
 
 from pipeline import accel, artifacts, data
 from pipeline.config import RunConfig
@@ -24,11 +31,16 @@ def run(cfg: RunConfig, modality: str | None = None) -> tuple[Path, dict]:
     modality = modality or cfg.teacher.modality
     setup(cfg)
     ds = data.load(cfg)
-    x, y = tensors(ds)
+    x, _ = tensors(ds)
+    y = torch.from_numpy(ds.teacher_labels)
     test = ds.indices("test")
     if cfg.teacher.checkpoint is not None and modality == cfg.teacher.modality:
         model, path = load_teacher(cfg, modality, ds)
         return path, {"test_acc": accuracy(predict(model, x[modality][test]), y[test])}
+    if not (ds.teacher_labels[ds.indices("train")] >= 0).any():
+        raise ValueError(f"dataset {ds.path}: no training pair has a label, so there is nothing to train the "
+                         f"{modality} teacher on; set teacher.checkpoint to a trained teacher (it then supervises "
+                         "every pair)")
     arch = arch_dict(cfg.teacher.model, ds.x[modality].shape[1:], ds.num_classes)
     model = build_encoder(**arch)
     objective = NoKD(model.num_features, model.num_features, ds.num_classes, cfg.distill)

@@ -26,6 +26,12 @@ def prepare(cfg: RunConfig, progress=None) -> Path:
 
 
 def load(cfg: RunConfig, progress=None):
+    """The dataset with the student's labels (``data.labelled``, ``data.label_noise``: ``pipeline.data.labels``)."""
     from pipeline.data.dataset import load_dataset
+    from pipeline.data.labels import student_labels
 
-    return load_dataset(prepare(cfg, progress))
+    ds = load_dataset(prepare(cfg, progress))
+    seed = cfg.seed if cfg.data.label_seed is None else cfg.data.label_seed
+    y, info = student_labels(ds.y, ds.split, ds.num_classes, cfg.data.labelled, cfg.data.label_noise, seed)
+    ds.teacher_y, ds.y, ds.labels = ds.y, y, info
+    return ds

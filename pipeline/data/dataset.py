@@ -29,7 +29,12 @@ MODALITIES = ("image", "audio")
 
 @dataclass
 class PairedDataset:
-    """Features per modality ([N, C, H, W] float32), labels, and split ids (``ALL_SPLITS`` order)."""
+    """Features per modality ([N, C, H, W] float32), labels, and split ids (``ALL_SPLITS`` order).
+
+    ``y`` are the labels the student trains on: -1 (``pipeline.data.labels.UNLABELLED``) on a training pair
+    nobody labelled. ``teacher_y`` are the file's labels, the ones a teacher trains on (None: the same as ``y``);
+    they differ from ``y`` only on training rows, after ``data.labelled`` or ``data.label_noise``.
+    """
 
     x: dict[str, np.ndarray]
     y: np.ndarray
@@ -38,6 +43,22 @@ class PairedDataset:
     frontends: dict[str, AudioFrontend | ImageFrontend]
     meta: dict
     path: Path | None = None
+    teacher_y: np.ndarray | None = None
+    labels: dict | None = None  # pipeline.data.labels.student_labels's summary
+
+    @property
+    def teacher_labels(self) -> np.ndarray:
+        return self.y if self.teacher_y is None else self.teacher_y
+
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        """Per split: rows, labelled and unlabelled (the student's labels)."""
+        out = {}
+        for name in ALL_SPLITS:
+            idx = self.indices(name)
+            if len(idx):
+                lab = int((self.y[idx] >= 0).sum())
+                out[name] = {"rows": len(idx), "labelled": lab, "unlabelled": len(idx) - lab}
+        return out
 
     @property
     def num_classes(self) -> int:
