@@ -5,8 +5,10 @@
   on the training split. ``none`` + this is the "KD is just label smoothing" control.
 - Shuffled teacher (``distill.teacher_shuffle: true``): every training pair is given the teacher
   input (hence the cached teacher outputs) of another training pair of the same class, a
-  derangement within each class. Class-level knowledge survives, instance-level knowledge does not;
-  a method that only beats ``none`` with the real teacher, not with this one, transfers instances.
+  derangement within each class (the student's label, noisy labels included; on an unlabelled pair,
+  the class the teacher predicts from the pair's own input). Class-level knowledge survives,
+  instance-level knowledge does not; a method that only beats ``none`` with the real teacher, not
+  with this one, transfers instances.
 """
 
 from __future__ import annotations
@@ -74,6 +76,13 @@ def shuffle_within_class(y: np.ndarray, rows: np.ndarray, seed: int) -> np.ndarr
         order = pos[rng.permutation(len(pos))]
         src[order] = rows[np.roll(order, -1)]
     return src
+
+
+def labelled_or_predicted(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """The class the shuffled-teacher control groups a training row by: its label, or on an unlabelled row
+    (label -1) the class the teacher predicts from the row's own input."""
+    labels = np.asarray(labels)
+    return np.where(labels >= 0, labels, np.asarray(predicted))
 
 
 def shuffled_teacher_rows(y: np.ndarray, split: np.ndarray, seed: int) -> np.ndarray:

@@ -24,6 +24,7 @@ from pipeline.losses.frequency import (
     low_band_loss,
 )
 from pipeline.losses.kd import kd_loss
+from pipeline.losses.pseudo import labelled_cross_entropy, pseudo_label_loss
 
 Terms = dict[str, tuple[float, torch.Tensor]]
 
@@ -33,31 +34,70 @@ class Objective(nn.Module):
 
     ``label_smoothing`` smooths the task term's targets (``distill.label_smoothing``); with
     ``epsilon: teacher`` the stage sets it from the teacher's entropy before training.
+
+    Partly labelled pairs (``y == -1``: ``pipeline.data.labels``): the task term is the mean CE over the
+    labelled rows of the batch only; every teacher term applies to every row, and a teacher term that needs a
+    class (dkd's target class, fd's shared classifiers) takes the teacher's predicted class on an unlabelled row
+    (``class_targets``). ``partial_labels`` is set by the trainer when the training split has unlabelled rows.
+
+    Class attributes the trainer reads: ``needs_teacher`` (the frozen teacher's outputs are passed in),
+    ``self_teacher`` (the student's own logits on the clean view of the batch, without gradient, are passed in
+    as ``z_t``), ``labelled_only`` (the student sees the labelled training rows only, as many steps as the
+    others: ``none``, training alone).
     """
 
     needs_teacher = True
+    self_teacher = False
+    labelled_only = False
 
     def __init__(self, d_student: int, d_teacher: int, num_classes: int, cfg: DistillConfig) -> None:
         super().__init__()
         self.cfg = cfg
         eps = cfg.label_smoothing.epsilon
         self.label_smoothing = 0.0 if eps == "teacher" else float(eps)
+        self.partial_labels = False
 
     def terms(self, f_s, z_s, f_t, z_t, y, epoch: int) -> Terms:
         raise NotImplementedError
 
+    def class_targets(self, y: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+        """The label where there is one, else the teacher's predicted class."""
+        return torch.where(y >= 0, y, z_t.argmax(1)) if self.partial_labels else y
+
     def forward(self, f_s, z_s, f_t, z_t, y, epoch: int = 0) -> Terms:
-        task = F.cross_entropy(z_s, y, label_smoothing=self.label_smoothing)
+        task = labelled_cross_entropy(z_s, y, self.label_smoothing, partial=self.partial_labels)
         return {"task": (1.0, task), **self.terms(f_s, z_s, f_t, z_t, y, epoch)}
 
 
 class NoKD(Objective):
-    """none: the student trained alone, L = CE."""
+    """none: the student trained alone, L = CE, on the labelled training rows only."""
 
     needs_teacher = False
+    labelled_only = True
 
     def terms(self, f_s, z_s, f_t, z_t, y, epoch):
         return {}
+
+
+class PseudoLabels(Objective):
+    """pseudo: L = CE on the labelled rows + w * CE(z_s, argmax z_t) on the unlabelled rows the teacher is
+    confident on (supervision transfer; ``pipeline.losses.pseudo``)."""
+
+    def terms(self, f_s, z_s, f_t, z_t, y, epoch):
+        c = self.cfg.pseudo
+        return {"pseudo": (c.weight, pseudo_label_loss(z_s, z_t, y, c.threshold))}
+
+
+class SelfTraining(Objective):
+    """self-training: the same loss as ``pseudo`` with the student's own prediction on the clean clip in the
+    teacher's place (FixMatch's weak view; the augmented batch is the strong view). It never sees the teacher."""
+
+    needs_teacher = False
+    self_teacher = True
+
+    def terms(self, f_s, z_s, f_t, z_t, y, epoch):
+        c = self.cfg.self_training
+        return {"self": (c.weight, pseudo_label_loss(z_s, z_t, y, c.threshold))}
 
 
 class LogitKD(Objective):
@@ -85,7 +125,7 @@ class DecoupledKD(Objective):
     def terms(self, f_s, z_s, f_t, z_t, y, epoch):
         c = self.cfg.dkd
         ramp = min((epoch + 1) / c.warmup_epochs, 1.0) if c.warmup_epochs else 1.0
-        return {"dkd": (ramp, dkd_loss(z_s, z_t, y, c.alpha, c.beta, c.temperature))}
+        return {"dkd": (ramp, dkd_loss(z_s, z_t, self.class_targets(y, z_t), c.alpha, c.beta, c.temperature))}
 
 
 class DIST(Objective):
@@ -149,6 +189,7 @@ class FDCMKD(Objective):
             "low": (c.w_low, low_band_loss(s_low, t_low)),
             "high": (c.w_high, high_band_loss(s_high, t_high, log=c.log_mse)),
         }
+        y = self.class_targets(y, z_t)
         if c.shared_classifier:
             align = (F.cross_entropy(self.cls_low(s_low), y) + F.cross_entropy(self.cls_low(t_low), y)
                      + F.cross_entropy(self.cls_high(s_high), y) + F.cross_entropy(self.cls_high(t_high), y))
@@ -161,6 +202,8 @@ class FDCMKD(Objective):
 
 METHODS: dict[str, type[Objective]] = {
     "none": NoKD,
+    "self-training": SelfTraining,
+    "pseudo": PseudoLabels,
     "kd": LogitKD,
     "feat": FeatureMSE,
     "dkd": DecoupledKD,

@@ -89,7 +89,9 @@ class Joint(nn.Module):
     """Every trainable part (students and objectives) as one module, so DDP can wrap it whole.
 
     The students run under autocast (AMP on CUDA); their features and logits are cast back to
-    float32 before the objectives, so loss terms are always computed in full precision.
+    float32 before the objectives, so loss terms are always computed in full precision. A
+    ``self_teacher`` objective (self-training) gets the student's own logits on the clean view of the
+    batch (``weak``), computed without gradient in train mode, in the teacher's place.
     """
 
     def __init__(self, directions: list[Direction]) -> None:
@@ -98,11 +100,16 @@ class Joint(nn.Module):
         self.objectives = nn.ModuleList([d.objective for d in directions])
         self.taps = [d.tap for d in directions]
 
-    def forward(self, xs, teacher_outs, y, epoch: int, amp_dtype=None):
+    def forward(self, xs, teacher_outs, ys, epoch: int, amp_dtype=None, weak=None):
         out = []
-        for student, objective, tap, x, (f_t, z_t) in zip(self.students, self.objectives, self.taps, xs,
-                                                          teacher_outs, strict=True):
+        weak = weak or [None] * len(xs)
+        for student, objective, tap, x, (f_t, z_t), y, x_weak in zip(self.students, self.objectives, self.taps, xs,
+                                                                     teacher_outs, ys, weak, strict=True):
             with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                if x_weak is not None:
+                    with torch.no_grad():
+                        f_w, _ = features(student, x_weak, tap)
+                        z_t = student.forward_head(f_w).float()
                 f_head, f_s = features(student, x, tap)
                 z_s = student.forward_head(f_head)
             f_s, z_s = f_s.float(), z_s.float()
@@ -151,15 +158,19 @@ def batch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _inputs(directions: list[Direction], rows: torch.Tensor, local: torch.Tensor, acc: Accel,
-            augment: bool = False):
-    """Student inputs and (cached or computed) teacher outputs of one batch, on the device.
+def _inputs(directions: list[Direction], batches: list[tuple[torch.Tensor, torch.Tensor]], y: torch.Tensor,
+            acc: Accel, augment: bool = False):
+    """Per direction, its batch on the device: (student inputs, (cached or computed) teacher outputs, labels, the
+    clean student inputs for a ``self_teacher`` objective or None). ``batches[i]`` = (dataset rows, their positions
+    among the training rows: the teacher cache's index) of direction i.
 
     ``augment``: a direction's ``augment`` (training batches only) replaces its student inputs.
     """
-    xs, touts = [], []
-    for d in directions:
+    xs, touts, ys, weak = [], [], [], []
+    for d, (rows, local) in zip(directions, batches, strict=True):
         xs.append(acc.batch(d.augment(rows) if augment and d.augment is not None else d.x_student[rows]))
+        ys.append(acc.batch(y[rows]))
+        weak.append(acc.batch(d.x_student[rows]) if d.objective.self_teacher else None)
         f_t = z_t = None
         if d.objective.needs_teacher:
             if d.cache is not None:
@@ -170,7 +181,41 @@ def _inputs(directions: list[Direction], rows: torch.Tensor, local: torch.Tensor
                     f_head_t, f_t = features(d.teacher, acc.batch(d.x_teacher[rows]), d.tap)
                     z_t = d.teacher.forward_head(f_head_t)
         touts.append((f_t, z_t))
-    return xs, touts
+    return xs, touts, ys, weak
+
+
+class _Streams:
+    """Which training rows each direction sees at each step.
+
+    Every direction shares one seeded permutation of the training rows per epoch, except a ``labelled_only``
+    objective (``none``) when some training rows are unlabelled: it walks seeded permutations of the labelled
+    rows only, back to back, for as many steps of the same size as the others (its own generator, so the shared
+    permutation, hence every other direction's batches, stay what they are without it).
+    """
+
+    def __init__(self, directions: list[Direction], train_idx: torch.Tensor, y: torch.Tensor, seed: int,
+                 acc: Accel) -> None:
+        labelled = y[train_idx] >= 0
+        self.partial = not bool(labelled.all())
+        self.own = [self.partial and d.objective.labelled_only for d in directions]
+        self.labelled_pos = torch.from_numpy(np.flatnonzero(labelled.numpy()))
+        if any(self.own) and len(self.labelled_pos) == 0:
+            names = ", ".join(d.name for d, own in zip(directions, self.own, strict=True) if own)
+            raise ValueError(f"{names}: method none trains on labelled pairs, and the training split has none "
+                             "(every label is empty)")
+        self.gen = torch.Generator().manual_seed(seed + 0x1ABE1)
+        self.n, self.acc = len(train_idx), acc
+
+    def epoch(self, perm: torch.Tensor, shard: int) -> torch.Tensor | None:
+        """This epoch's positions (among the training rows) for the labelled-only directions, sharded like ``perm``."""
+        if not any(self.own):
+            return None
+        k = len(self.labelled_pos)
+        seq = torch.cat([torch.randperm(k, generator=self.gen) for _ in range(math.ceil(self.n / k))])[: self.n]
+        lperm = self.labelled_pos[seq]
+        if self.acc.distributed:
+            lperm = torch.cat([lperm, lperm[: shard * self.acc.world - len(lperm)]])[self.acc.rank :: self.acc.world]
+        return lperm
 
 
 def unused_parameters(joint: Joint, directions: list[Direction], train_idx: torch.Tensor, y: torch.Tensor,
@@ -181,10 +226,10 @@ def unused_parameters(joint: Joint, directions: list[Direction], train_idx: torc
     mode: no BatchNorm statistics move and no gradient is stored."""
     local = torch.arange(min(2, len(train_idx)))
     rows = train_idx[local]
-    xs, touts = _inputs(directions, rows, local, acc)
+    xs, touts, ys, weak = _inputs(directions, [(rows, local)] * len(directions), y, acc)
     joint.eval()
     try:
-        results = joint(xs, touts, acc.batch(y[rows]), 0, acc.amp_dtype)
+        results = joint(xs, touts, ys, 0, acc.amp_dtype, weak)
         total = sum(w * v for _, _, terms in results for w, v in terms.values())
         named = [(n, p) for n, p in joint.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
@@ -195,23 +240,31 @@ def unused_parameters(joint: Joint, directions: list[Direction], train_idx: torc
 
 def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: OptimConfig, *, seed: int,
         teacher_cache: bool = True, grad_norm_every: int = 10, log=None, progress=None,
-        description: str = "train", acc: Accel | None = None) -> list[dict]:
+        description: str = "train", acc: Accel | None = None, select_rows: np.ndarray | None = None) -> list[dict]:
     """Train every direction jointly (one optimizer, summed losses; under fp16 AMP one optimizer and
     loss scaler per direction); returns per-epoch records.
+
+    ``y`` are the student's labels, -1 on an unlabelled training pair (``pipeline.data.labels``); training
+    accuracy counts labelled rows only. ``select_rows``: the validation rows that pick each direction's best
+    epoch (default: every validation row; ``method: auto`` keeps the other half to choose among candidates).
 
     With ``acc.world`` > 1 this runs inside one torchrun process per rank: the trainable parts are
     wrapped in DistributedDataParallel, each epoch's seeded permutation is sharded across ranks
     (DistributedSampler semantics: padded to equal shards, reshuffled every epoch), the global
     batch stays ``opt.batch_size``, validation is gathered, and only rank 0 logs. Each direction's
     best validation state ends up in ``direction.best_state`` and loaded into its student.
+    Loss sums, accuracy counts and gradient norms stay on the device and are read once per epoch.
     """
     acc = acc or Accel(torch.device("cpu"))
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     train_idx = torch.from_numpy(np.flatnonzero(split == 0))
-    val_idx = torch.from_numpy(np.flatnonzero(split == 1))
+    val_idx = torch.from_numpy(np.flatnonzero(split == 1) if select_rows is None else np.sort(select_rows))
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError("training needs non-empty train and val splits")
+    streams = _Streams(directions, train_idx, y, seed, acc)
+    for d in directions:
+        d.objective.partial_labels = streams.partial
     if acc.channels_last and acc.device.type == "cpu":
         hazards = [(d.name, h) for d in directions if (h := nhwc_hazard(d.student))]
         if hazards:  # a oneDNN defect (pipeline.accel.nhwc_hazard): the whole loop trains in NCHW
@@ -270,36 +323,43 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     total_steps = opt.epochs * len(bounds)
     records, step = [], 0
     task = progress.add_task(description, total=opt.epochs, info="") if progress and acc.is_main else None
+    zero = torch.zeros((), dtype=torch.float64, device=acc.device)
     for epoch in range(opt.epochs):
         t0 = time.perf_counter()
         joint.train()
         perm = torch.randperm(len(train_idx), generator=gen)
         if acc.distributed:  # same permutation on every rank; rank r takes every world-th position
             perm = torch.cat([perm, perm[: shard * acc.world - len(perm)]])[acc.rank :: acc.world]
-        sums: dict[str, dict[str, float]] = {d.name: {} for d in directions}
-        norms: dict[str, dict[str, list[float]]] = {d.name: {} for d in directions}
-        correct = {d.name: 0 for d in directions}
+        lperm = streams.epoch(perm, shard)
+        # running sums stay on the device (float64, as the Python floats they replace): one read per epoch
+        sums: dict[str, dict[str, torch.Tensor]] = {d.name: {} for d in directions}
+        norms: dict[str, dict[str, list[torch.Tensor]]] = {d.name: {} for d in directions}
+        correct = {d.name: zero.clone() for d in directions}
+        counted = {d.name: zero.clone() for d in directions}
         seen = 0
         for b, (lo, hi) in enumerate(bounds):
             local = perm[lo:hi]
-            rows = train_idx[local]
-            yb = acc.batch(y[rows])
+            shared = (train_idx[local], local)
+            labelled = (train_idx[lperm[lo:hi]], lperm[lo:hi]) if lperm is not None else shared
+            batches = [labelled if own else shared for own in streams.own]
             lr = poly_lr(opt, step, total_steps)
             for g in (g for sgd in sgds for g in sgd.param_groups):
                 g["lr"] = lr
             probe = grad_norm_every > 0 and b % grad_norm_every == 0
-            xs, touts = _inputs(directions, rows, local, acc, augment=True)
-            results = model(xs, touts, yb, epoch, acc.amp_dtype)
+            xs, touts, ys, weak = _inputs(directions, batches, y, acc, augment=True)
+            results = model(xs, touts, ys, epoch, acc.amp_dtype, weak)
             losses = []
-            for d, (f_s, z_s, terms) in zip(directions, results, strict=True):
+            n = hi - lo
+            for d, (f_s, z_s, terms), yb in zip(directions, results, ys, strict=True):
                 for name, (w, v) in terms.items():
-                    sums[d.name][name] = sums[d.name].get(name, 0.0) + float(v.detach()) * len(rows)
+                    sums[d.name][name] = sums[d.name].get(name, zero) + v.detach().double() * n
                     if probe and w != 0 and v.requires_grad:
                         (g,) = torch.autograd.grad(w * v, f_s, retain_graph=True, allow_unused=True)
-                        norms[d.name].setdefault(name, []).append(0.0 if g is None else float(g.norm()))
-                correct[d.name] += int((z_s.detach().argmax(1) == yb).sum())
+                        norms[d.name].setdefault(name, []).append(zero if g is None else g.norm().double())
+                correct[d.name] += (z_s.detach().argmax(1) == yb).sum()
+                counted[d.name] += (yb >= 0).sum() if streams.partial else n
                 losses.append(sum(w * v for w, v in terms.values()))
-            seen += len(rows)
+            seen += n
             for sgd in sgds:
                 sgd.zero_grad(set_to_none=True)
             if fp16:
@@ -322,13 +382,14 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
                     d.best_state = {k: v.detach().cpu().clone() for k, v in d.student.state_dict().items()}
                     d.best = {"epoch": epoch, "val_acc": val_acc}
             rec = {"epoch": epoch, "direction": d.name, "lr": lr, "epoch_seconds": round(seconds, 4),
-                   "train_acc": correct[d.name] / max(seen, 1), "val_acc": val_acc, "world_size": acc.world}
+                   "train_acc": float(correct[d.name]) / max(float(counted[d.name]), 1), "val_acc": val_acc,
+                   "world_size": acc.world}
             if avg is not None:
                 rec["val_of"] = "ema"
             for name, s in sums[d.name].items():
-                rec[f"loss/{name}"] = s / max(seen, 1)
+                rec[f"loss/{name}"] = float(s) / max(seen, 1)
             for name, vals in norms[d.name].items():
-                rec[f"grad_norm/{name}"] = float(np.mean(vals))
+                rec[f"grad_norm/{name}"] = float(torch.stack(vals).mean())
             records.append(rec)
             if log and acc.is_main:
                 log(rec)

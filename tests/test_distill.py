@@ -52,7 +52,10 @@ def kd_reference(tiny_cfg, tiny_teachers, tiny_dataset):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_two_epoch_run_of_every_method(tiny_cfg, tiny_teachers, tiny_dataset, method):
-    cfg = _cfg(tiny_cfg, f"m-{method}", **{"distill.method": method})
+    # the pseudo-label methods act on unlabelled pairs only: give them some, and a threshold every row passes
+    semi = {"data.labelled": "0.5", "distill.pseudo.threshold": "0", "distill.self_training.threshold": "0"} \
+        if method in ("pseudo", "self-training") else {}
+    cfg = _cfg(tiny_cfg, f"m-{method}", **{"distill.method": method, **semi})
     path, results = distill.run(cfg)
     assert path == cfg.run_dir / "student.pt"
     # the reported test accuracy is the saved checkpoint's, recomputed here from the file
@@ -62,7 +65,7 @@ def test_two_epoch_run_of_every_method(tiny_cfg, tiny_teachers, tiny_dataset, me
     best = max(range(len(records)), key=lambda i: (records[i]["val_acc"], -i))  # first epoch with the best val
     assert results["student"]["epoch"] == best and results["student"]["val_acc"] == records[best]["val_acc"]
     expected = {"task"} | {"none": set(), "kd": {"kd"}, "feat": {"feat"}, "dkd": {"dkd"}, "dist": {"dist"},
-                           "fd": {"low", "high", "align"}}[method]
+                           "fd": {"low", "high", "align"}, "pseudo": {"pseudo"}, "self-training": {"self"}}[method]
     for r in records:
         assert {k.split("/")[1] for k in r if k.startswith("loss/")} == expected
         assert {k.split("/")[1] for k in r if k.startswith("grad_norm/")} == expected
@@ -229,9 +232,9 @@ def test_fp16_amp_scales_each_candidate_on_its_own():
     from pipeline.train import Direction, fit
 
     class Overflowing(torch.nn.Module):
-        """The wrapped objective, its loss infinite on the first step."""
+        """The wrapped objective (``none``: the trainer reads its class flags), its loss infinite on the first step."""
 
-        needs_teacher = False
+        needs_teacher, self_teacher, labelled_only = False, False, True
 
         def __init__(self, inner):
             super().__init__()
