@@ -377,11 +377,14 @@ def _serve_hint(run_dir: Path) -> str:
 
 
 def _print_report(run_dir: Path) -> None:
-    from pipeline.report import candidates_table, headline, selection_text, summary_table
+    from pipeline.report import candidates_table, headline, labels_line, selection_text, summary_table
 
     path = run_dir / "validation.json"
     if path.exists():
         result = json.loads(path.read_text())
+        labels = (result.get("distill") or {}).get("labels")
+        if labels and (labels["train_unlabelled"] or labels.get("label_noise")):
+            console.print(escape(labels_line(labels)), highlight=False)
         auto = (result.get("distill") or {}).get("auto")
         if auto:
             console.print(candidates_table(auto), highlight=False)

@@ -10,19 +10,25 @@ reverse student (modality A, taught by the teacher on B) is trained in the same 
 optimizer and summed losses, and saved as ``student.reverse.pt``.
 
 ``method: auto`` (the default) trains every candidate of ``distill.auto.candidates`` per direction
-and ships the one with the best validation accuracy of the student's own head (``none``, training
-alone, on ties); every candidate's validation and test accuracy, the winner and its margin over
-``none`` go into the student's metrics (hence ``manifest.json`` and ``report.md``). In
-``metrics.jsonl`` each candidate's direction is named ``student:<candidate>``.
+and ships one only where it beats ``none`` (training alone) on half of the validation split by more
+than the margin (``pipeline.auto``; the other half picks the epochs); every candidate's validation,
+judge and test accuracy, the winner and its margin over ``none`` go into the student's metrics (hence
+``manifest.json`` and ``report.md``). In ``metrics.jsonl`` each candidate's direction is named
+``student:<candidate>``.
+
+Partly labelled data (``data.labelled``, or a manifest's empty labels): every teacher term applies to every
+training pair, the cross-entropy to the labelled ones only (``pipeline.objectives``); ``none`` trains on the
+labelled pairs alone; the shuffled teacher deranges unlabelled pairs within the teacher's predicted class.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from pipeline import artifacts, controls, data
+from pipeline import artifacts, auto, controls, data
 from pipeline.augment import student_augmenter
 from pipeline.config import DistillConfig, RunConfig
 from pipeline.objectives import METHODS, build_objective
@@ -33,15 +39,19 @@ from pipeline.train import Direction, accuracy, features, fit, predict, teacher_
 
 class _SharedAugment:
     """A direction's augmenter shared by its ``auto`` candidates: each training batch (the same ``rows``
-    tensor handed to every candidate in one step) is augmented once, so all candidates train on it."""
+    tensor handed to every candidate in one step) is augmented once, so all candidates train on it. A step
+    may hand out two batches (the labelled-only stream of ``none`` beside the shared one): the last two are kept."""
 
     def __init__(self, augment) -> None:
-        self.augment, self.rows, self.out = augment, None, None
+        self.augment, self.kept = augment, []
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
-        if rows is not self.rows:
-            self.rows, self.out = rows, self.augment(rows)
-        return self.out
+        for r, out in self.kept:
+            if r is rows:
+                return out
+        out = self.augment(rows)
+        self.kept = [*self.kept[-1:], (rows, out)]
+        return out
 
 
 class _Teachers:
@@ -60,12 +70,19 @@ class _Teachers:
         return self.models[modality]
 
     def input(self, modality: str, shuffled: bool):
-        """The teacher's input rows; shuffled: each training row replaced by another of its class."""
+        """The teacher's input rows; shuffled: each training row replaced by another of its class (the student's
+        label, or on an unlabelled row the class the teacher predicts from the row's own input)."""
         key = (modality, shuffled)
         if key not in self.inputs:
             x = self.x[modality]
             if shuffled:
-                x = x[controls.shuffled_teacher_rows(self.ds.y, self.ds.split, self.cfg.seed)]
+                classes = self.ds.y
+                if (self.ds.y[self.ds.indices("train")] < 0).any():
+                    classes = self.ds.y.copy()
+                    train = self.ds.indices("train")
+                    predicted = self.train_outputs(modality, False)[1].argmax(1).cpu().numpy()
+                    classes[train] = controls.labelled_or_predicted(self.ds.y[train], predicted)
+                x = x[controls.shuffled_teacher_rows(classes, self.ds.split, self.cfg.seed)]
             self.inputs[key] = x
         return self.inputs[key]
 
@@ -117,17 +134,9 @@ def _direction(cfg: RunConfig, dcfg: DistillConfig, ds, x, teachers: _Teachers, 
     return d, arch, info
 
 
-def _select(candidates: list[dict]) -> dict:
-    """The auto decision: the best validation accuracy wins; ``none`` wins every tie, then list order."""
-    baseline = next(c for c in candidates if c["method"] == "none" and c["plain"])
-    winner = baseline
-    for c in candidates:
-        if c["val_acc"] > winner["val_acc"]:
-            winner = c
-    return {"winner": winner["name"], "winner_method": winner["method"], "winner_plain": winner["plain"],
-            "margin_val_pt": 100 * (winner["val_acc"] - baseline["val_acc"]),
-            "margin_test_pt": 100 * (winner["test_acc"] - baseline["test_acc"]),
-            "candidates": [{k: v for k, v in c.items() if k != "plain"} for c in candidates]}
+def _judge_right(student, x: torch.Tensor, y: torch.Tensor, rows) -> np.ndarray:
+    """Per judge row, whether the candidate's best-epoch student is right: what ``pipeline.auto.select`` compares."""
+    return (predict(student, x[rows]).argmax(1) == y[rows]).numpy()
 
 
 def run(cfg: RunConfig) -> tuple[Path, dict]:
@@ -154,7 +163,7 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
         plan = [("student", s_mod, t_mod, cfg.run_dir / artifacts.STUDENT)]
         if cfg.distill.bidirectional:
             plan.append(("reverse", t_mod, s_mod, cfg.run_dir / artifacts.STUDENT_REVERSE))
-        auto = cfg.distill.method == "auto"
+        auto_mode = cfg.distill.method == "auto"
         teachers = _Teachers(cfg, ds, x, acc)
         built = []  # (plan index, candidate name, candidate config, direction, arch, info)
         for i, (name, sm, tm, _) in enumerate(plan):
@@ -163,7 +172,7 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
             aug = student_augmenter(cfg.distill.augment, ds, sm, seed=(cfg.seed * 100 + i) * 1000 + acc.rank)
             shared = _SharedAugment(aug) if aug is not None else None
             for cname, dcfg in cfg.distill.runs():
-                d, arch, info = _direction(cfg, dcfg, ds, x, teachers, f"{name}:{cname}" if auto else name, sm, tm)
+                d, arch, info = _direction(cfg, dcfg, ds, x, teachers, f"{name}:{cname}" if auto_mode else name, sm, tm)
                 d.augment = shared
                 info["augment"] = shared is not None
                 if ds.has_split("test_unseen_accent") and sm == "audio":
@@ -175,10 +184,13 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
             if hasattr(d.objective, "use_band_split"):
                 band_split = d.objective.use_band_split(cfg.accel.band_split, acc.device)
         log = reset_log(cfg.run_dir / artifacts.METRICS) if acc.is_main else None
+        select_rows = judge_rows = None
+        if auto_mode:  # one half of validation picks the epochs, the other the candidate (pipeline.auto)
+            select_rows, judge_rows = auto.halve_validation(ds.y, ds.indices("val"), cfg.seed)
         with progress_bar() as p:
             fit([b[3] for b in built], y, ds.split, cfg.distill.optim, seed=cfg.seed,
                 teacher_cache=cfg.distill.teacher_cache, grad_norm_every=cfg.distill.grad_norm_every, log=log,
-                progress=p, description=f"distill ({cfg.distill.method})", acc=acc)
+                progress=p, description=f"distill ({cfg.distill.method})", acc=acc, select_rows=select_rows)
         test = ds.indices("test")
         # the training-alone baseline, from the candidates' definitions: method none and no overrides
         plain = {c.name for c in cfg.distill.auto.candidates if c.method == "none" and not c.set}
@@ -190,11 +202,14 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
                 if "_unseen" in info:
                     unseen = info["_unseen"]
                     extra["test_unseen_accent_acc"] = accuracy(predict(d.student, x[sm][unseen]), y[unseen])
+                if judge_rows is not None:
+                    extra["judge_right"] = _judge_right(d.student, x[sm], y, judge_rows)
                 cands.append({"name": cname, "method": dcfg.method, "plain": cname in plain, **d.best,
                               "test_acc": accuracy(predict(d.student, x[sm][test]), y[test]), **extra,
                               "_d": d, "_arch": arch})
-            if auto:
-                chosen = _select([{k: v for k, v in c.items() if not k.startswith("_")} for c in cands])
+            if auto_mode:
+                chosen = auto.select([{k: v for k, v in c.items() if not k.startswith("_")} for c in cands],
+                                     cfg.distill.auto.margin_se)
                 win = next(c for c in cands if c["name"] == chosen["winner"])
             else:
                 win, chosen = cands[0], None
@@ -202,7 +217,10 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
             metrics = {"method": cfg.distill.method, "epoch": d.best["epoch"], "val_acc": d.best["val_acc"],
                        "world_size": acc.world, "test_acc": win["test_acc"],
                        **{k: v for k, v in win.items() if k not in ("name", "method", "plain", "epoch", "val_acc",
-                                                                   "test_acc") and not k.startswith("_")}}
+                                                                   "test_acc", "judge_right")
+                          and not k.startswith("_")}}
+            if ds.labels is not None:
+                metrics["labels"] = {**ds.labels, "counts": ds.label_counts()}
             if chosen:
                 metrics["auto"] = chosen
             if band_split:

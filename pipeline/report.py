@@ -130,31 +130,62 @@ def _fmt(metrics: dict, key: str, fmt: str) -> str:
 
 
 def candidates_table(auto: dict) -> str:
-    """``method: auto``: every candidate's validation and test accuracy, and which one shipped."""
-    rows = ["| candidate | method | val acc % | test acc % | best epoch | shipped |", "|---|---|---|---|---|---|"]
+    """``method: auto``: every candidate's accuracies, its lead over ``none`` on the judge half, and which shipped.
+
+    Results written before the judge half (no ``judge_acc``) show the columns they have."""
+    judged = all("judge_acc" in c for c in auto["candidates"])
+    head = "| candidate | method | val acc % (select half) | "
+    head += "judge acc % | lead over none, pt (SE) | passes margin | " if judged else ""
+    head += "test acc % | best epoch | shipped |"
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in auto["candidates"]:
         mark = "**yes**" if c["name"] == auto["winner"] else ""
-        rows.append(f"| {c['name']} | {c['method']} | {100 * c['val_acc']:.1f} | {100 * c['test_acc']:.1f} | "
-                    f"{c['epoch']} | {mark} |")
+        row = f"| {c['name']} | {c['method']} | {100 * c['val_acc']:.1f} | "
+        if judged:
+            se = "-" if c.get("se_judge_pt") is None else f"{c['se_judge_pt']:.1f}"
+            row += (f"{100 * c['judge_acc']:.1f} | {c['lead_judge_pt']:+.1f} ({se}) | "
+                    f"{'yes' if c['passes_margin'] else ''} | ")
+        rows.append(row + f"{100 * c['test_acc']:.1f} | {c['epoch']} | {mark} |")
     return "\n".join(rows)
+
+
+def labels_line(labels: dict) -> str:
+    """What the student's training labels were: the fraction labelled and any injected noise."""
+    n, k = labels["train_rows"], labels["train_labelled"]
+    text = (f"**{100 * k / max(n, 1):.1f} % of the training pairs were labelled** ({k} of {n}; "
+            f"`data.labelled: {labels['labelled_fraction']}`); the other {labels['train_unlabelled']} reach "
+            "only the teacher's terms, never the cross-entropy.")
+    if labels.get("label_noise"):
+        text += (f" `data.label_noise: {labels['label_noise']}`: {labels['train_noisy']} of the kept labels "
+                 "were flipped to another class (validation and test labels are clean).")
+    return text
 
 
 def selection_text(auto: dict) -> list[str]:
     w, mv, mt = auto["winner"], auto["margin_val_pt"], auto["margin_test_pt"]
+    judged = "margin_se" in auto
+    where = "on the judge half of validation" if judged else "on validation"
     if auto.get("winner_plain", auto["winner_method"] == "none"):  # results written before winner_plain
-        verdict = (f"No distillation candidate beat training alone on validation, so the student trained "
-                   f"alone (`{w}`) ships.")
+        verdict = (f"No distillation candidate beat training alone {where}"
+                   + (f" by more than {auto['margin_se']:g} standard errors" if judged else "")
+                   + f", so the student trained alone (`{w}`) ships.")
     elif auto["winner_method"] == "none":
         verdict = (f"`{w}` ships: method `none` with its own overrides (a control such as label smoothing, "
-                   f"so not training alone), {mv:+.1f} points over training alone on validation, {mt:+.1f} on "
+                   f"so not training alone), {mv:+.1f} points over training alone {where}, {mt:+.1f} on "
                    "test (test is reported, never used to choose).")
     else:
-        verdict = (f"`{w}` ships: {mv:+.1f} points over training alone (`none`) on validation, "
+        verdict = (f"`{w}` ships: {mv:+.1f} points over training alone (`none`) {where}, "
                    f"{mt:+.1f} on test (test is reported, never used to choose).")
-    return ["## Distillation: candidates (`method: auto`)", "",
-            "Every candidate trained with the same initial weights and batches on one shared teacher cache; "
-            "the best validation accuracy of the student's own head ships, `none` on ties.", "",
-            candidates_table(auto), "", verdict, ""]
+    if judged:
+        rule = (f"Every candidate trained with the same initial weights and batches on one shared teacher cache. "
+                f"Validation is halved, stratified by class: the select half picks each candidate's best epoch, "
+                f"the judge half ({auto['judge_rows']} rows) compares it with `{auto['baseline']}` row by row; "
+                f"a candidate ships only when its lead exceeds {auto['margin_se']:g} paired standard errors "
+                "(`distill.auto.margin_se`), else training alone ships.")
+    else:
+        rule = ("Every candidate trained with the same initial weights and batches on one shared teacher cache; "
+                "the best validation accuracy of the student's own head ships, `none` on ties.")
+    return ["## Distillation: candidates (`method: auto`)", "", rule, "", candidates_table(auto), "", verdict, ""]
 
 
 def write_report(result: dict, run_dir: Path) -> None:
@@ -181,6 +212,9 @@ def write_report(result: dict, run_dir: Path) -> None:
         text += [f"`student.pt` on unseen accents ({', '.join(u['accents']) or 'held out'}; split `{u['split']}`, "
                  f"{u['rows']} rows, never heard in training): **{100 * u['test_unseen_accent_acc']:.1f} %**, "
                  f"against {100 * u['test_acc']:.1f} % in-domain.", ""]
+    labels = (result.get("distill") or {}).get("labels")
+    if labels and (labels["train_unlabelled"] or labels.get("label_noise")):
+        text += [labels_line(labels), ""]
     auto = (result.get("distill") or {}).get("auto")
     if auto:
         text += selection_text(auto)

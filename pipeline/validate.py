@@ -205,7 +205,8 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
               "student_modality": s_mod, "teacher_modality": t_mod, "passed": not failed,
               "complete": not not_validated, "not_validated": not_validated, "artifacts": entries,
               "distill": {"method": ckpt.get("metrics", {}).get("method"),
-                          "auto": ckpt.get("metrics", {}).get("auto")}}
+                          "auto": ckpt.get("metrics", {}).get("auto"),
+                          "labels": ckpt.get("metrics", {}).get("labels")}}
     if s_mod == "audio" and ds.has_split("test_unseen_accent"):  # whole eSpeak accents no other split hears
         xu, yu = ds.take(s_mod, "test_unseen_accent")
         result["unseen_accent"] = {"split": "test_unseen_accent", "rows": int(len(yu)),

@@ -1,7 +1,8 @@
-"""``distill.method: auto``: every candidate trained, the validation argmax ships, ``none`` wins ties."""
+"""``distill.method: auto``: every candidate trained on one loop; one ships only beyond the margin over ``none``."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,40 +15,52 @@ from tests.test_distill import _cfg, _test_accuracy
 CANDIDATES = "[{name: none, method: none}, {name: kd, method: kd}, {name: rigged, method: fd, set: {fd.w_low: 10}}]"
 
 
-def _rigged_fit(monkeypatch, val_of):
-    """Real training, then the candidates' best validation accuracies overwritten by ``val_of(name, real)``."""
-    real_fit = distill.fit
+def _rigged_judge(monkeypatch, right_of):
+    """Real training; then each candidate's judge-half correctness replaced by ``right_of(name, n_rows)``."""
     trained = {}
 
+    def judge(student, x, y, rows):
+        d = next(d for d in trained_now if d.student is student)
+        trained[d.name] = d
+        return np.asarray(right_of(d.name.split(":")[1], len(rows)), bool)
+
+    real_fit = distill.fit
+    trained_now = []
+
     def fit(directions, *args, **kwargs):
-        records = real_fit(directions, *args, **kwargs)
-        for d in directions:
-            d.best["val_acc"] = val_of(d.name.split(":")[1], d.best["val_acc"])
-            trained[d.name] = d
-        return records
+        trained_now.extend(directions)
+        return real_fit(directions, *args, **kwargs)
 
     monkeypatch.setattr(distill, "fit", fit)
+    monkeypatch.setattr(distill, "_judge_right", judge)
     return trained
 
 
 def _assert_ships(cfg, res, trained, name):
     m = res["student"]
     assert m["method"] == "auto" and m["auto"]["winner"] == name
+    judge = {c["name"]: c["judge_acc"] for c in m["auto"]["candidates"]}
     vals = {c["name"]: c["val_acc"] for c in m["auto"]["candidates"]}
     assert m["val_acc"] == vals[name]
-    assert m["auto"]["margin_val_pt"] == pytest.approx(100 * (vals[name] - vals["none"]))
+    assert m["auto"]["margin_val_pt"] == pytest.approx(100 * (judge[name] - judge["none"]))
     shipped = read_checkpoint(cfg.run_dir / "student.pt")["state_dict"]
     winner = trained[f"student:{name}"].student.state_dict()
     assert all(torch.equal(shipped[k], winner[k].cpu()) for k in shipped)
 
 
-def test_auto_ships_the_validation_argmax(tiny_cfg, tiny_teachers, tiny_dataset, monkeypatch):
-    trained = _rigged_fit(monkeypatch, lambda name, real: 0.99 if name == "rigged" else min(real, 0.5))
+def _right(k: int, n: int) -> np.ndarray:
+    """n judge rows, the first k right."""
+    return np.arange(n) < k
+
+
+def test_auto_ships_a_candidate_beyond_the_margin(tiny_cfg, tiny_teachers, tiny_dataset, monkeypatch):
+    trained = _rigged_judge(monkeypatch, lambda name, n: _right(n if name == "rigged" else n // 4, n))
     cfg = _cfg(tiny_cfg, "auto-rigged", **{"distill.method": "auto", "distill.auto.candidates": CANDIDATES})
     _, res = distill.run(cfg)
     _assert_ships(cfg, res, trained, "rigged")
     cands = res["student"]["auto"]["candidates"]
     assert [c["name"] for c in cands] == ["none", "kd", "rigged"]
+    assert [c["passes_margin"] for c in cands] == [False, False, True]
     # each candidate's recorded test accuracy is its own trained student's; the shipped one is student.pt's
     x, y = tensors(tiny_dataset)
     test = tiny_dataset.indices("test")
@@ -61,12 +74,57 @@ def test_auto_ships_the_validation_argmax(tiny_cfg, tiny_teachers, tiny_dataset,
     assert names == {"student:none", "student:kd", "student:rigged"}
 
 
-def test_auto_never_ships_a_student_that_lost_to_training_alone(tiny_cfg, tiny_teachers, tiny_dataset, monkeypatch):
-    trained = _rigged_fit(monkeypatch, lambda name, real: {"none": 0.6, "kd": 0.6, "rigged": 0.59}[name])
-    cfg = _cfg(tiny_cfg, "auto-tie", **{"distill.method": "auto", "distill.auto.candidates": CANDIDATES})
+def test_auto_ships_none_when_a_candidate_leads_inside_the_margin(tiny_cfg, tiny_teachers, tiny_dataset,
+                                                                  monkeypatch):
+    # rigged is right on one judge row more than none: a real lead, far inside 2 standard errors
+    trained = _rigged_judge(monkeypatch, lambda name, n: _right(n // 2 + (name == "rigged"), n))
+    cfg = _cfg(tiny_cfg, "auto-near", **{"distill.method": "auto", "distill.auto.candidates": CANDIDATES})
+    _, res = distill.run(cfg)
+    _assert_ships(cfg, res, trained, "none")
+    rigged = next(c for c in res["student"]["auto"]["candidates"] if c["name"] == "rigged")
+    assert rigged["lead_judge_pt"] > 0 and not rigged["passes_margin"]
+    # the same lead ships when the margin is set to zero standard errors
+    trained = _rigged_judge(monkeypatch, lambda name, n: _right(n // 2 + (name == "rigged"), n))
+    cfg = _cfg(tiny_cfg, "auto-near0", **{"distill.method": "auto", "distill.auto.candidates": CANDIDATES,
+                                          "distill.auto.margin_se": "0"})
+    _, res = distill.run(cfg)
+    _assert_ships(cfg, res, trained, "rigged")
+
+
+def test_auto_never_ships_a_student_that_tied_or_lost_to_training_alone(tiny_cfg, tiny_teachers, tiny_dataset,
+                                                                         monkeypatch):
+    trained = _rigged_judge(monkeypatch, lambda name, n: _right({"none": n // 2, "kd": n // 2, "rigged": 1}[name], n))
+    cfg = _cfg(tiny_cfg, "auto-tie", **{"distill.method": "auto", "distill.auto.candidates": CANDIDATES,
+                                        "distill.auto.margin_se": "0"})
     _, res = distill.run(cfg)
     _assert_ships(cfg, res, trained, "none")  # a tie with training alone goes to training alone
     assert res["student"]["auto"]["margin_val_pt"] == 0
+
+
+def test_the_select_half_picks_epochs_and_the_judge_half_the_candidate(tiny_cfg, tiny_teachers, tiny_dataset,
+                                                                       monkeypatch):
+    """fit is handed the select half only; the judge half is the rest of validation, disjoint, stratified."""
+    seen = {}
+    real_fit = distill.fit
+
+    def fit(directions, *args, **kwargs):
+        seen["select"] = kwargs["select_rows"]
+        return real_fit(directions, *args, **kwargs)
+
+    def judge(student, x, y, rows):
+        seen["judge"] = rows
+        return (predict(student, x[rows]).argmax(1) == y[rows]).numpy()
+
+    monkeypatch.setattr(distill, "fit", fit)
+    monkeypatch.setattr(distill, "_judge_right", judge)
+    distill.run(_cfg(tiny_cfg, "auto-halves", **{"distill.method": "auto", "distill.auto.candidates": CANDIDATES}))
+    val = tiny_dataset.indices("val")
+    sel, jud = set(seen["select"].tolist()), set(seen["judge"].tolist())
+    assert sel and jud and not (sel & jud) and sel | jud == set(val.tolist())
+    for c in np.unique(tiny_dataset.y[val]):
+        n_sel = int((tiny_dataset.y[seen["select"]] == c).sum())
+        n_jud = int((tiny_dataset.y[seen["judge"]] == c).sum())
+        assert abs(n_sel - n_jud) <= 1
 
 
 def test_auto_candidates_share_initial_weights_and_the_teacher_cache(tiny_cfg, tiny_teachers, tiny_dataset,
@@ -118,13 +176,13 @@ def test_auto_with_a_smoothed_none_candidate_compares_against_the_plain_one(tiny
                                                                            monkeypatch):
     from pipeline.report import selection_text
 
-    trained = _rigged_fit(monkeypatch, lambda name, real: {"none": 0.5, "ls": 0.7}[name])
+    trained = _rigged_judge(monkeypatch, lambda name, n: _right({"none": n // 4, "ls": n}[name], n))
     cands = "[{name: none, method: none}, {name: ls, method: none, set: {label_smoothing.epsilon: 0.1}}]"
     cfg = _cfg(tiny_cfg, "auto-ls", **{"distill.method": "auto", "distill.auto.candidates": cands})
     _, res = distill.run(cfg)
     _assert_ships(cfg, res, trained, "ls")
     auto = res["student"]["auto"]
-    assert auto["winner_plain"] is False and auto["margin_val_pt"] == pytest.approx(20)
+    assert auto["winner_plain"] is False and auto["margin_val_pt"] > 50
     verdict = selection_text(auto)[-2]
     assert "not training alone" in verdict and "trained alone" not in verdict
     auto_plain = dict(auto, winner="none", winner_plain=True)
@@ -137,9 +195,49 @@ def test_auto_chooses_per_direction_when_bidirectional(tiny_cfg, tiny_teachers, 
     _, res = distill.run(cfg)
     for name, modality in (("student", "audio"), ("reverse", "image")):
         auto = res[name]["auto"]
-        best = max(c["val_acc"] for c in auto["candidates"])
-        assert next(c for c in auto["candidates"] if c["name"] == auto["winner"])["val_acc"] == best
+        win = next(c for c in auto["candidates"] if c["name"] == auto["winner"])
+        assert win["passes_margin"] or auto["winner"] == "none"
         assert read_checkpoint(cfg.run_dir / f"student{'' if name == 'student' else '.reverse'}.pt")["modality"] \
             == modality
     names = {json.loads(line)["direction"] for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()}
     assert names == {f"{d}:{c}" for d in ("student", "reverse") for c in ("none", "kd", "rigged")}
+
+
+def test_select_unit_rule():
+    """pipeline.auto.select on hand-made judge vectors: margin, ties, best passer, standard error."""
+    from pipeline import auto
+
+    def cand(name, right, method="fd"):
+        return {"name": name, "method": method, "plain": method == "none" and name == "none", "judge_right": right,
+                "val_acc": 0.5, "test_acc": 0.5, "epoch": 0}
+
+    n = 100
+    base = _right(50, n)
+    near = base.copy()
+    near[50:55] = True  # +5 points on 100 rows: SE = sqrt(0.05 * 0.95 / 99) ~ 2.2 pt, so lead ~ 2.3 SE
+    far = _right(80, n)
+    out = auto.select([cand("none", base, "none"), cand("near", near), cand("far", far)], 2.0)
+    assert out["winner"] == "far"
+    rows = {c["name"]: c for c in out["candidates"]}
+    assert rows["near"]["lead_judge_pt"] == pytest.approx(5)
+    assert rows["near"]["se_judge_pt"] == pytest.approx(100 * np.std(near.astype(float) - base, ddof=1) / 10)
+    assert rows["near"]["passes_margin"] and rows["far"]["passes_margin"]  # far has the higher judge acc
+    assert auto.select([cand("none", base, "none"), cand("near", near)], 3.0)["winner"] == "none"
+    assert auto.select([cand("none", base, "none"), cand("same", base.copy())], 0.0)["winner"] == "none"
+    worse = _right(40, n)
+    assert auto.select([cand("none", base, "none"), cand("worse", worse)], 0.0)["winner"] == "none"
+
+
+def test_halve_validation_is_stratified_disjoint_and_seeded():
+    from pipeline import auto
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 300)
+    val = np.flatnonzero(rng.random(300) < 0.4)
+    a1, b1 = auto.halve_validation(y, val, 7)
+    a2, b2 = auto.halve_validation(y, val, 7)
+    a3, _ = auto.halve_validation(y, val, 8)
+    assert np.array_equal(a1, a2) and np.array_equal(b1, b2) and not np.array_equal(a1, a3)
+    assert not set(a1) & set(b1) and set(a1) | set(b1) == set(val)
+    for c in range(5):
+        assert abs(int((y[a1] == c).sum()) - int((y[b1] == c).sum())) <= 1
