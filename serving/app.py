@@ -118,7 +118,8 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         try:
             model = await asyncio.to_thread(load_model, settings.run_dir, settings.artifact,
                                             engine_dir=settings.engine_dir, model_name=settings.model_name,
-                                            allow_unvalidated=settings.allow_unvalidated, threads=settings.threads)
+                                            allow_unvalidated=settings.allow_unvalidated, threads=settings.threads,
+                                            trust=settings.trust)
             for w in model.warnings:
                 log.warning(w)
             max_batch = settings.max_batch

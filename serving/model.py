@@ -17,7 +17,13 @@ model is *servable* only when one chain of hashes holds from gate to server:
   checks the runtime reports the same mode once loaded;
 - that entry's gate passed.
 
-``allow_unvalidated`` overrides the validation checks (with a warning), never the manifest hash.
+With ``trust`` (a PEM Ed25519 public key: ``fdkd serve --trust``, ``FDKD_TRUST``) the run must also carry a
+``signature.json`` by that key over its current ``manifest.json`` and ``validation.json``
+(``serving.signature``): an unsigned run, one signed by another key, or one whose manifest or
+validation.json changed after signing is refused before anything else is read.
+
+``allow_unvalidated`` overrides the validation checks (with a warning), never the manifest hash nor
+the signature.
 Every refusal raises ``NotServable`` with the reason, which ``/v2/health/ready`` then reports.
 """
 
@@ -172,8 +178,15 @@ def _validations(run_dir: Path, path: Path) -> dict:
 
 
 def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None = None, model_name: str | None = None,
-               allow_unvalidated: bool = False, threads: int | None = None) -> LoadedModel:
+               allow_unvalidated: bool = False, threads: int | None = None, trust: Path | None = None) -> LoadedModel:
     run_dir = Path(run_dir)
+    if trust is not None:
+        from serving.signature import BadKey, UntrustedRun, verify_run
+
+        try:
+            verify_run(run_dir, Path(trust))
+        except (UntrustedRun, BadKey) as e:
+            raise NotServable(f"not trusted: {e}") from None
     manifest = _read_json(run_dir / "manifest.json", "manifest")
     path = _pick(run_dir, manifest, artifact, engine_dir)
     if not path.exists():
