@@ -9,7 +9,8 @@ model is *servable* only when one chain of hashes holds from gate to server:
 - ``validation.json`` has an entry for that file **with that sha256** (a standalone ``fdkd quantize``
   or ``fdkd export`` after validation leaves the old entry stale: refused);
 - that entry was judged in the **execution mode** the server will run (ONNX Runtime: provider,
-  full graph optimisation, so Q/DQ *fused*, the CPU's INT8 kernel family, and threads; TensorRT:
+  full graph optimisation, so Q/DQ *fused*, the CPU's INT8 kernel family, threads and the ONNX
+  Runtime version; the one check ``serving.validated_mode``, shared with ``fdkd export triton``; TensorRT:
   version and GPU): an INT8 graph validated only with Q/DQ emulated is refused, since the server
   would run it fused, and so is one validated fused on a CPU of another INT8 kernel family (x86
   without VNNI saturates where VNNI does not: ``serving.runtime.cpu_isa``). The server
@@ -39,6 +40,8 @@ import numpy as np
 
 from serving.preprocess import frontend_from_dict
 from serving.runtime import load_runtime
+from serving.validated_mode import Target, target_mode, validated_entry
+from serving.validated_mode import mode_text as _mode_text
 
 AUTO_CPU = ("student.onnx",)  # on CPU the FP32 graph: exact, and as fast as INT8 on non-VNNI x86
 
@@ -106,65 +109,8 @@ def _pick(run_dir: Path, manifest: dict, artifact: str, engine_dir: Path | None)
     raise NotServable(f"no servable artifact in {run_dir}")
 
 
-MODE_ORDER = ("runtime", "provider", "graph_optimization", "qdq", "int8_kernels", "threads", "tensorrt", "gpu",
-              "compute_capability", "device")
-
-
-def _mode_text(mode: dict) -> str:
-    """``runtime=onnxruntime, ..., threads=default``: one order whatever the JSON's key order."""
-    keys = [k for k in MODE_ORDER if k in mode] + sorted(k for k in mode if k not in MODE_ORDER)
-    parts = [f"{k}={'default' if k == 'threads' and mode[k] is None else mode[k]}" for k in keys
-             if mode[k] is not None or k == "threads"]
-    return ", ".join(parts) or "unknown"
-
-
-def _serving_mode(entry_mode: dict, suffix: str, threads: int | None) -> dict:
-    """The mode this server would run an artifact in, given the mode an entry for it was validated in."""
-    if suffix == ".plan":
-        return entry_mode  # checked against the loaded engine (TensorRT version and this GPU) after loading
-    has_qdq = entry_mode.get("qdq") is not None  # the entry describes this very file (same sha256)
-    mode = {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "graph_optimization": "all",
-            "qdq": "fused" if has_qdq else None,
-            "threads": threads if threads is not None else entry_mode.get("threads")}
-    if has_qdq:  # fused INT8 kernels compute differently per CPU family (saturation without VNNI)
-        from serving.runtime.cpu_isa import int8_kernels
-
-        mode["int8_kernels"] = int8_kernels()
-    return mode
-
-
-def _validated_entry(validation: dict, name: str, sha: str, suffix: str, threads: int | None) -> tuple[dict, str]:
-    """(the entry that validates serving ``name`` here, or {}; the problem when there is none or it failed)."""
-    named = [a for a in validation.get("artifacts", []) if a.get("name") == name]
-    if not named:
-        return {}, f"{name} was not validated (no entry in validation.json)"
-    same = [a for a in named if a.get("sha256") == sha]
-    if not same:
-        judged = sorted({str(a.get("sha256", "none"))[:12] for a in named})
-        return {}, (f"validation.json is stale for {name}: it judged sha256 {', '.join(judged)}, the file is "
-                    f"{sha[:12]} (the artifact changed after validation, e.g. a standalone fdkd quantize or "
-                    "export); re-run `fdkd validate`")
-    ran = [a for a in same if "skipped" not in a]
-    if not ran:
-        return {}, f"{name} was not validated: it could not run where it was validated ({same[0]['skipped']})"
-    for a in ran:
-        if a.get("mode") == _serving_mode(a.get("mode", {}), suffix, threads):
-            g = a.get("gate")
-            if g is not None and not g.get("passed"):
-                return a, (f"{name} failed its validation gate in mode [{_mode_text(a['mode'])}] "
-                           f"({g['metric']}={g['value']:.4g}, limit {g['limit']})")
-            return a, ""
-    want = _serving_mode(ran[0].get("mode", {}), suffix, threads)
-    hint = ""
-    if any({**a.get("mode", {}), "threads": None} == {**want, "threads": None} for a in ran):
-        hint = f" (validate with `--set validate.threads={threads}`, or serve without --threads)"
-    elif family := [a for a in ran if {**a.get("mode", {}), "int8_kernels": None} == {**want, "int8_kernels": None}]:
-        where = ("on a CPU of another family" if "int8_kernels" in family[0]["mode"]
-                 else "before fdkd recorded the CPU's INT8 kernel family")
-        hint = (f" (its fused INT8 kernels were judged {where}; this CPU's is {want.get('int8_kernels')}: "
-                "run `fdkd validate` on this machine, or serve student.onnx)")
-    return {}, (f"{name} was validated only in mode(s) " + "; ".join(f"[{_mode_text(a.get('mode', {}))}]" for a in ran)
-                + f", not in the mode this server would run it in [{_mode_text(want)}]{hint}")
+def _target(threads: int | None) -> Target:
+    return Target(threads=threads)
 
 
 def _validations(run_dir: Path, path: Path) -> dict:
@@ -211,7 +157,7 @@ def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None
             raise NotServable(f"{path.name}: sha256 mismatch with the manifest (tampered or truncated: "
                               f"manifest {rec['sha256'][:12]}, file {found[:12]})")
         io_name = path.name
-    entry, problem = _validated_entry(_validations(run_dir, path), path.name, found, path.suffix, threads)
+    entry, problem = validated_entry(_validations(run_dir, path), path.name, found, path.suffix, _target(threads))
     if problem:
         if not allow_unvalidated:
             raise NotServable(problem + "; --allow-unvalidated overrides")
@@ -226,7 +172,7 @@ def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None
         raise NotServable(f"cannot load {path.name}: {e}") from None
     if entry:
         got = runtime.mode()
-        want = _serving_mode(mode, path.suffix, threads)
+        want = target_mode(mode, path.suffix, _target(threads))
         if got != want or (path.suffix == ".plan" and got != mode):
             problem = (f"{path.name} loads here in mode [{_mode_text(got)}], but was validated in "
                        f"[{_mode_text(mode)}]")
