@@ -229,14 +229,20 @@ def export_triton(run_dir: Path = typer.Argument(..., help="A finished run direc
                   runtime_version: str | None = typer.Option(None, help="KServe runtimeVersion: the Triton image tag"),
                   model_name: str | None = typer.Option(None, "--name", help="Model name (default: the run's)"),
                   allow_unvalidated: bool = typer.Option(False, "--allow-unvalidated",
-                                                         help="Also export artifacts that failed or lack validation")):
+                                                         help="Also export artifacts that failed or lack validation"),
+                  target_int8_kernels: str | None = typer.Option(
+                      None, help="INT8 kernel family of the Triton host's CPU: x86 | x86-vnni | arm | arm-dotprod "
+                                 "(default: this CPU's)"),
+                  target_onnxruntime: str | None = typer.Option(
+                      None, help="ONNX Runtime version of the Triton release (default: the installed one)")):
     """Write a Triton model repository (ONNX + validated TensorRT plans) and a KServe InferenceService."""
     from pipeline.triton_repo import ISVC, REPOSITORY, NotExportable, export_triton
 
     try:
         summary = export_triton(run_dir, out, onnx=onnx, max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms,
                                 onnx_device=onnx_device, storage_uri=storage_uri, runtime_version=runtime_version,
-                                name=model_name, allow_unvalidated=allow_unvalidated)
+                                name=model_name, allow_unvalidated=allow_unvalidated,
+                                target_int8_kernels=target_int8_kernels, target_onnxruntime=target_onnxruntime)
     except NotExportable as e:
         _fail(str(e), 1)
     for w in summary["warnings"]:
