@@ -193,10 +193,16 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
     async def server_metadata():
         return {"name": "fdkd", "version": VERSION, "extensions": ["binary_tensor_data", "model_configuration"]}
 
+    def _validation_parameters(m: LoadedModel) -> dict:
+        """What a client must know about the served artifact's validation (``--allow-unvalidated`` is visible)."""
+        return {"allow_unvalidated": bool(state.settings.allow_unvalidated), "validated": m.validated,
+                "validation_warning": "; ".join(m.warnings)}
+
     def _metadata(m: LoadedModel) -> dict:
         return {"name": m.name, "versions": [m.version], "platform": m.platform,
                 "inputs": [{"name": m.input_name, "datatype": "FP32", "shape": [-1, *m.input_shape]}],
-                "outputs": [{"name": m.output_name, "datatype": "FP32", "shape": [-1, m.num_classes]}]}
+                "outputs": [{"name": m.output_name, "datatype": "FP32", "shape": [-1, m.num_classes]}],
+                "parameters": _validation_parameters(m)}
 
     @app.get("/v2/models/{model_name}", responses=_ok({"type": "object"}) | _errors(404, 503))
     async def model_metadata(model_name: str):
@@ -237,7 +243,9 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
                                          "max_queue_size": state.settings.max_queue}},
                 "instance_group": [{"count": 1, "kind": "KIND_GPU" if m.platform == "tensorrt_plan" else "KIND_CPU"}],
                 "parameters": {"artifact": {"string_value": m.artifact}, "sha256": {"string_value": m.sha256},
-                               "execution_mode": {"string_value": json.dumps(m.mode, sort_keys=True)}}}
+                               "execution_mode": {"string_value": json.dumps(m.mode, sort_keys=True)}}
+                | {k: {"string_value": json.dumps(v) if isinstance(v, bool) else v}
+                   for k, v in _validation_parameters(m).items()}}
 
     @app.get("/v2/models/{model_name}/config", responses=_ok({"type": "object"}) | _errors(404, 503))
     async def model_config(model_name: str):

@@ -74,6 +74,7 @@ class LoadedModel:
     warnings: list[str] = field(default_factory=list)
     sha256: str = ""
     mode: dict = field(default_factory=dict)  # the execution mode it runs in (= the validated one)
+    validated: bool = True  # False: served without a passed validation in this mode (--allow-unvalidated)
 
     @property
     def num_classes(self) -> int:
@@ -189,4 +190,4 @@ def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None
         input_name=inp.get("name", "input"), input_shape=shape,
         output_name=io.get("outputs", [{}])[0].get("name", "logits"), class_names=list(manifest["class_names"]),
         frontend=frontend_from_dict(manifest["preprocessing"]), modality=manifest.get("student_modality", "audio"),
-        warnings=warnings, sha256=found, mode=runtime.mode())
+        warnings=warnings, sha256=found, mode=runtime.mode(), validated=not warnings)
