@@ -87,11 +87,15 @@ class LoadedModel:
         return time.perf_counter() - t0
 
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Path, what: str, signed: dict | None = None) -> dict:
+    """``path`` parsed; with ``signed`` (file name -> signed sha256) the bytes parsed must be the signed ones."""
     if not path.exists():
         raise NotServable(f"{path.parent} has no {path.name}: not a finished fdkd run ({what})")
+    data = path.read_bytes()
+    if signed is not None and hashlib.sha256(data).hexdigest() != signed.get(path.name):
+        raise NotServable(f"not trusted: {path.name} changed after its signature was checked")
     try:
-        return json.loads(path.read_text())
+        return json.loads(data)
     except json.JSONDecodeError as e:
         raise NotServable(f"{path} is not valid JSON: {e}") from None
 
@@ -110,13 +114,9 @@ def _pick(run_dir: Path, manifest: dict, artifact: str, engine_dir: Path | None)
     raise NotServable(f"no servable artifact in {run_dir}")
 
 
-def _target(threads: int | None) -> Target:
-    return Target(threads=threads)
-
-
-def _validations(run_dir: Path, path: Path) -> dict:
+def _validations(run_dir: Path, path: Path, signed: dict | None = None) -> dict:
     """validation.json of the run, plus (for an engine outside the run) the one beside the engine."""
-    validation = _read_json(run_dir / "validation.json", "validation")
+    validation = _read_json(run_dir / "validation.json", "validation", signed)
     beside = path.parent / "validation.json"
     if path.suffix == ".plan" and beside.exists() and beside.resolve() != (run_dir / "validation.json").resolve():
         extra = _read_json(beside, "engine validation")
@@ -127,14 +127,15 @@ def _validations(run_dir: Path, path: Path) -> dict:
 def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None = None, model_name: str | None = None,
                allow_unvalidated: bool = False, threads: int | None = None, trust: Path | None = None) -> LoadedModel:
     run_dir = Path(run_dir)
+    signed = None  # under trust: the signed sha256 of manifest.json and validation.json, checked again as read
     if trust is not None:
         from serving.signature import BadKey, UntrustedRun, verify_run
 
         try:
-            verify_run(run_dir, Path(trust))
+            signed = verify_run(run_dir, Path(trust))["files"]
         except (UntrustedRun, BadKey) as e:
             raise NotServable(f"not trusted: {e}") from None
-    manifest = _read_json(run_dir / "manifest.json", "manifest")
+    manifest = _read_json(run_dir / "manifest.json", "manifest", signed)
     path = _pick(run_dir, manifest, artifact, engine_dir)
     if not path.exists():
         raise NotServable(f"artifact {path} does not exist")
@@ -158,7 +159,8 @@ def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None
             raise NotServable(f"{path.name}: sha256 mismatch with the manifest (tampered or truncated: "
                               f"manifest {rec['sha256'][:12]}, file {found[:12]})")
         io_name = path.name
-    entry, problem = validated_entry(_validations(run_dir, path), path.name, found, path.suffix, _target(threads))
+    target = Target(threads=threads)  # this server: this CPU's INT8 kernels, the installed ONNX Runtime
+    entry, problem = validated_entry(_validations(run_dir, path, signed), path.name, found, path.suffix, target)
     if problem:
         if not allow_unvalidated:
             raise NotServable(problem + "; --allow-unvalidated overrides")
@@ -173,7 +175,7 @@ def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None
         raise NotServable(f"cannot load {path.name}: {e}") from None
     if entry:
         got = runtime.mode()
-        want = target_mode(mode, path.suffix, _target(threads))
+        want = target_mode(mode, path.suffix, target)
         if got != want or (path.suffix == ".plan" and got != mode):
             problem = (f"{path.name} loads here in mode [{_mode_text(got)}], but was validated in "
                        f"[{_mode_text(mode)}]")
