@@ -270,7 +270,7 @@ def test_triton_export_refuses_a_stale_validation(run_copy, tmp_path):
         if a["name"] == "student.onnx":
             a["sha256"] = "f" * 64  # what a validation of an earlier export recorded
     _write_validation(run_copy, v)
-    with pytest.raises(NotExportable, match="student.onnx not validated: validation.json is stale"):
+    with pytest.raises(NotExportable, match="validation.json is stale for student.onnx: it judged sha256 ffffffffffff"):
         export_triton(run_copy, tmp_path / "stale")
     assert not (tmp_path / "stale").exists()
 
