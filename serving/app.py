@@ -6,6 +6,11 @@ import). Routes: ``/v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/model
 preprocessed with the manifest's constants by ``serving.preprocess``, within ``serving.upload``'s
 limits), ``/metrics``, and the page a person can use (``/``, ``/v1/model``: ``serving.webpage``). Every error
 is ``{"error": "..."}`` with a 4xx (400, never 422) or 5xx status, without stack traces.
+
+Model metadata (``parameters``), ``/config`` (``parameters``) and ``/v1/model`` say whether the server runs
+with ``--allow-unvalidated`` and whether the served artifact passed validation in the mode it runs in
+(``allow_unvalidated``, ``validated``, ``validation_warning``): the override is never hidden from clients.
+With ``settings.trust`` the run must carry a signature by that key (``serving.signature``), else not ready.
 """
 
 from __future__ import annotations
