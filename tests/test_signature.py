@@ -185,3 +185,28 @@ def test_validate_sign_key_signs_as_it_finishes(run_copy, keys, tiny_root):
     verify_run(run_copy, pub)
     result = _cli("validate", "--sign-key", run_copy / "nope.pem", *sets)
     assert result.exit_code == 2 and "nope.pem does not exist" in " ".join(result.output.split())
+    # a validation that fails is not signed (and the old signature no longer matches what it wrote)
+    strict = ["validate.gates.fp32_max_abs_logit=1e-30", "validate.gates.int8_min_agree_pct=100",
+              "validate.gates.fp16_max_acc_drop_pt=0"]  # gates no tiny run passes all of
+    result = _cli("validate", "--sign-key", key, *sets, *[x for g in strict for x in ("--set", g)])
+    assert result.exit_code == 1 and "not signed: validation failed" in " ".join(result.output.split())
+    with pytest.raises(UntrustedRun, match="changed after signing"):
+        verify_run(run_copy, pub)
+
+
+def test_files_swapped_after_the_signature_check_are_refused(run_copy, keys, monkeypatch):
+    """The loader parses manifest.json and validation.json only if their bytes are the signed ones (no swap
+    between the signature check and the read): simulated by a check that saw other bytes."""
+    import serving.signature as signature
+
+    (key, pub), _ = keys
+    sign_run(run_copy, key)
+    real = signature.verify_run
+
+    def saw_other_bytes(run_dir, trust):
+        payload = real(run_dir, trust)
+        return payload | {"files": {**payload["files"], "validation.json": "0" * 64}}
+
+    monkeypatch.setattr(signature, "verify_run", saw_other_bytes)
+    with pytest.raises(NotServable, match="not trusted: validation.json changed after its signature was checked"):
+        load_model(run_copy, trust=pub)
