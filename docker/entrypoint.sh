@@ -1,6 +1,7 @@
 #!/bin/sh
 # fdkd container entrypoint: on a GPU with TensorRT, build the engine on first start into a volume
-# keyed by GPU (Jetson module) and TensorRT version (timing cache kept beside it), then serve it.
+# keyed by GPU (Jetson module) and TensorRT version, then by the run's ONNX sha256 and FDKD_PRECISION
+# (timing cache kept beside it; `python3 -m serving.engine_volume` decides reuse or rebuild), then serve it.
 # An image without TensorRT serves ONNX on the CPU. An image WITH TensorRT whose CUDA does not
 # work (no --gpus / --runtime nvidia, a driver older than the image's CUDA, a user outside the
 # video group on a Jetson) logs why and exits non-zero, unless FDKD_ALLOW_CPU_FALLBACK=1 asks for
@@ -19,10 +20,13 @@ key=$(python3 -m serving.runtime.cuda_env) || status=$?
 
 case "$status" in
   0)
-    ENGINE_DIR="$ENGINE_ROOT/$key"
-    mkdir -p "$ENGINE_DIR"
-    if ! ls "$ENGINE_DIR"/*.plan >/dev/null 2>&1; then
-      echo "fdkd: first start on $key: building the $PRECISION engine into $ENGINE_DIR" >&2
+    # reuse or build: serving.engine_volume decides (folder keyed by the run's ONNX sha256 and the precision;
+    # only a plan whose gate passed is reused) and prints "reuse DIR" or "build DIR"
+    decision=$(python3 -m serving.engine_volume "$RUN_DIR" "$ENGINE_ROOT/$key" --precision "$PRECISION")
+    action=${decision%% *}
+    ENGINE_DIR=${decision#* }
+    if [ "$action" = build ]; then
+      echo "fdkd: building the $PRECISION engine on $key into $ENGINE_DIR" >&2
       fdkd engine "$RUN_DIR" --out "$ENGINE_DIR" --precision "$PRECISION"
     fi
     exec fdkd serve "$RUN_DIR" --host 0.0.0.0 --port "$PORT" --engine-dir "$ENGINE_DIR"

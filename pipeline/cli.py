@@ -229,14 +229,20 @@ def export_triton(run_dir: Path = typer.Argument(..., help="A finished run direc
                   runtime_version: str | None = typer.Option(None, help="KServe runtimeVersion: the Triton image tag"),
                   model_name: str | None = typer.Option(None, "--name", help="Model name (default: the run's)"),
                   allow_unvalidated: bool = typer.Option(False, "--allow-unvalidated",
-                                                         help="Also export artifacts that failed or lack validation")):
+                                                         help="Also export artifacts that failed or lack validation"),
+                  target_int8_kernels: str | None = typer.Option(
+                      None, help="INT8 kernel family of the Triton host's CPU: x86 | x86-vnni | arm | arm-dotprod "
+                                 "(default: this CPU's)"),
+                  target_onnxruntime: str | None = typer.Option(
+                      None, help="ONNX Runtime version of the Triton release (default: the installed one)")):
     """Write a Triton model repository (ONNX + validated TensorRT plans) and a KServe InferenceService."""
     from pipeline.triton_repo import ISVC, REPOSITORY, NotExportable, export_triton
 
     try:
         summary = export_triton(run_dir, out, onnx=onnx, max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms,
                                 onnx_device=onnx_device, storage_uri=storage_uri, runtime_version=runtime_version,
-                                name=model_name, allow_unvalidated=allow_unvalidated)
+                                name=model_name, allow_unvalidated=allow_unvalidated,
+                                target_int8_kernels=target_int8_kernels, target_onnxruntime=target_onnxruntime)
     except NotExportable as e:
         _fail(str(e), 1)
     for w in summary["warnings"]:
@@ -257,17 +263,51 @@ _stage_command("build", "Build TensorRT engines on this machine's GPU (exits 1 w
 
 @app.command()
 @handles_errors
-def validate(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt):
+def validate(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt,
+             sign_key: Path | None = typer.Option(None, "--sign-key", help="Ed25519 private key (PEM): sign the "
+                                                  "run's manifest and validation.json when validation passes")):
     """Validate the teacher, student.pt and every artifact on the test split against their gates."""
     from pipeline.validate import ValidationFailed
 
+    if sign_key is not None:  # a bad key fails now, not after the validation ran
+        from serving.signature import load_private_key
+
+        load_private_key(sign_key)
     cfg = _config(config, sets, name=name)
     try:
         _run_to(cfg, "validate", ("validate",))
     except ValidationFailed as e:
         _print_report(cfg.run_dir)
+        if sign_key is not None:
+            console.print("[yellow]not signed:[/] validation failed", highlight=False)
         _fail(str(e), 1)
     _print_report(cfg.run_dir)
+    if sign_key is not None:
+        _sign(cfg.run_dir, sign_key)
+
+
+def _sign(run_dir: Path, key: Path) -> None:
+    from serving.signature import UntrustedRun, sign_run
+
+    try:
+        doc = sign_run(run_dir, key)
+    except UntrustedRun as e:
+        _fail(str(e))
+    console.print(f"[green]signed[/] {run_dir / 'signature.json'} (key {doc['public_key_fingerprint'][:23]}, "
+                  f"manifest {doc['payload']['files']['manifest.json'][:12]}, validation "
+                  f"{doc['payload']['files']['validation.json'][:12]})", highlight=False)
+
+
+@app.command()
+@handles_errors
+def sign(run_dir: Path = typer.Argument(..., help="A finished run directory (manifest.json + validation.json)"),
+         key: Path = typer.Option(..., "--key", help="Ed25519 private key, PEM (openssl genpkey -algorithm ed25519)")):
+    """Sign a run: its manifest's and validation.json's sha256, its name and the time, into signature.json.
+
+    `fdkd serve --trust PUB.pem` and `fdkd verify --trust PUB.pem` then accept only this run as signed."""
+    if not run_dir.is_dir():
+        _fail(f"run directory {run_dir} does not exist")
+    _sign(run_dir, key)
 
 
 @app.command("run")
@@ -306,7 +346,9 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
                                                      "(faster under load)"),
           workers: int | None = typer.Option(None, help="With --http granian: processes sharing the port"),
           nonfinite_inputs: str | None = typer.Option(None, help="NaN/Inf input values: reject (default, 400) or "
-                                                                 "accept (as Triton)")):
+                                                                 "accept (as Triton)"),
+          trust: Path | None = typer.Option(None, "--trust", envvar="FDKD_TRUST",
+                                            help="Ed25519 public key (PEM): serve only a run it signed")):
     """Serve a validated student over HTTP (KServe/Triton V2 protocol + /v1/classify). No torch needed.
 
     Settings also come from FDKD_SERVE_* environment variables (FDKD_SERVE_API_KEY for the key).
@@ -322,7 +364,7 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
     flags = {"run_dir": run_dir, "host": host, "port": port, "artifact": artifact, "engine_dir": engine_dir,
              "max_batch": max_batch, "max_queue": max_queue, "max_queue_delay_ms": max_queue_delay_ms,
              "drain_seconds": drain_seconds, "threads": threads, "http": http, "nonfinite_inputs": nonfinite_inputs,
-             "workers": workers}
+             "workers": workers, "trust": trust}
     if allow_unvalidated:
         flags["allow_unvalidated"] = True
     try:
@@ -331,6 +373,13 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
         _fail("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
     if not run_dir.is_dir():
         _fail(f"run directory {run_dir} does not exist")
+    if settings.trust is not None:  # an unusable key is a usage error now, not a server that is never ready
+        from serving.signature import BadKey, load_public_key
+
+        try:
+            load_public_key(settings.trust)
+        except BadKey as e:
+            _fail(str(e))
     if settings.allow_unvalidated:
         console.print("[yellow]--allow-unvalidated: an artifact that failed its gate may be served[/]")
     run_server(settings)
@@ -399,17 +448,32 @@ def _print_report(run_dir: Path) -> None:
 
 @app.command()
 @handles_errors
-def verify(run_dir: Path = typer.Argument(..., help="A run directory with manifest.json")):
-    """Check every artifact of a run directory against the sha256 in its manifest."""
+def verify(run_dir: Path = typer.Argument(..., help="A run directory with manifest.json"),
+           trust: Path | None = typer.Option(None, "--trust", envvar="FDKD_TRUST",
+                                             help="Ed25519 public key (PEM): also require the run's signature by it")):
+    """Check every artifact of a run directory against the sha256 in its manifest (and, with --trust, the run's
+    signature as `fdkd serve --trust` does). Exit 1 on any problem."""
     from pipeline.run_manifest import RunManifest
 
     if not (run_dir / "manifest.json").exists():
         _fail(f"{run_dir} has no manifest.json")
-    problems = RunManifest.load(run_dir).problems()
+    problems = []
+    if trust is not None:
+        from serving.signature import BadKey, UntrustedRun, verify_run
+
+        try:
+            payload = verify_run(run_dir, trust)
+        except BadKey as e:
+            _fail(str(e))
+        except UntrustedRun as e:
+            problems.append(f"not trusted: {e}")
+    problems += RunManifest.load(run_dir).problems()
     for p in problems:
         console.print(f"[red]{escape(p)}[/]", highlight=False)
     if problems:
         raise typer.Exit(1)
+    if trust is not None:
+        console.print(f"[green]ok[/] signed by the trusted key {trust} at {payload['signed_at']}", highlight=False)
     console.print(f"[green]ok[/] every artifact in {run_dir} matches its manifest hash")
 
 

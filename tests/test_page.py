@@ -185,3 +185,26 @@ def test_microphone_recording_is_sent_as_a_16k_mono_wav(keyed_server, page, tmp_
     assert (w.sample_rate, w.channels, len(w.samples)) == (16000, 1, 16000)
     assert float(np.abs(w.samples).max()) > 0.01, "the fake microphone's beep was recorded"
     page.screenshot(path=str(tmp_path / "page-recording.png"), full_page=True)
+
+
+def test_page_warns_when_the_server_serves_an_unvalidated_artifact(served_run, page, tmp_path):
+    import json
+    import shutil
+
+    run_dir = tmp_path / "failed-gate"
+    shutil.copytree(served_run, run_dir)
+    v = json.loads((run_dir / "validation.json").read_text())
+    for a in v["artifacts"]:
+        if a["name"] == "student.onnx":
+            a["gate"]["passed"] = False
+    (run_dir / "validation.json").write_text(json.dumps(v))
+    with running_server(run_dir, allow_unvalidated=True) as (url, _):
+        page.goto(f"{url}/")
+        banner = page.locator("#unvalidated")
+        banner.wait_for(state="visible")
+        assert "did NOT pass validation" in banner.inner_text()
+        assert "failed its validation gate" in banner.inner_text()
+    with running_server(served_run) as (url, _):
+        page.goto(f"{url}/")
+        page.wait_for_function("document.getElementById('model-line').textContent.startsWith('model ')")
+        assert page.locator("#unvalidated").is_hidden()

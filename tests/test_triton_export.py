@@ -92,7 +92,9 @@ def test_failed_or_unvalidated_onnx_is_refused_and_tampered_never_exported(run_c
     vpath.write_text(json.dumps(validation))
     out = tmp_path / "out"
     result = _export(run_copy, out)
-    assert result.exit_code == 1 and "student.onnx failed its validation gate (max_abs_logit=0.5" in result.output
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "student.onnx failed its validation gate in mode [" in text
+    assert "(max_abs_logit=0.5, limit" in text
     assert not out.exists()
     result = _export(run_copy, out, "--allow-unvalidated")
     assert result.exit_code == 0, result.output
@@ -169,3 +171,111 @@ def test_export_stage_command_is_still_there():
     assert result.exit_code == 0 and "Export student.pt to ONNX" in result.output and "triton" in result.output
     result = runner.invoke(app, ["export", "--set", "seed=1", "triton", "a", "b"])
     assert result.exit_code == 2 and "belong to the export stage" in " ".join(result.output.split())
+
+
+# ---- the exported entry is checked against the target exactly as `fdkd serve` checks its own mode ----
+
+def _entries(run_dir, name):
+    v = json.loads((run_dir / "validation.json").read_text())
+    return v, [a for a in v["artifacts"] if a["name"] == name and "mode" in a]
+
+
+def _rewrite(run_dir, name, **mode):
+    v, entries = _entries(run_dir, name)
+    for a in entries:
+        a["mode"] |= mode
+    (run_dir / "validation.json").write_text(json.dumps(v))
+
+
+INT8CPU = "student.int8cpu.onnx"
+
+
+def test_export_writes_the_validated_mode_into_config_and_export_json(served_run, tmp_path):
+    import onnxruntime
+
+    from serving.runtime.cpu_isa import int8_kernels
+
+    out = tmp_path / "out"
+    result = _export(served_run, out, "--onnx", INT8CPU)
+    assert result.exit_code == 0, result.output
+    mode = json.loads(_config(out / "model_repository/served/config.pbtxt").parameters["fdkd_execution_mode"]
+                      .string_value)
+    _, (validated,) = _entries(served_run, INT8CPU)
+    assert mode == validated["mode"]
+    assert (mode["int8_kernels"], mode["ort_version"], mode["qdq"]) == (int8_kernels(), onnxruntime.__version__,
+                                                                         "fused")
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["models"][0]["mode"] == mode and summary["models"][0]["validated"] is True
+    # the target named explicitly as what it was validated on: still exported
+    assert _export(served_run, tmp_path / "o2", "--onnx", INT8CPU, "--target-int8-kernels", int8_kernels(),
+                   "--target-onnxruntime", onnxruntime.__version__).exit_code == 0
+
+
+def _refused(run_dir, out, *args) -> str:
+    result = _export(run_dir, out, *args)
+    assert result.exit_code == 1, result.output
+    assert not out.exists()
+    return " ".join(result.output.split())
+
+
+def test_int8_kernel_family_of_the_target_differs(served_run, tmp_path):
+    from serving.runtime.cpu_isa import int8_kernels
+
+    other = "x86" if int8_kernels() != "x86" else "x86-vnni"
+    text = _refused(served_run, tmp_path / "out", "--onnx", INT8CPU, "--target-int8-kernels", other)
+    assert f"int8_kernels: validated {int8_kernels()}, the export target {other} (--target-int8-kernels)" in text
+    assert "nothing exported" in text
+    # FP32 has no INT8 kernels: the family does not matter
+    assert _export(served_run, tmp_path / "fp32", "--target-int8-kernels", other).exit_code == 0
+    out = tmp_path / "forced"
+    assert _export(served_run, out, "--onnx", INT8CPU, "--target-int8-kernels", other,
+                   "--allow-unvalidated").exit_code == 0
+    cfg = _config(out / "model_repository/served/config.pbtxt")
+    assert cfg.parameters["fdkd_validated"].string_value == "false"
+    assert json.loads(cfg.parameters["fdkd_execution_mode"].string_value)["int8_kernels"] == other
+
+
+def test_kernel_family_changed_in_validation_is_refused(run_copy, tmp_path):
+    from serving.runtime.cpu_isa import int8_kernels
+
+    other = "arm-dotprod"
+    _rewrite(run_copy, INT8CPU, int8_kernels=other)  # validated on another machine, exported here
+    text = _refused(run_copy, tmp_path / "out", "--onnx", INT8CPU)
+    assert f"int8_kernels: validated {other}, the export target {int8_kernels()}" in text
+    assert _export(run_copy, tmp_path / "ok", "--onnx", INT8CPU, "--target-int8-kernels", other).exit_code == 0
+
+
+def test_gpu_target_with_cpu_only_validation_is_refused(served_run, tmp_path):
+    text = _refused(served_run, tmp_path / "out", "--onnx-device", "gpu")
+    assert ("provider: validated CPUExecutionProvider, the export target CUDAExecutionProvider (--onnx-device)"
+            in text)
+
+
+def test_onnxruntime_version_differs(served_run, run_copy, tmp_path):
+    import onnxruntime
+
+    text = _refused(served_run, tmp_path / "out", "--target-onnxruntime", "1.18.0")
+    assert f"ort_version: validated {onnxruntime.__version__}, the export target 1.18.0 (--target-onnxruntime)" in text
+    _rewrite(run_copy, "student.onnx", ort_version="1.17.3")  # validated under another ONNX Runtime
+    text = _refused(run_copy, tmp_path / "out2")
+    assert f"ort_version: validated 1.17.3, the export target {onnxruntime.__version__}" in text
+    # the server refuses the same entry, for the same reason (one check for both)
+    from serving.model import NotServable, load_model
+
+    with pytest.raises(NotServable, match=f"ort_version: validated 1.17.3, this server {onnxruntime.__version__}"):
+        load_model(run_copy)
+    result = _export(run_copy, tmp_path / "x", "--target-onnxruntime", "latest")
+    assert result.exit_code == 2 and "--target-onnxruntime must be a version" in " ".join(result.output.split())
+    result = _export(run_copy, tmp_path / "x", "--target-int8-kernels", "avx9")
+    assert result.exit_code == 2 and "--target-int8-kernels must be one of" in " ".join(result.output.split())
+
+
+def test_graph_optimisation_differs(run_copy, tmp_path):
+    """An entry judged with only basic graph optimisation (Q/DQ emulated) does not cover Triton's full one."""
+    _rewrite(run_copy, "student.onnx", graph_optimization="basic")
+    text = _refused(run_copy, tmp_path / "out")
+    assert "graph_optimization: validated basic, the export target all" in text
+    from serving.model import NotServable, load_model
+
+    with pytest.raises(NotServable, match="graph_optimization: validated basic, this server all"):
+        load_model(run_copy)

@@ -13,7 +13,7 @@ points of accuracy lost on an AVX2 machine); the CPU variant ``student.int8cpu.o
 reduced range) exists for those.
 
 ``mode()`` is the execution mode as a dict (runtime, provider, graph optimisation level, Q/DQ
-fused or emulated, threads, and for Q/DQ fused on the CPU the INT8 kernel family,
+fused or emulated, threads, the ONNX Runtime version, and for Q/DQ fused on the CPU the INT8 kernel family,
 ``serving.runtime.cpu_isa``): validation records it next to each result, and the server loads an
 artifact only in a mode that was validated.
 """
@@ -54,6 +54,7 @@ class OnnxRuntime:
         self.input_shape = list(inp.shape)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
+        self.ort_version = ort.__version__  # kernels change between releases: part of the validated mode
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -64,7 +65,7 @@ class OnnxRuntime:
         mode = {"runtime": self.kind, "provider": self.providers[0],
                 "graph_optimization": "basic" if self.emulate_qdq else "all",
                 "qdq": ("emulated" if self.emulate_qdq else "fused") if self.has_qdq else None,
-                "threads": self.threads}
+                "threads": self.threads, "ort_version": self.ort_version}
         if mode["qdq"] == "fused" and mode["provider"] == "CPUExecutionProvider":
             from serving.runtime.cpu_isa import int8_kernels
 

@@ -66,6 +66,7 @@ async function loadInfo() {
   name.textContent = info.name;
   $("model-line").replaceChildren("model ", name, ` \u00b7 version ${info.version} \u00b7 ${info.artifact} \u00b7 ` +
     `${info.modality} input \u00b7 ${info.class_names.length} classes`);
+  showValidation(info);
   $("drop-title").textContent = audio ? "Drop a WAV or other audio file here" : "Drop an image here";
   $("file").accept = audio ? "audio/*,.wav" : "image/*";
   $("record").hidden = !audio;
@@ -75,6 +76,21 @@ async function loadInfo() {
       `sent as ${pre.sample_rate / 1000} kHz mono WAV`;
   }
   setStatus("", "");
+}
+
+// --allow-unvalidated is never silent: a banner says so, and why when this artifact did not pass validation
+function showValidation(m) {
+  const el = $("unvalidated");
+  if (!m.allow_unvalidated && m.validated !== false) {
+    el.hidden = true;
+    return;
+  }
+  el.textContent = m.validated === false
+    ? "Warning: this server runs with --allow-unvalidated and this model did NOT pass validation in the mode " +
+      "it runs in; its answers are not vouched for. " + (m.warnings || []).join(" ")
+    : "Warning: this server runs with --allow-unvalidated (this model did pass its validation).";
+  el.className = m.validated === false ? "warning bad" : "warning";
+  el.hidden = false;
 }
 
 function clipSeconds() {
