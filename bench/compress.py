@@ -175,9 +175,11 @@ def main(argv: list[str] | None = None) -> None:
                                   "repeats": len(t), "rows_per_s": batch / float(np.median(t)),
                                   "p50_ms": 1000 * float(np.median(t)), "p99_ms": 1000 * float(np.percentile(t, 99)),
                                   "x_eager": float(np.median(base) / np.median(t))})
-    from compress_results import render_run
+    from compress_results import isa_summary, render_run
 
+    print(f"cpu: {run['cpu']}; {isa_summary(run['simd_flags'])}; INT8 kernel family {run['int8_kernels']}\n")
     print(render_run(records))
+    print(f"\nreproduce: {command}")
     if not args.no_records:
         args.records.parent.mkdir(parents=True, exist_ok=True)
         with args.records.open("a") as f:

@@ -46,6 +46,14 @@ def _served_graph(r: dict) -> bool:
     return r["file"] != "student.pt" and "fp16" not in r["file"] and (r.get("mode") or {}).get("qdq") != "emulated"
 
 
+def isa_summary(flags: str) -> str:
+    """``AVX2 yes, AVX-512 yes, VNNI yes`` from a record's SIMD flag list (x86; VNNI: AVX-512 VNNI or AVX-VNNI)."""
+    f = set(flags.replace("(", " ").split())
+    yes = {"AVX2": "avx2" in f, "AVX-512": "avx512f" in f, "VNNI": bool(f & {"avx512_vnni", "avx_vnni"}),
+           "AMX-INT8": "amx_int8" in f}
+    return ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in yes.items())
+
+
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}" if v < 10 else f"{v:.2f}"
 
@@ -57,8 +65,9 @@ def render_run(records: list[dict]) -> str:
     rows: dict[str, dict[int, dict]] = {}
     for r in records:
         rows.setdefault(r["artifact"], {})[r["batch"]] = r
-    head = (f"**{r0['cpu']}**, INT8 kernel family `{r0['int8_kernels']}` ({r0['cores']} cores, {r0['threads']} "
-            f"threads; SIMD flags: {r0['simd_flags'] or '-'}); {r0['started'][:10]}, torch {r0.get('torch', '?')}, "
+    head = (f"**{r0['cpu']}**, INT8 kernel family `{r0['int8_kernels']}`, {isa_summary(r0['simd_flags'])} "
+            f"({r0['cores']} cores, {r0['threads']} threads; SIMD flags: {r0['simd_flags'] or '-'}); "
+            f"{r0['started'][:10]}, torch {r0.get('torch', '?')}, "
             f"ONNX Runtime {r0.get('onnxruntime', '?')}, {r0['test_rows']} test rows, "
             f"{r0['mflop_per_sample']:.1f} MFLOP per sample")
     if r0.get("load_avg_1m") is not None:
