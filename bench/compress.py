@@ -1,23 +1,37 @@
 """CPU inference benchmark of one run directory's artifacts, all measured in one process.
 
-    python bench/compress.py runs/avdigits            # after `fdkd run`
-    python bench/compress.py runs/avdigits --repeats 200
+    python bench/compress.py runs/avdigits                    # after `fdkd run`; appends to the records
+    python bench/compress.py runs/avdigits --repeats 200 --batches 1 8 64
+    python bench/compress_results.py --results docs/results.md   # results.md section 3 from the records
 
-torch eager FP32 vs ONNX Runtime FP32, FP16, INT8 Q/DQ per calibration method (as ONNX Runtime's
-CPU kernels run them, and with Q/DQ emulated: the graph's reference semantics, which TensorRT
-approximates with its own fused INT8 kernels) and the CPU INT8
-variant, at batch 1 and 64: throughput, p50/p99 latency, test accuracy. Then the model's FLOPs
-against a measured FP32 matmul ceiling of this machine, to say how far from the hardware each is.
+torch eager FP32 vs ONNX Runtime FP32, the FP16 graph, each TensorRT-legal INT8 Q/DQ graph (S8S8,
+symmetric) as ONNX Runtime's CPU kernels run it (Q/DQ fused) and as written (Q/DQ emulated: the
+graph's reference semantics, which TensorRT approximates with its own fused INT8 kernels), and the
+CPU INT8 variant ``student.int8cpu.onnx`` (U8S8, reduced range), at batch 1, 8 and 64: throughput,
+p50/p99 latency, test accuracy. Then the model's FLOPs against a measured FP32 matmul ceiling of
+this machine, the CPU model and SIMD flags, its INT8 kernel family (``serving.runtime.cpu_isa``:
+fused INT8 results differ between families), which graph ``fdkd serve`` picks here, and the
+command that reproduces it. One JSON record per (artifact, batch) goes to ``--records``
+(``docs/compress-records.jsonl``), which ``bench/compress_results.py`` renders.
+
+The candidates are timed round-robin (every artifact at one batch, then the next batch) so that a
+shared machine's slow minute lands on all of them rather than on one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+RECORDS = Path(__file__).resolve().parents[1] / "docs" / "compress-records.jsonl"
 
 
 def timings(fn, x: np.ndarray, repeats: int) -> np.ndarray:
@@ -62,11 +76,56 @@ def matmul_ceiling() -> float:
     return 2 * 1024**3 / np.median(t) / 1e9
 
 
-def main() -> None:
+def candidate_graphs(run_dir: Path) -> list[tuple[str, str, dict]]:
+    """(label, file name, OnnxRuntime options) of every ONNX graph of ``run_dir`` this bench times, in table order."""
+    out = []
+    for name, kind in [("student.onnx", "FP32"), ("student.fp16.onnx", "FP16 graph")]:
+        if (run_dir / name).exists():
+            out.append((f"ORT {name} ({kind})", name, {}))
+    for p in sorted(run_dir.glob("student.int8.*.onnx")):
+        out.append((f"ORT {p.name} (S8S8, Q/DQ fused: CPU kernels)", p.name, {}))
+        out.append((f"ORT {p.name} (S8S8, Q/DQ emulated: as written)", p.name, {"emulate_qdq": True}))
+    if (run_dir / "student.int8cpu.onnx").exists():
+        out.append(("ORT student.int8cpu.onnx (U8S8 reduced range, Q/DQ fused)", "student.int8cpu.onnx", {}))
+    return out
+
+
+def served_here(run_dir: Path) -> dict:
+    """What ``fdkd serve RUN_DIR`` (artifact auto, no GPU engines) would load on this machine, and why."""
+    from serving.model import NotServable, load_model
+
+    try:
+        m = load_model(run_dir)
+    except NotServable as e:
+        return {"artifact": None, "reason": str(e)}
+    return {"artifact": m.artifact, "mode": m.mode}
+
+
+def host() -> dict:
+    import onnxruntime
+    import torch
+    from host_cpu import cpu_model, simd_flags
+
+    from serving.runtime.cpu_isa import int8_kernels
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    return {"cpu": cpu_model(), "simd_flags": " ".join(simd_flags()), "int8_kernels": int8_kernels(),
+            "cores": os.cpu_count(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "load_avg_1m": load}
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--repeats", type=int, default=100)
-    args = ap.parse_args()
+    ap.add_argument("--repeats", type=int, default=100, help="timed calls at batch 1 (fewer at larger batches)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--records", type=Path, default=RECORDS, help="JSONL the records are appended to")
+    ap.add_argument("--no-records", action="store_true", help="print only")
+    ap.add_argument("--note", default="")
+    args = ap.parse_args(argv)
 
     import torch
 
@@ -78,45 +137,55 @@ def main() -> None:
     ds = load_dataset(Path(manifest["artifacts"]["dataset"]["path"]))
     x, y = ds.take(manifest["student_modality"], "test")
     student, _ = load_model(args.run_dir / "student.pt")
+    student.eval()
     threads = torch.get_num_threads()
 
     def eager(b):
         with torch.no_grad():
             return student(torch.from_numpy(b)).numpy()
 
-    candidates = [("torch eager fp32", eager)]
-    for name, opts in [("student.onnx", {}), ("student.fp16.onnx", {})] + [
-        (p.name, o) for p in sorted(args.run_dir.glob("student.int8.*.onnx")) for o in ({}, {"emulate_qdq": True})
-    ] + [("student.int8cpu.onnx", {})]:
-        if (args.run_dir / name).exists():
-            label = f"ort {name}" + (" (Q/DQ emulated)" if opts else "")
-            candidates.append((label, OnnxRuntime(args.run_dir / name, threads=threads, **opts)))
-    rows = []
-    for label, fn in candidates:
-        acc = float((np.concatenate([fn(x[i : i + 64]) for i in range(0, len(x), 64)]).argmax(1) == y).mean())
-        row = {"artifact": label, "accuracy": acc}
-        for batch in (1, 64):
-            xb = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)
-            t = timings(fn, xb, args.repeats if batch == 1 else max(20, args.repeats // 4))
-            row[f"b{batch}"] = {"rows_per_s": batch / np.median(t), "p50_ms": 1000 * np.median(t),
-                                "p99_ms": 1000 * np.percentile(t, 99)}
-        rows.append(row)
-    base = rows[0]
+    candidates = [("torch eager fp32", "student.pt", eager, {"runtime": "pytorch", "threads": threads})]
+    for label, name, opts in candidate_graphs(args.run_dir):
+        rt = OnnxRuntime(args.run_dir / name, threads=threads, **opts)
+        candidates.append((label, name, rt, rt.mode()))
+    acc = {label: float((np.concatenate([fn(x[i : i + 64]) for i in range(0, len(x), 64)]).argmax(1) == y).mean())
+           for label, _, fn, _ in candidates}
+    timed: dict[tuple[str, int], np.ndarray] = {}
+    for batch in args.batches:
+        xb = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)
+        reps = max(20, args.repeats * 8 // (8 + batch))  # 100 at batch 1 -> 88, 50, 20: ~equal time per row
+        for label, _, fn, _ in candidates:
+            timed[label, batch] = timings(fn, xb, reps)
     flops = conv_flops(student, x)
     ceiling = matmul_ceiling()
-    print("| artifact | test acc % | b1 rows/s | b1 p50 ms | b1 p99 ms | b64 rows/s | b64 p50 ms | b64 p99 ms "
-          "| b64 x eager | b64 GFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        b1, b64 = r["b1"], r["b64"]
-        print(f"| {r['artifact']} | {100 * r['accuracy']:.1f} | {b1['rows_per_s']:.0f} | {b1['p50_ms']:.3f} | "
-              f"{b1['p99_ms']:.3f} | {b64['rows_per_s']:.0f} | {b64['p50_ms']:.2f} | {b64['p99_ms']:.2f} | "
-              f"{b64['rows_per_s'] / base['b64']['rows_per_s']:.2f} | {b64['rows_per_s'] * flops / 1e9:.1f} |")
-    print(f"\nmodel: {flops / 1e6:.1f} MFLOP per sample; FP32 matmul ceiling of this machine "
-          f"(torch 1024^3, {threads} threads): {ceiling:.0f} GFLOP/s")
-    from host_cpu import describe
+    served = served_here(args.run_dir)
+    command = (f"python bench/compress.py {args.run_dir} --repeats {args.repeats} --batches "
+               + " ".join(map(str, args.batches)))
+    run = {"run_id": uuid.uuid4().hex[:12], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "command": command, "note": args.note, **host(), "threads": threads, "test_rows": int(len(y)),
+           "mflop_per_sample": flops / 1e6, "matmul_gflops": ceiling, "served": served}
+    records = []
+    eager_acc = acc["torch eager fp32"]
+    for label, name, _, mode in candidates:
+        for batch in args.batches:
+            t = timed[label, batch]
+            base = timed["torch eager fp32", batch]
+            records.append(run | {"artifact": label, "file": name, "mode": mode, "batch": batch,
+                                  "accuracy": acc[label], "acc_delta_pt": 100 * (acc[label] - eager_acc),
+                                  "repeats": len(t), "rows_per_s": batch / float(np.median(t)),
+                                  "p50_ms": 1000 * float(np.median(t)), "p99_ms": 1000 * float(np.percentile(t, 99)),
+                                  "x_eager": float(np.median(base) / np.median(t))})
+    from compress_results import isa_summary, render_run
 
-    print(f"cpu: {describe()}")
-    print(f"reproduce: python bench/compress.py {args.run_dir} --repeats {args.repeats}")
+    print(f"cpu: {run['cpu']}; {isa_summary(run['simd_flags'])}; INT8 kernel family {run['int8_kernels']}\n")
+    print(render_run(records))
+    print(f"\nreproduce: {command}")
+    if not args.no_records:
+        args.records.parent.mkdir(parents=True, exist_ok=True)
+        with args.records.open("a") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        print(f"\n{len(records)} records appended to {args.records} (run {run['run_id']})")
 
 
 if __name__ == "__main__":

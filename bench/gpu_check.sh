@@ -110,6 +110,25 @@ EOF
   grep -m 3 -A 2 '^FAILED' "$OUT_DIR/science.log"
 fi
 
+# What the TensorRT step needs on a lent GPU, and why it has not run there (2026-12-06):
+# - The device image ('cuda': Python 3.12, torch 2.11.0+cu130, CUDA 13, driver 580, onnxruntime 1.30, pytest)
+#   has no TensorRT, and nothing can be fetched there: the wheels must be carried in. They are the bindings and
+#   the libraries of one TensorRT built for CUDA 13, cp312 manylinux x86_64, fetched HERE with network, e.g.
+#     pip download -d bench/wheelhouse --no-deps --only-binary=:all: --python-version 3.12 \
+#       --platform manylinux_2_28_x86_64 tensorrt-cu13 tensorrt-cu13-bindings tensorrt-cu13-libs
+#   (pin a 10.x built for CUDA 13 to test what JetPack's 10.3 API does, or an 11.x for 11; the package list
+#   this workplace keeps, /work/.library/env/packages/pypi.tsv, names 11.4.0.106 as the newest), and installed
+#   there with `pip install --no-deps --target /tmp/fdkd-site` like the other wheels above.
+# - tensorrt-cu13-libs holds libnvinfer, its builder resources and the ONNX parser: far larger than the 64 MiB
+#   the device tool carries in all (working tree + carried paths; not measured here, but libnvinfer alone is
+#   hundreds of MiB). So under today's limits the engine tests cannot run on a lent GPU at all: they need an
+#   image with TensorRT, or a larger carry. Until then the TensorRT code is tested on the CPU only, against
+#   tests/trt_fakes.py, whose every call is checked against the real 10.3 / 11.0 binding signatures
+#   (TRT_SIGNATURES there).
+# - With TensorRT there, the gpu-marked tests build FP32, FP16 and INT8 (explicit Q/DQ, strongly typed network:
+#   TensorRT 11 has no FP16/INT8 builder flags and no implicit INT8 calibration, and fdkd sets neither in 10)
+#   engines from the session's tiny run and compare them with ONNX Runtime; they also need the pipeline's
+#   packages the wheelhouse brings (pydantic, espeakng-loader, mlxtend) to train that run first.
 if "$PY" -c "import tensorrt" 2>/dev/null && "$PY" -c "import pytest" 2>/dev/null; then
   echo; echo "## TensorRT: gpu-marked tests"
   "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_tensorrt.py tests/test_cudart.py 2>&1 \

@@ -26,6 +26,16 @@ validation.json changed after signing is refused before anything else is read.
 ``allow_unvalidated`` overrides the validation checks (with a warning), never the manifest hash nor
 the signature.
 Every refusal raises ``NotServable`` with the reason, which ``/v2/health/ready`` then reports.
+
+``artifact="auto"`` on the CPU (no engine) serves ``student.onnx`` unless an INT8 graph of the run
+is faster *and* servable here: its file matches the manifest, an entry with its sha256 passed its
+gate in the mode this server would run it in (Q/DQ fused, **this CPU's INT8 kernel family**, the
+same threads), and that entry's validation throughput is at least ``INT8_MIN_SPEEDUP`` times
+``student.onnx``'s at the same batch (``cpu_choice``). The FP32 graph must itself be servable
+first: its refusal is the run's refusal (a failed FP32 gate or a stale validation says something is
+wrong with the export every other graph comes from). So one run directory copied between an AVX2
+machine and a VNNI one serves FP32 on the first and, where INT8 was validated on that family and
+measured faster, INT8 on the second.
 """
 
 from __future__ import annotations
@@ -43,7 +53,11 @@ from serving.runtime import load_runtime
 from serving.validated_mode import Target, target_mode, validated_entry
 from serving.validated_mode import mode_text as _mode_text
 
-AUTO_CPU = ("student.onnx",)  # on CPU the FP32 graph: exact, and as fast as INT8 on non-VNNI x86
+AUTO_CPU = "student.onnx"  # the CPU default: exact, and the source of every other graph
+AUTO_CPU_INT8 = ("student.int8cpu.onnx", "student.int8.*.onnx")  # replace it only when validated here and faster
+# an INT8 graph replaces the exact FP32 one only for a real gain: validation times 5 calls per graph, and on a
+# shared machine two equally fast graphs can differ by a few per cent there
+INT8_MIN_SPEEDUP = 1.2
 
 
 class NotServable(RuntimeError):
@@ -100,7 +114,7 @@ def _read_json(path: Path, what: str, signed: dict | None = None) -> dict:
         raise NotServable(f"{path} is not valid JSON: {e}") from None
 
 
-def _pick(run_dir: Path, manifest: dict, artifact: str, engine_dir: Path | None) -> Path:
+def _pick(run_dir: Path, manifest: dict, artifact: str, engine_dir: Path | None, threads: int | None) -> Path:
     if artifact != "auto":  # a name inside the run directory, else a path (an engine elsewhere)
         p = Path(artifact)
         return run_dir / p if (run_dir / p).exists() else p
@@ -108,10 +122,9 @@ def _pick(run_dir: Path, manifest: dict, artifact: str, engine_dir: Path | None)
         plans = sorted(Path(engine_dir).glob("*.plan"), key=lambda p: p.stat().st_mtime, reverse=True)
         if plans:
             return plans[0]
-    for name in AUTO_CPU:
-        if name in manifest["artifacts"]:
-            return run_dir / name
-    raise NotServable(f"no servable artifact in {run_dir}")
+    if AUTO_CPU not in manifest["artifacts"]:
+        raise NotServable(f"no servable artifact in {run_dir}")
+    return run_dir / cpu_choice(run_dir, manifest, threads)["artifact"]
 
 
 def _validations(run_dir: Path, path: Path, signed: dict | None = None) -> dict:
@@ -122,6 +135,59 @@ def _validations(run_dir: Path, path: Path, signed: dict | None = None) -> dict:
         extra = _read_json(beside, "engine validation")
         validation = validation | {"artifacts": validation.get("artifacts", []) + extra.get("artifacts", [])}
     return validation
+
+
+def _rows_per_s(entry: dict) -> tuple[int | None, float | None]:
+    m = entry.get("metrics", {})
+    return m.get("batch"), m.get("rows_per_s")
+
+
+def cpu_choice(run_dir: Path, manifest: dict, threads: int | None = None) -> dict:
+    """Which ONNX graph ``artifact="auto"`` serves on this CPU, and every candidate's standing.
+
+    ``{"artifact": name, "candidates": [{"name", "rows_per_s", "batch", "servable", "why"}]}``. The
+    FP32 graph is the answer unless it is servable here and an INT8 graph (``AUTO_CPU_INT8``) is too,
+    with a validated throughput at least ``INT8_MIN_SPEEDUP`` x FP32's at the same batch; the
+    fastest such INT8 graph wins. Nothing here loads a runtime: ``load_model`` then checks the pick
+    as it checks any artifact.
+    """
+    out = {"artifact": AUTO_CPU, "candidates": []}
+    try:
+        validation = json.loads((run_dir / "validation.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return out  # load_model names the problem
+    names = [AUTO_CPU] + sorted({n for pat in AUTO_CPU_INT8 for n in (p.name for p in run_dir.glob(pat))
+                                 if n in manifest["artifacts"]})
+    for name in names:
+        path = run_dir / name
+        cand = {"name": name, "rows_per_s": None, "batch": None, "servable": False, "why": ""}
+        out["candidates"].append(cand)
+        if not path.exists() or name not in manifest["artifacts"]:
+            cand["why"] = "missing"
+            continue
+        sha = sha256(path)
+        if sha != manifest["artifacts"][name]["sha256"]:
+            cand["why"] = "sha256 mismatch with the manifest"
+            continue
+        entry, problem = validated_entry(validation, name, sha, ".onnx", Target(threads=threads))
+        cand["batch"], cand["rows_per_s"] = _rows_per_s(entry)
+        cand["servable"], cand["why"] = not problem, problem
+    fp32 = out["candidates"][0]
+    if not fp32["servable"] or not fp32["rows_per_s"]:
+        return out  # the FP32 graph's own refusal (or its missing timing) decides; load_model reports it
+    best = fp32["rows_per_s"] * INT8_MIN_SPEEDUP
+    for cand in out["candidates"][1:]:
+        if not cand["servable"]:
+            continue
+        if cand["batch"] != fp32["batch"] or not cand["rows_per_s"]:
+            cand["why"] = f"timed at batch {cand['batch']}, FP32 at {fp32['batch']}: not comparable"
+            continue
+        if cand["rows_per_s"] >= best:
+            out["artifact"], best = cand["name"], cand["rows_per_s"]
+        else:
+            cand["why"] = (f"validated {cand['rows_per_s']:.0f} rows/s < {INT8_MIN_SPEEDUP:g} x FP32's "
+                           f"{fp32['rows_per_s']:.0f}")
+    return out
 
 
 def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None = None, model_name: str | None = None,
@@ -136,7 +202,7 @@ def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None
         except (UntrustedRun, BadKey) as e:
             raise NotServable(f"not trusted: {e}") from None
     manifest = _read_json(run_dir / "manifest.json", "manifest", signed)
-    path = _pick(run_dir, manifest, artifact, engine_dir)
+    path = _pick(run_dir, manifest, artifact, engine_dir, threads)
     if not path.exists():
         raise NotServable(f"artifact {path} does not exist")
     warnings: list[str] = []

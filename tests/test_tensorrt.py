@@ -256,3 +256,64 @@ def test_engine_command_builds_with_the_runs_build_config(fake_gpu, tmp_path):
                                                                  "max": 8}
     bad = CliRunner().invoke(app, ["engine", str(tmp_path), "--out", str(out)])
     assert bad.exit_code == 2 and "not a run directory" in " ".join(bad.output.split())
+
+
+# --- The test doubles are held to TensorRT's real Python signatures (tests/trt_fakes.py: TRT_SIGNATURES) ---
+
+
+@pytest.mark.parametrize("version,bit", [("10.3.0", 1), ("11.0.0", 0)])
+def test_build_makes_a_strongly_typed_network_with_no_precision_flags_on_10_and_11(fake_gpu, tmp_path, version, bit):
+    """STRONGLY_TYPED is 1 in TensorRT 10's NvInfer.h and 0 (deprecated, always on) in 11, where the FP16/INT8
+    builder flags are gone: the build takes the flag's value from the module and sets no precision flag."""
+    from pipeline.build import build_engine
+    from pipeline.config import BuildConfig
+
+    trt = fake_gpu(version=version)
+    plan = build_engine(_onnx(tmp_path), "int8", tmp_path, BuildConfig())
+    assert trt.built[-1]["network_flags"] == 1 << bit and trt.built[-1]["flags"] == set()
+    assert json.loads((tmp_path / f"{plan.stem}.build.json").read_text())["strongly_typed"] is True
+    precision_flags = {"FP16", "INT8", "BF16"} & set(trt.BuilderFlag.__members__)
+    assert precision_flags == ({"FP16", "INT8", "BF16"} if version.startswith("10") else set())
+
+
+def test_fakes_refuse_calls_the_real_bindings_would_refuse():
+    from tests.trt_fakes import TRT_SIGNATURES
+
+    trt = fake_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    config = builder.create_builder_config()
+    with pytest.raises(TypeError, match="missing"):
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE)  # arity
+    with pytest.raises(TypeError, match="no argument named 'size'"):
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, size=1 << 20)  # keyword name
+    with pytest.raises(TypeError, match="'pool' must be MemoryPoolType"):
+        config.set_memory_pool_limit("WORKSPACE", 1 << 20)  # argument type
+    with pytest.raises(TypeError, match="'ignore_mismatch' must be bool"):
+        config.set_timing_cache(config.create_timing_cache(b""), 0)
+    config.set_memory_pool_limit(pool=trt.MemoryPoolType.WORKSPACE, pool_size=1 << 20)  # pybind11 takes keywords
+    with pytest.raises(AttributeError):
+        config.set_max_workspace_size(1 << 20)  # TensorRT 8's API, gone in 10
+    with pytest.raises(AttributeError):
+        builder.build_engine(builder.create_network(), config)  # removed in 10: build_serialized_network
+    with pytest.raises(RuntimeError, match="name no NetworkDefinitionCreationFlag"):
+        builder.create_network(1 << 5)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(b'ENGINE:{"max": 4}')
+    ctx = engine.create_execution_context()
+    with pytest.raises(TypeError, match="'stream_handle' must be int"):
+        ctx.execute_async_v3(None)
+    with pytest.raises(TypeError, match="'memory' must be int"):
+        ctx.set_tensor_address("input", 1.5)
+    with pytest.raises(AttributeError):
+        ctx.execute_async_v2([0, 0], 0)  # TensorRT 8's bindings API, removed in 10
+    assert ("IExecutionContext", "execute_async_v3") in TRT_SIGNATURES
+
+
+def test_a_fake_member_the_real_bindings_lack_is_refused_at_definition():
+    from tests.trt_fakes import _binding
+
+    with pytest.raises(AssertionError, match="fake ICudaEngine.get_binding_index is not in TRT_SIGNATURES"):
+        @_binding("ICudaEngine", types={})
+        class Engine:
+            def get_binding_index(self, name):
+                return 0
