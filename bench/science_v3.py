@@ -1,0 +1,318 @@
+"""The science table v3: does a teacher pay where labels are scarce or noisy, against controls without it?
+
+    python bench/science_v3.py --plan          # every run of the table, the ones recorded, what is left
+    nice -n 19 python bench/science_v3.py      # the whole table (resumable; ~5 single-thread CPU hours)
+    python bench/science_v3.py --smoke         # 1 seed, 2 epochs, 300 avdigits images: record/resume check
+    python bench/science_v3_tables.py          # results.md's v3 section and plot from the records
+
+Two axes, image -> audio, on avdigits and avmnist (one clip per image, width-8 student, the v2 augmentation
+and memory format):
+
+- **fraction**: ``data.labelled`` in {5 %, 100 %, 1 %, 20 %} (that order: the targets first). A run is one
+  ``method: auto`` training of every row below as a candidate: the same initial weights, batches and teacher
+  cache, each candidate's epoch picked on the select half of validation, the shipped one judged on the other
+  half by ``auto``'s margin rule (``pipeline.auto``). Rows: ``none`` (the labelled pairs only), ``self-training``
+  (no teacher: the control that says whether the teacher or the unlabelled audio earned a gain), ``pseudo``,
+  ``kd``, ``fd`` at the reference weights and at w = 10 and 100 (``fd (val-picked w)``: the sweep weight with
+  the best mean select-half validation over seeds), ``fd`` with the shuffled teacher. At 100 % self-training
+  and pseudo have no unlabelled pair to act on (they are ``none``) and are left out.
+- **noise**: ``data.label_noise`` in {0, 20 %, 40 %} on avdigits, labels otherwise complete; rows ``none``,
+  ``none+LS`` (smoothing matched to the teacher's entropy), ``kd``, ``fd``, each teacher row with its
+  shuffled teacher; ``none`` at noise 0 is the clean-label bound.
+
+The teacher is trained once per preset (seed 0, every training image's label: image labels are cheap, public
+data) and loaded by every run (``teacher.checkpoint``). Budget: ``--epochs`` (20); a run where any candidate's
+validation curve is not flat (``science.is_flat``) is run again at ``--cap`` (40) and the tables use the longer.
+Every run appends one JSON record to ``--records`` (committed) as it lands, keyed by (preset, axis, level, seed,
+epochs), and is skipped when that key is present; records hold each candidate's select/judge/test accuracy,
+epoch and curve, the winner, the label counts, CPU and wall seconds, the CPU model and flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from science import AUGMENT_V1, MEMORY_FORMAT_V1_CPU, git_rev, is_flat, machine, parse_preset, tag  # noqa: E402
+
+# row -> (method, overrides inside distill): the auto candidates
+CANDIDATES = {
+    "none": ("none", {}),
+    "self-training": ("self-training", {}),
+    "pseudo": ("pseudo", {}),
+    "none+LS": ("none", {"label_smoothing.epsilon": "teacher"}),
+    "kd": ("kd", {}),
+    "kd shuffled teacher": ("kd", {"teacher_shuffle": True}),
+    "fd": ("fd", {}),
+    "fd w=10": ("fd", {"fd.w_low": 10, "fd.w_high": 10}),
+    "fd w=100": ("fd", {"fd.w_low": 100, "fd.w_high": 100}),
+    "fd shuffled teacher": ("fd", {"teacher_shuffle": True}),
+}
+SWEEP = {"fd": 1, "fd w=10": 10, "fd w=100": 100}  # the rows behind "fd (val-picked w)"
+FRACTION_ROWS = ["none", "self-training", "pseudo", "kd", "fd", "fd w=10", "fd w=100", "fd shuffled teacher"]
+FULL_ROWS = [r for r in FRACTION_ROWS if r not in ("self-training", "pseudo")]
+NOISE_ROWS = ["none", "none+LS", "kd", "kd shuffled teacher", "fd", "fd shuffled teacher"]
+AXES = {"fraction": "data.labelled", "noise": "data.label_noise"}
+# (preset, axis, level) in the order they run: the issue's targets (5 % and the 100 % bound) first
+CELLS = [("avdigits", "fraction", 0.05), ("avdigits", "fraction", 1.0), ("avmnist", "fraction", 0.05),
+         ("avmnist", "fraction", 1.0), ("avdigits", "noise", 0.2), ("avdigits", "noise", 0.4),
+         ("avdigits", "noise", 0.0), ("avdigits", "fraction", 0.01), ("avdigits", "fraction", 0.2),
+         ("avmnist", "fraction", 0.01), ("avmnist", "fraction", 0.2)]
+
+
+def rows_for(axis: str, level: float) -> list[str]:
+    if axis == "noise":
+        return NOISE_ROWS
+    return FULL_ROWS if level >= 1 else FRACTION_ROWS
+
+
+def candidates_override(rows: list[str]) -> str:
+    cands = [{"name": r, "method": CANDIDATES[r][0], "set": CANDIDATES[r][1]} for r in rows]
+    return "distill.auto.candidates=" + json.dumps(cands)
+
+
+# ---- one run (in a worker process) --------------------------------------------------------
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("FDKD_QUIET", "1")
+
+
+def run_job(job: dict) -> dict:
+    """Train the preset's teacher, or one auto run of a cell's rows; returns its record's measured fields."""
+    import torch
+
+    from pipeline import distill, teacher
+    from pipeline.config import load_config
+
+    torch.set_num_threads(job["threads"])
+    cfg = load_config(None, job["sets"])
+    t0, c0 = time.perf_counter(), time.process_time()
+    if job["kind"] == "teacher":
+        _, m = teacher.run(cfg)
+        return {"val_acc": m["val_acc"], "test_acc": m["test_acc"], "seconds": round(time.perf_counter() - t0, 2),
+                "cpu_seconds": round(time.process_time() - c0, 2)}
+    _, res = distill.run(cfg)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    m = res["student"]
+    curves: dict[str, list[float]] = {}
+    for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        curves.setdefault(r["direction"].split(":", 1)[1], []).append(round(r["val_acc"], 5))
+    cands = []
+    for c in m["auto"]["candidates"]:
+        cands.append({k: c[k] for k in ("name", "method", "val_acc", "judge_acc", "test_acc", "epoch",
+                                        "lead_judge_pt", "se_judge_pt", "passes_margin")}
+                     | {"curve": curves[c["name"]], "flat": is_flat(curves[c["name"]])})
+    return {"winner": m["auto"]["winner"], "margin_se": m["auto"]["margin_se"],
+            "judge_rows": m["auto"]["judge_rows"], "shipped_test_acc": m["test_acc"], "candidates": cands,
+            "labels": m.get("labels"), "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+            "threads": job["threads"]}
+
+
+# ---- the schedule -------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.path = Path(args.records)
+        self.records = [json.loads(s) for s in self.path.read_text().splitlines() if s.strip()] \
+            if self.path.exists() else []
+        self.info = {**machine(), "rev": git_rev()}
+        self.failed: list[str] = []
+
+    def find(self, **key) -> dict | None:
+        return next((r for r in self.records if all(r.get(k) == v for k, v in key.items())), None)
+
+    def base_sets(self, preset: str) -> list[str]:
+        _, sets = parse_preset(preset)
+        a = self.args
+        return [*sets, f"runs_dir={a.out}", f"data.cache_dir={a.data_cache}", "teacher.modality=image",
+                f"teacher.optim.epochs={a.teacher_epochs}", f"distill.student.width={a.width}",
+                "distill.grad_norm_every=0", *AUGMENT_V1,
+                *(MEMORY_FORMAT_V1_CPU if self.info["device"] == "cpu" else []), *a.sets]
+
+    def teacher_path(self, preset: str) -> Path:
+        return Path(self.args.out) / tag(preset, "teacher") / "teacher.image.pt"
+
+    def teacher_job(self, preset: str) -> dict:
+        return {"kind": "teacher", "preset": preset, "threads": self.args.threads,
+                "sets": [*self.base_sets(preset), f"name={tag(preset, 'teacher')}", "seed=0"]}
+
+    def run_job_for(self, preset, axis, level, seed, epochs) -> dict:
+        rows = [r for r in rows_for(axis, level) if not self.args.rows or r in self.args.rows.split(",")]
+        if "none" not in rows:
+            rows = ["none", *rows]  # auto's baseline
+        sets = [*self.base_sets(preset), f"{AXES[axis]}={level}", "distill.method=auto", candidates_override(rows),
+                f"distill.optim.epochs={epochs}", f"seed={seed}", f"teacher.checkpoint={self.teacher_path(preset)}",
+                f"name={tag(preset, axis, level, epochs, 's' + str(seed))}"]
+        return {"kind": "run", "preset": preset, "axis": axis, "level": level, "seed": seed, "epochs": epochs,
+                "rows": rows, "sets": sets, "threads": self.args.threads}
+
+    def cells(self) -> list[tuple[str, str, float]]:
+        return [c for c in (self.args.cells or CELLS)]
+
+    def wanted(self) -> list[dict]:
+        """The runs still to do, given the records: first attempts, then the doubled ones."""
+        a, out = self.args, []
+        for preset in dict.fromkeys(p for p, _, _ in self.cells()):
+            if self.find(kind="teacher", preset=preset) is None or not self.teacher_path(preset).exists():
+                out.append(self.teacher_job(preset))
+        if out:
+            return out
+        for preset, axis, level in self.cells():
+            for seed in range(a.seeds):
+                key = {"kind": "run", "preset": preset, "axis": axis, "level": level, "seed": seed}
+                first = self.find(**key, epochs=a.epochs)
+                if first is None:
+                    out.append(self.run_job_for(preset, axis, level, seed, a.epochs))
+                elif a.cap > a.epochs and not all(c["flat"] for c in first["candidates"]) \
+                        and self.find(**key, epochs=a.cap) is None:
+                    out.append(self.run_job_for(preset, axis, level, seed, a.cap))
+        return out
+
+    def land(self, job: dict, rec: dict) -> None:
+        full = {k: v for k, v in job.items() if k not in ("sets", "threads")}
+        full.update(rec)
+        full.update({"sets": [s for s in job["sets"] if not s.startswith(("runs_dir=", "data.cache_dir=",
+                                                                            "teacher.checkpoint=", "name="))],
+                     "machine": self.info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self.records.append(full)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:  # one line per run, as it lands
+            f.write(json.dumps(full) + "\n")
+        if job["kind"] == "teacher":
+            print(f"[{full['finished']}] teacher {job['preset']}: val {100 * rec['val_acc']:.1f} "
+                  f"({rec['cpu_seconds']:.0f} cpu-s)", flush=True)
+            return
+        tests = " ".join(f"{c['name']} {100 * c['test_acc']:.1f}" for c in rec["candidates"])
+        print(f"[{full['finished']}] {job['preset']} {job['axis']}={job['level']} seed {job['seed']} "
+              f"{job['epochs']} ep: ships {rec['winner']}; test {tests} ({rec['cpu_seconds']:.0f} cpu-s)", flush=True)
+
+    def run(self) -> None:
+        from pipeline import data
+        from pipeline.config import load_config
+
+        for preset in dict.fromkeys(p for p, _, _ in self.cells()):  # build each dataset once, before workers race
+            data.prepare(load_config(None, self.base_sets(preset)))
+        pool = ProcessPoolExecutor(self.args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.args.threads,)) \
+            if self.args.jobs > 1 else None
+        try:
+            for _ in range(4):  # teachers; first attempts; doubled attempts
+                jobs = self.wanted()
+                if not jobs:
+                    break
+                self.run_jobs(jobs, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        if self.failed:
+            raise SystemExit(f"{len(self.failed)} run(s) failed (named above); rerun to retry them")
+
+    def run_jobs(self, jobs: list[dict], pool) -> None:
+        if pool is None:
+            for j in jobs:
+                self._one(j, lambda j=j: run_job(j))
+            return
+        futures = {pool.submit(run_job, j): j for j in jobs}
+        for fut in as_completed(futures):
+            self._one(futures[fut], fut.result)
+
+    def _one(self, job: dict, result) -> None:
+        try:
+            self.land(job, result())
+        except Exception as e:  # noqa: BLE001 - one failed run must not stop the others; the next call retries
+            what = f"{job['preset']} {job.get('axis', 'teacher')}={job.get('level', '')} seed {job.get('seed', 0)}"
+            self.failed.append(what)
+            print(f"FAILED {what}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+
+
+def print_plan(bench: Bench) -> None:
+    a = bench.args
+    print("| preset | axis | level | rows | seeds recorded (first attempt) | doubled |\n|---|---|---|---|---|---|")
+    left = 0
+    for preset, axis, level in bench.cells():
+        got = [bench.find(kind="run", preset=preset, axis=axis, level=level, seed=s, epochs=a.epochs)
+               for s in range(a.seeds)]
+        doubled = [bench.find(kind="run", preset=preset, axis=axis, level=level, seed=s, epochs=a.cap)
+                   for s in range(a.seeds)]
+        left += sum(g is None for g in got)
+        print(f"| {preset} | {axis} | {level} | {len(rows_for(axis, level))} | {sum(g is not None for g in got)}"
+              f"/{a.seeds} | {sum(d is not None for d in doubled)} |")
+    print(f"\n{left} first attempts left (plus doubled attempts where a curve is not flat).")
+
+
+def parse_cells(spec: str) -> list[tuple[str, str, float]]:
+    """``avdigits:fraction=0.05,avmnist:noise=0.2`` -> cells."""
+    out = []
+    for item in filter(None, spec.split(",")):
+        preset, _, kv = item.partition(":")
+        axis, _, level = kv.partition("=")
+        if axis not in AXES or not level:
+            raise SystemExit(f"cell {item!r}: expected preset:fraction=L or preset:noise=L")
+        parse_preset(preset)
+        out.append((preset, axis, float(level)))
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cells", type=parse_cells, default=None,
+                    help="restrict to these cells, e.g. avdigits:fraction=0.05,avdigits:noise=0.4 (default: CELLS)")
+    ap.add_argument("--rows", default="", help="restrict to these rows (comma-separated names; none is kept)")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=20, help="first attempt")
+    ap.add_argument("--cap", type=int, default=40, help="the doubled attempt where a curve is not flat")
+    ap.add_argument("--teacher-epochs", type=int, default=15)
+    ap.add_argument("--width", type=int, default=8, help="student width (the shipped default is 16)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra override for every run")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each single-threaded)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--records", default="docs/science-v3-records.jsonl")
+    ap.add_argument("--out", default="runs/bench-science-v3")
+    ap.add_argument("--data-cache", default="runs/data")
+    ap.add_argument("--plan", action="store_true", help="print the cells and what is recorded; train nothing")
+    ap.add_argument("--smoke", action="store_true",
+                    help="1 seed, 2 epochs (doubled 4), 300 avdigits images, cell avdigits fraction 5 %%; "
+                         "records to runs/bench-science-v3-smoke/")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.epochs, args.cap, args.teacher_epochs = 1, 2, 4, 2
+        args.cells = [("avdigits", "fraction", 0.05)]
+        args.sets = ["data.avdigits.max_images=300", *args.sets]
+        if args.records == ap.get_default("records"):
+            args.records = "runs/bench-science-v3-smoke/records.jsonl"
+        args.out = "runs/bench-science-v3-smoke"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    bench = Bench(args)
+    info = bench.info
+    print(f"CPU: {info['cpu']} ({info['cores']} cores; flags {' '.join(info['flags'])}); device {info['device']}; "
+          f"torch {info['torch']}; rev {info['rev']}")
+    if args.plan:
+        print_plan(bench)
+        return
+    bench.run()
+    print_plan(bench)
+    print("\nreproduce: python bench/science_v3.py" + (" --smoke" if args.smoke else "")
+          + "; tables: python bench/science_v3_tables.py")
+
+
+if __name__ == "__main__":
+    main()
