@@ -36,7 +36,7 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,14 +165,17 @@ class Bench:
         return [c for c in (self.args.cells or CELLS)]
 
     def wanted(self) -> list[dict]:
-        """The runs still to do, given the records: first attempts, then the doubled ones."""
-        a, out = self.args, []
+        """The runs still to do, given the records: a preset's teacher first, then its cells' first attempts, then
+        the doubled ones (in ``CELLS`` order)."""
+        a, out, ready = self.args, [], set()
         for preset in dict.fromkeys(p for p, _, _ in self.cells()):
             if self.find(kind="teacher", preset=preset) is None or not self.teacher_path(preset).exists():
                 out.append(self.teacher_job(preset))
-        if out:
-            return out
+            else:
+                ready.add(preset)
         for preset, axis, level in self.cells():
+            if preset not in ready:
+                continue
             for seed in range(a.seeds):
                 key = {"kind": "run", "preset": preset, "axis": axis, "level": level, "seed": seed}
                 first = self.find(**key, epochs=a.epochs)
@@ -207,29 +210,41 @@ class Bench:
 
         for preset in dict.fromkeys(p for p, _, _ in self.cells()):  # build each dataset once, before workers race
             data.prepare(load_config(None, self.base_sets(preset)))
-        pool = ProcessPoolExecutor(self.args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.args.threads,)) \
-            if self.args.jobs > 1 else None
-        try:
-            for _ in range(4):  # teachers; first attempts; doubled attempts
-                jobs = self.wanted()
-                if not jobs:
+        if self.args.jobs <= 1:
+            while jobs := self.wanted():
+                self._one(jobs[0], lambda j=jobs[0]: run_job(j))
+                if len(self.failed) > 3 * len(CELLS):
                     break
-                self.run_jobs(jobs, pool)
-        finally:
-            if pool is not None:
-                pool.shutdown()
+        else:
+            self._pooled()
         if self.failed:
             raise SystemExit(f"{len(self.failed)} run(s) failed (named above); rerun to retry them")
 
-    def run_jobs(self, jobs: list[dict], pool) -> None:
-        if pool is None:
-            for j in jobs:
-                self._one(j, lambda j=j: run_job(j))
-            return
-        futures = {pool.submit(run_job, j): j for j in jobs}
-        for fut in as_completed(futures):
-            self._one(futures[fut], fut.result)
+    def _pooled(self) -> None:
+        """Keep ``--jobs`` runs in flight, re-planning as each lands (a landed teacher releases its cells)."""
+        name = lambda j: j["sets"][-1] if j["kind"] == "run" else f"teacher {j['preset']}"  # noqa: E731
+        pool = ProcessPoolExecutor(self.args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.args.threads,))
+        flight: dict = {}
+        tried: set[str] = set()
+        try:
+            while True:
+                busy = {name(j) for j in flight.values()}
+                for j in self.wanted():
+                    if len(flight) >= self.args.jobs:
+                        break
+                    if name(j) not in busy and name(j) not in tried:
+                        flight[pool.submit(run_job, j)] = j
+                        busy.add(name(j))
+                if not flight:
+                    break
+                done, _ = wait(flight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    j = flight.pop(fut)
+                    tried.add(name(j))  # a failed run is retried by the next invocation, not this one
+                    self._one(j, fut.result)
+        finally:
+            pool.shutdown()
 
     def _one(self, job: dict, result) -> None:
         try:
