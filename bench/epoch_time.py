@@ -2,18 +2,30 @@
 
     python bench/epoch_time.py                 # on the built-in avdigits data, 3 epochs each, interleaved
     python bench/epoch_time.py --epochs 5
+    python bench/epoch_time.py --render        # results.md section 2 from docs/epoch-time-records.jsonl
 
 Every variant runs in this one process, interleaved over ``--rounds`` rounds, and the median
 training-loop seconds per epoch (evaluation excluded) are compared as ratios: the machine is
-shared and noisy, absolute times are not the point.
+shared and noisy, absolute times are not the point. Each run appends one record (every epoch's
+seconds per variant, the CPU model and flags, torch, threads, load average) to ``--records``;
+``--render`` writes results.md section 2 from all of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
+import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+BEGIN, END = "<!-- epoch-time:begin (bench/epoch_time.py --render) -->", "<!-- epoch-time:end -->"
+TARGET = 1.15  # fd (teacher cached) / none, per epoch, on the CPU (issue 21)
 
 VARIANTS = {
     "none": ["distill.method=none"],
@@ -22,16 +34,47 @@ VARIANTS = {
 }
 
 
+def render(records: list[dict]) -> str:
+    out = ["", "| date | CPU (flags) | torch, threads | epochs x rounds | variant | median s / epoch | x none |",
+           "|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for r in records:
+        ref = statistics.median(r["seconds"]["none"])
+        for name, s in r["seconds"].items():
+            x = statistics.median(s) / ref
+            mark = f"**{x:.2f}**" if name == "fd (teacher cached)" else f"{x:.2f}"
+            out.append(f"| {r['date']} | {r['cpu']} ({' '.join(r['flags'])}) | {r['torch']}, {r['threads']} | "
+                       f"{r['epochs']} x {r['rounds']} | {name} | {statistics.median(s):.2f} | {mark} |")
+        fd = statistics.median(r["seconds"]["fd (teacher cached)"]) / ref
+        verdicts.append(f"{r['date']} on {r['cpu']}: fd (teacher cached) {fd:.2f}x none, target <= {TARGET}x "
+                        f"{'met' if fd <= TARGET else 'not met'} (load average {r['load']:.1f} at the start).")
+    return "\n".join([*out, "", *verdicts, ""])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-epoch"))
+    ap.add_argument("--records", type=Path, default=ROOT / "docs" / "epoch-time-records.jsonl")
+    ap.add_argument("--render", action="store_true", help="write results.md section 2 from the records; no timing")
+    ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     args = ap.parse_args()
+    if args.render:
+        import results_section
+
+        records = [json.loads(s) for s in args.records.read_text().splitlines() if s.strip()]
+        results_section.write_section(args.results, BEGIN, END, render(records))
+        print(f"wrote section 2 of {args.results} from {len(records)} records")
+        return
+
+    import torch
+    from host_cpu import cpu_model, describe, simd_flags
 
     from pipeline import distill, teacher
     from pipeline.config import load_config
 
+    load = os.getloadavg()[0]
     base = [f"runs_dir={args.out}", "name=timing", f"distill.optim.epochs={args.epochs}", "distill.grad_norm_every=0"]
     cfg = load_config(None, base)
     if not (cfg.run_dir / "teacher.image.pt").exists():
@@ -42,14 +85,15 @@ def main() -> None:
             distill.run(load_config(None, base + sets))
             recs = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
             seconds[name] += [r["epoch_seconds"] for r in recs]
-    ref = statistics.median(seconds["none"])
-    print("| variant | median s / epoch | x none |\n|---|---|---|")
-    for name, s in seconds.items():
-        print(f"| {name} | {statistics.median(s):.2f} | {statistics.median(s) / ref:.2f} |")
-    from host_cpu import describe
-
-    print(f"\ncpu: {describe()}")
-    print(f"reproduce: python bench/epoch_time.py --epochs {args.epochs} --rounds {args.rounds}")
+    rec = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "flags": simd_flags(), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "epochs": args.epochs, "rounds": args.rounds, "load": load,
+           "seconds": seconds}
+    with open(args.records, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    print(render([rec]))
+    print(f"cpu: {describe()}")
+    print(f"reproduce: python bench/epoch_time.py --epochs {args.epochs} --rounds {args.rounds}; "
+          "then python bench/epoch_time.py --render")
 
 
 if __name__ == "__main__":
