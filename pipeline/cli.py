@@ -165,7 +165,8 @@ def teacher(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str
 @handles_errors
 def distill(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt,
             method: str | None = typer.Option(None, help="auto (the best of distill.auto.candidates on "
-                                                     "validation) | none | kd | feat | dkd | dist | fd"),
+                                                     "validation) | none | self-training | pseudo | kd | feat | dkd "
+                                                     "| dist | fd"),
             bidirectional: bool | None = typer.Option(None, "--bidirectional/--one-way",
                                                          help="Also train the reverse direction"),
             seed: int | None = typer.Option(None, help="Random seed"),
