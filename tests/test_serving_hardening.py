@@ -214,14 +214,15 @@ def test_float_wav_near_1e20_gets_a_json_400_and_loud_but_sane_wavs_classify(ser
 
 
 def test_big_uploads_are_preprocessed_off_the_event_loop(served_run, monkeypatch):
-    """A large upload's decode runs in a worker thread (the loop keeps serving); a small one stays inline."""
+    """A large upload's decode (for a WAV: parse and checks; its log-mel is the batcher's) runs in a worker
+    thread (the loop keeps serving); a small one stays inline."""
     import asyncio
 
     import serving.app
     from serving.hotpath import PREPROCESS_INLINE_BYTES
 
     on_loop = []
-    real = serving.app.preprocess
+    real = serving.app.prepare
 
     def spy(m, body):
         try:
@@ -231,7 +232,7 @@ def test_big_uploads_are_preprocessed_off_the_event_loop(served_run, monkeypatch
             on_loop.append(False)
         return real(m, body)
 
-    monkeypatch.setattr(serving.app, "preprocess", spy)
+    monkeypatch.setattr(serving.app, "prepare", spy)
     small = write_wav(np.zeros(8000), 16000)  # 16 kB
     big = write_wav(np.zeros(48000), 16000)  # 96 kB
     assert len(small) <= PREPROCESS_INLINE_BYTES < len(big)
