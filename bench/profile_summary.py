@@ -12,9 +12,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+
+def _wait_line() -> int:
+    """The line of serving/batcher.py where the runtime thread waits for its next batch (it moves with edits)."""
+    src = (Path(__file__).resolve().parents[1] / "serving" / "batcher.py").read_text().splitlines()
+    return next(i for i, line in enumerate(src, 1) if "self._jobs.get()" in line)
+
+
 # the innermost frame of a thread that waits (py-spy cannot tell these waits from work)
-IDLE = [("runtime worker thread waiting for a batch (idle)", ("_worker (concurrent/futures/thread.py:81)",
-                                                             "_RuntimeThread._work (serving/batcher.py:88)")),
+IDLE = [("runtime worker thread waiting for a batch (idle)",
+         ("_worker (concurrent/futures/thread.py:81)", f"_RuntimeThread._work (serving/batcher.py:{_wait_line()})")),
         ("event loop in uvloop's C code (socket I/O, callbacks, and waiting in epoll)", ("Runner.run",))]
 # (category, substrings of a frame "function (file:line)"), checked innermost frame first
 CATEGORIES = [

@@ -24,8 +24,10 @@ tensor extension both ways; ``json``), client count and server, that many keep-a
 connections (asyncio + uvloop, in this process) send one-row FP32 requests for ``--seconds``:
 rows/s, p50 and p99 latency, errors. The table shows the median over rounds. The in-process
 reference (same runtime in this process) gives batched throughput at batch 64 and the batch-1
-latency. Every row goes to ``--out`` (jsonl, with a run id, CPU model, flags and the command);
-``bench/serve_results.py`` turns the latest run into the table in docs/results.md.
+latency; its batched throughput is measured again at the start of every round (while the servers
+idle), so that each round's share of it is taken under that round's load. Every row goes to
+``--out`` (jsonl, with a run id, CPU model, flags and the command); ``bench/serve_results.py``
+turns the latest run into the table in docs/results.md.
 """
 
 from __future__ import annotations
@@ -198,7 +200,7 @@ def validated_threads(run_dir: Path) -> int | None:
                 None)
 
 
-def in_process(run_dir: Path, threads: int | None) -> dict:
+def in_process(run_dir: Path, threads: int | None, b1: bool = True) -> dict:
     from serving.runtime.onnx import OnnxRuntime
 
     rt = OnnxRuntime(run_dir / "student.onnx", threads=threads)
@@ -211,6 +213,8 @@ def in_process(run_dir: Path, threads: int | None) -> dict:
         rt(x64)
         n += 64
     batched = n / (time.perf_counter() - t_start)
+    if not b1:
+        return {"batched_rows_per_s": batched}
     one = []
     for _ in range(500):
         t0 = time.perf_counter()
@@ -266,6 +270,9 @@ def main() -> None:
                 body, headers = bodies(x1)[kind]
                 load(procs[server][1], path, body, headers, 4, 1.0)  # warm-up
         for rnd in range(args.rounds):  # the machine's load drifts: every server sees every phase of it
+            again = in_process(args.run_dir, args.ort_threads, b1=False)  # this round's reference, same load
+            records.append({**run, "server": "in-process", "round": rnd, **again})
+            print(f"round {rnd} in-process    batched (64) {again['batched_rows_per_s']:7.0f} rows/s", flush=True)
             for kind in kinds:
                 body, headers = bodies(x1)[kind]
                 for c in clients:

@@ -31,10 +31,12 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the server (as serve_load)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="ONNX Runtime threads of the server (as serve_load; default: the validated count)")
     args = ap.parse_args()
     args.run_dir = args.run_dir.resolve()
-    args.delay_ms, args.ort_threads, args.triton_venv = 0.0, args.threads, sl.DEFAULT_TRITON_VENV
+    args.delay_ms, args.triton_venv = 0.0, sl.DEFAULT_TRITON_VENV
+    args.ort_threads = args.threads if args.threads is not None else sl.validated_threads(args.run_dir)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     manifest = json.loads((args.run_dir / "manifest.json").read_text())
     dims = manifest["artifacts"]["student.onnx"]["onnx"]["inputs"][0]["shape"][1:]

@@ -34,6 +34,7 @@ from serving.hotpath import HotPath, Inference, error_reply, is_multipart
 from serving.metrics import Metrics
 from serving.middleware import ApiKey, BodyLimit, RequestLog
 from serving.model import LoadedModel, NotServable, load_model
+from serving.preprocess import AudioFrontend
 from serving.settings import ServeSettings
 from serving.webpage import add_page_routes
 
@@ -140,7 +141,9 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
                                            max_queue_delay_s=settings.max_queue_delay_ms / 1000,
                                            queue_timeout_s=settings.queue_timeout_ms / 1000, metrics=state.metrics,
                                            delay_s=settings.debug_delay_ms / 1000,
-                                           batch_timeout_s=settings.batch_timeout_s, on_batch=_log_batch)
+                                           batch_timeout_s=settings.batch_timeout_s, on_batch=_log_batch,
+                                           featurize=model.frontend if isinstance(model.frontend, AudioFrontend)
+                                           else None)
             state.batcher.start()
             state.ready, state.not_ready_reason = True, ""
             log.info('{"event": "ready", "model": "%s", "artifact": "%s", "sha256": "%s", "mode": %s, '
@@ -339,5 +342,19 @@ def preprocess(m: LoadedModel, body: bytes) -> np.ndarray:
 
     try:
         return features(m.frontend, body)
+    except UploadError as e:
+        raise protocol.BadRequest(str(e)) from None
+
+
+def prepare(m: LoadedModel, body: bytes) -> tuple[np.ndarray, bool]:
+    """What ``/v1/classify`` hands the batcher: (rows, raw). For an audio model the checked [1, samples] clip
+    (raw: the batcher computes the log-mel of a whole batch's clips in one call), else :func:`preprocess`'s
+    features."""
+    if not isinstance(m.frontend, AudioFrontend):
+        return preprocess(m, body), False
+    from serving.upload import UploadError, clip
+
+    try:
+        return clip(m.frontend, body), True
     except UploadError as e:
         raise protocol.BadRequest(str(e)) from None

@@ -6,6 +6,12 @@ queued requests while the batch has room (``max_batch`` rows) and the oldest has
 runtime in one dedicated daemon thread (one runtime context per thread; a hung call never keeps
 the process from exiting); results are split back per request.
 
+A request may also carry raw rows (``submit(waves, raw=True)``: audio clips from ``/v1/classify``)
+that the batcher's ``featurize`` (the model's log-mel front end) turns into model input: the raw
+rows of a whole batch go through it in one vectorized call, in the runtime thread (off the event
+loop), beside the rows that came as features. A raw row whose features are not finite fails its
+own request (``RejectedRow``, a 400 upstream); the others are answered.
+
 Every way the batcher cannot answer raises a subclass of :class:`Unavailable` (503 with
 Retry-After upstream; ``reason`` labels the metric): a full queue (``QueueFull``), a request still
 queued past its deadline (``QueueTimeout``), a batch still running after ``batch_timeout_s``
@@ -38,6 +44,10 @@ class Unavailable(RuntimeError):
     reason = "unavailable"
 
 
+class RejectedRow(ValueError):
+    """A raw row's features came out non-finite: that request is refused (400), the batch goes on."""
+
+
 class QueueFull(Unavailable):
     reason = "queue_full"
 
@@ -65,6 +75,7 @@ class _Item:
     x: np.ndarray
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    raw: bool = False  # x holds raw rows (waves) that the batcher's ``featurize`` turns into model input
 
 
 class _RuntimeThread:
@@ -99,8 +110,10 @@ class _RuntimeThread:
 
 class DynamicBatcher:
     def __init__(self, runtime, *, max_batch: int, max_queue: int, max_queue_delay_s: float, queue_timeout_s: float,
-                 metrics=None, delay_s: float = 0.0, batch_timeout_s: float = 10.0, on_batch=None) -> None:
+                 metrics=None, delay_s: float = 0.0, batch_timeout_s: float = 10.0, on_batch=None,
+                 featurize=None) -> None:
         self.runtime = runtime
+        self.featurize = featurize  # [n, samples] raw rows -> [n, ...] model input, one call per batch
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_queue_delay_s, self.queue_timeout_s = max_queue_delay_s, queue_timeout_s
         self.batch_timeout_s = batch_timeout_s
@@ -155,11 +168,14 @@ class DynamicBatcher:
                 failed += 1
         return failed
 
-    async def submit(self, x: np.ndarray) -> tuple[np.ndarray, float]:
-        """Queue ``x`` and wait for its logits; returns (logits, seconds spent queued)."""
+    async def submit(self, x: np.ndarray, raw: bool = False) -> tuple[np.ndarray, float]:
+        """Queue ``x`` (model input, or raw rows for ``featurize`` if ``raw``) and wait for its logits;
+        returns (logits, seconds spent queued)."""
+        if raw and self.featurize is None:
+            raise ValueError("raw rows submitted to a batcher without a featurize function")
         if self.failure:
             raise (BatcherDown if self._down else RuntimeHung)(self.failure)
-        item = _Item(x, asyncio.get_running_loop().create_future())
+        item = _Item(x, asyncio.get_running_loop().create_future(), raw=raw)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -230,26 +246,36 @@ class DynamicBatcher:
                 self._batch = []
 
     async def _run_batch(self, batch: list[_Item]) -> None:
-        x = np.concatenate([i.x for i in batch]) if len(batch) > 1 else batch[0].x
+        rows = sum(len(i.x) for i in batch)
         started = time.perf_counter()
-        running = asyncio.wrap_future(self._worker.submit(self._run, x))
+        rejected: set[int] = set()
+        if any(i.raw for i in batch):
+            running = asyncio.wrap_future(self._worker.submit(self._run_raw, [(i.x, i.raw) for i in batch]))
+        else:
+            x = np.concatenate([i.x for i in batch]) if len(batch) > 1 else batch[0].x
+            running = asyncio.wrap_future(self._worker.submit(self._run, x))
         try:
-            logits = await asyncio.wait_for(asyncio.shield(running), self.batch_timeout_s)
+            out = await asyncio.wait_for(asyncio.shield(running), self.batch_timeout_s)
         except asyncio.TimeoutError:
-            await self._wait_out_hang(running, len(x))
+            await self._wait_out_hang(running, rows)
             return
-        if len(logits) != len(x):
-            raise RuntimeError(f"runtime returned {len(logits)} rows for a batch of {len(x)}")
+        logits, rejected = out if isinstance(out, tuple) else (out, rejected)
+        if len(logits) != rows:
+            raise RuntimeError(f"runtime returned {len(logits)} rows for a batch of {rows}")
         if self.metrics:
             self.metrics.compute.observe(time.perf_counter() - started)
-            self.metrics.batch_size.observe(len(x))
+            self.metrics.batch_size.observe(rows)
             self.metrics.executions.inc()
-            self.metrics.rows.inc(len(x))
+            self.metrics.rows.inc(rows)
         offset = 0
-        for i in batch:
+        for k, i in enumerate(batch):
             n = len(i.x)
             if not i.future.done():
-                i.future.set_result((logits[offset : offset + n], started - i.enqueued))
+                if k in rejected:
+                    i.future.set_exception(RejectedRow("preprocessing produced non-finite features (is the "
+                                                       "file's signal in range?)"))
+                else:
+                    i.future.set_result((logits[offset : offset + n], started - i.enqueued))
             offset += n
         if self.on_batch:
             self.on_batch(len(batch), len(x), time.perf_counter() - started, started - batch[0].enqueued)
@@ -264,6 +290,22 @@ class DynamicBatcher:
             await running
         self._hung = None
         log.warning('{"event": "runtime_recovered"}')
+
+    def _run_raw(self, parts: list[tuple[np.ndarray, bool]]) -> tuple[np.ndarray, set[int]]:
+        """A batch with raw rows (runtime thread): every raw row featurized in one call, then one run;
+        returns the logits and the indices (into ``parts``) of requests whose features are not finite."""
+        raw = [x for x, is_raw in parts if is_raw]
+        feats = self.featurize(np.concatenate(raw) if len(raw) > 1 else raw[0])
+        chunks, rejected, at = [], set(), 0
+        for k, (x, is_raw) in enumerate(parts):
+            if is_raw:
+                x, at = feats[at : at + len(x)], at + len(x)
+                if not np.isfinite(x).all():
+                    rejected.add(k)
+                    x = np.zeros_like(x)  # its rows run (shapes stay), its answer is the refusal
+            chunks.append(x)
+        x = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        return self._run(np.ascontiguousarray(x, dtype=np.float32)), rejected
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self.delay_s:

@@ -12,9 +12,11 @@
   /openapi.json and answer when the hot path is switched off (``hot_path=False``, the bench's
   comparison).
 
-A classify upload over ``PREPROCESS_INLINE_BYTES`` is decoded (image decode, WAV STFT) in a worker
-thread so the event loop keeps serving; smaller ones stay on the loop (cheaper than a thread hop).
-Both adapters share this, the FastAPI route included.
+A classify upload over ``PREPROCESS_INLINE_BYTES`` is decoded (image decode, WAV parse and checks)
+in a worker thread so the event loop keeps serving; smaller ones stay on the loop (cheaper than a
+thread hop). A WAV's log-mel is not computed here: the clip goes to the batcher as a raw row, and
+the batcher computes the log-mel of every clip of a batch in one vectorized call, in its runtime
+thread. Both adapters share this, the FastAPI route included.
 
 Disconnects: a request waiting on the batcher is not polled; one watcher task looks every
 0.25 s at requests that have waited longer than that and cancels those whose client went away
@@ -35,7 +37,7 @@ import numpy as np
 import orjson
 
 from serving import protocol
-from serving.batcher import Unavailable
+from serving.batcher import RejectedRow, Unavailable
 from serving.errors import RETRY_AFTER, ApiError
 
 log = logging.getLogger("fdkd.serve")
@@ -151,16 +153,16 @@ class Inference:
                               (b"inference-header-content-length", str(head_len).encode())]
 
     async def _classify(self, headers, body, is_gone, scope_state):
-        from serving.app import preprocess
+        from serving.app import prepare
 
         m = self.model()
         body = self._body(headers, body)
-        try:  # decoding up to 16.8 Mpx or an STFT would stall every other request: a thread, past a small size
-            x = preprocess(m, body) if len(body) <= PREPROCESS_INLINE_BYTES else \
-                await asyncio.to_thread(preprocess, m, body)
+        try:  # decoding up to 16.8 Mpx or a 16 MB WAV would stall every other request: a thread, past a small size
+            x, raw = prepare(m, body) if len(body) <= PREPROCESS_INLINE_BYTES else \
+                await asyncio.to_thread(prepare, m, body)
         except protocol.BadRequest as e:
             raise ApiError(400, str(e), "bad_request") from None
-        logits = (await self._rows(x, is_gone, scope_state))[0].astype(np.float64)
+        logits = (await self._rows(x, is_gone, scope_state, raw))[0].astype(np.float64)
         p = np.exp(logits - logits.max())
         p /= p.sum()
         k = int(p.argmax())
@@ -169,8 +171,9 @@ class Inference:
                  "model": m.name, "artifact": m.artifact}
         return 200, orjson.dumps(reply), JSON
 
-    async def _rows(self, x: np.ndarray, is_gone, scope_state) -> np.ndarray:
-        """Through the batcher; a client gone before dispatch is dropped (see the watcher)."""
+    async def _rows(self, x: np.ndarray, is_gone, scope_state, raw: bool = False) -> np.ndarray:
+        """Through the batcher (``raw``: audio clips, featurized there a batch at a time); a client gone
+        before dispatch is dropped (see the watcher)."""
         st = self.state
         if st.draining:
             raise ApiError(503, "server is draining", "draining", RETRY_AFTER)
@@ -179,13 +182,15 @@ class Inference:
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
         try:
-            logits, queued = await st.batcher.submit(x)
+            logits, queued = await (st.batcher.submit(x, raw=True) if raw else st.batcher.submit(x))
         except asyncio.CancelledError:
             if task not in self._gone:
                 raise
             self._gone.discard(task)
             task.uncancel()
             raise ApiError(499, "client disconnected", "disconnected") from None
+        except RejectedRow as e:
+            raise ApiError(400, str(e), "bad_request") from None
         except Unavailable as e:  # queue full or timed out, runtime hung, batcher down, shutting down
             raise ApiError(503, str(e), e.reason, RETRY_AFTER) from None
         except ApiError:

@@ -9,8 +9,14 @@ protocol). :func:`guarded_protocol` returns a subclass that, per connection:
   byte (slowloris);
 - answers 431 and closes once a request's line and headers pass ``max_header_bytes``, before
   parsing further (nothing past the cap is buffered);
-- closes the connection after a response sent before the request body was fully received (a 401,
-  413 or 408), so a slow sender cannot keep it open by trickling the rest;
+- after a response sent before the request body was fully received (a 401, 413 or 408), reads and
+  discards the rest of the body, at most ``max_discard_bytes`` of it and for at most
+  ``discard_timeout_s``, then closes. Closing at once would leave the client's unsent body unread:
+  the kernel answers it with a reset, and a client still sending sees "connection reset" instead of
+  the response. While discarding, the write side is shut (FIN after the response), so a client
+  reading to the end sees it end; past either bound the connection is closed anyway (a client still
+  sending then may see a reset: the response was written first, and one that reads while it sends
+  has it), so a slow or endless sender cannot keep the connection;
 - answers a request 503 (JSON, Retry-After, and close) while more than ``max_connections``
   connections are open, this one included; health probes (``/v2/health/...``) are exempt, so an
   overloaded server is not restarted by its liveness probe. (uvicorn's ``limit_concurrency`` does
@@ -43,10 +49,25 @@ async def _busy(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class _CloseAfterDiscard:
+    """The request cycle's view of the transport: its ``close()`` after an early response discards first."""
+
+    def __init__(self, transport, protocol) -> None:
+        self._transport, self._protocol = transport, protocol
+
+    def close(self) -> None:
+        self._protocol._close_or_discard()
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
     max_header_bytes = 32 << 10
     max_connections = 512
+    max_discard_bytes = 64 << 20
+    discard_timeout_s = 30.0
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -55,14 +76,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
         self._silent = True  # nothing received yet
         self._feeding = 0  # length of the chunk being parsed
+        self._discarding = False  # answered early: the rest of the request body is read and dropped
+        self._discard_left = 0
+        self._discard_timer = None
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
 
     def connection_lost(self, exc) -> None:
         self._cancel_header_timer()
+        self._cancel_discard_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
+            return
+        if self._discarding:
+            self._discard(data)
             return
         self._silent = False
         self._feeding = len(data)
@@ -92,17 +120,75 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 super().on_headers_complete()
             finally:
                 self.app = app
-            return
-        super().on_headers_complete()
+        else:
+            super().on_headers_complete()
+        if self.cycle is not None and not isinstance(self.cycle.transport, _CloseAfterDiscard):
+            self.cycle.transport = _CloseAfterDiscard(self.transport, self)
+
+    def on_message_complete(self) -> None:
+        if self._discarding:  # the discarded body ended: everything the client sent was read, close cleanly
+            self._end_discard("body discarded")
+            raise _Refused  # stops the parser: nothing after this request is served
+        super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
-        if not self._refused:  # a refusal already answered and closed
+        if self._discarding:  # a malformed rest of a body already answered: just close
+            self._end_discard("malformed body while discarding")
+        elif not self._refused:  # a refusal already answered and closed
             super().send_400_response(msg)
 
     def on_response_complete(self) -> None:
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
-            self.transport.close()  # answered before its body was read: the sender must not hold the connection
+            self._start_discard()  # answered before its body was read: drop the rest (bounded), then close
         super().on_response_complete()
+        if self._discarding:
+            self._unset_keepalive_if_required()  # the discard has its own deadline
+
+    # --- the rest of an early-answered body: read and dropped, bounded in bytes and time ---
+    def _close_or_discard(self) -> None:
+        """The cycle closes the connection after its response: discard first if the body is still arriving."""
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete and cycle.more_body and not cycle.disconnected:
+            self._start_discard()
+        elif not self._discarding:
+            self.transport.close()
+
+    def _start_discard(self) -> None:
+        if self._discarding or self.transport.is_closing():
+            return
+        self._discarding = True
+        self._discard_left = self.max_discard_bytes
+        if self.cycle is not None:
+            self.cycle.body = bytearray()  # what was buffered for the app is not needed any more
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # the response is all there is: the client may stop reading
+        self._discard_timer = self.loop.call_later(self.discard_timeout_s, self._end_discard,
+                                                   f"body still arriving after {self.discard_timeout_s:g} s")
+        self.flow.resume_reading()
+
+    def _discard(self, data: bytes) -> None:
+        self._discard_left -= len(data)
+        if self._discard_left < 0:
+            self._end_discard(f"more than {self.max_discard_bytes} bytes discarded")
+            return
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)  # to find where the body ends (Content-Length or the last chunk)
+        except Exception:  # noqa: BLE001 - _Refused from on_message_complete, or a malformed rest
+            if not self.transport.is_closing():
+                self._end_discard("malformed body while discarding")
+
+    def _end_discard(self, why: str) -> None:
+        self._cancel_discard_timer()
+        self._refused = True  # nothing more is parsed or served on this connection
+        if not self.transport.is_closing():
+            log.debug(json.dumps({"event": "discard_end", "reason": why}))
+            self.transport.close()
+
+    def _cancel_discard_timer(self) -> None:
+        if self._discard_timer is not None:
+            self._discard_timer.cancel()
+            self._discard_timer = None
 
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
@@ -130,9 +216,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def guarded_protocol(header_timeout_s: float, max_header_bytes: int,
-                     max_connections: int = 512) -> type[GuardedHttpToolsProtocol]:
+def guarded_protocol(header_timeout_s: float, max_header_bytes: int, max_connections: int = 512,
+                     max_discard_bytes: int = 64 << 20, discard_timeout_s: float = 30.0,
+                     ) -> type[GuardedHttpToolsProtocol]:
     """The protocol class for ``uvicorn.Config(http=...)``, with these limits."""
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
                 {"header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes,
-                 "max_connections": max_connections})
+                 "max_connections": max_connections, "max_discard_bytes": max_discard_bytes,
+                 "discard_timeout_s": discard_timeout_s})

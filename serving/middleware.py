@@ -50,7 +50,7 @@ async def read_body(receive, limit: int, timeout_s: float, declared: bytes | Non
                 chunk = msg.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    raise BodyError(413, f"body exceeds the {limit}-byte limit")
+                    raise BodyError(413, f"body exceeds the {limit}-byte limit ({size} bytes received so far)")
                 chunks.append(chunk)
                 if not msg.get("more_body", False):
                     break

@@ -47,7 +47,8 @@ def uvicorn_config(app, settings: ServeSettings, log_level: str = "warning") -> 
     ``max_connections`` open connections served at once (a request on one more gets 503; health probes exempt)."""
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
                           http=guarded_protocol(settings.header_timeout_s, settings.max_header_bytes,
-                                                settings.max_connections),
+                                                settings.max_connections, settings.max_discard_bytes,
+                                                settings.body_timeout_s),
                           timeout_keep_alive=5, timeout_graceful_shutdown=1, lifespan="on")
 
 

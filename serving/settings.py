@@ -32,6 +32,9 @@ class ServeSettings(BaseSettings):
     queue_timeout_ms: float = Field(10_000.0, gt=0)  # a request still queued after this: 503
     batch_timeout_s: float = Field(10.0, gt=0)  # a batch still running after this: runtime hung, 503, not ready
     max_body_bytes: int = Field(16 << 20, ge=1024)
+    # after an early answer (413, 401, 408) the rest of the body is read and dropped, up to this, then the
+    # connection closes: closing at once would reset a client still sending, which then never reads the answer
+    max_discard_bytes: int = Field(64 << 20, ge=0)
     body_timeout_s: float = Field(30.0, gt=0)  # the whole body must arrive within this after the headers: else 408
     header_timeout_s: float = Field(10.0, gt=0)  # a request's headers must arrive within this: else 408 and close
     max_header_bytes: int = Field(32 << 10, ge=1024)  # request line + headers; beyond: 431 and close

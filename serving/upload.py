@@ -6,7 +6,8 @@ overflow the float32 power spectrum into Inf/NaN features and NaN probabilities)
 training data's own decoder and policy, ``serving.image.decode_image`` (formats, pixel limit from
 the header, PNG metadata budget against decompression bombs). Every refusal
 is an :class:`UploadError` whose message names the limit and echoes no more than a bounded
-prefix of the input. Features are checked finite before they reach the model.
+prefix of the input. Features are checked finite before they reach the model (for audio, by the
+batcher, which computes them a batch at a time: ``serving.batcher``).
 """
 
 from __future__ import annotations
@@ -31,15 +32,17 @@ class UploadError(ValueError):
 
 def features(frontend: AudioFrontend | ImageFrontend, body: bytes) -> np.ndarray:
     """Raw file bytes -> [1, ...] float32 features with the run's own preprocessing constants."""
-    if not body:
-        raise UploadError("empty body: send one WAV or image file")
-    x = _audio(frontend, body) if isinstance(frontend, AudioFrontend) else _image(frontend, body)
+    x = frontend(clip(frontend, body)) if isinstance(frontend, AudioFrontend) else _image(frontend, body)
     if not np.isfinite(x).all():
         raise UploadError("preprocessing produced non-finite features (is the file's signal in range?)")
     return x
 
 
-def _audio(fe: AudioFrontend, body: bytes) -> np.ndarray:
+def clip(fe: AudioFrontend, body: bytes) -> np.ndarray:
+    """WAV bytes -> the checked clip, [1, clip_samples] float32, before the log-mel front end (which the
+    server's batcher runs once per batch: ``serving.batcher``)."""
+    if not body:
+        raise UploadError("empty body: send one WAV or image file")
     try:
         wav = read_wav(body)
     except WavError as e:
@@ -55,10 +58,12 @@ def _audio(fe: AudioFrontend, body: bytes) -> np.ndarray:
     if peak > MAX_FLOAT_PEAK:
         raise UploadError(f"WAV samples reach {peak:.3g}; full scale is 1 and at most {MAX_FLOAT_PEAK:g} is "
                           f"accepted")
-    return fe(fe.fit_clip(mono)[None])
+    return fe.fit_clip(mono)[None]
 
 
 def _image(fe: ImageFrontend, body: bytes) -> np.ndarray:
+    if not body:
+        raise UploadError("empty body: send one WAV or image file")
     from serving.image import ImageError, decode_image
 
     try:  # the decoder and limits the training data went through (formats, pixels, PNG metadata; 16-bit, alpha...)

@@ -214,14 +214,15 @@ def test_float_wav_near_1e20_gets_a_json_400_and_loud_but_sane_wavs_classify(ser
 
 
 def test_big_uploads_are_preprocessed_off_the_event_loop(served_run, monkeypatch):
-    """A large upload's decode runs in a worker thread (the loop keeps serving); a small one stays inline."""
+    """A large upload's decode (for a WAV: parse and checks; its log-mel is the batcher's) runs in a worker
+    thread (the loop keeps serving); a small one stays inline."""
     import asyncio
 
     import serving.app
     from serving.hotpath import PREPROCESS_INLINE_BYTES
 
     on_loop = []
-    real = serving.app.preprocess
+    real = serving.app.prepare
 
     def spy(m, body):
         try:
@@ -231,7 +232,7 @@ def test_big_uploads_are_preprocessed_off_the_event_loop(served_run, monkeypatch
             on_loop.append(False)
         return real(m, body)
 
-    monkeypatch.setattr(serving.app, "preprocess", spy)
+    monkeypatch.setattr(serving.app, "prepare", spy)
     small = write_wav(np.zeros(8000), 16000)  # 16 kB
     big = write_wav(np.zeros(48000), 16000)  # 96 kB
     assert len(small) <= PREPROCESS_INLINE_BYTES < len(big)
@@ -359,6 +360,69 @@ def test_slow_senders_header_cap_and_connection_cap(served_run):
             assert status_of(read_until_closed(h)[0]) == 408
             h.close()
         assert httpx.get(f"{url}/v2").status_code == 200
+
+
+BIG = 50_000_000  # bytes: far above the 16 MiB body limit, under the 64 MiB discard bound
+INFER_HEAD = b"POST /v2/models/served/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+def send_body(s: socket.socket, total: int, chunked: bool, piece: int = 1 << 20) -> int:
+    """Sends ``total`` body bytes (as 1 MiB chunks if ``chunked``); returns how many went out before an error."""
+    sent, block = 0, b" " * piece
+    try:
+        while sent < total:
+            n = min(piece, total - sent)
+            s.sendall(b"%x\r\n%s\r\n" % (n, block[:n]) if chunked else block[:n])
+            sent += n
+        if chunked:
+            s.sendall(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return sent
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_oversized_body_gets_a_readable_413_while_the_client_still_sends(server, chunked):
+    url, _ = server
+    s = connect(url)
+    s.settimeout(30)
+    framing = b"Transfer-Encoding: chunked\r\n" if chunked else b"Content-Length: %d\r\n" % BIG
+    s.sendall(INFER_HEAD + framing + b"\r\n")
+    t0 = time.monotonic()
+    assert send_body(s, BIG, chunked) == BIG  # every byte accepted: the server read (and dropped) the rest
+    raw, _ = read_until_closed(s, 10)
+    s.close()
+    assert status_of(raw) == 413 and b"connection: close" in raw.lower()
+    error = json_body(raw)["error"]
+    assert "16777216-byte limit" in error
+    assert (f"body of {BIG} bytes" in error) if not chunked else ("bytes received so far" in error)
+    assert time.monotonic() - t0 < 20
+    # a library client that writes the whole body before it reads: it reads the 413, no connection reset
+    body = b" " * BIG
+    r = httpx.post(f"{url}/v2/models/served/infer", content=iter([body[i : i + (1 << 20)] for i in
+                                                                   range(0, BIG, 1 << 20)]) if chunked else body,
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and "16777216-byte limit" in r.json()["error"]
+    assert httpx.post(f"{url}/v2/models/served/infer", json=BODY).status_code == 200  # the server is fine
+
+
+def test_body_beyond_the_discard_bound_closes_after_the_413(served_run):
+    with running_server(served_run, max_body_bytes=1 << 20, max_discard_bytes=1 << 20) as (url, _):
+        s = connect(url)
+        s.settimeout(10)
+        s.sendall(INFER_HEAD + b"Content-Length: %d\r\n\r\n" % BIG)
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(read_until_closed(s, 10)[0]))
+        reader.start()  # a client that reads while it sends
+        sent = send_body(s, BIG, chunked=False)
+        reader.join(15)
+        s.close()
+        # the server stopped reading after ~1 MiB of discard and closed: the sender could not finish
+        # (its last writes were reset), but the 413 was written first and the reading client has it
+        assert sent < BIG
+        assert status_of(got[0]) == 413 and f"body of {BIG} bytes exceeds the 1048576-byte limit" in \
+            json_body(got[0])["error"]
+        assert httpx.post(f"{url}/v2/models/served/infer", json=BODY).status_code == 200
 
 
 # ---------------------------------------------------------------- supervision
