@@ -131,3 +131,35 @@ def test_self_training_never_sees_the_teacher(tiny_cfg, tiny_teachers, tiny_data
                                                "distill.self_training.threshold": "0"})
     path, results = distill.run(cfg)
     assert path.exists() and results["student"]["labels"]["train_unlabelled"] > 0
+
+
+def test_partly_labelled_steps_give_every_candidate_the_labelled_batch_none_trains_on(tiny_cfg, tiny_teachers,
+                                                                                         tiny_dataset, monkeypatch):
+    """Each step: ``none`` trains on a batch of labelled rows; every other candidate on the shared batch plus that
+    same labelled batch, so its cross-entropy never averages just the few labelled rows a shared batch holds."""
+    from pipeline import train
+
+    seen = []
+    real = train._inputs
+
+    def spy(directions, batches, y, acc, augment=False):
+        if augment:
+            seen.append([(d.name, rows.clone()) for d, (rows, _) in zip(directions, batches, strict=True)])
+        return real(directions, batches, y, acc, augment)
+
+    monkeypatch.setattr(train, "_inputs", spy)
+    cands = '[{name: none, method: none}, {name: pseudo, method: pseudo}]'
+    cfg = _cfg(tiny_cfg, "labelled-batch", **{"distill.method": "auto", "distill.auto.candidates": cands,
+                                              "data.labelled": "0.1"})
+    distill.run(cfg)
+    from pipeline import data
+
+    y = data.load(cfg).y  # the student's labels in that run
+    assert seen
+    for step in seen:
+        (n_name, n_rows), (p_name, p_rows) = step
+        assert n_name.endswith("none") and p_name.endswith("pseudo")
+        assert (y[n_rows.numpy()] >= 0).all()  # none: labelled rows only
+        k = len(n_rows)
+        assert torch.equal(p_rows[-k:], n_rows)  # the same labelled batch, after the shared one
+        assert (y[p_rows[:-k].numpy()] < 0).any()  # the shared batch holds unlabelled pairs
