@@ -49,6 +49,7 @@ IMAGE_EXT = {".png", ".jpg", ".jpeg"}
 DEFAULT_MAX_FILE_MB = 64.0
 FLOAT_WAV_LIMIT = 4.0  # float WAVs are [-1, 1]; a little overshoot is normal, thousands mean unscaled PCM values
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+NO_TRAINING_LABEL = "no training row is labelled"
 
 
 class ManifestError(ValueError):
@@ -345,7 +346,7 @@ def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None
         problems.extend(found)
         train = labels[out.split == 0]
         if (train == UNLABELLED).all():
-            out.warnings.append(f"no training row is labelled ({len(train)} unlabelled): the teacher cannot be "
+            out.warnings.append(f"{NO_TRAINING_LABEL} ({len(train)} unlabelled): the teacher cannot be "
                                 "trained here, so `fdkd run` needs teacher.checkpoint (a trained teacher)")
         for c, name in enumerate(out.class_names):
             if not (out.split[labels == c] == 2).any():
@@ -388,7 +389,8 @@ def build(mcfg, cache_dir: Path) -> Path:
     if c.problems:
         raise ManifestError(mcfg.path, c.problems)
     for w in c.warnings:
-        log.warning("%s: %s", mcfg.path, w)
+        if not w.startswith(NO_TRAINING_LABEL):  # pipeline.data.require_labels decides, knowing the config
+            log.warning("%s: %s", mcfg.path, w)
     audio_col = "teacher" if teacher_kind == "audio" else "student"
     image_col = "student" if audio_col == "teacher" else "teacher"
     images = np.stack([c.values[(i, image_col)] for i in range(len(c.rows))])
