@@ -153,3 +153,51 @@ def test_an_all_unlabelled_training_split_needs_a_loaded_teacher(tmp_path):
     assert manifest["stages"]["teacher"]["status"] == "done"
     assert manifest["class_names"] == ["one", "two", "zero"]
     assert manifest["artifacts"]["teacher.image.pt"]["metrics"]["test_acc"] > 0.5  # the loaded teacher, on test
+
+
+def test_fdkd_run_on_a_mostly_unlabelled_manifest_ships_a_validated_student(tmp_path):
+    """The issue's "done when": 80 % of the training rows have an empty label; `fdkd run` with `method: auto`
+    trains the teacher on the labelled 20 %, compares a teacher method with labelled-only `none`, and validates."""
+    # 300 pairs of 5 classes; splits train/train/train/val/test; a training row is labelled on every fifth group
+    path, made = _manifest(tmp_path / "pairs", 300, 5, _split5, lambda k, s: s == "train" and (k // 5) % 5 != 0)
+    n_train = sum(s == "train" for _, s, _ in made)
+    n_unl = sum(cell == "" for _, _, cell in made)
+    assert (n_train, n_unl) == (180, 144)  # 80 % of the training rows unlabelled
+    result, out = _invoke(["data", "manifest", path])
+    assert result.exit_code == 0 and "train 180 (36 labelled, 144 unlabelled)" in out, out
+    candidates = "[{name: none, method: none}, {name: kd, method: kd}, {name: pseudo, method: pseudo}]"
+    result, out = _invoke(["run", *_sets(tmp_path, "semi", path, "distill.method=auto",
+                                         f"distill.auto.candidates={candidates}", "distill.student.width=8",
+                                         "distill.student.depth=2", "distill.optim.epochs=10",
+                                         "distill.optim.batch_size=32", "distill.grad_norm_every=0",
+                                         "distill.augment.enabled=false", "validate.latency_repeats=1",
+                                         "export.parity_batches=[1,7]")])
+    assert result.exit_code == 0, out
+    assert "validation PASSED" in out, out
+    run_dir = tmp_path / "runs" / "semi"
+    validation = json.loads((run_dir / "validation.json").read_text())
+    assert validation["passed"]
+    labels = validation["distill"]["labels"]
+    assert (labels["train_rows"], labels["train_labelled"], labels["train_unlabelled"]) == (180, 36, 144)
+    assert labels["train_unlabelled_in_file"] == 144
+    auto = validation["distill"]["auto"]
+    assert [c["name"] for c in auto["candidates"]] == ["none", "kd", "pseudo"]
+    assert auto["winner"] in ("none", "kd", "pseudo")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["class_names"] == ["four", "one", "three", "two", "zero"]
+    assert manifest["artifacts"]["calib.npz"]["unlabelled"] > 0  # unlabelled pairs calibrate too
+    acc = {e["name"]: e["metrics"]["accuracy"] for e in validation["artifacts"]}
+    assert acc["teacher"] > 0.4, acc  # trained on 36 labelled images; 5 classes: chance is 0.2
+
+    report = (run_dir / "report.md").read_text()
+    assert ("**20.0 % of the training pairs were labelled** (36 of 180; 144 with an empty label in the data "
+            "file); the other 144 reach only the teacher's terms, never the cross-entropy.") in report, report
+    section = report.split("## Distillation: candidates (`method: auto`)", 1)[1].splitlines()
+    table = [line for line in section if line.startswith("| ")]
+    assert "| lead over none, pt (SE) |" in table[0] and "| judge acc % |" in table[0], table[0]
+    rows = {line.split("|")[1].strip(): line for line in table[1:]}
+    assert rows.keys() == {"none", "kd", "pseudo"}, table
+    assert "**yes**" in rows[auto["winner"]]
+    for name in ("kd", "pseudo"):
+        c = next(c for c in auto["candidates"] if c["name"] == name)
+        assert f"{c['lead_judge_pt']:+.1f}" in rows[name], rows[name]
