@@ -78,6 +78,20 @@ def test_an_empty_label_in_val_or_test_is_refused_by_line_and_column(tmp_path, s
     assert not (tmp_path / "runs" / "bad").exists() and not list(tmp_path.glob("data/*.npz"))
 
 
+def test_a_class_needs_a_labelled_training_row_when_some_are_labelled(tmp_path):
+    path, made = _manifest(tmp_path, 30, 3, _split5, lambda k, s: False)
+    lines = path.read_text().splitlines()
+    for i, (_, split, label) in enumerate(made):  # every training row of "two" loses its label
+        if split == "train" and label == "two":
+            t, st, _, sp = lines[i + 1].split(",")
+            lines[i + 1] = f"{t},{st},,{sp}"
+    path.write_text("\n".join(lines) + "\n")
+    c = check(path)
+    two = [line for line, split, label in made if label == "two" and split != "train"]
+    assert two and {p.line for p in c.problems} == set(two), c.problems
+    assert all("label 'two' never appears in the training split" in p.message for p in c.problems)
+
+
 def test_empty_labels_in_train_load_as_unlabelled_with_the_right_counts(tmp_path):
     # given splits: train rows 0, 1, 2 of every 5; rows with k % 10 in (0, 1) are unlabelled (2 of each 6 train rows)
     path, made = _manifest(tmp_path, 60, 3, _split5, lambda k, s: k % 10 in (0, 1))

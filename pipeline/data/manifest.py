@@ -257,9 +257,8 @@ def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None) -> list
                 problems.append(Problem(line, col, f, f"labelled {label!r} here but {first[0]!r} on line {first[1]}"))
     given = [line for line, r in rows if r.get("split")]
     blank = [line for line, r in rows if not r.get("split")]
-    partly = any(not r.get("label") and r.get("split") == "train" for _, r in rows)
-    if given and not blank and classes is None and not partly:  # with unlabelled rows: a warning (check)
-        train_labels = {r.get("label") for _, r in rows if r.get("split") == "train"}
+    train_labels = {r.get("label", "") for _, r in rows if r.get("split") == "train"} - {""}
+    if given and not blank and classes is None and train_labels:  # no labelled training row: require_labels
         for line, r in rows:
             if r.get("label") and r["label"] not in train_labels:
                 problems.append(Problem(line, "label", "", f"label {r['label']!r} never appears in the training split"))
@@ -301,7 +300,7 @@ def _split_checks(rows: list[tuple[int, dict]], labels: np.ndarray, class_names:
                                     f"{len(np.unique(groups))} file group(s)); add rows or give a split column"))
     in_train = set(labels[split == 0].tolist())
     for c, name in enumerate(class_names):
-        if c not in in_train and not given and UNLABELLED not in in_train:  # given: _row_checks; unlabelled: check
+        if c not in in_train and not given and in_train - {UNLABELLED}:  # given: _row_checks; none: require_labels
             first = int(lines[np.flatnonzero(labels == c)[0]])
             problems.append(Problem(first, "label", "", f"label {name!r} has no row in the training split "
                                     "(all its rows share files or groups that went to val/test)"))
@@ -352,9 +351,6 @@ def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None
             if not (out.split[labels == c] == 2).any():
                 out.warnings.append(f"label {name!r} ({int((labels == c).sum())} row(s)) has no test row: "
                                     "its accuracy is never measured")
-            if (train == UNLABELLED).any() and not (train == c).any() and not (train == UNLABELLED).all():
-                out.warnings.append(f"label {name!r} has no labelled training row: only a loaded teacher "
-                                    "(teacher.checkpoint) can teach it")
     out.problems = sorted(problems, key=lambda p: (p.line, p.column))
     return out
 
