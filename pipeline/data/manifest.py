@@ -296,8 +296,11 @@ def _split_checks(rows: list[tuple[int, dict]], labels: np.ndarray, class_names:
         split = grouped_split(labels, groups, fractions, np.random.default_rng(seed))
     for s, name in enumerate(SPLITS):
         if not (split == s).any():
+            unl = int((labels < 0).sum())
             problems.append(Problem(1, "split", "", f"the {name} split is empty ({len(rows)} rows in "
-                                    f"{len(np.unique(groups))} file group(s)); add rows or give a split column"))
+                                    f"{len(np.unique(groups))} file group(s)"
+                                    + (f"; {unl} unlabelled, which train only" if unl and s else "")
+                                    + "); add rows or give a split column"))
     in_train = set(labels[split == 0].tolist())
     for c, name in enumerate(class_names):
         if c not in in_train and not given and in_train - {UNLABELLED}:  # given: _row_checks; none: require_labels
