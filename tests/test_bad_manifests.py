@@ -296,6 +296,7 @@ FAILS = {
     "empty-label-in-test": (_empty_label_in("test"), ODD, "empty label in the 'test' split"),
     "label-only-in-test": (_label_only_in_test, ODD, "never appears in the training split"),
     "duplicate-row": (_row("{0},{1},{2}"), ODD, "duplicate of line 2"),
+    "duplicate-row-unlabelled": (_row("{0},{1},"), ODD, "the pair of line 2 again, without its label"),
     "file-with-two-labels": (_row("{0},odd.wav,two"), ODD, "labelled 'two' here but 'zero' on line 2"),
     "partial-split": (_partial_split, 3, "split is empty on lines 3, 5, 7"),
     "shared-file-split-apart": (_split_apart, ODD, "shares a file or group with line 2"),

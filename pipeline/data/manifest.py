@@ -229,6 +229,7 @@ def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None) -> list
     """Per-row field checks and the checks across rows that need no files."""
     problems = []
     seen: dict[tuple, int] = {}
+    pairs: dict[tuple[str, str], tuple[str, int]] = {}  # (teacher, student) -> (label, line) of its first row
     file_labels: dict[tuple[str, str], tuple[str, int]] = {}
     for line, row in rows:
         for col in COLUMNS:
@@ -248,6 +249,12 @@ def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None) -> list
             problems.append(Problem(line, "", "", f"duplicate of line {seen[key]} (same teacher, student and "
                                     + ("label)" if label else "no label)")))
         seen.setdefault(key, line)
+        if all(key[:2]):
+            first_label, first_line = pairs.setdefault(key[:2], (label, line))
+            if bool(first_label) != bool(label):
+                problems.append(Problem(line, "label", "", f"the pair of line {first_line} again, "
+                                        + ("without its label" if first_label else f"now labelled {label!r}")
+                                        + "; give each pair once"))
         for col in ("teacher", "student"):
             f = row.get(col, "")
             if not f or not label:
