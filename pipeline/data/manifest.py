@@ -16,10 +16,10 @@ on the labelled training rows, so a manifest with none needs ``teacher.checkpoin
 ``check_manifest`` reads every row and every file and returns **all** problems at once, each
 naming the row (the line in the file), the column and the path: missing, unreadable, empty or
 oversized files, unsupported types, wrong sample rates, NaN/Inf samples, wrong JSON types,
-unknown labels, empty labels outside the training split, duplicate rows, a file given two labels,
-a partly filled ``split`` column, rows sharing a file split apart, splits left empty, classes with no training row, and
-modality mixes within a column. ``build`` runs the same checks and writes nothing unless
-there is no problem.
+unknown labels, empty labels outside the training split, duplicate rows (a pair given labelled and
+unlabelled too), a file given two labels, a partly filled ``split`` column, rows sharing a file split
+apart, splits left empty, classes with no labelled training row, and modality mixes within a column.
+``build`` runs the same checks and writes nothing unless there is no problem.
 """
 
 from __future__ import annotations
