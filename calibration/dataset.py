@@ -32,7 +32,9 @@ def choose_rows(labels: np.ndarray, train_rows: np.ndarray, n: int, seed: int) -
     are missing from the ranges), the rest is shared in proportion to the class sizes by largest
     remainder, never more rows of a class than it has. When ``n`` is smaller than the number of
     classes the set grows to one row per class (``write_calibration_set`` warns); when the
-    training split is smaller than ``n`` every training row is used.
+    training split is smaller than ``n`` every training row is used. Unlabelled training rows (label -1,
+    ``pipeline.data.labels.UNLABELLED``) calibrate too: activation ranges need inputs, not labels, so they
+    are one more stratum, like a class.
     """
     rng = np.random.default_rng(seed)
     train_rows = np.asarray(train_rows)
@@ -55,12 +57,13 @@ def choose_rows(labels: np.ndarray, train_rows: np.ndarray, n: int, seed: int) -
 
 def write_calibration_set(path: Path, input_name: str, x: np.ndarray, labels: np.ndarray, train_rows: np.ndarray,
                           n: int, seed: int) -> dict:
-    """Write ``calib.npz``; returns a summary (rows, per-class counts, warnings)."""
+    """Write ``calib.npz``; returns a summary (rows, per-class counts, unlabelled rows, warnings)."""
     from pipeline.artifacts import save_npz
 
     rows = choose_rows(labels, train_rows, n, seed)
     warnings = []
     train_classes = np.unique(labels[train_rows])
+    train_classes = train_classes[train_classes >= 0]  # -1: the unlabelled rows, a stratum but not a class
     if len(rows) > n:
         warnings.append(f"quantize.calib_samples={n} is fewer than the {len(train_classes)} classes; "
                         f"calibrating on {len(rows)} rows, one per class")
@@ -69,7 +72,7 @@ def write_calibration_set(path: Path, input_name: str, x: np.ndarray, labels: np
                         "calibrating on all of them")
     if len(rows) < MIN_RECOMMENDED:
         warnings.append(f"calibration set has {len(rows)} samples (< {MIN_RECOMMENDED}); INT8 ranges may be noisy")
-    absent = sorted(set(np.unique(labels).tolist()) - set(train_classes.tolist()))
+    absent = sorted(set(np.unique(labels[labels >= 0]).tolist()) - set(train_classes.tolist()))
     if absent:
         warnings.append(f"class ids {absent} have no training rows and are not in the calibration set")
     for msg in warnings:
@@ -77,8 +80,9 @@ def write_calibration_set(path: Path, input_name: str, x: np.ndarray, labels: np
     save_npz(path, {input_name: x[rows].astype(np.float32), "rows": rows.astype(np.int64),
                     "labels": labels[rows].astype(np.int64)})
     classes, counts = np.unique(labels[rows], return_counts=True)
-    return {"samples": int(len(rows)), "per_class": {int(c): int(k) for c, k in zip(classes, counts, strict=True)},
-            "warnings": warnings}
+    return {"samples": int(len(rows)),
+            "per_class": {int(c): int(k) for c, k in zip(classes, counts, strict=True) if c >= 0},
+            "unlabelled": int((labels[rows] < 0).sum()), "warnings": warnings}
 
 
 def equal_batch(n: int, batch: int) -> int:

@@ -107,13 +107,14 @@ def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest")
                   max_file_mb: float = typer.Option(64.0, help="Largest file to read, in MB"),
                   seed: int = typer.Option(0, help="Seed of the split when the manifest has no split column"),
                   as_json: bool = typer.Option(False, "--json", help="Print the report as JSON")):
-    """Check a user manifest: every problem of every row, in one report."""
+    """Check a user manifest: every problem of every row, in one report, and the labelled and unlabelled
+    (empty label) rows of every split."""
     from pipeline.data.manifest import check
 
     c = check(path, sample_rate, classes.split(",") if classes else None, max_file_mb=max_file_mb, seed=seed)
-    rows, problems = c.rows, c.problems
+    rows, problems, counts = c.rows, c.problems, c.counts()
     if as_json:
-        typer.echo(json.dumps({"rows": len(rows), "problems": [p.__dict__ for p in problems],
+        typer.echo(json.dumps({"rows": len(rows), "splits": counts, "problems": [p.__dict__ for p in problems],
                                "warnings": c.warnings}, indent=2))
     elif problems:
         from rich.table import Table
@@ -126,6 +127,9 @@ def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest")
         console.print(table)
     else:
         console.print(f"[green]ok[/] {escape(str(path))}: {len(rows)} rows, no problems", highlight=False)
+    if not as_json and counts:
+        console.print("; ".join(f"{s} {k['rows']} ({k['labelled']} labelled, {k['unlabelled']} unlabelled)"
+                                for s, k in counts.items()), highlight=False)
     if not as_json:
         for w in c.warnings:
             console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)

@@ -152,9 +152,13 @@ def candidates_table(auto: dict) -> str:
 def labels_line(labels: dict) -> str:
     """What the student's training labels were: the fraction labelled and any injected noise."""
     n, k = labels["train_rows"], labels["train_labelled"]
-    text = (f"**{100 * k / max(n, 1):.1f} % of the training pairs were labelled** ({k} of {n}; "
-            f"`data.labelled: {labels['labelled_fraction']}`); the other {labels['train_unlabelled']} reach "
-            "only the teacher's terms, never the cross-entropy.")
+    in_file = labels.get("train_unlabelled_in_file", 0)
+    source = f"`data.labelled: {labels['labelled_fraction']}`"
+    if in_file:
+        source = f"{in_file} with an empty label in the data file" + (
+            f", then {source}" if labels["labelled_fraction"] < 1 else "")
+    text = (f"**{100 * k / max(n, 1):.1f} % of the training pairs were labelled** ({k} of {n}; {source}); the "
+            f"other {labels['train_unlabelled']} reach only the teacher's terms, never the cross-entropy.")
     if labels.get("label_noise"):
         text += (f" `data.label_noise: {labels['label_noise']}`: {labels['train_noisy']} of the kept labels "
                  "were flipped to another class (validation and test labels are clean).")

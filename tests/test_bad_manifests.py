@@ -147,6 +147,17 @@ def _no_check(z, i):
     pass
 
 
+def _unlabelled_row(tmp, rows):
+    _img(tmp)
+    (tmp / "odd.wav").write_bytes(wav_bytes(tone(1)))
+    return _csv(tmp, rows, ["odd.png,odd.wav,"])
+
+
+def _unlabelled_check(z, i):
+    assert z["label"][i] == -1 and z["split"][i] == 0  # unlabelled (pipeline.data.labels.UNLABELLED), in train
+    assert json.loads(bytes(z["meta"]).decode())["class_names"] == ["one", "two", "zero"]
+
+
 WORKS = {
     "stereo-wav": _audio_case("pcm16", channels=2),
     "pcm8-wav": _audio_case("pcm8"),
@@ -164,6 +175,7 @@ WORKS = {
     "bom-crlf-csv": (_bom_crlf, _no_check),
     "class-with-one-pair": (_one_pair_class, _label_check("solo")),
     "jsonl-integer-label": (_jsonl_int_label, _label_check("5")),
+    "unlabelled-train-row": (_unlabelled_row, _unlabelled_check),
 }
 
 
@@ -207,6 +219,19 @@ def _split_apart(tmp, rows):
     lines.append(f"{rows[0][0]},odd.wav,{rows[0][2]},test")  # line 2's image again, in test
     (tmp / "m.csv").write_text("\n".join(lines) + "\n")
     return tmp / "m.csv"
+
+
+def _empty_label_in(split):
+    """The baseline with a split column, plus an unlabelled row in ``split`` (val/test rows need a label)."""
+    def setup(tmp, rows):
+        splits = (["train"] * 6 + ["val", "test"] * 2) * 3
+        lines = ["teacher,student,label,split"] + [",".join(r) + f",{s}" for r, s in zip(rows, splits, strict=True)]
+        _img(tmp)
+        (tmp / "odd.wav").write_bytes(wav_bytes(tone(1)))
+        lines.append(f"odd.png,odd.wav,,{split}")
+        (tmp / "m.csv").write_text("\n".join(lines) + "\n")
+        return tmp / "m.csv"
+    return setup
 
 
 def _label_only_in_test(tmp, rows):
@@ -267,9 +292,11 @@ FAILS = {
     "truncated-png": (_bad_png(lambda: _png_bytes()[:-30]), ODD, "unreadable image"),
     "missing-file": (_row("gone.png,odd.wav,one"), ODD, "file not found"),
     "unsupported-type": (_row("odd.gif,odd.wav,one"), ODD, "unsupported file type"),
-    "empty-label": (_row("odd.png,odd.wav,"), ODD, "empty label"),
+    "empty-label-in-val": (_empty_label_in("val"), ODD, "empty label in the 'val' split"),
+    "empty-label-in-test": (_empty_label_in("test"), ODD, "empty label in the 'test' split"),
     "label-only-in-test": (_label_only_in_test, ODD, "never appears in the training split"),
     "duplicate-row": (_row("{0},{1},{2}"), ODD, "duplicate of line 2"),
+    "duplicate-row-unlabelled": (_row("{0},{1},"), ODD, "the pair of line 2 again, without its label"),
     "file-with-two-labels": (_row("{0},odd.wav,two"), ODD, "labelled 'two' here but 'zero' on line 2"),
     "partial-split": (_partial_split, 3, "split is empty on lines 3, 5, 7"),
     "shared-file-split-apart": (_split_apart, ODD, "shares a file or group with line 2"),
@@ -350,7 +377,7 @@ def test_odd_but_valid_manifest_works_and_decodes_right(tmp_path, base, case):
 
 
 def test_fdkd_run_over_every_working_case_at_once(tmp_path, base):
-    """30 pairs: 16 baseline rows and every odd-but-valid row (in a BOM + CRLF CSV); the whole pipeline finishes."""
+    """31 pairs (a BOM + CRLF CSV): 16 baseline rows and every odd-but-valid row, one unlabelled; the run finishes."""
     rows = base[1][:16]
     extra = []
     for case, (setup, _) in sorted(WORKS.items()):
@@ -380,7 +407,8 @@ def test_fdkd_run_over_every_working_case_at_once(tmp_path, base):
     from pipeline.data.dataset import load_dataset
 
     ds = load_dataset(manifest["artifacts"]["dataset"]["path"])
-    assert len(ds.y) == 30
+    assert len(ds.y) == 31
     calib = manifest["artifacts"]["calib.npz"]
     assert calib["samples"] == len(ds.indices("train"))  # fewer training rows than calib_samples: all of them
     assert set(calib["per_class"]) == {"0", "1", "2", "3"}  # the one-pair class is calibrated too
+    assert (ds.y == -1).sum() == 1 and calib["unlabelled"] == 1  # the unlabelled row: in train, calibrated too

@@ -186,7 +186,7 @@ def broken_manifest(tmp_path):
         "ok.png,notes.txt,one,train",       # 8: unsupported type
         "ok.png,ok.wav,two,val",            # 9: label never in train
         "ok.png,ok.wav,one,holdout",        # 10: bad split
-        "ok.png,ok.wav,,train",             # 11: empty label
+        "ok.png,ok.wav,,val",               # 11: empty label outside train (fine in train: unlabelled)
     ]
     path = tmp_path / "pairs.csv"
     path.write_text("\n".join(rows) + "\n")
@@ -204,7 +204,7 @@ def test_manifest_reports_every_problem_at_once(broken_manifest):
               5: ("student", "rate.wav", "sample rate 8000 Hz"), 6: ("student", "nan.wav", "NaN"),
               7: ("teacher", "garbage.png", "unreadable image"), 8: ("student", "notes.txt", "unsupported"),
               9: ("label", "", "never appears in the training split"), 10: ("split", "", "holdout"),
-              11: ("label", "", "empty label")}
+              11: ("label", "", "empty label in the 'val' split")}
     for line, (column, path, text) in expect.items():
         assert any(p.column == column and p.path == path and text in p.message for p in by_line[line]), line
     _, with_classes = check_manifest(broken_manifest, classes=["one"])

@@ -22,7 +22,33 @@ def prepare(cfg: RunConfig, progress=None) -> Path:
         return avblend.build(cfg.data.avblend, cfg.data.cache_dir, progress=progress)
     from pipeline.data import manifest
 
-    return manifest.build(cfg.data.manifest, cfg.data.cache_dir)
+    path = manifest.build(cfg.data.manifest, cfg.data.cache_dir)
+    require_labels(cfg, path)
+    return path
+
+
+def require_labels(cfg: RunConfig, path: Path) -> None:
+    """Refuse, before any training, a dataset whose training split has no labelled row (a manifest whose training
+    rows all have an empty label) unless the config loads the teacher: a teacher trains on labelled rows only."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:
+        y, split = z["label"], z["split"]
+    if (y[split == 0] >= 0).any():
+        return
+    where = f"{cfg.data.manifest.path}" if cfg.data.source == "manifest" else f"dataset {path}"
+    head = (f"{where}: no training row has a label ({int((split == 0).sum())} unlabelled training pairs), so "
+            "there is nothing to train a teacher or a labelled-only student on")
+    if cfg.teacher.checkpoint is None:
+        raise ValueError(f"{head}; set teacher.checkpoint to a trained {cfg.teacher.modality} teacher (it then "
+                         "supervises every pair), or label some training rows")
+    if cfg.distill.bidirectional:
+        raise ValueError(f"{head}; distill.bidirectional trains a second teacher on the student's modality: "
+                         "turn it off")
+    if cfg.distill.method in ("none", "self-training", "auto"):
+        raise ValueError(f"{head}; distill.method {cfg.distill.method!r} needs labelled training rows (none and "
+                         "self-training train on them, auto compares every candidate with none): pick a teacher "
+                         "method (kd, fd, pseudo, ...)")
 
 
 def load(cfg: RunConfig, progress=None):

@@ -67,5 +67,6 @@ def student_labels(y: np.ndarray, split: np.ndarray, num_classes: int, labelled:
     info = {"labelled_fraction": labelled, "label_noise": noise, "label_seed": seed,
             "train_rows": int(train.sum()), "train_labelled": int((train & (out >= 0)).sum()),
             "train_unlabelled": int((train & (out < 0)).sum()),
+            "train_unlabelled_in_file": int((train & (np.asarray(y) < 0)).sum()),  # a manifest's empty label cells
             "train_noisy": int((train & (out >= 0) & (out != y)).sum())}
     return out, info

@@ -7,13 +7,19 @@ split). Paths are relative to the manifest's folder. Files: WAV audio (PCM 8/16/
 float, any channel count: mixed to mono), PNG/JPEG images (any mode: ``serving.image``).
 CSV may carry a UTF-8 byte-order mark and CRLF line ends.
 
+An empty ``label`` cell (JSONL: ``""`` or ``null``) marks an unlabelled pair: allowed in the training
+split only (a val/test row needs its label; without a ``split`` column every unlabelled row, and every
+row sharing a file or group with it, goes to train). Class names come from the labelled rows; the
+dataset file holds -1 (``pipeline.data.labels.UNLABELLED``) for an unlabelled row. The teacher trains
+on the labelled training rows, so a manifest with none needs ``teacher.checkpoint`` (``require_labels``).
+
 ``check_manifest`` reads every row and every file and returns **all** problems at once, each
 naming the row (the line in the file), the column and the path: missing, unreadable, empty or
 oversized files, unsupported types, wrong sample rates, NaN/Inf samples, wrong JSON types,
-unknown or empty labels, duplicate rows, a file given two labels, a partly filled ``split``
-column, rows sharing a file split apart, splits left empty, classes with no training row, and
-modality mixes within a column. ``build`` runs the same checks and writes nothing unless
-there is no problem.
+unknown labels, empty labels outside the training split, duplicate rows (a pair given labelled and
+unlabelled too), a file given two labels, a partly filled ``split`` column, rows sharing a file split
+apart, splits left empty, classes with no labelled training row, and modality mixes within a column.
+``build`` runs the same checks and writes nothing unless there is no problem.
 """
 
 from __future__ import annotations
@@ -28,13 +34,14 @@ import numpy as np
 
 from pipeline import artifacts
 from pipeline.data.dataset import SPLITS, encode_meta
+from pipeline.data.labels import UNLABELLED
 from pipeline.data.splits import grouped_split, row_groups
 from serving.image import ImageError, decode_image
 from serving.preprocess import AudioFrontend, ImageFrontend
 from serving.wav import WavError, read_wav
 
 log = logging.getLogger(__name__)
-BUILDER_VERSION = 2  # 2: grouped splits, shared image decoder
+BUILDER_VERSION = 3  # 2: grouped splits, shared image decoder; 3: empty label cells are unlabelled (-1)
 COLUMNS = ("teacher", "student", "label")
 OPTIONAL = ("split", "group")
 AUDIO_EXT = {".wav"}
@@ -42,6 +49,7 @@ IMAGE_EXT = {".png", ".jpg", ".jpeg"}
 DEFAULT_MAX_FILE_MB = 64.0
 FLOAT_WAV_LIMIT = 4.0  # float WAVs are [-1, 1]; a little overshoot is normal, thousands mean unscaled PCM values
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+NO_TRAINING_LABEL = "no training row is labelled"
 
 
 class ManifestError(ValueError):
@@ -75,6 +83,18 @@ class Checked:
     split: np.ndarray | None = None
     class_names: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # fine to run, but worth knowing
+    labels: np.ndarray | None = None  # class id per row, -1 on an unlabelled row (set with ``split``)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per split: rows, labelled and unlabelled ({} until the split is known)."""
+        if self.split is None or self.labels is None:
+            return {}
+        out = {}
+        for s, name in enumerate(SPLITS):
+            idx = self.split == s
+            lab = int((idx & (self.labels >= 0)).sum())
+            out[name] = {"rows": int(idx.sum()), "labelled": lab, "unlabelled": int(idx.sum()) - lab}
+        return out
 
 
 def modality_of(path: str) -> str | None:
@@ -209,23 +229,32 @@ def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None) -> list
     """Per-row field checks and the checks across rows that need no files."""
     problems = []
     seen: dict[tuple, int] = {}
+    pairs: dict[tuple[str, str], tuple[str, int]] = {}  # (teacher, student) -> (label, line) of its first row
     file_labels: dict[tuple[str, str], tuple[str, int]] = {}
     for line, row in rows:
         for col in COLUMNS:
             if col not in row:
                 problems.append(Problem(line, col, "", "field is missing"))
         label = row.get("label", "")
-        if "label" in row and not label:
-            problems.append(Problem(line, "label", "", "empty label"))
+        split = row.get("split", "")
+        if "label" in row and not label and split in SPLITS[1:]:
+            problems.append(Problem(line, "label", "", f"empty label in the {split!r} split; an unlabelled pair "
+                                    "(empty label) may only be in the training split: val and test rows need a label"))
         elif label and classes is not None and label not in classes:
             problems.append(Problem(line, "label", "", f"unknown label {label!r}; known: {', '.join(classes)}"))
-        split = row.get("split", "")
         if split and split not in SPLITS:
             problems.append(Problem(line, "split", "", f"split {split!r} is not one of {', '.join(SPLITS)}"))
         key = (row.get("teacher", ""), row.get("student", ""), label)
-        if all(key) and key in seen:
-            problems.append(Problem(line, "", "", f"duplicate of line {seen[key]} (same teacher, student and label)"))
+        if all(key[:2]) and key in seen:
+            problems.append(Problem(line, "", "", f"duplicate of line {seen[key]} (same teacher, student and "
+                                    + ("label)" if label else "no label)")))
         seen.setdefault(key, line)
+        if all(key[:2]):
+            first_label, first_line = pairs.setdefault(key[:2], (label, line))
+            if bool(first_label) != bool(label):
+                problems.append(Problem(line, "label", "", f"the pair of line {first_line} again, "
+                                        + ("without its label" if first_label else f"now labelled {label!r}")
+                                        + "; give each pair once"))
         for col in ("teacher", "student"):
             f = row.get(col, "")
             if not f or not label:
@@ -235,8 +264,8 @@ def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None) -> list
                 problems.append(Problem(line, col, f, f"labelled {label!r} here but {first[0]!r} on line {first[1]}"))
     given = [line for line, r in rows if r.get("split")]
     blank = [line for line, r in rows if not r.get("split")]
-    if given and not blank and classes is None:
-        train_labels = {r.get("label") for _, r in rows if r.get("split") == "train"}
+    train_labels = {r.get("label", "") for _, r in rows if r.get("split") == "train"} - {""}
+    if given and not blank and classes is None and train_labels:  # no labelled training row: require_labels
         for line, r in rows:
             if r.get("label") and r["label"] not in train_labels:
                 problems.append(Problem(line, "label", "", f"label {r['label']!r} never appears in the training split"))
@@ -274,11 +303,14 @@ def _split_checks(rows: list[tuple[int, dict]], labels: np.ndarray, class_names:
         split = grouped_split(labels, groups, fractions, np.random.default_rng(seed))
     for s, name in enumerate(SPLITS):
         if not (split == s).any():
+            unl = int((labels < 0).sum())
             problems.append(Problem(1, "split", "", f"the {name} split is empty ({len(rows)} rows in "
-                                    f"{len(np.unique(groups))} file group(s)); add rows or give a split column"))
+                                    f"{len(np.unique(groups))} file group(s)"
+                                    + (f"; {unl} unlabelled, which train only" if unl and s else "")
+                                    + "); add rows or give a split column"))
     in_train = set(labels[split == 0].tolist())
     for c, name in enumerate(class_names):
-        if c not in in_train and not given:  # a given split is checked row by row (_row_checks)
+        if c not in in_train and not given and in_train - {UNLABELLED}:  # given: _row_checks; none: require_labels
             first = int(lines[np.flatnonzero(labels == c)[0]])
             problems.append(Problem(first, "label", "", f"label {name!r} has no row in the training split "
                                     "(all its rows share files or groups that went to val/test)"))
@@ -314,11 +346,17 @@ def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None
         problems.append(Problem(1, "", "", "teacher and student columns hold the same modality; "
                                 "fdkd pairs an image column with an audio column"))
     out = Checked(rows, problems, values)
-    if rows and all(r.get("label") for _, r in rows) and not any(p.column == "split" for p in problems):
-        out.class_names = sorted({r["label"] for _, r in rows})
-        labels = np.array([out.class_names.index(r["label"]) for _, r in rows], np.int64)
+    if rows and not any(p.column == "split" for p in problems):
+        out.class_names = sorted({r["label"] for _, r in rows if r.get("label")})
+        labels = np.array([out.class_names.index(r["label"]) if r.get("label") else UNLABELLED for _, r in rows],
+                          np.int64)
         out.split, found = _split_checks(rows, labels, out.class_names, fractions, seed)
+        out.labels = labels
         problems.extend(found)
+        train = labels[out.split == 0]
+        if (train == UNLABELLED).all():
+            out.warnings.append(f"{NO_TRAINING_LABEL} ({len(train)} unlabelled): the teacher cannot be "
+                                "trained here, so `fdkd run` needs teacher.checkpoint (a trained teacher)")
         for c, name in enumerate(out.class_names):
             if not (out.split[labels == c] == 2).any():
                 out.warnings.append(f"label {name!r} ({int((labels == c).sum())} row(s)) has no test row: "
@@ -357,12 +395,13 @@ def build(mcfg, cache_dir: Path) -> Path:
     if c.problems:
         raise ManifestError(mcfg.path, c.problems)
     for w in c.warnings:
-        log.warning("%s: %s", mcfg.path, w)
+        if not w.startswith(NO_TRAINING_LABEL):  # pipeline.data.require_labels decides, knowing the config
+            log.warning("%s: %s", mcfg.path, w)
     audio_col = "teacher" if teacher_kind == "audio" else "student"
     image_col = "student" if audio_col == "teacher" else "teacher"
     images = np.stack([c.values[(i, image_col)] for i in range(len(c.rows))])
     audio = np.stack([c.values[(i, audio_col)] for i in range(len(c.rows))]).astype(np.float32)
-    labels = np.array([c.class_names.index(r["label"]) for _, r in c.rows], np.int64)
+    labels = c.labels
     meta = {"name": Path(mcfg.path).stem, "class_names": c.class_names, "build": {"manifest": str(mcfg.path)},
             "frontends": {"image": ife.to_dict(), "audio": afe.to_dict()}}
     artifacts.save_npz(out, {"image_raw": images, "audio_raw": audio, "label": labels, "split": c.split,

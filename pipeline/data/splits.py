@@ -7,7 +7,9 @@ so no file and no group is seen in training and again in evaluation.
 
 ``grouped_split`` assigns groups greedily, largest first (seeded order among equal sizes), each
 to the split whose per-class shortfall against the requested fractions is largest for that
-group's rows. With one row per group this reduces to a class-stratified split.
+group's rows. With one row per group this reduces to a class-stratified split. An unlabelled row
+(label -1, an empty ``label`` cell) is for training only: its whole group goes to train, and the
+fractions are met on the labelled rows.
 """
 
 from __future__ import annotations
@@ -40,16 +42,23 @@ def row_groups(keys_per_row: list[list[str]]) -> np.ndarray:
 
 
 def grouped_split(labels: np.ndarray, groups: np.ndarray, fractions, rng: np.random.Generator) -> np.ndarray:
-    """Split ids (0 train, 1 val, 2 test) per row; every group lands whole in one split."""
+    """Split ids (0 train, 1 val, 2 test) per row; every group lands whole in one split.
+
+    Rows labelled -1 (unlabelled) and every row of their groups go to train."""
     labels, groups = np.asarray(labels), np.asarray(groups)
-    n_classes = int(labels.max()) + 1 if len(labels) else 0
+    n_classes = int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0
+    labelled = labels >= 0
     frac = np.asarray(fractions, dtype=np.float64)
-    want = np.outer(frac, np.bincount(labels, minlength=n_classes))  # [split, class] target rows
+    want = np.outer(frac, np.bincount(labels[labelled], minlength=n_classes))  # [split, class] target rows
     have = np.zeros_like(want)
     ids, sizes = np.unique(groups, return_counts=True)
     order = sorted(range(len(ids)), key=lambda i: (-sizes[i], rng.random()))
     split = np.zeros(len(labels), np.int8)
+    forced = set(np.unique(groups[~labelled]).tolist())  # an unlabelled row trains, and so does its whole group
+    have[0] += np.bincount(labels[labelled & np.isin(groups, list(forced))], minlength=n_classes)
     for i in order:
+        if ids[i] in forced:
+            continue
         members = np.flatnonzero(groups == ids[i])
         counts = np.bincount(labels[members], minlength=n_classes)
         shortfall = ((want - have) * counts).sum(axis=1)  # rows this split still lacks, of the group's classes
