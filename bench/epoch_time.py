@@ -34,8 +34,12 @@ VARIANTS = {
 }
 
 
+SPREAD_MAX = 1.5  # a record whose epochs' slowest/fastest exceeds this (shared machine) decides nothing
+
+
 def render(records: list[dict]) -> str:
-    out = ["", "| date | CPU (flags) | torch, threads | epochs x rounds | variant | median s / epoch | x none |",
+    out = ["", "| date | CPU (flags) | torch, threads | epochs x rounds | variant | median s / epoch (min-max) "
+           "| x none |",
            "|---|---|---|---|---|---|---|"]
     verdicts = []
     for r in records:
@@ -44,10 +48,17 @@ def render(records: list[dict]) -> str:
             x = statistics.median(s) / ref
             mark = f"**{x:.2f}**" if name == "fd (teacher cached)" else f"{x:.2f}"
             out.append(f"| {r['date']} | {r['cpu']} ({' '.join(r['flags'])}) | {r['torch']}, {r['threads']} | "
-                       f"{r['epochs']} x {r['rounds']} | {name} | {statistics.median(s):.2f} | {mark} |")
+                       f"{r['epochs']} x {r['rounds']} | {name} | "
+                       f"{statistics.median(s):.2f} ({min(s):.2f}-{max(s):.2f}) | {mark} |")
         fd = statistics.median(r["seconds"]["fd (teacher cached)"]) / ref
-        verdicts.append(f"{r['date']} on {r['cpu']}: fd (teacher cached) {fd:.2f}x none, target <= {TARGET}x "
-                        f"{'met' if fd <= TARGET else 'not met'} (load average {r['load']:.1f} at the start).")
+        spread = max(max(s) / min(s) for s in r["seconds"].values())
+        if spread > SPREAD_MAX:
+            verdict = (f"inconclusive: one variant's epochs spread {spread:.1f}x (limit {SPREAD_MAX}x), the machine "
+                       "was shared")
+        else:
+            verdict = "met" if fd <= TARGET else "not met"
+        verdicts.append(f"- {r['date']} on {r['cpu']}: fd (teacher cached) {fd:.2f}x none; target <= {TARGET}x "
+                        f"{verdict} (load average {r['load']:.1f} at the start).")
     return "\n".join([*out, "", *verdicts, ""])
 
 
