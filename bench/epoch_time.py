@@ -52,9 +52,11 @@ def render(records: list[dict]) -> str:
                        f"{statistics.median(s):.2f} ({min(s):.2f}-{max(s):.2f}) | {mark} |")
         fd = statistics.median(r["seconds"]["fd (teacher cached)"]) / ref
         spread = max(max(s) / min(s) for s in r["seconds"].values())
-        if spread > SPREAD_MAX:
-            verdict = (f"inconclusive: one variant's epochs spread {spread:.1f}x (limit {SPREAD_MAX}x), the machine "
-                       "was shared")
+        fastest = min(r["seconds"]["fd (teacher cached)"]) / min(r["seconds"]["none"])
+        if spread > SPREAD_MAX:  # the fastest epochs are the least disturbed ones (timeit's rule)
+            verdict = (f"inconclusive on the median: one variant's epochs spread {spread:.1f}x (limit {SPREAD_MAX}x), "
+                       f"the machine was shared; on the fastest epoch of each, {fastest:.2f}x: "
+                       f"{'met' if fastest <= TARGET else 'not met'} by that measure")
         else:
             verdict = "met" if fd <= TARGET else "not met"
         verdicts.append(f"- {r['date']} on {r['cpu']}: fd (teacher cached) {fd:.2f}x none; target <= {TARGET}x "
