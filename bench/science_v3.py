@@ -5,6 +5,11 @@
     python bench/science_v3.py --smoke         # 1 seed, 2 epochs, 300 avdigits images: record/resume check
     python bench/science_v3_tables.py          # results.md's v3 section and plot from the records
 
+Started from its own session (setsid, nohup), ``nice`` alone does not yield: with Linux autogroup scheduling
+(/proc/sys/kernel/sched_autogroup_enabled = 1) each session's group gets an equal share whatever its processes'
+nice values, so the bench took half the CPU from the main job beside it (seen 2026-12-06). Lower the group too:
+``echo 19 > /proc/<bench pid>/autogroup``.
+
 Two axes, image -> audio, on avdigits and avmnist (one clip per image, width-8 student, the v2 augmentation
 and memory format):
 
