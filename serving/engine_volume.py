@@ -20,11 +20,12 @@ Exit status: 0 with the line; 2 with a message for a bad run directory or precis
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from serving.signature import file_sha256
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -40,12 +41,6 @@ class Decision:
     reason: str
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _json(path: Path) -> dict | None:
@@ -90,7 +85,7 @@ def plan_problem(plan: Path, onnx: str, onnx_sha256: str, precision: str) -> str
         return (f"{plan.name} was built from {info.get('onnx')} {str(info.get('onnx_sha256'))[:16]}, the run's is "
                 f"{onnx} {onnx_sha256[:16]}")
     validation = _json(plan.parent / "validation.json") or {}
-    sha = _sha256(plan)
+    sha = file_sha256(plan)
     entries = [a for a in validation.get("artifacts", []) if a.get("name") == plan.name and a.get("sha256") == sha]
     if not entries:
         return f"{plan.name} has no validation entry for its sha256 {sha[:12]} (its gate never ran to the end)"

@@ -50,6 +50,7 @@ import numpy as np
 
 from serving.preprocess import frontend_from_dict
 from serving.runtime import load_runtime
+from serving.signature import file_sha256
 from serving.validated_mode import Target, target_mode, validated_entry
 from serving.validated_mode import mode_text as _mode_text
 
@@ -65,11 +66,7 @@ class NotServable(RuntimeError):
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 @dataclass
