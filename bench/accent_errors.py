@@ -24,10 +24,10 @@ def errors(run_dir: Path) -> list[str]:
     import numpy as np
     import torch
 
-    from pipeline import data
-    from pipeline.config import load_config
-    from pipeline.models.checkpoint import load_model
-    from pipeline.train import predict
+    from fdkd.pipeline import data
+    from fdkd.pipeline.config import load_config
+    from fdkd.pipeline.models.checkpoint import load_model
+    from fdkd.pipeline.train import predict
 
     cfg = load_config(run_dir / "student.config.yaml", [])
     ds = data.load(cfg)

@@ -85,7 +85,7 @@ def run_once(sets: list[str], seed: int, out: Path, fresh_data: bool, resume: st
     if fresh_data:
         tmp = tempfile.mkdtemp(prefix="accents-data-", dir=out)
         overrides.append(f"data.cache_dir={tmp}")
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", *(a for s in overrides for a in ("--set", s))]
+    cmd = [sys.executable, "-m", "fdkd.pipeline.cli", "run", *(a for s in overrides for a in ("--set", s))]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     load = os.getloadavg()[0]
     cpu0, t0 = _children_cpu(), time.perf_counter()

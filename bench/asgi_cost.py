@@ -72,9 +72,9 @@ async def _measure(app, scope, body, n: int) -> float:
 async def main_async(args) -> None:
     import logging
 
-    from serving.app import create_app
-    from serving.server import configure_logging
-    from serving.settings import ServeSettings
+    from fdkd.serving.app import create_app
+    from fdkd.serving.server import configure_logging
+    from fdkd.serving.settings import ServeSettings
 
     configure_logging("info")
     logging.getLogger("fdkd").handlers[0].stream = open(os.devnull, "w")  # noqa: SIM115 (the format still runs)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from serving.runtime.onnx import OnnxRuntime
+from fdkd.serving.runtime.onnx import OnnxRuntime
 
 RUN = Path(os.environ["FDKD_SERVE_RUN_DIR"])
 NAME = json.loads((RUN / "manifest.json").read_text()).get("name", "student")

@@ -9,7 +9,7 @@ symmetric) as ONNX Runtime's CPU kernels run it (Q/DQ fused) and as written (Q/D
 graph's reference semantics, which TensorRT approximates with its own fused INT8 kernels), and the
 CPU INT8 variant ``student.int8cpu.onnx`` (U8S8, reduced range), at batch 1, 8 and 64: throughput,
 p50/p99 latency, test accuracy. Then the model's FLOPs against a measured FP32 matmul ceiling of
-this machine, the CPU model and SIMD flags, its INT8 kernel family (``serving.runtime.cpu_isa``:
+this machine, the CPU model and SIMD flags, its INT8 kernel family (``fdkd.serving.runtime.cpu_isa``:
 fused INT8 results differ between families), which graph ``fdkd serve`` picks here, and the
 command that reproduces it. One JSON record per (artifact, batch) goes to ``--records``
 (``docs/compress-records.jsonl``), which ``bench/compress_results.py`` renders.
@@ -92,7 +92,7 @@ def candidate_graphs(run_dir: Path) -> list[tuple[str, str, dict]]:
 
 def served_here(run_dir: Path) -> dict:
     """What ``fdkd serve RUN_DIR`` (artifact auto, no GPU engines) would load on this machine, and why."""
-    from serving.model import NotServable, load_model
+    from fdkd.serving.model import NotServable, load_model
 
     try:
         m = load_model(run_dir)
@@ -106,7 +106,7 @@ def host() -> dict:
     import torch
     from host_cpu import cpu_model, simd_flags
 
-    from serving.runtime.cpu_isa import int8_kernels
+    from fdkd.serving.runtime.cpu_isa import int8_kernels
 
     try:
         load = os.getloadavg()[0]
@@ -129,9 +129,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from pipeline.data.dataset import load_dataset
-    from pipeline.models.checkpoint import load_model
-    from serving.runtime.onnx import OnnxRuntime
+    from fdkd.pipeline.data.dataset import load_dataset
+    from fdkd.pipeline.models.checkpoint import load_model
+    from fdkd.serving.runtime.onnx import OnnxRuntime
 
     manifest = json.loads((args.run_dir / "manifest.json").read_text())
     ds = load_dataset(Path(manifest["artifacts"]["dataset"]["path"]))

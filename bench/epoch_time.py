@@ -84,8 +84,8 @@ def main() -> None:
     import torch
     from host_cpu import cpu_model, describe, simd_flags
 
-    from pipeline import distill, teacher
-    from pipeline.config import load_config
+    from fdkd.pipeline import distill, teacher
+    from fdkd.pipeline.config import load_config
 
     load = os.getloadavg()[0]
     base = [f"runs_dir={args.out}", "name=timing", f"distill.optim.epochs={args.epochs}", "distill.grad_norm_every=0"]

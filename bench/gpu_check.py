@@ -52,12 +52,12 @@ def cuda_runtime_check() -> dict:
     """fdkd's ctypes libcudart backend on this machine: device query and a 64 MiB round trip."""
     import numpy as np
 
-    from serving.runtime.cuda_env import gpu_slug, gpu_status
+    from fdkd.serving.runtime.cuda_env import gpu_slug, gpu_status
 
     info, why = gpu_status()
     if info is None:
         return {"ok": False, "error": why}
-    from serving.runtime.cudart import runtime
+    from fdkd.serving.runtime.cudart import runtime
 
     rt = runtime()
     x = np.random.default_rng(0).standard_normal(16 << 20).astype(np.float32)
@@ -77,8 +77,8 @@ def cuda_runtime_check() -> dict:
 def distill_rows(epochs: int, sets: list[str], runs: Path) -> list[dict]:
     import torch
 
-    from pipeline import data, distill, teacher
-    from pipeline.config import load_config
+    from fdkd.pipeline import data, distill, teacher
+    from fdkd.pipeline.config import load_config
 
     devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
     base = [f"runs_dir={runs}", f"data.cache_dir={runs}/data", f"distill.optim.epochs={epochs}",

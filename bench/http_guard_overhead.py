@@ -1,4 +1,4 @@
-"""Per-request cost of the guarded HTTP protocol (``serving.http_guard``) against uvicorn's plain httptools.
+"""Per-request cost of the guarded HTTP protocol (``fdkd.serving.http_guard``) against uvicorn's plain httptools.
 
     python bench/http_guard_overhead.py                  # 3 s per protocol and body size, twice, interleaved
     python bench/http_guard_overhead.py --seconds 1
@@ -35,7 +35,7 @@ async def app(scope, receive, send):
 def serve(protocol: str, port: int) -> None:
     import uvicorn
 
-    from serving.http_guard import guarded_protocol
+    from fdkd.serving.http_guard import guarded_protocol
 
     http = guarded_protocol(10.0, 32 << 10) if protocol == "guarded" else "httptools"
     uvicorn.run(app, host="127.0.0.1", port=port, http=http, log_level="error", access_log=False, lifespan="off")

@@ -44,8 +44,9 @@ def _epoch_seconds(path: Path) -> list[float]:
 def measure(epochs: int, rounds: int, out: Path) -> dict:
     import torch
 
-    from pipeline import artifacts, distill, teacher
-    from pipeline.config import load_config
+    from fdkd import artifacts
+    from fdkd.pipeline import distill, teacher
+    from fdkd.pipeline.config import load_config
 
     seconds: dict[str, dict[str, list[float]]] = {"teacher": {}, "student": {}}
     for _ in range(rounds):

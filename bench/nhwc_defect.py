@@ -1,5 +1,5 @@
 """Which convolutions does NHWC (channels_last) training get wrong on this CPU? The sweep behind
-``pipeline.accel.nhwc_hazard``.
+``fdkd.pipeline.accel.nhwc_hazard``.
 
     python bench/nhwc_defect.py            # 1x1 and 3x3 kernels, strides 1 and 2, 1-24 input channels
 
@@ -57,7 +57,7 @@ def main() -> None:
     from host_cpu import describe
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.accel import nhwc_hazard
+    from fdkd.pipeline.accel import nhwc_hazard
 
     print("| in | out | kernel | stride | input | NHWC result | nhwc_hazard flags it |\n|---|---|---|---|---|---|---|")
     results, missed, spared = {}, 0, 0

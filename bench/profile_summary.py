@@ -36,7 +36,7 @@ CATEGORIES = [
     ("metrics and logging", ("prometheus", "Inference._count", "_log_batch", "logging/", "Logger.")),
     ("hot path handler (ASGI glue)", ("HotPath.", "Inference.", "receive_gone")),
     ("pure-ASGI middleware (log, key, body cap)", ("RequestLog.", "ApiKey.", "BodyLimit.", "FdkdApp.")),
-    ("uvicorn HTTP protocol (Python; serving.http_guard's subclass included)", ("uvicorn/", "http_guard")),
+    ("uvicorn HTTP protocol (Python; fdkd.serving.http_guard's subclass included)", ("uvicorn/", "http_guard")),
 ]
 
 

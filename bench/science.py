@@ -158,8 +158,8 @@ def run_job(job: dict) -> dict:
     """Train one teacher or one student; returns its record (without the shared fields)."""
     import torch
 
-    from pipeline import distill, teacher
-    from pipeline.config import load_config
+    from fdkd.pipeline import distill, teacher
+    from fdkd.pipeline.config import load_config
 
     torch.set_num_threads(job["threads"])
     cfg = load_config(None, job["sets"])
@@ -366,8 +366,8 @@ class Bench:
 
     def build_data(self) -> None:
         """Build every preset's dataset once, here, before workers need it (they would race to build it)."""
-        from pipeline import data
-        from pipeline.config import ConfigError, load_config
+        from fdkd.pipeline import data
+        from fdkd.pipeline.config import ConfigError, load_config
 
         for spec, direction in self.cells():
             try:

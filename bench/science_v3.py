@@ -16,7 +16,7 @@ and memory format):
 - **fraction**: ``data.labelled`` in {5 %, 100 %, 1 %, 20 %} (that order: the targets first). A run is one
   ``method: auto`` training of every row below as a candidate: the same initial weights, batches and teacher
   cache, each candidate's epoch picked on the select half of validation, the shipped one judged on the other
-  half by ``auto``'s margin rule (``pipeline.auto``). Rows: ``none`` (the labelled pairs only), ``self-training``
+  half by ``auto``'s margin rule (``fdkd.pipeline.auto``). Rows: ``none`` (the labelled pairs only), ``self-training``
   (no teacher: the control that says whether the teacher or the unlabelled audio earned a gain), ``pseudo``,
   ``kd``, ``fd`` at the reference weights and at w = 10 and 100 (``fd (val-picked w)``: the sweep weight with
   the best mean select-half validation over seeds), ``fd`` with the shuffled teacher. At 100 % self-training
@@ -99,8 +99,8 @@ def run_job(job: dict) -> dict:
     """Train the preset's teacher, or one auto run of a cell's rows; returns its record's measured fields."""
     import torch
 
-    from pipeline import distill, teacher
-    from pipeline.config import load_config
+    from fdkd.pipeline import distill, teacher
+    from fdkd.pipeline.config import load_config
 
     torch.set_num_threads(job["threads"])
     cfg = load_config(None, job["sets"])
@@ -210,8 +210,8 @@ class Bench:
               f"{job['epochs']} ep: ships {rec['winner']}; test {tests} ({rec['cpu_seconds']:.0f} cpu-s)", flush=True)
 
     def run(self) -> None:
-        from pipeline import data
-        from pipeline.config import load_config
+        from fdkd.pipeline import data
+        from fdkd.pipeline.config import load_config
 
         for preset in dict.fromkeys(p for p, _, _ in self.cells()):  # build each dataset once, before workers race
             data.prepare(load_config(None, self.base_sets(preset)))

@@ -158,15 +158,15 @@ def start(server: str, args, env_extra: dict) -> tuple[subprocess.Popen, int]:
     if server in ("fdkd", "fdkd-fastapi"):
         if server == "fdkd-fastapi":
             env["FDKD_SERVE_HOT_PATH"] = "0"
-        cmd = [py, "-m", "pipeline", "serve", str(args.run_dir), "--port", str(port)]
+        cmd = [py, "-m", "fdkd", "serve", str(args.run_dir), "--port", str(port)]
     elif server in ("fdkd-granian", "fdkd-granian-2w"):
-        cmd = [py, "-m", "pipeline", "serve", str(args.run_dir), "--port", str(port), "--http", "granian",
+        cmd = [py, "-m", "fdkd", "serve", str(args.run_dir), "--port", str(port), "--http", "granian",
                "--workers", "2" if server.endswith("2w") else "1"]
     elif server in ("fdkd-2proc", "fdkd-uvicorn"):
         workers = "2" if server == "fdkd-2proc" else "1"
         cmd = [py, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--workers", workers,
                "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
-               "serving.asgi:app"]
+               "fdkd.serving.asgi:app"]
     elif server == "bare":
         cmd = [py, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
                "--http", "httptools", "--no-access-log", "--log-level", "warning", "bench.bare_asgi:app"]
@@ -201,7 +201,7 @@ def validated_threads(run_dir: Path) -> int | None:
 
 
 def in_process(run_dir: Path, threads: int | None, b1: bool = True) -> dict:
-    from serving.runtime.onnx import OnnxRuntime
+    from fdkd.serving.runtime.onnx import OnnxRuntime
 
     rt = OnnxRuntime(run_dir / "student.onnx", threads=threads)
     x1 = np.random.default_rng(0).standard_normal((1, *rt.input_shape[1:])).astype(np.float32)

@@ -6,7 +6,7 @@ system's Debian python3.11: PyTriton's Python-backend stub links that libpython)
     .bench-venv-triton/bin/python bench/triton_server.py runs/avdigits --http-port 8011 --delay-us 0
 
 Triton's C++ HTTP frontend and dynamic batcher call a Python function that runs the same ONNX
-Runtime session settings as ``fdkd serve`` (``serving.runtime.onnx``: default options, intra-op
+Runtime session settings as ``fdkd serve`` (``fdkd.serving.runtime.onnx``: default options, intra-op
 threads = ``--threads``, CPU provider). Prints ``ready`` once the model answers.
 """
 
@@ -37,7 +37,7 @@ def main() -> None:
 
     manifest = json.loads((args.run_dir / "manifest.json").read_text())
     io = manifest["artifacts"]["student.onnx"]["onnx"]
-    opts = ort.SessionOptions()  # what serving.runtime.onnx.OnnxRuntime sets
+    opts = ort.SessionOptions()  # what fdkd.serving.runtime.onnx.OnnxRuntime sets
     opts.intra_op_num_threads = args.threads
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(args.run_dir / "student.onnx"), sess_options=opts,

@@ -33,7 +33,7 @@ def choose_rows(labels: np.ndarray, train_rows: np.ndarray, n: int, seed: int) -
     remainder, never more rows of a class than it has. When ``n`` is smaller than the number of
     classes the set grows to one row per class (``write_calibration_set`` warns); when the
     training split is smaller than ``n`` every training row is used. Unlabelled training rows (label -1,
-    ``pipeline.data.labels.UNLABELLED``) calibrate too: activation ranges need inputs, not labels, so they
+    ``fdkd.pipeline.data.labels.UNLABELLED``) calibrate too: activation ranges need inputs, not labels, so they
     are one more stratum, like a class.
     """
     rng = np.random.default_rng(seed)
@@ -58,7 +58,7 @@ def choose_rows(labels: np.ndarray, train_rows: np.ndarray, n: int, seed: int) -
 def write_calibration_set(path: Path, input_name: str, x: np.ndarray, labels: np.ndarray, train_rows: np.ndarray,
                           n: int, seed: int) -> dict:
     """Write ``calib.npz``; returns a summary (rows, per-class counts, unlabelled rows, warnings)."""
-    from pipeline.artifacts import save_npz
+    from fdkd.artifacts import save_npz
 
     rows = choose_rows(labels, train_rows, n, seed)
     warnings = []

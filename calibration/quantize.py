@@ -11,7 +11,7 @@ FP16: ONNX Runtime's ``float16.convert_float_to_float16`` with FP32 inputs and o
 ``keep_fp32``.
 
 Every graph meant for TensorRT (the FP16 graph and the ``target="tensorrt"`` INT8 graphs) passes
-the TensorRT lint (``pipeline.onnx_lint``) before it is written under its final name, or
+the TensorRT lint (``fdkd.onnx_lint``) before it is written under its final name, or
 ``QuantizeError`` names each offending node. The CPU INT8 variant is not for TensorRT (its
 asymmetric uint8 activations are what the lint forbids) and is not linted.
 """
@@ -30,7 +30,7 @@ class QuantizeError(RuntimeError):
 
 def check_tensorrt_lint(model, name: str) -> None:
     """Raise ``QuantizeError`` if ``model`` (an ``onnx.ModelProto``) fails the TensorRT lint."""
-    from pipeline.onnx_lint import lint_model
+    from fdkd.onnx_lint import lint_model
 
     issues = lint_model(model)
     if issues:
@@ -48,8 +48,8 @@ def quantize_int8(fp32: Path, out: Path, calib: Path, input_name: str, method: s
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from calibration.dataset import NpzCalibrationReader
-    from pipeline import artifacts
+    from fdkd import artifacts
+    from fdkd.calibration.dataset import NpzCalibrationReader
 
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose one of {sorted(CALIBRATION_METHODS)}")
@@ -84,7 +84,7 @@ def convert_fp16(fp32: Path, out: Path, keep_fp32: tuple[str, ...] = ()) -> None
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    from pipeline import artifacts
+    from fdkd import artifacts
 
     model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True, node_block_list=list(keep_fp32))
     OnnxModel(model).topological_sort()  # the converter appends its I/O casts at the end of the node list

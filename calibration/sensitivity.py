@@ -23,7 +23,7 @@ def layer_errors(fp32: Path, int8: Path, calib: Path, input_name: str) -> list[d
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from calibration.dataset import NpzCalibrationReader
+    from fdkd.calibration.dataset import NpzCalibrationReader
 
     with tempfile.TemporaryDirectory() as tmp:
         pre, aug_f, aug_q = (str(Path(tmp) / n) for n in ("pre.onnx", "aug_f.onnx", "aug_q.onnx"))

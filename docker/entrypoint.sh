@@ -1,11 +1,11 @@
 #!/bin/sh
 # fdkd container entrypoint: on a GPU with TensorRT, build the engine on first start into a volume
 # keyed by GPU (Jetson module) and TensorRT version, then by the run's ONNX sha256 and FDKD_PRECISION
-# (timing cache kept beside it; `python3 -m serving.engine_volume` decides reuse or rebuild), then serve it.
+# (timing cache kept beside it; `python3 -m fdkd.serving.engine_volume` decides reuse or rebuild), then serve it.
 # An image without TensorRT serves ONNX on the CPU. An image WITH TensorRT whose CUDA does not
 # work (no --gpus / --runtime nvidia, a driver older than the image's CUDA, a user outside the
 # video group on a Jetson) logs why and exits non-zero, unless FDKD_ALLOW_CPU_FALLBACK=1 asks for
-# the CPU explicitly. The probe is `python3 -m serving.runtime.cuda_env` (exit 0: engine key on
+# the CPU explicitly. The probe is `python3 -m fdkd.serving.runtime.cuda_env` (exit 0: engine key on
 # stdout; 10: no TensorRT; 11: GPU failure, CPU fallback allowed; anything else: GPU failure).
 set -eu
 
@@ -16,13 +16,13 @@ PORT="${FDKD_SERVE_PORT:-8000}"
 
 # the probe's log (stderr) goes straight to the container log; only its exit code is branched on
 status=0
-key=$(python3 -m serving.runtime.cuda_env) || status=$?
+key=$(python3 -m fdkd.serving.runtime.cuda_env) || status=$?
 
 case "$status" in
   0)
-    # reuse or build: serving.engine_volume decides (folder keyed by the run's ONNX sha256 and the precision;
+    # reuse or build: fdkd.serving.engine_volume decides (folder keyed by the run's ONNX sha256 and the precision;
     # only a plan whose gate passed is reused) and prints "reuse DIR" or "build DIR"
-    decision=$(python3 -m serving.engine_volume "$RUN_DIR" "$ENGINE_ROOT/$key" --precision "$PRECISION")
+    decision=$(python3 -m fdkd.serving.engine_volume "$RUN_DIR" "$ENGINE_ROOT/$key" --precision "$PRECISION")
     action=${decision%% *}
     ENGINE_DIR=${decision#* }
     if [ "$action" = build ]; then

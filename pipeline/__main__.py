@@ -1,5 +1,5 @@
-"""``python -m pipeline`` is the same CLI as ``fdkd`` (torchrun launches modules this way)."""
+"""``python -m fdkd.pipeline`` is the same CLI as ``fdkd`` (``python -m fdkd``)."""
 
-from pipeline.cli import app
+from fdkd.pipeline.cli import app
 
 app()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import artifacts
+from fdkd import artifacts
 
 CUT_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 3 / 8)
 
@@ -45,7 +45,7 @@ def mean_cosine(x: np.ndarray, y: np.ndarray) -> float | None:
 def bands(f: np.ndarray, cut: int) -> dict[str, np.ndarray]:
     import torch
 
-    from pipeline.losses.frequency import band_split
+    from fdkd.pipeline.losses.frequency import band_split
 
     low, high = (b.numpy() for b in band_split(torch.from_numpy(f.astype(np.float64)), cut))
     return {"low": low, "high": high, "low+dc": low + f.mean(1, keepdims=True)}
@@ -93,9 +93,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 def run(cfg, ds, run_dir: Path, student_path: Path | None = None) -> dict:
     import torch
 
-    from pipeline.models.checkpoint import load_model
-    from pipeline.stages import load_teacher
-    from pipeline.train import predict
+    from fdkd.pipeline.models.checkpoint import load_model
+    from fdkd.pipeline.stages import load_teacher
+    from fdkd.pipeline.train import predict
 
     student_path = student_path or run_dir / artifacts.STUDENT
     student, ckpt = load_model(student_path)

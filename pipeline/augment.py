@@ -1,11 +1,11 @@
 """On-the-fly audio augmentation for students, computed on the log-mel spectrogram of each batch.
 
-Stage: used by ``pipeline.distill`` for an audio student's **training** rows only. Validation
+Stage: used by ``fdkd.pipeline.distill`` for an audio student's **training** rows only. Validation
 and test inputs, the teacher's input (so the teacher cache stays valid) and the dataset file are
 never touched.
 
 Where it runs, and why there: the dataset file stores raw 16 kHz waveforms, and loading turns
-every row into a log-mel once (``serving.preprocess``, the server's numpy code). Redoing the STFT
+every row into a log-mel once (``fdkd.serving.preprocess``, the server's numpy code). Redoing the STFT
 on augmented waveforms for every batch costs about as much as the student's own forward and
 backward pass on this project's 2-core CI machine (measured: 100-200 ms per 64-clip batch, which
 would double ``fdkd distill``, and ``fdkd run`` trains several candidates). Precomputing K
@@ -38,8 +38,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.config import AudioAugmentConfig
-from serving.preprocess import AudioFrontend, _hz_to_mel, _mel_filterbank, _mel_to_hz
+from fdkd.pipeline.config import AudioAugmentConfig
+from fdkd.serving.preprocess import AudioFrontend, hz_to_mel, mel_filterbank, mel_to_hz
 
 
 def _uniform(gen: torch.Generator, n: int, bounds) -> torch.Tensor:
@@ -75,15 +75,15 @@ class AudioAugmenter:
             raise ValueError(f"{len(self.power)} feature rows for {len(self.local)} distinct row indices")
         self.fe, self.cfg = fe, cfg
         self.gen = torch.Generator().manual_seed(int(seed))
-        fbank = _mel_filterbank(fe.sample_rate, fe.n_fft, fe.n_mels, fe.f_min, fe.f_max)  # [n_mels, bins]
+        fbank = mel_filterbank(fe.sample_rate, fe.n_fft, fe.n_mels, fe.f_min, fe.f_max)  # [n_mels, bins]
         self.fbank = torch.from_numpy(fbank.astype(np.float32))
         self.bin_hz = torch.linspace(0, fe.sample_rate / 2, fbank.shape[1]).clamp(min=fe.sample_rate / fe.n_fft)
         # effective number of FFT bins under each filter: how much averaging tames the noise's fluctuation
         self.noise_dof = torch.from_numpy((fbank.sum(1) ** 2 / (fbank**2).sum(1).clip(1e-12)).astype(np.float32))
-        mel_lo, mel_hi = _hz_to_mel(fe.f_min), _hz_to_mel(fe.f_max)
+        mel_lo, mel_hi = hz_to_mel(fe.f_min), hz_to_mel(fe.f_max)
         self.mel_step = (mel_hi - mel_lo) / (fe.n_mels + 1)
         self.mel_lo = mel_lo
-        self.centre_hz = torch.from_numpy(_mel_to_hz(mel_lo + self.mel_step * np.arange(1, fe.n_mels + 1))
+        self.centre_hz = torch.from_numpy(mel_to_hz(mel_lo + self.mel_step * np.arange(1, fe.n_mels + 1))
                                           .astype(np.float32))
 
     def _local(self, rows: torch.Tensor) -> torch.Tensor:

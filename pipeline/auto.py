@@ -1,9 +1,9 @@
 """``distill.method: auto``: which candidate ships, decided on validation rows that did not pick its epoch.
 
-Used by the distill stage (``pipeline.distill``); reads nothing from disk. The rule:
+Used by the distill stage (``fdkd.pipeline.distill``); reads nothing from disk. The rule:
 
 1. The validation split is halved, stratified by class and seeded (``halve_validation``): the *select* half picks
-   every candidate's best epoch (``pipeline.train.fit``), the *judge* half compares the candidates. The same rows
+   every candidate's best epoch (``fdkd.pipeline.train.fit``), the *judge* half compares the candidates. The same rows
    never pick both the epoch and the candidate, so a candidate's lucky epoch on those rows cannot carry it.
 2. On the judge half, each candidate is compared with the plain ``none`` candidate (training alone) row by row:
    d_i = 1[candidate right] - 1[none right]. Its lead is mean(d) and the lead's paired standard error is

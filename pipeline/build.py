@@ -23,9 +23,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pipeline import artifacts
-from pipeline.config import BuildConfig
-from serving.runtime.cuda_env import gpu_slug, gpu_status, tensorrt_version
+from fdkd import artifacts
+from fdkd.pipeline.config import BuildConfig
+from fdkd.serving.runtime.cuda_env import gpu_slug, gpu_status, tensorrt_version
 
 
 class BuildUnavailable(RuntimeError):
@@ -48,7 +48,7 @@ def availability() -> tuple[str, dict]:
 
 
 def _warn(msg: str) -> None:
-    from pipeline.progress import console
+    from fdkd.pipeline.progress import console
 
     console.print(f"warning: {msg}", style="yellow", markup=False, highlight=False, soft_wrap=True)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from pipeline.progress import console
+from fdkd.pipeline.progress import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fdkd: cross-modal distillation (FD-CMKD) to a validated edge student.")
@@ -36,7 +36,7 @@ def handles_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from pipeline.config import ConfigError
+        from fdkd.pipeline.config import ConfigError
 
         try:
             return fn(*args, **kwargs)
@@ -53,7 +53,7 @@ def handles_errors(fn):
 
 
 def _config(config: Path | None, sets: list[str], **extra):
-    from pipeline.config import load_config
+    from fdkd.pipeline.config import load_config
 
     overrides = list(sets) + [f"{k}={v}" for k, v in extra.items() if v is not None]
     return load_config(config, overrides)
@@ -86,8 +86,8 @@ def data_avblend(config: Path | None = ConfigOpt, sets: list[str] = SetOpt,
 def _build_builtin(cfg) -> None:
     import time
 
-    from pipeline import data
-    from pipeline.data.dataset import ALL_SPLITS, SPLITS, load_dataset
+    from fdkd.pipeline import data
+    from fdkd.pipeline.data.dataset import ALL_SPLITS, SPLITS, load_dataset
 
     t0 = time.perf_counter()
     with console.status("building paired data") as status:
@@ -109,7 +109,7 @@ def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest")
                   as_json: bool = typer.Option(False, "--json", help="Print the report as JSON")):
     """Check a user manifest: every problem of every row, in one report, and the labelled and unlabelled
     (empty label) rows of every split."""
-    from pipeline.data.manifest import check
+    from fdkd.pipeline.data.manifest import check
 
     c = check(path, sample_rate, classes.split(",") if classes else None, max_file_mb=max_file_mb, seed=seed)
     rows, problems, counts = c.rows, c.problems, c.counts()
@@ -139,7 +139,7 @@ def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest")
 
 def _run_to(cfg, stage: str | None, force: tuple[str, ...] = ()):
     """Bring the run directory up to ``stage`` (skipping up-to-date stages), redoing ``force``."""
-    from pipeline import run as pipeline_run
+    from fdkd.pipeline import run as pipeline_run
 
     return pipeline_run.run(cfg, force=force, stop_after=stage)
 
@@ -152,7 +152,7 @@ def teacher(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str
     """Train the unimodal teacher on its modality (or check the one given by teacher.checkpoint)."""
     cfg = _config(config, sets, name=name)
     if modality is not None:
-        from pipeline import teacher as stage
+        from fdkd.pipeline import teacher as stage
 
         if modality not in ("image", "audio"):
             _fail(f"--modality must be image or audio, got {modality!r}")
@@ -241,7 +241,7 @@ def export_triton(run_dir: Path = typer.Argument(..., help="A finished run direc
                   target_onnxruntime: str | None = typer.Option(
                       None, help="ONNX Runtime version of the Triton release (default: the installed one)")):
     """Write a Triton model repository (ONNX + validated TensorRT plans) and a KServe InferenceService."""
-    from pipeline.triton_repo import ISVC, REPOSITORY, NotExportable, export_triton
+    from fdkd.pipeline.triton_repo import ISVC, REPOSITORY, NotExportable, export_triton
 
     try:
         summary = export_triton(run_dir, out, onnx=onnx, max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms,
@@ -272,10 +272,10 @@ def validate(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: st
              sign_key: Path | None = typer.Option(None, "--sign-key", help="Ed25519 private key (PEM): sign the "
                                                   "run's manifest and validation.json when validation passes")):
     """Validate the teacher, student.pt and every artifact on the test split against their gates."""
-    from pipeline.validate import ValidationFailed
+    from fdkd.pipeline.validate import ValidationFailed
 
     if sign_key is not None:  # a bad key fails now, not after the validation ran
-        from serving.signature import load_private_key
+        from fdkd.serving.signature import load_private_key
 
         load_private_key(sign_key)
     cfg = _config(config, sets, name=name)
@@ -292,7 +292,7 @@ def validate(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: st
 
 
 def _sign(run_dir: Path, key: Path) -> None:
-    from serving.signature import UntrustedRun, sign_run
+    from fdkd.serving.signature import UntrustedRun, sign_run
 
     try:
         doc = sign_run(run_dir, key)
@@ -321,7 +321,7 @@ def run_all(config: Path | None = typer.Argument(None, help="Run config YAML (de
             sets: list[str] = SetOpt, name: str | None = NameOpt,
             force: list[str] = typer.Option([], "--force", help="Redo this stage even if up to date (repeatable)")):
     """Run every stage into runs/<name>/, resuming where a previous run stopped."""
-    from pipeline.validate import ValidationFailed
+    from fdkd.pipeline.validate import ValidationFailed
 
     cfg = _config(config, sets, name=name)
     try:
@@ -361,8 +361,8 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
     from pydantic import ValidationError
 
     try:
-        from serving.server import serve as run_server
-        from serving.settings import ServeSettings
+        from fdkd.serving.server import serve as run_server
+        from fdkd.serving.settings import ServeSettings
     except ImportError as e:
         _fail(f"fdkd serve needs the serve extra ({e.name} is missing): pip install 'fdkd[serve]'")
 
@@ -379,7 +379,7 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
     if not run_dir.is_dir():
         _fail(f"run directory {run_dir} does not exist")
     if settings.trust is not None:  # an unusable key is a usage error now, not a server that is never ready
-        from serving.signature import BadKey, load_public_key
+        from fdkd.serving.signature import BadKey, load_public_key
 
         try:
             load_public_key(settings.trust)
@@ -399,10 +399,10 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
                                                   "run's build.int8_method)")):
     """Build a TensorRT engine from a run's ONNX on this machine (containers: first start), then gate it on the
     run's test set into validation.json beside it (the server serves an engine only on its own entry). No torch."""
-    from pipeline import artifacts
-    from pipeline.build import BuildUnavailable, build_engine
-    from pipeline.config import BuildConfig
-    from pipeline.validate import ValidationFailed, gate_text, validate_engine
+    from fdkd import artifacts
+    from fdkd.pipeline.build import BuildUnavailable, build_engine
+    from fdkd.pipeline.config import BuildConfig
+    from fdkd.pipeline.validate import ValidationFailed, gate_text, validate_engine
 
     manifest_path = run_dir / artifacts.MANIFEST
     if not manifest_path.is_file():
@@ -431,7 +431,7 @@ def _serve_hint(run_dir: Path) -> str:
 
 
 def _print_report(run_dir: Path) -> None:
-    from pipeline.report import candidates_table, headline, labels_line, selection_text, summary_table
+    from fdkd.pipeline.report import candidates_table, headline, labels_line, selection_text, summary_table
 
     path = run_dir / "validation.json"
     if path.exists():
@@ -458,13 +458,13 @@ def verify(run_dir: Path = typer.Argument(..., help="A run directory with manife
                                              help="Ed25519 public key (PEM): also require the run's signature by it")):
     """Check every artifact of a run directory against the sha256 in its manifest (and, with --trust, the run's
     signature as `fdkd serve --trust` does). Exit 1 on any problem."""
-    from pipeline.run_manifest import RunManifest
+    from fdkd.pipeline.run_manifest import RunManifest
 
     if not (run_dir / "manifest.json").exists():
         _fail(f"{run_dir} has no manifest.json")
     problems = []
     if trust is not None:
-        from serving.signature import BadKey, UntrustedRun, verify_run
+        from fdkd.serving.signature import BadKey, UntrustedRun, verify_run
 
         try:
             payload = verify_run(run_dir, trust)
@@ -487,8 +487,8 @@ def verify(run_dir: Path = typer.Argument(..., help="A run directory with manife
 def analyze(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt,
             student: Path | None = typer.Option(None, help="Student checkpoint to analyze (default: the run's)")):
     """Per-band teacher/student feature similarity (CKA, cosine), DC removed, with a permutation control."""
-    from pipeline import analyze as stage
-    from pipeline import data
+    from fdkd.pipeline import analyze as stage
+    from fdkd.pipeline import data
 
     cfg = _config(config, sets, name=name)
     result = stage.run(cfg, data.load(cfg), cfg.run_dir, student)
@@ -508,7 +508,7 @@ def analyze(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str
 @handles_errors
 def show_config(config: Path | None = ConfigOpt, sets: list[str] = SetOpt):
     """Print the resolved configuration (defaults + file + overrides)."""
-    from pipeline.config import dump_config
+    from fdkd.pipeline.config import dump_config
 
     typer.echo(dump_config(_config(config, sets)))
 

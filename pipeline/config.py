@@ -263,7 +263,7 @@ class LabelSmoothingConfig(_Strict):
 
     ``epsilon: teacher`` matches the teacher's mean soft-target entropy on the training split:
     the smoothed one-hot target (1 - e + e/C on the label, e/C elsewhere) gets the entropy of the
-    teacher's average softmax(z_t / temperature) (``pipeline.controls``). The temperature defaults to
+    teacher's average softmax(z_t / temperature) (``fdkd.pipeline.controls``). The temperature defaults to
     ``kd.temperature``: the soft targets KD distills (at T = 1 a well-trained teacher is nearly one-hot
     on its training rows and the matched strength is ~0).
     """
@@ -300,7 +300,7 @@ class AutoCandidate(_Strict):
 class AutoConfig(_Strict):
     """``method: auto``: train every candidate on one shared teacher cache and ship the best by validation
     accuracy of the student's own head, only where it beats the ``none`` candidate (training alone) by more than
-    ``margin_se`` paired standard errors (``pipeline.auto``). The validation split is halved, stratified: one half
+    ``margin_se`` paired standard errors (``fdkd.pipeline.auto``). The validation split is halved, stratified: one half
     picks each candidate's epoch, the other judges the candidates, so one set of rows never does both."""
 
     margin_se: float = Field(2.0, ge=0)
@@ -366,7 +366,7 @@ class DistillConfig(_Strict):
     method: DistillMethod = "auto"  # auto: the best of auto.candidates on validation (see AutoConfig)
     bidirectional: bool = False
     teacher_cache: bool = True  # frozen, un-augmented teacher: compute its outputs once
-    # controls (pipeline.controls), usable with any method
+    # controls (fdkd.pipeline.controls), usable with any method
     label_smoothing: LabelSmoothingConfig = LabelSmoothingConfig()
     teacher_shuffle: bool = False  # each training pair gets the teacher outputs of another pair of its class
     # which pooled features the objectives compare (built-in conv encoders): "post" = what feeds the head;
@@ -529,7 +529,7 @@ class RunConfig(_Strict):
 
 
 def default_config_path() -> Path:
-    return Path(str(resources.files("pipeline") / "configs" / "avdigits.yaml"))
+    return Path(str(resources.files("fdkd.pipeline") / "configs" / "avdigits.yaml"))
 
 
 def _format_error(err: ValidationError, source: str) -> str:

@@ -11,13 +11,13 @@ optimizer and summed losses, and saved as ``student.reverse.pt``.
 
 ``method: auto`` (the default) trains every candidate of ``distill.auto.candidates`` per direction
 and ships one only where it beats ``none`` (training alone) on half of the validation split by more
-than the margin (``pipeline.auto``; the other half picks the epochs); every candidate's validation,
+than the margin (``fdkd.pipeline.auto``; the other half picks the epochs); every candidate's validation,
 judge and test accuracy, the winner and its margin over ``none`` go into the student's metrics (hence
 ``manifest.json`` and ``report.md``). In ``metrics.jsonl`` each candidate's direction is named
 ``student:<candidate>``.
 
 Partly labelled data (``data.labelled``, or a manifest's empty labels): every teacher term applies to every
-training pair, the cross-entropy to the labelled ones only (``pipeline.objectives``); ``none`` trains on the
+training pair, the cross-entropy to the labelled ones only (``fdkd.pipeline.objectives``); ``none`` trains on the
 labelled pairs alone; the shuffled teacher deranges unlabelled pairs within the teacher's predicted class.
 """
 
@@ -28,13 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import artifacts, auto, controls, data
-from pipeline.augment import student_augmenter
-from pipeline.config import DistillConfig, RunConfig
-from pipeline.objectives import METHODS, build_objective
-from pipeline.progress import progress_bar
-from pipeline.stages import arch_dict, load_teacher, reset_log, save_with_config, setup, tensors
-from pipeline.train import Direction, accuracy, features, fit, predict, teacher_outputs
+from fdkd import artifacts
+from fdkd.pipeline import auto, controls, data
+from fdkd.pipeline.augment import student_augmenter
+from fdkd.pipeline.config import DistillConfig, RunConfig
+from fdkd.pipeline.objectives import METHODS, build_objective
+from fdkd.pipeline.progress import progress_bar
+from fdkd.pipeline.stages import arch_dict, load_teacher, reset_log, save_with_config, setup, tensors
+from fdkd.pipeline.train import Direction, accuracy, features, fit, predict, teacher_outputs
 
 
 class _SharedAugment:
@@ -98,7 +99,7 @@ class _Teachers:
 
 def _direction(cfg: RunConfig, dcfg: DistillConfig, ds, x, teachers: _Teachers, name: str, student_mod: str,
                teacher_mod: str):
-    from pipeline.models.encoders import build_encoder
+    from fdkd.pipeline.models.encoders import build_encoder
 
     arch = arch_dict(dcfg.student, ds.x[student_mod].shape[1:], ds.num_classes)
     torch.manual_seed(cfg.seed)  # every candidate of a direction starts from the same student weights
@@ -135,7 +136,7 @@ def _direction(cfg: RunConfig, dcfg: DistillConfig, ds, x, teachers: _Teachers, 
 
 
 def _judge_right(student, x: torch.Tensor, y: torch.Tensor, rows) -> np.ndarray:
-    """Per judge row, whether the candidate's best-epoch student is right: what ``pipeline.auto.select`` compares."""
+    """Per judge row, whether the candidate's best-epoch student is right: what ``auto.select`` compares."""
     return (predict(student, x[rows]).argmax(1) == y[rows]).numpy()
 
 
@@ -148,7 +149,7 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
     Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; rank 0 alone builds the data,
     writes metrics and checkpoints.
     """
-    from pipeline import accel
+    from fdkd.pipeline import accel
 
     setup(cfg)
     acc = accel.setup(cfg.accel)
@@ -185,7 +186,7 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
                 band_split = d.objective.use_band_split(cfg.accel.band_split, acc.device)
         log = reset_log(cfg.run_dir / artifacts.METRICS) if acc.is_main else None
         select_rows = judge_rows = None
-        if auto_mode:  # one half of validation picks the epochs, the other the candidate (pipeline.auto)
+        if auto_mode:  # one half of validation picks the epochs, the other the candidate (fdkd.pipeline.auto)
             select_rows, judge_rows = auto.halve_validation(ds.y, ds.indices("val"), cfg.seed)
         with progress_bar() as p:
             fit([b[3] for b in built], y, ds.split, cfg.distill.optim, seed=cfg.seed,

@@ -1,10 +1,10 @@
-"""One torchrun worker of the distillation stage: ``torchrun --nproc-per-node N -m pipeline.distill_worker``.
+"""One torchrun worker of the distillation stage: ``torchrun --nproc-per-node N -m fdkd.pipeline.distill_worker``.
 
-    torchrun --nproc-per-node 2 -m pipeline.distill_worker --config runs/avdigits/config.yaml
+    torchrun --nproc-per-node 2 -m fdkd.pipeline.distill_worker --config runs/avdigits/config.yaml
     torchrun --nnodes 2 --node-rank 0 --rdzv-backend c10d --rdzv-endpoint HOST:29500 --nproc-per-node 8 \\
-        -m pipeline.distill_worker --config my.yaml --set distill.method=fd
+        -m fdkd.pipeline.distill_worker --config my.yaml --set distill.method=fd
 
-Every rank runs ``pipeline.distill.run``; rank 0 writes ``student.pt``, its config and
+Every rank runs ``fdkd.pipeline.distill.run``; rank 0 writes ``student.pt``, its config and
 ``metrics.jsonl``. ``fdkd distill --set accel.nproc=N`` (or ``fdkd run``) launches this for you
 and records the result in the run's manifest.
 """
@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--result", type=Path, default=None, help="rank 0 writes the results here as JSON")
     args = ap.parse_args(argv)
 
-    from pipeline import distill
-    from pipeline.config import load_config
+    from fdkd.pipeline import distill
+    from fdkd.pipeline.config import load_config
 
     cfg = load_config(args.config, args.sets)
     _, results = distill.run(cfg)

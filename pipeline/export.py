@@ -3,7 +3,7 @@
 The exporter is named explicitly (``export.exporter``: ``dynamo``, torch.export-based, the
 default; or the legacy ``torchscript`` one); opset 17-20; the batch axis is the only dynamic
 one; input ``input``, output ``logits``. The graph must pass ``onnx.checker``, the TensorRT lint
-(``pipeline.onnx_lint``) and a parity check against PyTorch on the validation split at batch
+(``fdkd.onnx_lint``) and a parity check against PyTorch on the validation split at batch
 sizes 1, 7 and 64 (max |delta logit| <= ``export.parity_atol``, identical argmax), or the stage
 fails and nothing is written under the final name.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import artifacts
-from pipeline.config import ExportConfig
+from fdkd import artifacts
+from fdkd.pipeline.config import ExportConfig
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -65,7 +65,7 @@ def parity(onnx_path: Path, model, x: np.ndarray, batches=(1, 7, 64)) -> dict:
     """Compare ONNX Runtime with PyTorch on ``x`` at each batch size: max |delta|, argmax agreement."""
     import torch
 
-    from serving.runtime.onnx import OnnxRuntime
+    from fdkd.serving.runtime.onnx import OnnxRuntime
 
     rt = OnnxRuntime(onnx_path)
     report = {}
@@ -82,8 +82,8 @@ def parity(onnx_path: Path, model, x: np.ndarray, batches=(1, 7, 64)) -> dict:
 
 def run(student_path: Path, x_val: np.ndarray, out: Path, cfg: ExportConfig) -> dict:
     """Export, check, lint and parity-test; write ``out`` only when everything passes."""
-    from pipeline.models.checkpoint import load_model
-    from pipeline.onnx_lint import lint_file
+    from fdkd.onnx_lint import lint_file
+    from fdkd.pipeline.models.checkpoint import load_model
 
     model, ckpt = load_model(student_path)
     meta = {"class_names": ckpt["class_names"], "preprocessing": ckpt["preprocessing"],

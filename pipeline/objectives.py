@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import DistillConfig
-from pipeline.losses.dist import dist_loss
-from pipeline.losses.dkd import dkd_loss
-from pipeline.losses.frequency import (
+from fdkd.pipeline.config import DistillConfig
+from fdkd.pipeline.losses.dist import dist_loss
+from fdkd.pipeline.losses.dkd import dkd_loss
+from fdkd.pipeline.losses.frequency import (
     band_projectors,
     band_split_fft,
     default_cut,
@@ -23,8 +23,8 @@ from pipeline.losses.frequency import (
     high_band_loss,
     low_band_loss,
 )
-from pipeline.losses.kd import kd_loss
-from pipeline.losses.pseudo import labelled_cross_entropy, pseudo_label_loss
+from fdkd.pipeline.losses.kd import kd_loss
+from fdkd.pipeline.losses.pseudo import labelled_cross_entropy, pseudo_label_loss
 
 Terms = dict[str, tuple[float, torch.Tensor]]
 
@@ -35,7 +35,7 @@ class Objective(nn.Module):
     ``label_smoothing`` smooths the task term's targets (``distill.label_smoothing``); with
     ``epsilon: teacher`` the stage sets it from the teacher's entropy before training.
 
-    Partly labelled pairs (``y == -1``: ``pipeline.data.labels``): the task term is the mean CE over the
+    Partly labelled pairs (``y == -1``: ``fdkd.pipeline.data.labels``): the task term is the mean CE over the
     labelled rows of the batch only; every teacher term applies to every row, and a teacher term that needs a
     class (dkd's target class, fd's shared classifiers) takes the teacher's predicted class on an unlabelled row
     (``class_targets``). ``partial_labels`` is set by the trainer when the training split has unlabelled rows.
@@ -81,7 +81,7 @@ class NoKD(Objective):
 
 class PseudoLabels(Objective):
     """pseudo: L = CE on the labelled rows + w * CE(z_s, argmax z_t) on the unlabelled rows the teacher is
-    confident on (supervision transfer; ``pipeline.losses.pseudo``)."""
+    confident on (supervision transfer; ``fdkd.pipeline.losses.pseudo``)."""
 
     def terms(self, f_s, z_s, f_t, z_t, y, epoch):
         c = self.cfg.pseudo

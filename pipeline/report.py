@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import artifacts
+from fdkd import artifacts
 
 
 def _plots(result: dict, run_dir: Path) -> list[str]:

@@ -1,6 +1,6 @@
 """``fdkd run``: data -> teacher -> distill -> export -> calibrate -> quantize -> build -> validate.
 
-Everything lands in ``runs/<name>/`` with a ``manifest.json`` (``pipeline.run_manifest``). A
+Everything lands in ``runs/<name>/`` with a ``manifest.json`` (``fdkd.pipeline.run_manifest``). A
 stage whose key (its config section and the hashes of its inputs) and outputs (by sha256) match
 the manifest is skipped, so a run killed at any point resumes and ends with the same artifacts
 as an uninterrupted one; ``force`` redoes named stages. A tampered or truncated artifact is named
@@ -15,10 +15,10 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from pipeline import artifacts
-from pipeline.config import RunConfig, config_to_dict, dump_config
-from pipeline.progress import console
-from pipeline.run_manifest import RunManifest, library_versions
+from fdkd import artifacts
+from fdkd.pipeline.config import RunConfig, config_to_dict, dump_config
+from fdkd.pipeline.progress import console
+from fdkd.pipeline.run_manifest import RunManifest, library_versions
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Ctx:
     @property
     def dataset(self):
         if self._ds is None:
-            from pipeline.data.dataset import load_dataset
+            from fdkd.pipeline.data.dataset import load_dataset
 
             self._ds = load_dataset(self.manifest.path_of("dataset"))
         return self._ds
@@ -53,13 +53,13 @@ def _teacher_modalities(cfg: RunConfig) -> list[str]:
 
 
 def stage_data(ctx: Ctx) -> list[Output]:
-    from pipeline import data
+    from fdkd.pipeline import data
 
     return [Output("dataset", data.prepare(ctx.cfg), [])]
 
 
 def stage_teacher(ctx: Ctx) -> list[Output]:
-    from pipeline import teacher
+    from fdkd.pipeline import teacher
 
     outs = []
     for m in _teacher_modalities(ctx.cfg):
@@ -80,7 +80,8 @@ def _torchrun_distill(cfg: RunConfig) -> dict:
     artifacts.write_text(conf, dump_config(cfg.model_copy(update={"accel": cfg.accel.model_copy(update={"nproc": 1})})))
     result.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cfg.accel.nproc}",
-           *cfg.accel.torchrun_args, "-m", "pipeline.distill_worker", "--config", str(conf), "--result", str(result)]
+           *cfg.accel.torchrun_args, "-m", "fdkd.pipeline.distill_worker",
+           "--config", str(conf), "--result", str(result)]
     if not cfg.accel.torchrun_args:
         cmd[3:3] = ["--standalone"]
     console.print(f"[dim]{' '.join(cmd)}[/]", highlight=False)
@@ -91,7 +92,7 @@ def _torchrun_distill(cfg: RunConfig) -> dict:
 
 
 def stage_distill(ctx: Ctx) -> list[Output]:
-    from pipeline import distill
+    from fdkd.pipeline import distill
 
     if ctx.cfg.accel.nproc > 1 or ctx.cfg.accel.torchrun_args:
         path, results = ctx.run_dir / artifacts.STUDENT, _torchrun_distill(ctx.cfg)
@@ -106,7 +107,7 @@ def stage_distill(ctx: Ctx) -> list[Output]:
 
 
 def stage_export(ctx: Ctx) -> list[Output]:
-    from pipeline import export
+    from fdkd.pipeline import export
 
     x_val, _ = ctx.dataset.take(ctx.cfg.student_modality, "val")
     out = ctx.run_dir / artifacts.ONNX_FP32
@@ -115,8 +116,8 @@ def stage_export(ctx: Ctx) -> list[Output]:
 
 
 def stage_calibrate(ctx: Ctx) -> list[Output]:
-    from calibration.dataset import write_calibration_set
-    from pipeline.export import INPUT_NAME
+    from fdkd.calibration.dataset import write_calibration_set
+    from fdkd.pipeline.export import INPUT_NAME
 
     ds = ctx.dataset
     out = ctx.run_dir / artifacts.CALIB
@@ -130,9 +131,9 @@ def stage_calibrate(ctx: Ctx) -> list[Output]:
 def stage_quantize(ctx: Ctx) -> list[Output]:
     import json
 
-    from calibration.quantize import convert_fp16, quantize_int8
-    from calibration.sensitivity import layer_errors
-    from pipeline.export import INPUT_NAME
+    from fdkd.calibration.quantize import convert_fp16, quantize_int8
+    from fdkd.calibration.sensitivity import layer_errors
+    from fdkd.pipeline.export import INPUT_NAME
 
     q = ctx.cfg.quantize
     fp32, calib, rd = ctx.run_dir / artifacts.ONNX_FP32, ctx.run_dir / artifacts.CALIB, ctx.run_dir
@@ -159,7 +160,7 @@ def stage_quantize(ctx: Ctx) -> list[Output]:
 
 
 def stage_build(ctx: Ctx) -> list[Output]:
-    from pipeline.build import build_engine
+    from fdkd.pipeline.build import build_engine
 
     b = ctx.cfg.build
     sources = {"fp32": artifacts.ONNX_FP32, "fp16": artifacts.ONNX_FP16,
@@ -174,7 +175,7 @@ def stage_build(ctx: Ctx) -> list[Output]:
 
 
 def stage_validate(ctx: Ctx) -> list[Output]:
-    from pipeline import validate
+    from fdkd.pipeline import validate
 
     inputs = STAGES["validate"][2](ctx)
     validate.run(ctx.cfg, ctx.dataset, ctx.run_dir)  # raises ValidationFailed after writing both files
@@ -206,7 +207,7 @@ def _stage_key(ctx: Ctx, stage: str) -> str:
     key = {"stage": stage, "config": {s: cfg.get(s) for s in sections},
            "inputs": {n: ctx.manifest.sha(n) for n in reads(ctx)}}
     if stage == "build":
-        from serving.runtime.cuda_env import gpu_info, tensorrt_version
+        from fdkd.serving.runtime.cuda_env import gpu_info, tensorrt_version
 
         key["machine"] = {"tensorrt": tensorrt_version(), "gpu": gpu_info()}
     return artifacts.digest(key)
@@ -214,8 +215,8 @@ def _stage_key(ctx: Ctx, stage: str) -> str:
 
 def run(cfg: RunConfig, force: tuple[str, ...] = (), stop_after: str | None = None) -> dict:
     """Run (or resume) every stage; returns the manifest data. Raises on a failed stage or gate."""
-    from pipeline.build import BuildUnavailable
-    from pipeline.validate import ValidationFailed
+    from fdkd.pipeline.build import BuildUnavailable
+    from fdkd.pipeline.validate import ValidationFailed
 
     unknown = [s for s in force if s not in STAGES]
     if unknown:
@@ -223,7 +224,7 @@ def run(cfg: RunConfig, force: tuple[str, ...] = (), stop_after: str | None = No
     if not cfg.run_dir.exists():
         # Bad user data fails here, before the run directory exists: never a half-made run. The
         # dataset file is cached by content, so the data stage below finds it and does no work.
-        from pipeline import data
+        from fdkd.pipeline import data
 
         data.prepare(cfg)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)

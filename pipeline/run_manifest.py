@@ -14,7 +14,7 @@ import json
 import platform
 from pathlib import Path
 
-from pipeline import artifacts
+from fdkd import artifacts
 
 FORMAT = "fdkd-run"
 VERSION = 1

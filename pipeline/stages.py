@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import artifacts
-from pipeline.config import RunConfig, config_to_dict, dump_config
+from fdkd import artifacts
+from fdkd.pipeline.config import RunConfig, config_to_dict, dump_config
 
 
 def setup(cfg: RunConfig) -> None:
@@ -32,7 +32,7 @@ def load_teacher(cfg: RunConfig, modality: str, ds=None):
 
     ``ds`` (the dataset) supplies input channels and class count for a bare state dict.
     """
-    from pipeline.models.checkpoint import (
+    from fdkd.pipeline.models.checkpoint import (
         FORMAT,
         is_torchscript,
         load_foreign_teacher,
@@ -82,7 +82,7 @@ def save_with_config(path: Path, model, arch: dict, cfg: RunConfig, ds, modality
     ``training_state`` holds training-only parameters (projector, shared classifiers) for
     analysis; they are never part of the exported student.
     """
-    from pipeline.models.checkpoint import save_checkpoint
+    from fdkd.pipeline.models.checkpoint import save_checkpoint
 
     save_checkpoint(path, model, arch, modality=modality, class_names=ds.class_names,
                     preprocessing=ds.frontends[modality].to_dict(), metrics=metrics,

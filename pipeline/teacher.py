@@ -16,17 +16,18 @@ from pathlib import Path
 
 import torch
 
-from pipeline import accel, artifacts, data
-from pipeline.config import RunConfig
-from pipeline.objectives import NoKD
-from pipeline.progress import progress_bar
-from pipeline.stages import arch_dict, load_teacher, reset_log, save_with_config, setup, teacher_path, tensors
-from pipeline.train import Direction, accuracy, fit, predict
+from fdkd import artifacts
+from fdkd.pipeline import accel, data
+from fdkd.pipeline.config import RunConfig
+from fdkd.pipeline.objectives import NoKD
+from fdkd.pipeline.progress import progress_bar
+from fdkd.pipeline.stages import arch_dict, load_teacher, reset_log, save_with_config, setup, teacher_path, tensors
+from fdkd.pipeline.train import Direction, accuracy, fit, predict
 
 
 def run(cfg: RunConfig, modality: str | None = None) -> tuple[Path, dict]:
     """Train (or load) the teacher for ``modality`` (default: ``teacher.modality``); returns (path, metrics)."""
-    from pipeline.models.encoders import build_encoder
+    from fdkd.pipeline.models.encoders import build_encoder
 
     modality = modality or cfg.teacher.modality
     setup(cfg)

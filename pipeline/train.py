@@ -3,15 +3,15 @@
 Full-batch-in-memory data (the paired sets are small arrays of features), seeded shuffling,
 SGD with momentum and polynomial learning-rate decay, per-term loss and gradient-norm logging,
 checkpoint selection on the **validation** split with the student's own head (of the weights'
-moving average instead where ``optim.ema_decay`` is set: ``pipeline.ema``).
+moving average instead where ``optim.ema_decay`` is set: ``fdkd.pipeline.ema``).
 
 The frozen teacher's features and logits are computed once per training sample and reused
 every epoch (``teacher_cache``), since nothing about them changes; ``teacher_cache=False`` runs
 the teacher every step, the way the reference code does (kept for the speed benchmark).
 Directions that share a teacher and its input (``method: auto``'s candidates) share one cache.
-A direction's ``augment`` (``pipeline.augment``) replaces its student's training batches with
+A direction's ``augment`` (``fdkd.pipeline.augment``) replaces its student's training batches with
 freshly augmented ones; validation always reads the un-augmented ``x_student``.
-Devices, AMP and torchrun processes come from ``pipeline.accel``.
+Devices, AMP and torchrun processes come from ``fdkd.pipeline.accel``.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.accel import Accel, nhwc_hazard
-from pipeline.config import OptimConfig
-from pipeline.ema import WeightAverage
-from pipeline.objectives import Objective
+from fdkd.pipeline.accel import Accel, nhwc_hazard
+from fdkd.pipeline.config import OptimConfig
+from fdkd.pipeline.ema import WeightAverage
+from fdkd.pipeline.objectives import Objective
 
 EVAL_BATCH = 512
 
@@ -248,7 +248,7 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     """Train every direction jointly (one optimizer, summed losses; under fp16 AMP one optimizer and
     loss scaler per direction); returns per-epoch records.
 
-    ``y`` are the student's labels, -1 on an unlabelled training pair (``pipeline.data.labels``); training
+    ``y`` are the student's labels, -1 on an unlabelled training pair (``fdkd.pipeline.data.labels``); training
     accuracy counts labelled rows only. ``select_rows``: the validation rows that pick each direction's best
     epoch (default: every validation row; ``method: auto`` keeps the other half to choose among candidates).
 
@@ -271,10 +271,10 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
         d.objective.partial_labels = streams.partial
     if acc.channels_last and acc.device.type == "cpu":
         hazards = [(d.name, h) for d in directions if (h := nhwc_hazard(d.student))]
-        if hazards:  # a oneDNN defect (pipeline.accel.nhwc_hazard): the whole loop trains in NCHW
+        if hazards:  # a oneDNN defect (fdkd.pipeline.accel.nhwc_hazard): the whole loop trains in NCHW
             acc = dataclasses.replace(acc, channels_last=False)
             if acc.is_main:
-                from pipeline.progress import console
+                from fdkd.pipeline.progress import console
 
                 console.print(f"channels_last off on this CPU: {hazards[0][0]}'s layer {hazards[0][1]} would hit "
                               "a oneDNN NHWC defect", highlight=False, markup=False)
@@ -285,7 +285,7 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
         if acc.channels_last:
             d.student.to(memory_format=torch.channels_last)
         if d.teacher is not None:
-            d.teacher.to(acc.device).eval()  # frozen by the caller (pipeline.stages.freeze)
+            d.teacher.to(acc.device).eval()  # frozen by the caller (fdkd.pipeline.stages.freeze)
             if teacher_cache and d.objective.needs_teacher and d.cache is None:
                 key = (id(d.teacher), id(d.x_teacher), d.tap)
                 if key not in caches:
@@ -298,7 +298,7 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
 
         unused = unused_parameters(joint, directions, train_idx, y, acc)
         if unused and acc.is_main:
-            from pipeline.progress import console
+            from fdkd.pipeline.progress import console
 
             names = ", ".join(unused[:4]) + (", ..." if len(unused) > 4 else "")
             console.print(f"{len(unused)} parameter(s) unused by the loss ({names}): DDP finds unused parameters",

@@ -13,7 +13,7 @@ Writes::
 Only artifacts whose sha256 matches the run's manifest *and* that passed their validation gate are
 exported: a ``validation.json`` entry for that same sha256 (a stale one validates nothing). The ONNX
 graph's entry must be judged in the mode the target runs it in, checked by the function ``fdkd
-serve`` uses (``serving.validated_mode``): execution provider (``--onnx-device``), full graph
+serve`` uses (``fdkd.serving.validated_mode``): execution provider (``--onnx-device``), full graph
 optimisation (Q/DQ fused, not the emulated reference), the INT8 kernel family
 (``--target-int8-kernels``, default this CPU's) and the ONNX Runtime version
 (``--target-onnxruntime``, default the installed one); a mismatch is refused naming the field and
@@ -41,8 +41,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import artifacts
-from serving.validated_mode import CPU, Target, gate_verdict, target_mode, validated_entry
+from fdkd import artifacts
+from fdkd.serving.validated_mode import CPU, Target, gate_verdict, target_mode, validated_entry
 
 MARKER = "export.json"
 REPOSITORY = "model_repository"
@@ -52,7 +52,7 @@ DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64"
           "uint8": "TYPE_UINT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 PROVIDERS = {"cpu": CPU, "gpu": "CUDAExecutionProvider"}  # what Triton's onnxruntime backend runs per instance kind
-INT8_KERNEL_FAMILIES = ("x86", "x86-vnni", "arm", "arm-dotprod")  # serving.runtime.cpu_isa's names
+INT8_KERNEL_FAMILIES = ("x86", "x86-vnni", "arm", "arm-dotprod")  # fdkd.serving.runtime.cpu_isa's names
 
 
 class NotExportable(RuntimeError):
@@ -99,7 +99,7 @@ def config_pbtxt(name: str, platform: str, io: dict, max_batch: int, queue_delay
 
 def _gate(validation: dict, name: str, sha: str) -> tuple[bool, str]:
     """(passed, what validation said) for one TensorRT plan: an entry for this very file (same sha256) that ran
-    and passed. (The ONNX graph goes through ``serving.validated_mode``, the server's own check.)"""
+    and passed. (The ONNX graph goes through ``fdkd.serving.validated_mode``, the server's own check.)"""
     named = [a for a in validation.get("artifacts", []) if a.get("name") == name]
     if not named:
         return False, "not validated (no entry in validation.json; run `fdkd validate`)"
@@ -149,12 +149,12 @@ def _checked_copy(src: Path, dst: Path, sha: str) -> None:
 
 
 def _read(path: Path) -> dict:
-    if not path.exists():
-        raise FileNotFoundError(f"{path.parent} has no {path.name}: not a finished fdkd run")
+    from fdkd.serving.model import NotServable, read_run_json
+
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        return read_run_json(path)
+    except NotServable as e:
+        raise NotExportable(str(e)) from None
 
 
 def _write_model(repo: Path, model: str, platform: str, src: Path, filename: str, sha: str, io: dict, max_batch: int,
@@ -190,7 +190,7 @@ def export_triton(run_dir: Path, out: Path, *, onnx: str = artifacts.ONNX_FP32, 
     The ONNX graph's target is Triton's onnxruntime backend on ``onnx_device`` (CPU or CUDA execution
     provider, full graph optimisation), with ``target_int8_kernels`` (default: this CPU's family) and ONNX
     Runtime ``target_onnxruntime`` (default: the installed version): its validation entry must match that mode
-    exactly as ``fdkd serve`` checks its own (``serving.validated_mode``)."""
+    exactly as ``fdkd serve`` checks its own (``fdkd.serving.validated_mode``)."""
     if target_int8_kernels is not None and target_int8_kernels not in INT8_KERNEL_FAMILIES:
         raise ValueError(f"--target-int8-kernels must be one of {list(INT8_KERNEL_FAMILIES)}, "
                          f"got {target_int8_kernels!r}")
@@ -222,7 +222,7 @@ def export_triton(run_dir: Path, out: Path, *, onnx: str = artifacts.ONNX_FP32, 
     def provenance(art: str, verdict: str) -> dict[str, str]:
         return {"fdkd_artifact": art, "fdkd_sha256": arts[art]["sha256"], "fdkd_validation": verdict}
 
-    # the same check as `fdkd serve` (serving.validated_mode), against the target's mode instead of this server's
+    # the same check as `fdkd serve` (fdkd.serving.validated_mode), against the target's mode instead of this server's
     named = tuple(k for k, v in (("provider", onnx_device != "cpu"), ("int8_kernels", target_int8_kernels),
                                  ("ort_version", target_onnxruntime)) if v)
     target = Target(provider=PROVIDERS[onnx_device], int8_kernels=target_int8_kernels, ort_version=target_onnxruntime,

@@ -4,7 +4,7 @@ Every ONNX artifact and engine runs through ``serving``'s runtimes (the code tha
 Each result is one entry of ``validation.json`` that records the artifact's **sha256** and the exact
 **execution mode** it was judged in (runtime, provider, graph-optimisation level, Q/DQ fused or
 emulated, threads; for engines the TensorRT version and GPU). The server loads an artifact only
-when an entry with its hash and its serving mode passed (``serving.model``).
+when an entry with its hash and its serving mode passed (``fdkd.serving.model``).
 
 Per entry: top-1 accuracy, agreement with the teacher's and with ``student.pt``'s predictions,
 max and mean |delta logit| and KL(student.pt || artifact), latency per batch. Gates per precision
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import artifacts
-from pipeline.config import GateConfig, RunConfig
+from fdkd import artifacts
+from fdkd.pipeline.config import GateConfig, RunConfig
 
 
 class ValidationFailed(RuntimeError):
@@ -147,11 +147,11 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
     """Validate everything in ``run_dir``; write validation.json and report.md; raise on a failed gate."""
     import torch
 
-    from pipeline.models.checkpoint import load_model
-    from pipeline.report import write_report
-    from pipeline.stages import load_teacher
-    from pipeline.train import predict
-    from serving.runtime import load_runtime
+    from fdkd.pipeline.models.checkpoint import load_model
+    from fdkd.pipeline.report import write_report
+    from fdkd.pipeline.stages import load_teacher
+    from fdkd.pipeline.train import predict
+    from fdkd.serving.runtime import load_runtime
 
     v = cfg.validate_
     s_mod, t_mod = cfg.student_modality, cfg.teacher.modality
@@ -234,7 +234,7 @@ def validate_engine(run_dir: Path, plan: Path) -> dict:
     entry; raises ``ValidationFailed`` (after writing the entry) when its gate fails, and
     ``RuntimeError`` when the engine cannot run here.
     """
-    from serving.runtime import load_runtime
+    from fdkd.serving.runtime import load_runtime
 
     run_dir, plan = Path(run_dir), Path(plan)
     manifest = json.loads((run_dir / artifacts.MANIFEST).read_text())

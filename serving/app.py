@@ -3,14 +3,14 @@
 ``create_app(settings)`` is the factory (the model loads in the lifespan handler, never at
 import). Routes: ``/v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/models/{m}[/versions/{v}]``
 (+ ``/ready``, ``/infer``, ``/config``), ``/v1/classify`` (a WAV or image upload,
-preprocessed with the manifest's constants by ``serving.preprocess``, within ``serving.upload``'s
-limits), ``/metrics``, and the page a person can use (``/``, ``/v1/model``: ``serving.webpage``). Every error
+preprocessed with the manifest's constants by ``fdkd.serving.preprocess``, within ``fdkd.serving.upload``'s
+limits), ``/metrics``, and the page a person can use (``/``, ``/v1/model``: ``fdkd.serving.webpage``). Every error
 is ``{"error": "..."}`` with a 4xx (400, never 422) or 5xx status, without stack traces.
 
 Model metadata (``parameters``), ``/config`` (``parameters``) and ``/v1/model`` say whether the server runs
 with ``--allow-unvalidated`` and whether the served artifact passed validation in the mode it runs in
 (``allow_unvalidated``, ``validated``, ``validation_warning``): the override is never hidden from clients.
-With ``settings.trust`` the run must carry a signature by that key (``serving.signature``), else not ready.
+With ``settings.trust`` the run must carry a signature by that key (``fdkd.serving.signature``), else not ready.
 """
 
 from __future__ import annotations
@@ -20,23 +20,21 @@ import json
 import logging
 from contextlib import asynccontextmanager
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving import protocol
-from serving.batcher import DynamicBatcher
-from serving.errors import RETRY_AFTER, ApiError
-from serving.hotpath import HotPath, Inference, error_reply, is_multipart
-from serving.metrics import Metrics
-from serving.middleware import ApiKey, BodyLimit, RequestLog
-from serving.model import LoadedModel, NotServable, load_model
-from serving.preprocess import AudioFrontend
-from serving.settings import ServeSettings
-from serving.webpage import add_page_routes
+from fdkd.serving.batcher import DynamicBatcher
+from fdkd.serving.errors import RETRY_AFTER, ApiError
+from fdkd.serving.hotpath import HotPath, Inference, error_reply, is_multipart
+from fdkd.serving.metrics import Metrics
+from fdkd.serving.middleware import ApiKey, BodyLimit, RequestLog
+from fdkd.serving.model import LoadedModel, NotServable, load_model
+from fdkd.serving.preprocess import AudioFrontend
+from fdkd.serving.settings import ServeSettings
+from fdkd.serving.webpage import add_page_routes
 
 log = logging.getLogger("fdkd.serve")
 VERSION = "0.1.0"
@@ -212,13 +210,29 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
                 "outputs": [{"name": m.output_name, "datatype": "FP32", "shape": [-1, m.num_classes]}],
                 "parameters": _validation_parameters(m)}
 
-    @app.get("/v2/models/{model_name}", responses=_ok({"type": "object"}) | _errors(404, 503))
-    async def model_metadata(model_name: str):
-        return _metadata(_model(model_name))
+    def model_route(method: str, tail: str, names: tuple[str, str], handler, with_request: bool = False, **doc):
+        """Register ``handler(model_name, version[, request])`` at V2's two forms of a model path:
+        /v2/models/{m}<tail> (version None) and /v2/models/{m}/versions/{v}<tail>, named ``names`` (the
+        route names make /openapi.json's operation ids). One handler per resource, not one per path."""
+        register = getattr(app, method)
+        if with_request:
+            async def latest(model_name: str, request: Request):
+                return await handler(model_name, None, request)
 
-    @app.get("/v2/models/{model_name}/versions/{version}", responses=_ok({"type": "object"}) | _errors(404, 503))
-    async def model_version_metadata(model_name: str, version: str):
-        return _metadata(_model(model_name, version))
+            async def versioned(model_name: str, version: str, request: Request):
+                return await handler(model_name, version, request)
+        else:
+            async def latest(model_name: str):
+                return handler(model_name, None)
+
+            async def versioned(model_name: str, version: str):
+                return handler(model_name, version)
+        register(f"/v2/models/{{model_name}}{tail}", name=names[0], **doc)(latest)
+        register(f"/v2/models/{{model_name}}/versions/{{version}}{tail}", name=names[1], **doc)(versioned)
+
+    model_route("get", "", ("model_metadata", "model_version_metadata"),
+                lambda name, version: _metadata(_model(name, version)),
+                responses=_ok({"type": "object"}) | _errors(404, 503))
 
     def _model_ready(model_name: str, version: str | None):
         if state.draining:
@@ -228,14 +242,8 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
             raise ApiError(503, f"model not ready: {reason}", "not_ready", RETRY_AFTER)
         return {"name": m.name, "ready": True}
 
-    @app.get("/v2/models/{model_name}/ready", responses=_ok({"type": "object"}) | _errors(404, 503))
-    async def model_ready(model_name: str):
-        return _model_ready(model_name, None)
-
-    @app.get("/v2/models/{model_name}/versions/{version}/ready",
-             responses=_ok({"type": "object"}) | _errors(404, 503))
-    async def model_version_ready(model_name: str, version: str):
-        return _model_ready(model_name, version)
+    model_route("get", "/ready", ("model_ready", "model_version_ready"), _model_ready,
+                responses=_ok({"type": "object"}) | _errors(404, 503))
 
     def _config(m: LoadedModel) -> dict:
         """Triton's ``ModelConfig`` in its protobuf JSON form (tritonclient's model_config_pb2 parses it)."""
@@ -255,13 +263,9 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
                 | {k: {"string_value": json.dumps(v) if isinstance(v, bool) else v}
                    for k, v in _validation_parameters(m).items()}}
 
-    @app.get("/v2/models/{model_name}/config", responses=_ok({"type": "object"}) | _errors(404, 503))
-    async def model_config(model_name: str):
-        return _config(_model(model_name))
-
-    @app.get("/v2/models/{model_name}/versions/{version}/config", responses=_ok({"type": "object"}) | _errors(404, 503))
-    async def model_version_config(model_name: str, version: str):
-        return _config(_model(model_name, version))
+    model_route("get", "/config", ("model_config", "model_version_config"),
+                lambda name, version: _config(_model(name, version)),
+                responses=_ok({"type": "object"}) | _errors(404, 503))
 
     def _fallback_headers(request: Request) -> dict:
         return {k.lower(): v for k, v in request.headers.raw}
@@ -270,20 +274,17 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         status, payload, extra = reply
         return Response(payload, status, headers={k.decode(): v.decode("latin-1") for k, v in extra})
 
-    # The hot path (serving.hotpath.HotPath) answers these POSTs before FastAPI sees them; the routes below
+    # The hot path (fdkd.serving.hotpath.HotPath) answers these POSTs before FastAPI sees them; the routes below
     # document them in /openapi.json and answer when the hot path is off (hot_path=False) or for multipart.
     infer_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}}}}
     infer_responses = _ok(INFER_RESPONSE_SCHEMA) | _errors(400, 401, 404, 413, 415, 500, 503)
 
-    @app.post("/v2/models/{model_name}/infer", openapi_extra=infer_doc, responses=infer_responses)
-    async def infer(model_name: str, request: Request):
-        return _reply(await inference.infer(model_name, None, _fallback_headers(request), await request.body(),
-                                            request.is_disconnected, request.scope.setdefault("state", {})))
-
-    @app.post("/v2/models/{model_name}/versions/{version}/infer", openapi_extra=infer_doc, responses=infer_responses)
-    async def infer_version(model_name: str, version: str, request: Request):
+    async def infer(model_name: str, version: str | None, request: Request):
         return _reply(await inference.infer(model_name, version, _fallback_headers(request), await request.body(),
                                             request.is_disconnected, request.scope.setdefault("state", {})))
+
+    model_route("post", "/infer", ("infer", "infer_version"), infer, with_request=True, openapi_extra=infer_doc,
+                responses=infer_responses)
 
     classify_doc = {"requestBody": {"required": True, "content": {
         "audio/wav": {"schema": {"type": "string", "format": "binary"}},
@@ -334,27 +335,3 @@ async def _multipart_file(request: Request) -> bytes:
     if len(files) != 1:
         raise ApiError(400, f"multipart body must hold exactly one file, found {len(files)}", "bad_request")
     return await files[0].read()
-
-
-def preprocess(m: LoadedModel, body: bytes) -> np.ndarray:
-    """Raw file bytes -> [1, ...] features with the run's own preprocessing constants (``serving.upload``)."""
-    from serving.upload import UploadError, features
-
-    try:
-        return features(m.frontend, body)
-    except UploadError as e:
-        raise protocol.BadRequest(str(e)) from None
-
-
-def prepare(m: LoadedModel, body: bytes) -> tuple[np.ndarray, bool]:
-    """What ``/v1/classify`` hands the batcher: (rows, raw). For an audio model the checked [1, samples] clip
-    (raw: the batcher computes the log-mel of a whole batch's clips in one call), else :func:`preprocess`'s
-    features."""
-    if not isinstance(m.frontend, AudioFrontend):
-        return preprocess(m, body), False
-    from serving.upload import UploadError, clip
-
-    try:
-        return clip(m.frontend, body), True
-    except UploadError as e:
-        raise protocol.BadRequest(str(e)) from None

@@ -3,7 +3,7 @@
 The container entrypoint (``docker/entrypoint.sh``) calls, once the probe has printed the GPU/TensorRT
 key::
 
-    python3 -m serving.engine_volume RUN_DIR ENGINE_ROOT/KEY --precision fp16
+    python3 -m fdkd.serving.engine_volume RUN_DIR ENGINE_ROOT/KEY --precision fp16
 
 and gets one line on stdout, ``reuse DIR`` or ``build DIR`` (the reason goes to stderr). ``DIR`` is
 ``ENGINE_ROOT/KEY/<sha256 of the run's source ONNX, first 16 hex>-<precision>``: a new run (another
@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.signature import file_sha256
+from fdkd.serving.signature import file_sha256
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -115,7 +115,7 @@ def decide(run_dir: Path, key_dir: Path, precision: str) -> Decision:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.engine_volume", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fdkd.serving.engine_volume", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("key_dir", type=Path, help="ENGINE_ROOT/<GPU and TensorRT key>")
     p.add_argument("--precision", default="fp16")

@@ -3,11 +3,11 @@
 Measured in ``bench/serve_load.py`` (docs/results.md, section 4, generated from the raw records):
 ahead of uvicorn at 32 clients on a busy 2-core machine, within noise of it on a quieter one;
 ``--workers 2`` adds most.
-The settings travel to the worker processes as ``FDKD_SERVE_*`` variables (``serving.asgi``
+The settings travel to the worker processes as ``FDKD_SERVE_*`` variables (``fdkd.serving.asgi``
 builds the app from them).
 
 Differences from the default uvicorn server: on SIGTERM Granian stops accepting connections and
-lets in-flight requests finish (its own graceful shutdown) instead of ``serving.server``'s drain
+lets in-flight requests finish (its own graceful shutdown) instead of ``fdkd.serving.server``'s drain
 (readiness 503 while queued work finishes); the connection and slow-sender limits configured for
 uvicorn do not apply. Use it where throughput matters more than those. ``--workers N`` runs N
 processes on the port, each with its own model copy and batcher (JSON decoding then uses every
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 
-from serving.settings import ServeSettings
+from fdkd.serving.settings import ServeSettings
 
 INSTALL_HINT = "--http granian needs Granian, which is not installed: pip install 'fdkd[granian]'"
 
@@ -47,6 +47,6 @@ def serve_granian(settings: ServeSettings) -> None:
         raise SystemExit(INSTALL_HINT) from None
 
     os.environ.update(settings_env(settings))
-    Granian("serving.asgi:app", address=settings.host, port=settings.port, interface="asgi",
+    Granian("fdkd.serving.asgi:app", address=settings.host, port=settings.port, interface="asgi",
             workers=settings.workers,
             loop="uvloop", log_enabled=False, workers_kill_timeout=max(1, int(settings.drain_seconds))).serve()

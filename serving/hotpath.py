@@ -3,12 +3,12 @@
 ``Inference`` holds the request logic (decode, check, batcher, reply) against plain values
 (headers dict, body bytes) and returns ``(status, body, headers)``. Two adapters call it:
 
-- ``HotPath``, a bare ASGI handler that ``serving.app.FdkdApp`` calls for these requests behind the
+- ``HotPath``, a bare ASGI handler that ``fdkd.serving.app.FdkdApp`` calls for these requests behind the
   app's own pure-ASGI middleware (body cap, API key, CORS, request log: the same classes, built
   from the same list) but without FastAPI's stack: no routing table, no dependency injection, no
   Request or Response objects, headers read once, the batcher awaited directly. Everything else
   (and a multipart classify upload) goes to FastAPI.
-- the FastAPI routes of the same paths in ``serving.app``, which document the API in
+- the FastAPI routes of the same paths in ``fdkd.serving.app``, which document the API in
   /openapi.json and answer when the hot path is switched off (``hot_path=False``, the bench's
   comparison).
 
@@ -36,9 +36,9 @@ import anyio
 import numpy as np
 import orjson
 
-from serving import protocol
-from serving.batcher import RejectedRow, Unavailable
-from serving.errors import RETRY_AFTER, ApiError
+from fdkd.serving import protocol, upload
+from fdkd.serving.batcher import RejectedRow, Unavailable
+from fdkd.serving.errors import RETRY_AFTER, ApiError
 
 log = logging.getLogger("fdkd.serve")
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
@@ -153,13 +153,11 @@ class Inference:
                               (b"inference-header-content-length", str(head_len).encode())]
 
     async def _classify(self, headers, body, is_gone, scope_state):
-        from serving.app import prepare
-
         m = self.model()
         body = self._body(headers, body)
         try:  # decoding up to 16.8 Mpx or a 16 MB WAV would stall every other request: a thread, past a small size
-            x, raw = prepare(m, body) if len(body) <= PREPROCESS_INLINE_BYTES else \
-                await asyncio.to_thread(prepare, m, body)
+            x, raw = upload.prepare(m, body) if len(body) <= PREPROCESS_INLINE_BYTES else \
+                await asyncio.to_thread(upload.prepare, m, body)
         except protocol.BadRequest as e:
             raise ApiError(400, str(e), "bad_request") from None
         logits = (await self._rows(x, is_gone, scope_state, raw))[0].astype(np.float64)

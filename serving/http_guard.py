@@ -22,7 +22,7 @@ protocol). :func:`guarded_protocol` returns a subclass that, per connection:
   overloaded server is not restarted by its liveness probe. (uvicorn's ``limit_concurrency`` does
   the same in plain text and without the exemption; it stays off.)
 
-The body read deadline itself is ASGI-level (``serving.middleware.read_body``).
+The body read deadline itself is ASGI-level (``fdkd.serving.middleware.read_body``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 
-from serving.webpage import PUBLIC_PATHS
+from fdkd.serving.webpage import PUBLIC_PATHS
 
 log = logging.getLogger("fdkd.serve")
 

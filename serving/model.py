@@ -10,17 +10,17 @@ model is *servable* only when one chain of hashes holds from gate to server:
   or ``fdkd export`` after validation leaves the old entry stale: refused);
 - that entry was judged in the **execution mode** the server will run (ONNX Runtime: provider,
   full graph optimisation, so Q/DQ *fused*, the CPU's INT8 kernel family, threads and the ONNX
-  Runtime version; the one check ``serving.validated_mode``, shared with ``fdkd export triton``; TensorRT:
+  Runtime version; the one check ``fdkd.serving.validated_mode``, shared with ``fdkd export triton``; TensorRT:
   version and GPU): an INT8 graph validated only with Q/DQ emulated is refused, since the server
   would run it fused, and so is one validated fused on a CPU of another INT8 kernel family (x86
-  without VNNI saturates where VNNI does not: ``serving.runtime.cpu_isa``). The server
+  without VNNI saturates where VNNI does not: ``fdkd.serving.runtime.cpu_isa``). The server
   loads the artifact in exactly that mode (with ``threads`` unset it takes the validated count) and
   checks the runtime reports the same mode once loaded;
 - that entry's gate passed.
 
 With ``trust`` (a PEM Ed25519 public key: ``fdkd serve --trust``, ``FDKD_TRUST``) the run must also carry a
 ``signature.json`` by that key over its current ``manifest.json`` and ``validation.json``
-(``serving.signature``): an unsigned run, one signed by another key, or one whose manifest or
+(``fdkd.serving.signature``): an unsigned run, one signed by another key, or one whose manifest or
 validation.json changed after signing is refused before anything else is read.
 
 ``allow_unvalidated`` overrides the validation checks (with a warning), never the manifest hash nor
@@ -48,11 +48,11 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.preprocess import frontend_from_dict
-from serving.runtime import load_runtime
-from serving.signature import file_sha256
-from serving.validated_mode import Target, target_mode, validated_entry
-from serving.validated_mode import mode_text as _mode_text
+from fdkd.serving.preprocess import frontend_from_dict
+from fdkd.serving.runtime import load_runtime
+from fdkd.serving.signature import file_sha256
+from fdkd.serving.validated_mode import Target, target_mode, validated_entry
+from fdkd.serving.validated_mode import mode_text as _mode_text
 
 AUTO_CPU = "student.onnx"  # the CPU default: exact, and the source of every other graph
 AUTO_CPU_INT8 = ("student.int8cpu.onnx", "student.int8.*.onnx")  # replace it only when validated here and faster
@@ -98,10 +98,12 @@ class LoadedModel:
         return time.perf_counter() - t0
 
 
-def _read_json(path: Path, what: str, signed: dict | None = None) -> dict:
-    """``path`` parsed; with ``signed`` (file name -> signed sha256) the bytes parsed must be the signed ones."""
+def read_run_json(path: Path, what: str = "", signed: dict | None = None) -> dict:
+    """A run directory's JSON file (manifest.json, validation.json) parsed, or :class:`NotServable` naming the
+    file; with ``signed`` (file name -> signed sha256) the bytes parsed must be the signed ones. The one reader of
+    a run directory's records for the server and ``fdkd export triton``."""
     if not path.exists():
-        raise NotServable(f"{path.parent} has no {path.name}: not a finished fdkd run ({what})")
+        raise NotServable(f"{path.parent} has no {path.name}: not a finished fdkd run" + (f" ({what})" if what else ""))
     data = path.read_bytes()
     if signed is not None and hashlib.sha256(data).hexdigest() != signed.get(path.name):
         raise NotServable(f"not trusted: {path.name} changed after its signature was checked")
@@ -126,10 +128,10 @@ def _pick(run_dir: Path, manifest: dict, artifact: str, engine_dir: Path | None,
 
 def _validations(run_dir: Path, path: Path, signed: dict | None = None) -> dict:
     """validation.json of the run, plus (for an engine outside the run) the one beside the engine."""
-    validation = _read_json(run_dir / "validation.json", "validation", signed)
+    validation = read_run_json(run_dir / "validation.json", "validation", signed)
     beside = path.parent / "validation.json"
     if path.suffix == ".plan" and beside.exists() and beside.resolve() != (run_dir / "validation.json").resolve():
-        extra = _read_json(beside, "engine validation")
+        extra = read_run_json(beside, "engine validation")
         validation = validation | {"artifacts": validation.get("artifacts", []) + extra.get("artifacts", [])}
     return validation
 
@@ -192,20 +194,20 @@ def load_model(run_dir: Path, artifact: str = "auto", *, engine_dir: Path | None
     run_dir = Path(run_dir)
     signed = None  # under trust: the signed sha256 of manifest.json and validation.json, checked again as read
     if trust is not None:
-        from serving.signature import BadKey, UntrustedRun, verify_run
+        from fdkd.serving.signature import BadKey, UntrustedRun, verify_run
 
         try:
             signed = verify_run(run_dir, Path(trust))["files"]
         except (UntrustedRun, BadKey) as e:
             raise NotServable(f"not trusted: {e}") from None
-    manifest = _read_json(run_dir / "manifest.json", "manifest", signed)
+    manifest = read_run_json(run_dir / "manifest.json", "manifest", signed)
     path = _pick(run_dir, manifest, artifact, engine_dir, threads)
     if not path.exists():
         raise NotServable(f"artifact {path} does not exist")
     warnings: list[str] = []
     found = sha256(path)
     if path.suffix == ".plan":  # built after the run: it must come from this run's ONNX and be gated itself
-        info = _read_json(path.with_name(path.stem + ".build.json"), "engine sidecar")
+        info = read_run_json(path.with_name(path.stem + ".build.json"), "engine sidecar")
         src = manifest["artifacts"].get(info.get("onnx", ""))
         if src is None or src["sha256"] != info.get("onnx_sha256"):
             raise NotServable(f"engine {path.name} was not built from this run's {info.get('onnx')}")

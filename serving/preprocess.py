@@ -65,7 +65,7 @@ class AudioFrontend:
         window = _window(self.n_fft, self.win_length)
         # contiguous [bins, n_mels] and a 2-D product: numpy hands that to BLAS; a stacked product with the
         # transposed view ran its own loop, 30x slower (most of a dataset load's time)
-        fbank = np.ascontiguousarray(_mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min,
+        fbank = np.ascontiguousarray(mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min,
                                                      self.f_max).T)
         out = np.empty((len(waves), self.n_mels, self.frames), np.float32)
         for start in range(0, len(waves), 128):  # chunks keep the [N, T, n_fft] frames in cache
@@ -124,19 +124,19 @@ def _window(n_fft: int, win_length: int) -> np.ndarray:
     return np.pad(win, (left, n_fft - win_length - left)).astype(np.float32)
 
 
-def _hz_to_mel(f):
+def hz_to_mel(f):
     return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
 
 
-def _mel_to_hz(m):
+def mel_to_hz(m):
     return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
 
 
 @lru_cache(maxsize=8)
-def _mel_filterbank(sr: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
+def mel_filterbank(sr: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
     """HTK-scale triangular filters, [n_mels, n_fft/2+1], each normalised to unit area (Slaney)."""
     freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2))
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rise = (freqs[None] - lower) / (centre - lower)
     fall = (upper - freqs[None]) / (upper - centre)

@@ -17,9 +17,9 @@ import time
 
 import uvicorn
 
-from serving.app import create_app
-from serving.http_guard import guarded_protocol
-from serving.settings import ServeSettings
+from fdkd.serving.app import create_app
+from fdkd.serving.http_guard import guarded_protocol
+from fdkd.serving.settings import ServeSettings
 
 
 class _JsonFormatter(logging.Formatter):
@@ -43,7 +43,7 @@ def configure_logging(level: str) -> None:
 
 
 def uvicorn_config(app, settings: ServeSettings, log_level: str = "warning") -> uvicorn.Config:
-    """uvicorn with the connection limits of ``serving.http_guard``: header deadline and size cap, and at most
+    """uvicorn with the connection limits of ``fdkd.serving.http_guard``: header deadline and size cap, and at most
     ``max_connections`` open connections served at once (a request on one more gets 503; health probes exempt)."""
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
                           http=guarded_protocol(settings.header_timeout_s, settings.max_header_bytes,
@@ -106,7 +106,7 @@ def serve(settings: ServeSettings, runtime_override=None) -> None:
     if settings.workers > 1 and settings.http != "granian":
         raise SystemExit("--workers needs --http granian (the uvicorn server runs one process, with the drain)")
     if settings.http == "granian" and runtime_override is None:
-        from serving.granian_server import serve_granian
+        from fdkd.serving.granian_server import serve_granian
 
         return serve_granian(settings)
     configure_logging(settings.log_level)

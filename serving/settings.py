@@ -43,14 +43,14 @@ class ServeSettings(BaseSettings):
     cors_origins: list[str] = []
     drain_seconds: float = Field(20.0, ge=0)  # default + SHUTDOWN_MARGIN_SECONDS fits K8S_GRACE_SECONDS
     allow_unvalidated: bool = False
-    trust: Path | None = None  # a PEM Ed25519 public key: serve only runs it signed (serving.signature)
+    trust: Path | None = None  # a PEM Ed25519 public key: serve only runs it signed (fdkd.serving.signature)
     threads: int | None = Field(None, ge=1)
     log_level: str = "info"
     debug_delay_ms: float = Field(0.0, ge=0)  # artificial compute time per batch (drain/backpressure tests)
     # NaN/Inf input values (binary tensors, FP32 overflow): "reject" with 400, or "accept" as Triton does
     nonfinite_inputs: Literal["reject", "accept"] = "reject"
     hot_path: bool = True  # the bare ASGI inference routes (False: through FastAPI, for comparison)
-    http: Literal["uvicorn", "granian"] = "uvicorn"  # the HTTP server (granian: faster, see serving.granian_server)
+    http: Literal["uvicorn", "granian"] = "uvicorn"  # the HTTP server (granian: see .granian_server)
     workers: int = Field(1, ge=1)  # granian only: processes sharing the port, each with its model and batcher
 
     @field_validator("api_key")

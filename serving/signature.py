@@ -12,7 +12,7 @@
 The canonical JSON is ``json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
 in UTF-8. The fingerprint is the sha256 of the raw 32-byte public key. The manifest holds the sha256
 of every artifact, so the signature covers the artifacts too, through the hash chain the server
-already checks (``serving.model``).
+already checks (``fdkd.serving.model``).
 
 ``verify_run(RUN_DIR, PUB.pem)`` (``fdkd serve --trust``, ``fdkd verify --trust``) raises
 ``UntrustedRun`` when the run is unsigned, signed by another key, its signature does not verify

@@ -1,21 +1,22 @@
 """One uploaded file (``/v1/classify``) -> model features, within limits a hostile file cannot pass.
 
-WAV: parsed by ``serving.wav``; the sample rate must match the model's; samples must be finite
+WAV: parsed by ``fdkd.serving.wav``; the sample rate must match the model's; samples must be finite
 and a float WAV's peak at most ``MAX_FLOAT_PEAK`` (full scale is 1: a peak near 1e20 would
 overflow the float32 power spectrum into Inf/NaN features and NaN probabilities). Images: the
-training data's own decoder and policy, ``serving.image.decode_image`` (formats, pixel limit from
+training data's own decoder and policy, ``fdkd.serving.image.decode_image`` (formats, pixel limit from
 the header, PNG metadata budget against decompression bombs). Every refusal
 is an :class:`UploadError` whose message names the limit and echoes no more than a bounded
 prefix of the input. Features are checked finite before they reach the model (for audio, by the
-batcher, which computes them a batch at a time: ``serving.batcher``).
+batcher, which computes them a batch at a time: ``fdkd.serving.batcher``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from serving.preprocess import AudioFrontend, ImageFrontend
-from serving.wav import WavError, read_wav
+from fdkd.serving import protocol
+from fdkd.serving.preprocess import AudioFrontend, ImageFrontend
+from fdkd.serving.wav import WavError, read_wav
 
 MAX_FLOAT_PEAK = 1000.0  # 60 dB above full scale: nothing real is louder
 MESSAGE_LIMIT = 200
@@ -40,7 +41,7 @@ def features(frontend: AudioFrontend | ImageFrontend, body: bytes) -> np.ndarray
 
 def clip(fe: AudioFrontend, body: bytes) -> np.ndarray:
     """WAV bytes -> the checked clip, [1, clip_samples] float32, before the log-mel front end (which the
-    server's batcher runs once per batch: ``serving.batcher``)."""
+    server's batcher runs once per batch: ``fdkd.serving.batcher``)."""
     if not body:
         raise UploadError("empty body: send one WAV or image file")
     try:
@@ -64,10 +65,31 @@ def clip(fe: AudioFrontend, body: bytes) -> np.ndarray:
 def _image(fe: ImageFrontend, body: bytes) -> np.ndarray:
     if not body:
         raise UploadError("empty body: send one WAV or image file")
-    from serving.image import ImageError, decode_image
+    from fdkd.serving.image import ImageError, decode_image
 
     try:  # the decoder and limits the training data went through (formats, pixels, PNG metadata; 16-bit, alpha...)
         arr = decode_image(body, fe.channels, (fe.height, fe.width)).astype(np.float32)
     except ImageError as e:
         raise UploadError(str(e)) from None
     return fe(arr[None] / 255.0 * fe.max_value)
+
+
+def preprocess(m, body: bytes) -> np.ndarray:
+    """Raw file bytes -> [1, ...] features with the run's own preprocessing constants (``m.frontend``); a
+    refusal is the protocol's ``BadRequest`` (400)."""
+    try:
+        return features(m.frontend, body)
+    except UploadError as e:
+        raise protocol.BadRequest(str(e)) from None
+
+
+def prepare(m, body: bytes) -> tuple[np.ndarray, bool]:
+    """What ``/v1/classify`` hands the batcher: (rows, raw). For an audio model the checked [1, samples] clip
+    (raw: the batcher computes the log-mel of a whole batch's clips in one call), else :func:`preprocess`'s
+    features."""
+    if not isinstance(m.frontend, AudioFrontend):
+        return preprocess(m, body), False
+    try:
+        return clip(m.frontend, body), True
+    except UploadError as e:
+        raise protocol.BadRequest(str(e)) from None

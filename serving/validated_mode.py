@@ -33,7 +33,7 @@ def installed_ort_version() -> str | None:
 
 
 def this_int8_kernels() -> str:
-    from serving.runtime.cpu_isa import int8_kernels
+    from fdkd.serving.runtime.cpu_isa import int8_kernels
 
     return int8_kernels()
 

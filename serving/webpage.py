@@ -15,7 +15,7 @@ from importlib import resources
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
-from serving.errors import RETRY_AFTER
+from fdkd.serving.errors import RETRY_AFTER
 
 # URL path -> (file in serving/static, media type); the whole set of files the page is made of
 STATIC = {

@@ -40,14 +40,14 @@ def tiny_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_cfg(tiny_root):
-    from pipeline.config import load_config
+    from fdkd.pipeline.config import load_config
 
     return load_config(None, tiny_overrides(tiny_root))
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tiny_cfg):
-    from pipeline import data
+    from fdkd.pipeline import data
 
     return data.load(tiny_cfg)
 
@@ -55,7 +55,7 @@ def tiny_dataset(tiny_cfg):
 @pytest.fixture(scope="session")
 def tiny_teachers(tiny_cfg, tiny_dataset):
     """Teachers for both modalities (bidirectional runs need both)."""
-    from pipeline import teacher
+    from fdkd.pipeline import teacher
 
     return {m: teacher.run(tiny_cfg, m)[0] for m in ("image", "audio")}
 
@@ -63,8 +63,8 @@ def tiny_teachers(tiny_cfg, tiny_dataset):
 @pytest.fixture(scope="session")
 def served_run(tiny_root):
     """A finished, validated tiny run directory (what `fdkd serve` loads)."""
-    from pipeline import run
-    from pipeline.config import load_config
+    from fdkd.pipeline import run
+    from fdkd.pipeline.config import load_config
 
     cfg = load_config(None, tiny_overrides(tiny_root) + SERVED_OVERRIDES)
     run.run(cfg)

@@ -25,12 +25,12 @@ def inputs() -> tuple[torch.Tensor, ...]:
 
 
 def compute() -> dict[str, float]:
-    from pipeline.config import DistillConfig
-    from pipeline.losses.dist import dist_loss
-    from pipeline.losses.dkd import dkd_loss
-    from pipeline.losses.frequency import fd_feature_losses
-    from pipeline.losses.kd import kd_loss
-    from pipeline.objectives import METHODS
+    from fdkd.pipeline.config import DistillConfig
+    from fdkd.pipeline.losses.dist import dist_loss
+    from fdkd.pipeline.losses.dkd import dkd_loss
+    from fdkd.pipeline.losses.frequency import fd_feature_losses
+    from fdkd.pipeline.losses.kd import kd_loss
+    from fdkd.pipeline.objectives import METHODS
 
     f_s, f_t, z_s, z_t, y = inputs()
     fd = fd_feature_losses(f_s, f_t)

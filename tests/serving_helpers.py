@@ -14,9 +14,9 @@ import time
 import httpx
 import uvicorn
 
-from serving.app import create_app
-from serving.server import uvicorn_config
-from serving.settings import ServeSettings
+from fdkd.serving.app import create_app
+from fdkd.serving.server import uvicorn_config
+from fdkd.serving.settings import ServeSettings
 
 
 @contextlib.contextmanager
@@ -71,7 +71,7 @@ def start_server_process(cmd: list[str], env: dict | None = None) -> tuple[subpr
 
 def start_fdkd_serve(run_dir, *flags, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """``fdkd serve RUN_DIR FLAGS`` as a process (this interpreter), ready."""
-    return start_server_process([sys.executable, "-m", "pipeline", "serve", str(run_dir), *flags], env)
+    return start_server_process([sys.executable, "-m", "fdkd", "serve", str(run_dir), *flags], env)
 
 
 def metric(text: str, name: str, **labels) -> float:

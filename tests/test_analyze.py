@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.analyze import bands, linear_cka, mean_cosine, similarity
+from fdkd.pipeline.analyze import bands, linear_cka, mean_cosine, similarity
 
 
 def test_linear_cka_properties():

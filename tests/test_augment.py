@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import AudioAugmenter, student_augmenter
-from pipeline.config import AudioAugmentConfig
+from fdkd.pipeline.augment import AudioAugmenter, student_augmenter
+from fdkd.pipeline.config import AudioAugmentConfig
 
 OFF = AudioAugmentConfig(speed_p=0, pitch_p=0, warp_p=0, gain_p=0, noise_p=0, time_masks=0, freq_masks=0)
 
@@ -79,11 +79,11 @@ def test_only_training_rows_and_never_the_dataset(ds):
 
 def test_fit_feeds_augmented_train_batches_and_clean_validation(ds):
     """fit() asks the augmenter for training rows only; validation reads the un-augmented features."""
-    from pipeline.config import DistillConfig, OptimConfig
-    from pipeline.models.encoders import build_encoder
-    from pipeline.objectives import build_objective
-    from pipeline.stages import arch_dict, tensors
-    from pipeline.train import Direction, fit
+    from fdkd.pipeline.config import DistillConfig, OptimConfig
+    from fdkd.pipeline.models.encoders import build_encoder
+    from fdkd.pipeline.objectives import build_objective
+    from fdkd.pipeline.stages import arch_dict, tensors
+    from fdkd.pipeline.train import Direction, fit
 
     x, y = tensors(ds)
     asked = []
@@ -102,7 +102,7 @@ def test_fit_feeds_augmented_train_batches_and_clean_validation(ds):
     records = fit([d], y, ds.split, OptimConfig(epochs=1, batch_size=64), seed=0)
     seen = torch.cat(asked).numpy()
     assert sorted(seen.tolist()) == sorted(ds.indices("train").tolist())  # every train row once, nothing else
-    from pipeline.train import accuracy, predict
+    from fdkd.pipeline.train import accuracy, predict
 
     val = ds.indices("val")
     assert records[-1]["val_acc"] == pytest.approx(accuracy(predict(student, x["audio"][val]), y[val]))
@@ -122,6 +122,6 @@ def test_config_rejects_bad_ranges():
 
 
 def _fe():
-    from serving.preprocess import AudioFrontend
+    from fdkd.serving.preprocess import AudioFrontend
 
     return AudioFrontend()

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import distill
-from pipeline.models.checkpoint import read_checkpoint
-from pipeline.stages import tensors
-from pipeline.train import accuracy, predict
+from fdkd.pipeline import distill
+from fdkd.pipeline.models.checkpoint import read_checkpoint
+from fdkd.pipeline.stages import tensors
+from fdkd.pipeline.train import accuracy, predict
 from tests.test_distill import _cfg, _test_accuracy
 
 CANDIDATES = "[{name: none, method: none}, {name: kd, method: kd}, {name: rigged, method: fd, set: {fd.w_low: 10}}]"
@@ -147,7 +147,7 @@ def test_auto_candidates_share_initial_weights_and_the_teacher_cache(tiny_cfg, t
 
 
 def test_auto_is_the_default_and_candidates_are_validated():
-    from pipeline.config import ConfigError, load_config
+    from fdkd.pipeline.config import ConfigError, load_config
 
     cfg = load_config(None, [])
     assert cfg.distill.method == "auto"
@@ -163,7 +163,7 @@ def test_auto_is_the_default_and_candidates_are_validated():
 
 
 def test_auto_refuses_a_global_control():
-    from pipeline.config import ConfigError, load_config
+    from fdkd.pipeline.config import ConfigError, load_config
 
     for override in ("distill.label_smoothing.epsilon=teacher", "distill.label_smoothing.epsilon=0.1",
                      "distill.teacher_shuffle=true"):
@@ -174,7 +174,7 @@ def test_auto_refuses_a_global_control():
 
 def test_auto_with_a_smoothed_none_candidate_compares_against_the_plain_one(tiny_cfg, tiny_teachers, tiny_dataset,
                                                                            monkeypatch):
-    from pipeline.report import selection_text
+    from fdkd.pipeline.report import selection_text
 
     trained = _rigged_judge(monkeypatch, lambda name, n: _right({"none": n // 4, "ls": n}[name], n))
     cands = "[{name: none, method: none}, {name: ls, method: none, set: {label_smoothing.epsilon: 0.1}}]"
@@ -204,8 +204,8 @@ def test_auto_chooses_per_direction_when_bidirectional(tiny_cfg, tiny_teachers, 
 
 
 def test_select_unit_rule():
-    """pipeline.auto.select on hand-made judge vectors: margin, ties, best passer, standard error."""
-    from pipeline import auto
+    """fdkd.pipeline.auto.select on hand-made judge vectors: margin, ties, best passer, standard error."""
+    from fdkd.pipeline import auto
 
     def cand(name, right, method="fd"):
         return {"name": name, "method": method, "plain": method == "none" and name == "none", "judge_right": right,
@@ -229,7 +229,7 @@ def test_select_unit_rule():
 
 
 def test_halve_validation_is_stratified_disjoint_and_seeded():
-    from pipeline import auto
+    from fdkd.pipeline import auto
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 5, 300)

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.config import AVBlendConfig
-from pipeline.data import avblend
-from pipeline.data.dataset import load_dataset
+from fdkd.pipeline.config import AVBlendConfig
+from fdkd.pipeline.data import avblend
+from fdkd.pipeline.data.dataset import load_dataset
 
 SMALL = dict(pairs=120, seed=2)
 
@@ -95,7 +95,7 @@ def test_rebuild_is_byte_identical_and_cached(builds, tmp_path):
 def test_cli_builds_avblend(tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from fdkd.pipeline.cli import app
 
     result = CliRunner().invoke(app, ["data", "avblend", "--shared", "0.25", "--set", f"data.cache_dir={tmp_path}",
                                       "--set", "data.avblend.pairs=40"])

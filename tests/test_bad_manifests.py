@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from fdkd.pipeline.cli import app
 from tests.user_data import digit_image, make_pairs, tone, wav_bytes
 
 BASE_ROWS = 30  # CSV lines 2..31; an added row is line 32 (JSONL: lines 1..30, added 31)
@@ -154,7 +154,7 @@ def _unlabelled_row(tmp, rows):
 
 
 def _unlabelled_check(z, i):
-    assert z["label"][i] == -1 and z["split"][i] == 0  # unlabelled (pipeline.data.labels.UNLABELLED), in train
+    assert z["label"][i] == -1 and z["split"][i] == 0  # unlabelled (fdkd.pipeline.data.labels.UNLABELLED), in train
     assert json.loads(bytes(z["meta"]).decode())["class_names"] == ["one", "two", "zero"]
 
 
@@ -285,7 +285,7 @@ FAILS = {
     "huge-wav": (_huge_wav, ODD, "over the 1 MB limit", ["--max-file-mb", "1"], ["data.manifest.max_file_mb=1"]),
     "huge-png-pixels": (_bad_png(_huge_png_header), ODD, "too large"),
     "corrupt-png": (_bad_png(lambda: b"\x89PNG\r\n\x1a\nbroken"), ODD, "unreadable image"),
-    # the server's image policy (serving.image): what /v1/classify would refuse is refused here, by row
+    # the server's image policy (fdkd.serving.image): what /v1/classify would refuse is refused here, by row
     "webp-named-png": (_bad_png(lambda: _png_bytes("WEBP")), ODD, "not a PNG/JPEG/BMP/GIF image"),
     "tiff-named-png": (_bad_png(lambda: _png_bytes("TIFF")), ODD, "not a PNG/JPEG/BMP/GIF image"),
     "png-metadata-bomb": (_bad_png(lambda: _ztxt_bomb_png()), ODD, "metadata limit"),
@@ -363,8 +363,8 @@ def test_bad_manifest_names_the_row_and_leaves_nothing(tmp_path, base, case):
 
 @pytest.mark.parametrize("case", sorted(WORKS))
 def test_odd_but_valid_manifest_works_and_decodes_right(tmp_path, base, case):
-    from pipeline.config import ManifestDataConfig
-    from pipeline.data.manifest import build
+    from fdkd.pipeline.config import ManifestDataConfig
+    from fdkd.pipeline.data.manifest import build
 
     setup, check = WORKS[case]
     path = setup(tmp_path, base[1])
@@ -404,7 +404,7 @@ def test_fdkd_run_over_every_working_case_at_once(tmp_path, base):
         "data": "done", "teacher": "done", "distill": "done", "export": "done", "calibrate": "done",
         "quantize": "done", "build": "skipped", "validate": "done"}
     assert "solo" in manifest["class_names"] and len(manifest["class_names"]) == 4
-    from pipeline.data.dataset import load_dataset
+    from fdkd.pipeline.data.dataset import load_dataset
 
     ds = load_dataset(manifest["artifacts"]["dataset"]["path"])
     assert len(ds.y) == 31

@@ -3,7 +3,7 @@
 Every test starts from a copy of the session's finished run (``served_run``), breaks one link the way a user
 would (a standalone ``fdkd export``/``fdkd quantize`` after validation, an engine with no entry of its own, an
 INT8 graph judged only with Q/DQ emulated, another thread count) and asks the real readiness code path
-(``serving.model.load_model``, which the app's lifespan calls) or a real uvicorn server.
+(``fdkd.serving.model.load_model``, which the app's lifespan calls) or a real uvicorn server.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import artifacts
-from serving.model import NotServable, load_model
-from serving.runtime.cpu_isa import int8_kernels
+from fdkd import artifacts
+from fdkd.serving.model import NotServable, load_model
+from fdkd.serving.runtime.cpu_isa import int8_kernels
 from tests.serving_helpers import running_server
 
 INT8_TRT = "student.int8.minmax.onnx"
@@ -40,7 +40,7 @@ def _write_validation(run_dir, v):
 
 def _served_cfg(run_dir, *sets):
     """The config the session's served run was made with, pointed at this copy (same data cache, same stages)."""
-    from pipeline.config import load_config
+    from fdkd.pipeline.config import load_config
     from tests.conftest import SERVED_OVERRIDES, tiny_overrides
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -84,7 +84,7 @@ def test_every_entry_records_its_hash_and_execution_mode(served_run):
 
 def test_stale_validation_after_a_standalone_export_is_not_ready(run_copy):
     """`fdkd export` with another exporter after validation: manifest and file agree, validation.json is stale."""
-    from pipeline import run
+    from fdkd.pipeline import run
 
     old_sha = artifacts.sha256_file(run_copy / "student.onnx")
     run.run(_served_cfg(run_copy, "export.exporter=torchscript", "export.opset=17"), force=("export",),
@@ -103,7 +103,7 @@ def test_stale_validation_after_a_standalone_export_is_not_ready(run_copy):
 
 
 def test_stale_validation_after_a_standalone_quantize_is_refused(run_copy):
-    from pipeline import run
+    from fdkd.pipeline import run
 
     load_model(run_copy, "student.int8cpu.onnx")  # validated: loads
     run.run(_served_cfg(run_copy, "quantize.calib_samples=32"), force=("quantize",), stop_after="quantize")
@@ -115,7 +115,7 @@ def test_stale_validation_after_a_standalone_quantize_is_refused(run_copy):
 
 
 def test_another_validated_thread_count_revalidates_without_retraining(run_copy):
-    from pipeline import run
+    from fdkd.pipeline import run
 
     trained = {n: artifacts.sha256_file(run_copy / n) for n in ("teacher.image.pt", "student.pt", "student.onnx")}
     mtimes = {n: (run_copy / n).stat().st_mtime_ns for n in trained}
@@ -262,7 +262,7 @@ def test_engine_in_the_run_directory_is_hashed_against_the_manifest(run_copy):
 
 
 def test_triton_export_refuses_a_stale_validation(run_copy, tmp_path):
-    from pipeline.triton_repo import NotExportable, export_triton
+    from fdkd.pipeline.triton_repo import NotExportable, export_triton
 
     assert export_triton(run_copy, tmp_path / "ok")["models"][0]["validation"].startswith("passed")
     v = _validation(run_copy)
@@ -282,9 +282,9 @@ def test_engine_chain_through_the_real_tensorrt_runtime_on_test_doubles(served_r
 
     import numpy as np
 
-    from pipeline.build import build_engine
-    from pipeline.config import BuildConfig, RunConfig, config_to_dict
-    from pipeline.validate import ValidationFailed, validate_engine
+    from fdkd.pipeline.build import build_engine
+    from fdkd.pipeline.config import BuildConfig, RunConfig, config_to_dict
+    from fdkd.pipeline.validate import ValidationFailed, validate_engine
     from tests.trt_fakes import CLASSES, FEATURES, WEIGHTS, HostCudart, fake_tensorrt, install_cuda
 
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())

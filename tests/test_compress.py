@@ -5,15 +5,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from calibration.dataset import NpzCalibrationReader, choose_rows, write_calibration_set
-from calibration.quantize import convert_fp16, quantize_int8, zero_points
-from calibration.sensitivity import layer_errors
-from pipeline import artifacts, distill, export
-from pipeline.config import ExportConfig, RunConfig
-from pipeline.onnx_lint import lint_file, lint_model
-from pipeline.validate import gate
-from serving.runtime import load_runtime
-from serving.runtime.cpu_isa import int8_kernels
+from fdkd import artifacts
+from fdkd.calibration.dataset import NpzCalibrationReader, choose_rows, write_calibration_set
+from fdkd.calibration.quantize import convert_fp16, quantize_int8, zero_points
+from fdkd.calibration.sensitivity import layer_errors
+from fdkd.onnx_lint import lint_file, lint_model
+from fdkd.pipeline import distill, export
+from fdkd.pipeline.config import ExportConfig, RunConfig
+from fdkd.pipeline.validate import gate
+from fdkd.serving.runtime import load_runtime
+from fdkd.serving.runtime.cpu_isa import int8_kernels
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,7 @@ def _dynamic_graph(path):
 
 
 def test_fp16_and_int8_graphs_go_through_the_tensorrt_lint(tmp_path):
-    from calibration.quantize import QuantizeError
+    from fdkd.calibration.quantize import QuantizeError
 
     src = tmp_path / "dyn.onnx"
     _dynamic_graph(src)

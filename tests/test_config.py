@@ -3,8 +3,8 @@
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.config import ConfigError, apply_override, dump_config, load_config
+from fdkd.pipeline.cli import app
+from fdkd.pipeline.config import ConfigError, apply_override, dump_config, load_config
 
 
 def test_default_config_loads():
@@ -37,7 +37,7 @@ def test_overrides_parse_yaml_values():
 
 
 def test_on_off_switches_take_yaml_booleans_and_auto_picks_nhwc_on_x86(monkeypatch):
-    from pipeline import accel
+    from fdkd.pipeline import accel
 
     # YAML reads a bare on/off as a boolean: `--set accel.channels_last=on` must still mean "on"
     assert load_config(None, ["accel.channels_last=on"]).accel.channels_last == "on"

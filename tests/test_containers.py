@@ -1,7 +1,7 @@
 """The container entrypoint and the GPU images' install rules, checked on a CPU.
 
 The entrypoint (docker/entrypoint.sh) runs for real under /bin/sh with the real probe
-(``python -m serving.runtime.cuda_env``); only ``fdkd`` is replaced by a script that records its
+(``python -m fdkd.serving.runtime.cuda_env``); only ``fdkd`` is replaced by a script that records its
 arguments, and, where a case needs TensorRT to import, a one-line ``tensorrt`` package stands in
 for the absent bindings (a test double: these machines cannot install TensorRT).
 """
@@ -52,8 +52,8 @@ def test_tensorrt_without_cuda_exits_nonzero_and_says_why(tmp_path):
 
 def _cuda_without_gpu() -> bool:
     """A real libcudart loads here, but there is no GPU (this project's CI machines)."""
-    from serving.runtime.cuda_env import gpu_status
-    from serving.runtime.cudart import CudaError, load_libcudart
+    from fdkd.serving.runtime.cuda_env import gpu_status
+    from fdkd.serving.runtime.cudart import CudaError, load_libcudart
 
     try:
         load_libcudart()
@@ -90,7 +90,7 @@ def test_image_without_tensorrt_serves_onnx(tmp_path):
 
 
 def test_probe_prints_the_engine_key_on_a_usable_gpu(monkeypatch, capsys):
-    from serving.runtime import cuda_env
+    from fdkd.serving.runtime import cuda_env
     from tests.trt_fakes import HostCudart, fake_tensorrt, install_cuda
 
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.8.0"))
@@ -152,13 +152,13 @@ KEY = "h100-sm90-trt10.8.0"
 
 
 def _gpu_entrypoint(tmp_path, precision: str | None = None):
-    """The real entrypoint and the real ``serving.engine_volume``; only the probe (a GPU is ready, key KEY) and
+    """The real entrypoint and the real ``fdkd.serving.engine_volume``; only the probe (a GPU is ready, key KEY) and
     ``fdkd`` (records its arguments) are doubles."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     python = bin_dir / "python3"
     python.unlink(missing_ok=True)
-    python.write_text(f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = serving.runtime.cuda_env ]; then\n'
+    python.write_text(f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = fdkd.serving.runtime.cuda_env ]; then\n'
                       f'  echo {KEY}; exit 0\nfi\nexec {shlex.quote(sys.executable)} "$@"\n')
     python.chmod(0o755)
     calls = tmp_path / "fdkd-calls"

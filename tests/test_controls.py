@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import controls, distill
-from pipeline.models.checkpoint import load_model, read_checkpoint
-from pipeline.objectives import build_objective
-from pipeline.train import predict
+from fdkd.pipeline import controls, distill
+from fdkd.pipeline.models.checkpoint import load_model, read_checkpoint
+from fdkd.pipeline.objectives import build_objective
+from fdkd.pipeline.train import predict
 from tests.test_distill import _cfg, _test_accuracy
 
 
@@ -40,8 +40,8 @@ def test_shuffled_teacher_rows_touch_only_training_rows():
 
 
 def test_shuffled_teacher_cache_is_the_real_cache_permuted_within_class(tiny_cfg, tiny_teachers, tiny_dataset):
-    from pipeline import accel
-    from pipeline.stages import tensors
+    from fdkd.pipeline import accel
+    from fdkd.pipeline.stages import tensors
 
     x, _ = tensors(tiny_dataset)
     cfg = _cfg(tiny_cfg, "shuffle-cache", **{"distill.method": "kd", "distill.teacher_shuffle": "true"})
@@ -102,7 +102,7 @@ def test_label_smoothing_strength_equals_the_measured_entropy_match(tiny_cfg, ti
 
 
 def test_task_term_uses_the_smoothing_strength():
-    from pipeline.config import load_config
+    from fdkd.pipeline.config import load_config
 
     cfg = load_config(None, ["distill.method=none", "distill.label_smoothing.epsilon=0.2"]).distill
     obj = build_objective("none", 8, 8, 10, cfg)
@@ -114,8 +114,8 @@ def test_task_term_uses_the_smoothing_strength():
 
 
 def test_pre_activation_tap_feeds_the_objective_the_last_block_before_its_relu(tiny_cfg, tiny_teachers, tiny_dataset):
-    from pipeline.models.encoders import ConvEncoder
-    from pipeline.train import features
+    from fdkd.pipeline.models.encoders import ConvEncoder
+    from fdkd.pipeline.train import features
 
     enc = ConvEncoder(1, 10, width=4, depth=2).eval()
     x = torch.randn(3, 1, 8, 8)

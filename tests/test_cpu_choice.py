@@ -2,7 +2,7 @@
 
 Every test starts from a copy of the session's finished tiny run (``served_run``: real ONNX graphs on disk, a real
 validation.json), sets the validated throughputs it needs (validation times 5 calls per graph, too few to test
-an ordering on), and asks the real loader (``serving.model.load_model``, which the app's lifespan calls).
+an ordering on), and asks the real loader (``fdkd.serving.model.load_model``, which the app's lifespan calls).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 
-from serving.model import INT8_MIN_SPEEDUP, NotServable, cpu_choice, load_model
-from serving.runtime.cpu_isa import int8_kernels
+from fdkd.serving.model import INT8_MIN_SPEEDUP, NotServable, cpu_choice, load_model
+from fdkd.serving.runtime.cpu_isa import int8_kernels
 
 FP32, CPU8, TRT8 = "student.onnx", "student.int8cpu.onnx", "student.int8.minmax.onnx"
 OTHER_FAMILY = "x86" if int8_kernels() == "x86-vnni" else "x86-vnni"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from serving.runtime.cpu_isa import kernel_family
+from fdkd.serving.runtime.cpu_isa import kernel_family
 
 XEON_VNNI = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum\nflags\t\t: fpu avx avx2 avx512f avx512_vnni\n"
 EPYC_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma f16c\n"

@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from serving.runtime import cudart
-from serving.runtime.cuda_env import gpu_status
+from fdkd.serving.runtime import cudart
+from fdkd.serving.runtime.cuda_env import gpu_status
 from tests.trt_fakes import HostCudart, install_cuda
 
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.config import AVDigitsConfig, ManifestDataConfig
-from pipeline.data import avdigits
-from pipeline.data.dataset import load_dataset
-from pipeline.data.manifest import ManifestError, check_manifest
-from pipeline.data.manifest import build as build_manifest
-from serving.preprocess import AudioFrontend
-from serving.wav import WavError, read_wav, write_wav
+from fdkd.pipeline.config import AVDigitsConfig, ManifestDataConfig
+from fdkd.pipeline.data import avdigits
+from fdkd.pipeline.data.dataset import load_dataset
+from fdkd.pipeline.data.manifest import ManifestError, check_manifest
+from fdkd.pipeline.data.manifest import build as build_manifest
+from fdkd.serving.preprocess import AudioFrontend
+from fdkd.serving.wav import WavError, read_wav, write_wav
 
 SMALL = AVDigitsConfig(max_images=60, seed=3)
 
@@ -127,14 +127,14 @@ def test_logmel_peaks_at_the_tone_frequency():
 def test_logmel_matches_a_per_frame_float64_reference_across_chunks():
     """The batched float32 log-mel (chunks of 128 clips, one BLAS product per chunk) equals the textbook
     per-frame computation in float64: reflect-pad, Hann-window, |rfft|^2, mel filters, log."""
-    from serving.preprocess import _mel_filterbank, _window
+    from fdkd.serving.preprocess import _window, mel_filterbank
 
     fe = AudioFrontend()
     rng = np.random.default_rng(7)
     waves = rng.uniform(-0.5, 0.5, (130, fe.clip_samples)).astype(np.float32)  # 2 chunks, the last of 2 clips
     got = fe.logmel(waves)
     window = _window(fe.n_fft, fe.win_length).astype(np.float64)
-    fbank = _mel_filterbank(fe.sample_rate, fe.n_fft, fe.n_mels, fe.f_min, fe.f_max).astype(np.float64)
+    fbank = mel_filterbank(fe.sample_rate, fe.n_fft, fe.n_mels, fe.f_min, fe.f_max).astype(np.float64)
     for i in (0, 127, 128, 129):
         padded = np.pad(waves[i].astype(np.float64), fe.n_fft // 2, mode="reflect")
         for t in (0, 37, fe.frames - 1):
@@ -212,7 +212,7 @@ def test_manifest_reports_every_problem_at_once(broken_manifest):
 
 
 def test_manifest_cli_prints_report_and_fails(broken_manifest):
-    from pipeline.cli import app
+    from fdkd.pipeline.cli import app
 
     result = CliRunner().invoke(app, ["data", "manifest", str(broken_manifest), "--json"])
     assert result.exit_code == 1
@@ -300,7 +300,7 @@ def test_pronunciation_variant_clips_are_added_beside_the_plain_ones(small_build
 
 
 def test_a_reload_of_the_same_file_is_served_from_memory_as_a_private_copy(small_build, tmp_path, monkeypatch):
-    from pipeline.data import dataset
+    from fdkd.pipeline.data import dataset
 
     path = tmp_path / small_build.name
     path.write_bytes(small_build.read_bytes())

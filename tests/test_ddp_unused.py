@@ -12,10 +12,10 @@ import sys
 
 import torch
 
-from pipeline.config import DistillConfig, dump_config, load_config
-from pipeline.models.encoders import build_encoder
-from pipeline.objectives import build_objective
-from pipeline.train import Direction, Joint, unused_parameters
+from fdkd.pipeline.config import DistillConfig, dump_config, load_config
+from fdkd.pipeline.models.encoders import build_encoder
+from fdkd.pipeline.objectives import build_objective
+from fdkd.pipeline.train import Direction, Joint, unused_parameters
 from tests.conftest import tiny_overrides
 
 
@@ -29,7 +29,7 @@ def _joint(shared: bool):
 
 
 def test_unused_parameter_probe_names_the_idle_classifiers():
-    from pipeline.accel import Accel
+    from fdkd.pipeline.accel import Accel
 
     acc = Accel(torch.device("cpu"))
     y, idx = torch.tensor([0, 1, 2, 0, 1, 2]), torch.arange(6)
@@ -53,7 +53,7 @@ def test_two_process_gloo_run_without_shared_classifier(tiny_cfg, tiny_teachers,
     conf.write_text(dump_config(cfg))
     env = dict(os.environ, FDKD_QUIET="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "pipeline.distill_worker", "--config", str(conf), "--result", str(result)]
+           "-m", "fdkd.pipeline.distill_worker", "--config", str(conf), "--result", str(result)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "4 parameter(s) unused by the loss" in proc.stdout + proc.stderr

@@ -6,14 +6,15 @@ import pytest
 import torch
 import yaml
 
-from pipeline import artifacts, distill
-from pipeline.models.checkpoint import load_model, read_checkpoint
-from pipeline.objectives import METHODS
-from pipeline.train import predict
+from fdkd import artifacts
+from fdkd.pipeline import distill
+from fdkd.pipeline.models.checkpoint import load_model, read_checkpoint
+from fdkd.pipeline.objectives import METHODS
+from fdkd.pipeline.train import predict
 
 
 def _cfg(tiny_cfg, name, **updates):
-    from pipeline.config import load_config
+    from fdkd.pipeline.config import load_config
     from tests.conftest import tiny_overrides
 
     root = tiny_cfg.runs_dir.parent
@@ -175,7 +176,7 @@ def test_bare_state_dict_teacher_needs_and_uses_its_architecture(tiny_cfg, tiny_
 
 def test_checkpoint_is_the_best_validation_epoch_not_the_last(tiny_cfg, tiny_teachers, tiny_dataset, monkeypatch):
     """Training is real; the validation accuracy per epoch is scripted (0.2, 0.6, 0.4) so the best epoch is known."""
-    from pipeline import train
+    from fdkd.pipeline import train
 
     scripted, snapshots = iter([0.2, 0.6, 0.4]), []
 
@@ -197,8 +198,8 @@ def test_checkpoint_is_the_best_validation_epoch_not_the_last(tiny_cfg, tiny_tea
 @pytest.mark.parametrize("teacher_cache", [True, False])
 def test_teacher_weights_and_batchnorm_buffers_are_unchanged_by_distillation(tiny_cfg, tiny_teachers, tiny_dataset,
                                                                              teacher_cache):
-    from pipeline import accel, train
-    from pipeline.data import load
+    from fdkd.pipeline import accel, train
+    from fdkd.pipeline.data import load
 
     cfg = _cfg(tiny_cfg, f"frozen-{teacher_cache}", **{"distill.method": "fd",
                                                        "distill.teacher_cache": str(teacher_cache).lower()})
@@ -225,11 +226,11 @@ def test_fp16_amp_scales_each_candidate_on_its_own():
     """An overflow in one auto candidate skips that candidate's step only: the others train as if trained alone."""
     import numpy as np
 
-    from pipeline.accel import Accel
-    from pipeline.config import DistillConfig, OptimConfig
-    from pipeline.models.encoders import build_encoder
-    from pipeline.objectives import build_objective
-    from pipeline.train import Direction, fit
+    from fdkd.pipeline.accel import Accel
+    from fdkd.pipeline.config import DistillConfig, OptimConfig
+    from fdkd.pipeline.models.encoders import build_encoder
+    from fdkd.pipeline.objectives import build_objective
+    from fdkd.pipeline.train import Direction, fit
 
     class Overflowing(torch.nn.Module):
         """The wrapped objective (``none``: the trainer reads its class flags), its loss infinite on the first step."""

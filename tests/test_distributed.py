@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from pipeline.config import load_config
-from pipeline.losses.frequency import band_split, fastest_band_split
+from fdkd.pipeline.config import load_config
+from fdkd.pipeline.losses.frequency import band_split, fastest_band_split
 from tests.conftest import tiny_overrides
 
 
@@ -21,13 +21,13 @@ def test_two_process_gloo_run_matches_one_process(tiny_cfg, tiny_teachers, tiny_
     for name, nproc in (("one", 1), ("two", 2)):
         cfg = load_config(None, [*sets, f"name=ddp-{name}", f"teacher.checkpoint={teacher}"])
         conf = root / f"ddp-{name}.yaml"
-        from pipeline.config import dump_config
+        from fdkd.pipeline.config import dump_config
 
         conf.write_text(dump_config(cfg))
         result = root / f"ddp-{name}.json"
         env = dict(os.environ, FDKD_QUIET="1", OMP_NUM_THREADS="1")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "pipeline.distill_worker", "--config", str(conf), "--result", str(result)]
+               "-m", "fdkd.pipeline.distill_worker", "--config", str(conf), "--result", str(result)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = (cfg.run_dir, json.loads(result.read_text())["student"])
@@ -41,7 +41,7 @@ def test_two_process_gloo_run_matches_one_process(tiny_cfg, tiny_teachers, tiny_
 
 
 def test_wrapper_launches_torchrun_and_records_the_stage(tiny_cfg, tiny_teachers, tiny_dataset):
-    from pipeline import run
+    from fdkd.pipeline import run
 
     root = tiny_cfg.runs_dir.parent
     cfg = load_config(None, tiny_overrides(root) + ["name=ddp-wrapper", "accel.nproc=2", "threads=1",
@@ -62,7 +62,7 @@ def test_auto_band_split_picks_the_faster_form(monkeypatch, slow):
     """Make one form slow on purpose (a sleep inside it): the timing must pick the other one."""
     import time
 
-    from pipeline.losses import frequency
+    from fdkd.pipeline.losses import frequency
 
     real = frequency.band_split
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import distill
-from pipeline.data.labels import UNLABELLED, add_label_noise, keep_labels, student_labels
-from pipeline.losses.pseudo import labelled_cross_entropy, pseudo_label_loss
+from fdkd.pipeline import distill
+from fdkd.pipeline.data.labels import UNLABELLED, add_label_noise, keep_labels, student_labels
+from fdkd.pipeline.losses.pseudo import labelled_cross_entropy, pseudo_label_loss
 from tests.test_distill import _assert_same_student, _cfg
 
 
@@ -62,7 +62,7 @@ def test_label_noise_flips_the_stated_share_of_kept_labels_to_other_classes():
 
 
 def test_load_applies_the_knobs_and_keeps_the_file_labels_for_the_teacher(tiny_cfg):
-    from pipeline import data
+    from fdkd.pipeline import data
 
     cfg = tiny_cfg.model_copy(update={"data": tiny_cfg.data.model_copy(update={"labelled": 0.25})})
     a, b = data.load(cfg), data.load(cfg)
@@ -97,7 +97,7 @@ def test_unlabelled_rows_get_no_cross_entropy_gradient():
 def test_poisoned_hidden_labels_change_nothing(tiny_cfg, tiny_teachers, tiny_dataset, monkeypatch, method, extra):
     """The file's labels of the unlabelled training pairs (hidden from the student) are rewritten to another
     class: the student, its losses and the shuffled teacher's pairing must not change by a single bit."""
-    from pipeline import data
+    from fdkd.pipeline import data
 
     real_load = data.load
     sets = {"distill.method": method, "data.labelled": "0.3", "distill.pseudo.threshold": "0", **extra}
@@ -137,7 +137,7 @@ def test_partly_labelled_steps_give_every_candidate_the_labelled_batch_none_trai
                                                                                          tiny_dataset, monkeypatch):
     """Each step: ``none`` trains on a batch of labelled rows; every other candidate on the shared batch plus that
     same labelled batch, so its cross-entropy never averages just the few labelled rows a shared batch holds."""
-    from pipeline import train
+    from fdkd.pipeline import train
 
     seen = []
     real = train._inputs
@@ -152,7 +152,7 @@ def test_partly_labelled_steps_give_every_candidate_the_labelled_batch_none_trai
     cfg = _cfg(tiny_cfg, "labelled-batch", **{"distill.method": "auto", "distill.auto.candidates": cands,
                                               "data.labelled": "0.1"})
     distill.run(cfg)
-    from pipeline import data
+    from fdkd.pipeline import data
 
     y = data.load(cfg).y  # the student's labels in that run
     assert seen

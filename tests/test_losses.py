@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import DistillConfig
-from pipeline.losses.dist import dist_loss
-from pipeline.losses.dkd import dkd_loss
-from pipeline.losses.frequency import fd_feature_losses, high_band_loss, log_compress, std_normalize
-from pipeline.losses.kd import kd_loss
-from pipeline.objectives import METHODS, build_objective
+from fdkd.pipeline.config import DistillConfig
+from fdkd.pipeline.losses.dist import dist_loss
+from fdkd.pipeline.losses.dkd import dkd_loss
+from fdkd.pipeline.losses.frequency import fd_feature_losses, high_band_loss, log_compress, std_normalize
+from fdkd.pipeline.losses.kd import kd_loss
+from fdkd.pipeline.objectives import METHODS, build_objective
 
 LOGIT_LOSSES = {
     "kd": lambda s, t, y: kd_loss(s, t, 4.0),

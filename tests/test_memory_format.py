@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from pipeline.accel import Accel, nhwc_hazard
-from pipeline.models.encoders import ConvEncoder
+from fdkd.pipeline.accel import Accel, nhwc_hazard
+from fdkd.pipeline.models.encoders import ConvEncoder
 
 
 def test_the_hazard_is_a_narrow_strided_shortcut_only():
@@ -16,11 +16,11 @@ def test_the_hazard_is_a_narrow_strided_shortcut_only():
 
 
 def _fit_nhwc(ds, width):
-    from pipeline.config import DistillConfig, OptimConfig
-    from pipeline.models.encoders import build_encoder
-    from pipeline.objectives import build_objective
-    from pipeline.stages import arch_dict, tensors
-    from pipeline.train import Direction, accuracy, fit, predict
+    from fdkd.pipeline.config import DistillConfig, OptimConfig
+    from fdkd.pipeline.models.encoders import build_encoder
+    from fdkd.pipeline.objectives import build_objective
+    from fdkd.pipeline.stages import arch_dict, tensors
+    from fdkd.pipeline.train import Direction, accuracy, fit, predict
 
     x, y = tensors(ds)
     arch = arch_dict(DistillConfig().student.model_copy(update={"width": width, "depth": 2}), ds.x["audio"].shape[1:],

@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.middleware import EXEMPT
-from serving.wav import read_wav, write_wav
-from serving.webpage import PUBLIC_PATHS
+from fdkd.serving.middleware import EXEMPT
+from fdkd.serving.wav import read_wav, write_wav
+from fdkd.serving.webpage import PUBLIC_PATHS
 from tests.serving_helpers import running_server
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import artifacts
-from pipeline.cli import app
+from fdkd import artifacts
+from fdkd.pipeline.cli import app
 from tests.conftest import tiny_overrides
 
 COMPARED = ["teacher.image.pt", "student.pt", "student.onnx", "calib.npz", "student.fp16.onnx",
@@ -30,7 +30,7 @@ def _sets(root, name):
 
 def _cli(root, name, *extra, check=True):
     env = dict(os.environ, FDKD_QUIET="1")
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", *_sets(root, name), *extra],
+    proc = subprocess.run([sys.executable, "-m", "fdkd", "run", *_sets(root, name), *extra],
                           capture_output=True, text=True, env=env, cwd=root)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -89,7 +89,7 @@ def test_run_produces_validated_artifacts_and_manifest(reference):
         assert f"{100 * c['test_acc']:.1f} | {c['epoch']} |" in report
     assert "ships" in out and "| candidate | method |" in out
     # the config.yaml the run wrote loads back to the config it ran with
-    from pipeline.config import load_config
+    from fdkd.pipeline.config import load_config
 
     sets = _sets(root, "r")[1::2]
     assert load_config(run_dir / "config.yaml") == load_config(None, sets)
@@ -100,7 +100,7 @@ def test_run_produces_validated_artifacts_and_manifest(reference):
 def test_resume_after_sigkill_gives_identical_artifacts(reference):
     root, _ = reference
     env = dict(os.environ, FDKD_QUIET="1")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *_sets(root, "r")], cwd=root, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "fdkd", "run", *_sets(root, "r")], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = root / "runs" / "r" / "metrics.jsonl"
     deadline = time.time() + 300
@@ -161,7 +161,7 @@ def test_failed_gate_exits_nonzero_naming_artifact_and_metric(reference):
 
 def test_build_command_fails_clearly_without_tensorrt(reference):
     root, _ = reference
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "build", *_sets(root, "r-ref")], cwd=root,
+    proc = subprocess.run([sys.executable, "-m", "fdkd", "build", *_sets(root, "r-ref")], cwd=root,
                           capture_output=True, text=True, env=dict(os.environ, FDKD_QUIET="1"))
     assert proc.returncode == 1
     assert "build skipped" in proc.stderr and "TensorRT is not installed" in proc.stderr
@@ -180,13 +180,13 @@ def test_default_gates_end_to_end_on_a_student_that_learns(tmp_path):
     digit images (audio teacher, task loss only), so a flipped row shows. Every gate verdict is recomputed from
     the recorded predictions and the default limits, and the exit status and message must follow them.
     """
-    from pipeline.config import GateConfig
+    from fdkd.pipeline.config import GateConfig
 
     sets = tiny_overrides(tmp_path) + [
         "name=gates", "threads=1", "data.avdigits.max_images=400", "teacher.modality=audio", "teacher.model.width=4",
         "teacher.optim.epochs=1", "distill.method=none", "distill.student.width=8", "distill.optim.epochs=8",
         "quantize.calib_samples=128", "quantize.calib_methods=[minmax]", "build.int8_method=minmax"]
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", *[a for s in sets for a in ("--set", s)]],
+    proc = subprocess.run([sys.executable, "-m", "fdkd", "run", *[a for s in sets for a in ("--set", s)]],
                           capture_output=True, text=True, env=dict(os.environ, FDKD_QUIET="1"), cwd=tmp_path)
     result = json.loads((tmp_path / "runs" / "gates" / "validation.json").read_text())
     y = np.array(result["labels"])

@@ -54,7 +54,7 @@ def test_teacher_first_then_every_seed_then_the_doubled_attempt_where_a_curve_is
 
 
 def test_the_config_accepts_every_cells_candidates():
-    from pipeline.config import load_config
+    from fdkd.pipeline.config import load_config
 
     for axis, level in (("fraction", 0.05), ("fraction", 1.0), ("noise", 0.2)):
         rows = science_v3.rows_for(axis, level)

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.runtime import load_runtime
-from serving.wav import write_wav
+from fdkd.serving.runtime import load_runtime
+from fdkd.serving.wav import write_wav
 from tests.serving_helpers import metric, running_server
 
 SHAPE = [1, 40, 101]
@@ -276,7 +276,7 @@ def test_client_that_disconnects_before_dispatch_is_dropped(served_run):
 
 
 def test_warm_up_failure_keeps_the_server_live_but_not_ready(served_run, monkeypatch):
-    from serving.model import LoadedModel
+    from fdkd.serving.model import LoadedModel
 
     def broken(self, max_batch):
         raise RuntimeError("out of device memory")

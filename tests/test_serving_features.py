@@ -15,11 +15,11 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.batcher import DynamicBatcher, RejectedRow
-from serving.preprocess import AudioFrontend
-from serving.runtime import load_runtime
-from serving.upload import clip, features
-from serving.wav import write_wav
+from fdkd.serving.batcher import DynamicBatcher, RejectedRow
+from fdkd.serving.preprocess import AudioFrontend
+from fdkd.serving.runtime import load_runtime
+from fdkd.serving.upload import clip, features
+from fdkd.serving.wav import write_wav
 from tests.serving_helpers import metric, running_server
 
 SHAPE = [1, 40, 101]

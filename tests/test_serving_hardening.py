@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 import yaml
 
-from serving.settings import K8S_GRACE_SECONDS, SHUTDOWN_MARGIN_SECONDS, ServeSettings
-from serving.wav import write_wav
+from fdkd.serving.settings import K8S_GRACE_SECONDS, SHUTDOWN_MARGIN_SECONDS, ServeSettings
+from fdkd.serving.wav import write_wav
 from tests.serving_helpers import metric, running_server, start_fdkd_serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def test_empty_api_key_is_a_configuration_error(served_run):
     for empty in ("", "  "):
         with pytest.raises(ValidationError, match="API key is set but empty"):
             ServeSettings(run_dir=served_run, api_key=empty)
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "serve", str(served_run), "--port", "0"],
+    proc = subprocess.run([sys.executable, "-m", "fdkd", "serve", str(served_run), "--port", "0"],
                           env={**os.environ, "FDKD_SERVE_API_KEY": ""}, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "API key is set but empty" in " ".join((proc.stdout + proc.stderr).split())
 
@@ -218,11 +218,11 @@ def test_big_uploads_are_preprocessed_off_the_event_loop(served_run, monkeypatch
     thread (the loop keeps serving); a small one stays inline."""
     import asyncio
 
-    import serving.app
-    from serving.hotpath import PREPROCESS_INLINE_BYTES
+    import fdkd.serving.upload
+    from fdkd.serving.hotpath import PREPROCESS_INLINE_BYTES
 
     on_loop = []
-    real = serving.app.prepare
+    real = fdkd.serving.upload.prepare
 
     def spy(m, body):
         try:
@@ -232,7 +232,7 @@ def test_big_uploads_are_preprocessed_off_the_event_loop(served_run, monkeypatch
             on_loop.append(False)
         return real(m, body)
 
-    monkeypatch.setattr(serving.app, "prepare", spy)
+    monkeypatch.setattr(fdkd.serving.upload, "prepare", spy)
     small = write_wav(np.zeros(8000), 16000)  # 16 kB
     big = write_wav(np.zeros(48000), 16000)  # 96 kB
     assert len(small) <= PREPROCESS_INLINE_BYTES < len(big)

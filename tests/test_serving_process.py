@@ -60,7 +60,7 @@ def test_serve_extra_installs_and_serves_without_torch(served_run, tmp_path):
     assert probe.returncode != 0, "the serve extra must not pull torch"
     proc, url = start_server_process([str(venv / "bin" / "fdkd"), "serve", str(served_run)])
     try:
-        from serving.wav import write_wav
+        from fdkd.serving.wav import write_wav
 
         r = httpx.post(f"{url}/v1/classify", content=write_wav([0.0] * 16000, 16000), timeout=30)
         assert r.status_code == 200 and r.json()["class_name"]
@@ -72,8 +72,8 @@ def test_serve_extra_installs_and_serves_without_torch(served_run, tmp_path):
 
 def test_http_granian_without_granian_names_the_extra(monkeypatch, tmp_path):
     """Granian is its own extra: without it `--http granian` exits with what to install, not a traceback."""
-    from serving.granian_server import serve_granian
-    from serving.settings import ServeSettings
+    from fdkd.serving.granian_server import serve_granian
+    from fdkd.serving.settings import ServeSettings
 
     monkeypatch.setitem(sys.modules, "granian", None)  # import granian -> ImportError
     with pytest.raises(SystemExit, match=r"pip install 'fdkd\[granian\]'"):

@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.runtime import load_runtime
+from fdkd.serving.runtime import load_runtime
 from tests.serving_helpers import running_server, start_fdkd_serve
 
 SHAPE = [1, 40, 101]
@@ -241,7 +241,7 @@ def test_16_mb_of_nested_empty_arrays_does_not_stall_the_event_loop(served_run):
     """A server process gets 16 MB bodies of empty arrays; /v2/health/live answers within 100 ms throughout."""
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FDKD_SERVE_MAX_BODY_BYTES": str(17 << 20)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", str(served_run), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "fdkd", "serve", str(served_run), "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -294,7 +294,7 @@ def test_16_mb_of_nested_empty_arrays_does_not_stall_the_event_loop(served_run):
 @pytest.mark.slow
 def test_fdkd_serve_under_granian(served_run, runtime):
     """`fdkd serve --http granian`: the same app and hot path behind Granian; SIGTERM ends it."""
-    from serving.wav import write_wav
+    from fdkd.serving.wav import write_wav
 
     proc, url = start_fdkd_serve(served_run, "--http", "granian", "--max-batch", "8", env={"OMP_NUM_THREADS": "1"})
     try:

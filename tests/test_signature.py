@@ -12,10 +12,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import artifacts
-from pipeline.cli import app
-from serving.model import NotServable, load_model
-from serving.signature import BadKey, UntrustedRun, sign_run, verify_run
+from fdkd import artifacts
+from fdkd.pipeline.cli import app
+from fdkd.serving.model import NotServable, load_model
+from fdkd.serving.signature import BadKey, UntrustedRun, sign_run, verify_run
 from tests.serving_helpers import running_server, start_fdkd_serve
 
 runner = CliRunner()
@@ -197,7 +197,7 @@ def test_validate_sign_key_signs_as_it_finishes(run_copy, keys, tiny_root):
 def test_files_swapped_after_the_signature_check_are_refused(run_copy, keys, monkeypatch):
     """The loader parses manifest.json and validation.json only if their bytes are the signed ones (no swap
     between the signature check and the read): simulated by a check that saw other bytes."""
-    import serving.signature as signature
+    import fdkd.serving.signature as signature
 
     (key, pub), _ = keys
     sign_run(run_copy, key)

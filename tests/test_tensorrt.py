@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from serving.runtime import load_runtime
-from serving.runtime.cuda_env import engine_key, gpu_info, gpu_slug, jetson_module, same_device, tensorrt_version
-from serving.runtime.tensorrt import EngineMismatch
+from fdkd.serving.runtime import load_runtime
+from fdkd.serving.runtime.cuda_env import engine_key, gpu_info, gpu_slug, jetson_module, same_device, tensorrt_version
+from fdkd.serving.runtime.tensorrt import EngineMismatch
 from tests.trt_fakes import CLASSES, FEATURES, WEIGHTS, HostCudart, fake_tensorrt, install_cuda
 
 HAS_TRT = tensorrt_version() is not None and gpu_info() is not None
@@ -37,8 +37,8 @@ def test_gpu_slug_names_card_and_architecture():
 
 
 def test_build_without_tensorrt_explains_why(tmp_path):
-    from pipeline.build import BuildUnavailable, build_engine
-    from pipeline.config import BuildConfig
+    from fdkd.pipeline.build import BuildUnavailable, build_engine
+    from fdkd.pipeline.config import BuildConfig
 
     if HAS_TRT:
         pytest.skip("TensorRT and a GPU are present")
@@ -51,8 +51,8 @@ def test_build_without_tensorrt_explains_why(tmp_path):
 @pytest.mark.parametrize("precision,source", [("fp32", "student.onnx"), ("fp16", "student.fp16.onnx"),
                                               ("int8", "student.int8.minmax.onnx")])
 def test_engine_matches_onnxruntime(served_run, tmp_path, precision, source):
-    from pipeline.build import build_engine
-    from pipeline.config import BuildConfig
+    from fdkd.pipeline.build import build_engine
+    from fdkd.pipeline.config import BuildConfig
 
     plan = build_engine(served_run / source, precision, tmp_path, BuildConfig(max_batch=64))
     info = json.loads((tmp_path / f"{plan.stem}.build.json").read_text())
@@ -66,7 +66,7 @@ def test_engine_matches_onnxruntime(served_run, tmp_path, precision, source):
 
 
 def test_validation_reads_each_engines_precision_from_its_own_sidecar(tmp_path):
-    from pipeline.validate import discover
+    from fdkd.pipeline.validate import discover
 
     for prec in ("fp16", "int8"):
         plan = tmp_path / f"student.{prec}.h100-sm90.trt10.3.0.plan"
@@ -141,8 +141,8 @@ def _onnx(tmp_path):
 
 
 def test_build_clears_tf32_and_writes_engine_last_with_its_sidecar(fake_gpu, tmp_path):
-    from pipeline.build import build_engine
-    from pipeline.config import BuildConfig
+    from fdkd.pipeline.build import build_engine
+    from fdkd.pipeline.config import BuildConfig
 
     trt = fake_gpu()
     plan = build_engine(_onnx(tmp_path), "fp32", tmp_path, BuildConfig(max_batch=8, opt_batch=4))
@@ -155,8 +155,8 @@ def test_build_clears_tf32_and_writes_engine_last_with_its_sidecar(fake_gpu, tmp
 
 
 def test_failed_sidecar_write_leaves_no_engine(fake_gpu, tmp_path):
-    from pipeline.build import build_engine
-    from pipeline.config import BuildConfig
+    from fdkd.pipeline.build import build_engine
+    from fdkd.pipeline.config import BuildConfig
 
     fake_gpu()
     plan = build_engine(_onnx(tmp_path), "fp16", tmp_path, BuildConfig())
@@ -170,8 +170,8 @@ def test_failed_sidecar_write_leaves_no_engine(fake_gpu, tmp_path):
 
 @pytest.mark.parametrize("stale", [b"CACHE:another-gpu", b"garbage, not a cache"])
 def test_rejected_timing_cache_falls_back_to_an_empty_one(fake_gpu, tmp_path, capsys, stale):
-    from pipeline.build import build_engine
-    from pipeline.config import BuildConfig
+    from fdkd.pipeline.build import build_engine
+    from fdkd.pipeline.config import BuildConfig
 
     trt = fake_gpu()
     (tmp_path / "timing.cache").write_bytes(stale)
@@ -182,8 +182,8 @@ def test_rejected_timing_cache_falls_back_to_an_empty_one(fake_gpu, tmp_path, ca
 
 
 def test_failed_build_writes_nothing(fake_gpu, tmp_path):
-    from pipeline.build import BuildFailed, build_engine
-    from pipeline.config import BuildConfig
+    from fdkd.pipeline.build import BuildFailed, build_engine
+    from fdkd.pipeline.config import BuildConfig
 
     fake_gpu(build_fails=True)
     with pytest.raises(BuildFailed, match="failed to build"):
@@ -192,8 +192,8 @@ def test_failed_build_writes_nothing(fake_gpu, tmp_path):
 
 
 def _built(fake_gpu, tmp_path, max_batch=4, **kw):
-    from pipeline.build import build_engine
-    from pipeline.config import BuildConfig
+    from fdkd.pipeline.build import build_engine
+    from fdkd.pipeline.config import BuildConfig
 
     fake_gpu(**kw)
     return build_engine(_onnx(tmp_path), "fp16", tmp_path, BuildConfig(max_batch=max_batch, opt_batch=2))
@@ -237,7 +237,7 @@ def test_engine_command_builds_with_the_runs_build_config(fake_gpu, tmp_path):
     """`fdkd engine` takes the run's build section (profile, workspace, INT8 graph), not BuildConfig()'s defaults."""
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from fdkd.pipeline.cli import app
 
     fake_gpu()
     run = tmp_path / "run"
@@ -265,8 +265,8 @@ def test_engine_command_builds_with_the_runs_build_config(fake_gpu, tmp_path):
 def test_build_makes_a_strongly_typed_network_with_no_precision_flags_on_10_and_11(fake_gpu, tmp_path, version, bit):
     """STRONGLY_TYPED is 1 in TensorRT 10's NvInfer.h and 0 (deprecated, always on) in 11, where the FP16/INT8
     builder flags are gone: the build takes the flag's value from the module and sets no precision flag."""
-    from pipeline.build import build_engine
-    from pipeline.config import BuildConfig
+    from fdkd.pipeline.build import build_engine
+    from fdkd.pipeline.config import BuildConfig
 
     trt = fake_gpu(version=version)
     plan = build_engine(_onnx(tmp_path), "int8", tmp_path, BuildConfig())

@@ -15,9 +15,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
-from pipeline import artifacts
-from pipeline.cli import app
-from pipeline.triton_repo import _q
+from fdkd import artifacts
+from fdkd.pipeline.cli import app
+from fdkd.pipeline.triton_repo import _q
 
 runner = CliRunner()
 
@@ -193,7 +193,7 @@ INT8CPU = "student.int8cpu.onnx"
 def test_export_writes_the_validated_mode_into_config_and_export_json(served_run, tmp_path):
     import onnxruntime
 
-    from serving.runtime.cpu_isa import int8_kernels
+    from fdkd.serving.runtime.cpu_isa import int8_kernels
 
     out = tmp_path / "out"
     result = _export(served_run, out, "--onnx", INT8CPU)
@@ -219,7 +219,7 @@ def _refused(run_dir, out, *args) -> str:
 
 
 def test_int8_kernel_family_of_the_target_differs(served_run, tmp_path):
-    from serving.runtime.cpu_isa import int8_kernels
+    from fdkd.serving.runtime.cpu_isa import int8_kernels
 
     other = "x86" if int8_kernels() != "x86" else "x86-vnni"
     text = _refused(served_run, tmp_path / "out", "--onnx", INT8CPU, "--target-int8-kernels", other)
@@ -236,7 +236,7 @@ def test_int8_kernel_family_of_the_target_differs(served_run, tmp_path):
 
 
 def test_kernel_family_changed_in_validation_is_refused(run_copy, tmp_path):
-    from serving.runtime.cpu_isa import int8_kernels
+    from fdkd.serving.runtime.cpu_isa import int8_kernels
 
     other = "arm-dotprod"
     _rewrite(run_copy, INT8CPU, int8_kernels=other)  # validated on another machine, exported here
@@ -260,7 +260,7 @@ def test_onnxruntime_version_differs(served_run, run_copy, tmp_path):
     text = _refused(run_copy, tmp_path / "out2")
     assert f"ort_version: validated 1.17.3, the export target {onnxruntime.__version__}" in text
     # the server refuses the same entry, for the same reason (one check for both)
-    from serving.model import NotServable, load_model
+    from fdkd.serving.model import NotServable, load_model
 
     with pytest.raises(NotServable, match=f"ort_version: validated 1.17.3, this server {onnxruntime.__version__}"):
         load_model(run_copy)
@@ -275,7 +275,7 @@ def test_graph_optimisation_differs(run_copy, tmp_path):
     _rewrite(run_copy, "student.onnx", graph_optimization="basic")
     text = _refused(run_copy, tmp_path / "out")
     assert "graph_optimization: validated basic, the export target all" in text
-    from serving.model import NotServable, load_model
+    from fdkd.serving.model import NotServable, load_model
 
     with pytest.raises(NotServable, match="graph_optimization: validated basic, this server all"):
         load_model(run_copy)

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.config import ManifestDataConfig, load_config
-from pipeline.data import load as load_data
-from pipeline.data.dataset import load_dataset
-from pipeline.data.manifest import build as build_manifest
-from pipeline.data.manifest import check
+from fdkd.pipeline.cli import app
+from fdkd.pipeline.config import ManifestDataConfig, load_config
+from fdkd.pipeline.data import load as load_data
+from fdkd.pipeline.data.dataset import load_dataset
+from fdkd.pipeline.data.manifest import build as build_manifest
+from fdkd.pipeline.data.manifest import check
 from tests.user_data import WORDS, make_pairs, wav_bytes
 
 TINY_TEACHER = ["teacher.model.width=8", "teacher.model.depth=2", "teacher.optim.epochs=10",

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from calibration.dataset import NpzCalibrationReader, choose_rows, equal_batch, write_calibration_set
-from pipeline.cli import app
-from pipeline.config import ManifestDataConfig
-from pipeline.data.dataset import load_dataset
-from pipeline.data.manifest import build as build_manifest
-from pipeline.data.splits import grouped_split, row_groups
-from pipeline.train import batch_bounds
+from fdkd.calibration.dataset import NpzCalibrationReader, choose_rows, equal_batch, write_calibration_set
+from fdkd.pipeline.cli import app
+from fdkd.pipeline.config import ManifestDataConfig
+from fdkd.pipeline.data.dataset import load_dataset
+from fdkd.pipeline.data.manifest import build as build_manifest
+from fdkd.pipeline.data.splits import grouped_split, row_groups
+from fdkd.pipeline.train import batch_bounds
 from tests.user_data import WORDS, make_pairs
 
 # a small run that still learns (teacher ~83 %, student ~60 % on 10 classes) and goes through every stage
@@ -97,8 +97,8 @@ def _tiny_onnx(path):
 @pytest.mark.parametrize("rows", [7, 37, 97, 421])
 def test_histogram_calibration_with_an_uneven_row_count(tmp_path, rows):
     """Before the fix a last batch shorter than the others crashed entropy and percentile calibration."""
-    from calibration.quantize import quantize_int8
-    from serving.runtime.onnx import OnnxRuntime
+    from fdkd.calibration.quantize import quantize_int8
+    from fdkd.serving.runtime.onnx import OnnxRuntime
 
     _tiny_onnx(tmp_path / "m.onnx")
     x = np.random.default_rng(rows).normal(size=(rows, 1, 8, 8)).astype(np.float32)
@@ -127,10 +127,10 @@ def test_a_one_row_last_batch_trains_a_1x1_batchnorm_encoder():
     """Depth 4 on 8x8 images leaves 1x1 feature maps: BatchNorm cannot train on a batch of one."""
     import torch
 
-    from pipeline.config import DistillConfig, OptimConfig
-    from pipeline.models.encoders import build_encoder
-    from pipeline.objectives import build_objective
-    from pipeline.train import Direction, fit
+    from fdkd.pipeline.config import DistillConfig, OptimConfig
+    from fdkd.pipeline.models.encoders import build_encoder
+    from fdkd.pipeline.objectives import build_objective
+    from fdkd.pipeline.train import Direction, fit
 
     torch.manual_seed(0)
     x = torch.randn(13, 1, 8, 8)
@@ -225,9 +225,9 @@ def test_server_decodes_images_exactly_like_the_training_data(tmp_path):
 
     from PIL import Image
 
-    from serving.app import preprocess
-    from serving.image import decode_image
-    from serving.preprocess import ImageFrontend
+    from fdkd.serving.image import decode_image
+    from fdkd.serving.preprocess import ImageFrontend
+    from fdkd.serving.upload import preprocess
 
     arr = (np.arange(144, dtype=np.uint8).reshape(12, 12) * 7) % 251
     fe = ImageFrontend(16, 16, 1, 255.0, mean=0.2, std=0.3)

@@ -5,7 +5,7 @@ values, write order, dtype and shape handling, buffer management, fallbacks) run
 
 - ``HostCudart``: the libcudart C functions fdkd declares, with "device" memory in host buffers
   (cudaMalloc allocates a ctypes buffer, cudaMemcpyAsync is memmove). It is wrapped by the real
-  ``serving.runtime.cudart.CudaRuntime``, so the ctypes marshalling code runs too.
+  ``fdkd.serving.runtime.cudart.CudaRuntime``, so the ctypes marshalling code runs too.
 - ``fake_tensorrt()``: a module with the TensorRT 10 / 11 Python API surface fdkd uses. Its builder
   records the flags it was built with; its "engine" multiplies the flattened input by a fixed
   matrix, reading and writing the addresses fdkd hands it, in the dtypes the engine declares.
@@ -110,8 +110,8 @@ class HostCudart:
 
 
 def install_cuda(monkeypatch, lib: HostCudart) -> None:
-    """Make ``serving.runtime.cudart.runtime()`` return a real CudaRuntime over ``lib``."""
-    from serving.runtime import cudart
+    """Make ``fdkd.serving.runtime.cudart.runtime()`` return a real CudaRuntime over ``lib``."""
+    from fdkd.serving.runtime import cudart
 
     monkeypatch.setattr(cudart, "_RUNTIME", cudart.CudaRuntime(lib, "/fake/libcudart.so.12"))
 

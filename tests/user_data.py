@@ -2,7 +2,7 @@
 
 Images are scikit-learn's 8x8 digits scaled to 8 bits and upsampled to 16x16; each class's
 clip is a tone at its own frequency plus noise, so a tiny student learns it in a few epochs.
-WAVs are encoded here with ``struct`` (not with ``serving.wav``), so the reader is checked
+WAVs are encoded here with ``struct`` (not with ``fdkd.serving.wav``), so the reader is checked
 against an independent writer.
 """
 

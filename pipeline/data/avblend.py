@@ -24,7 +24,7 @@ partitioned between train/val/test). Every generating parameter is saved per pai
 ``audio_partner``/``audio_w``/``audio_quality``, ``shared``, ``voice``, ``accent``.
 
 Writes ``<cache_dir>/avblend-<hash>.npz``; synthesis runs in a fresh child process
-(``pipeline.data.espeak``), so the same parameters rebuild byte-identical files.
+(``fdkd.pipeline.data.espeak``), so the same parameters rebuild byte-identical files.
 """
 
 from __future__ import annotations
@@ -33,11 +33,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import artifacts
-from pipeline.config import AVBlendConfig
-from pipeline.data.avdigits import SYNTH_RATE, WORDS, _images, _split_voices, place_clip, resample, synthesize_words
-from pipeline.data.dataset import SPLITS, encode_meta, stratified_split
-from serving.preprocess import AudioFrontend
+from fdkd import artifacts
+from fdkd.pipeline.config import AVBlendConfig
+from fdkd.pipeline.data.avdigits import (
+    SYNTH_RATE,
+    WORDS,
+    _images,
+    _split_voices,
+    place_clip,
+    resample,
+    synthesize_words,
+)
+from fdkd.pipeline.data.dataset import SPLITS, encode_meta, stratified_split
+from fdkd.serving.preprocess import AudioFrontend
 
 BUILDER_VERSION = 1
 PRESET = "avblend"
@@ -45,7 +53,7 @@ PRESET = "avblend"
 
 def build_params(cfg: AVBlendConfig) -> dict:
     """Everything that determines the bytes of the dataset file."""
-    from pipeline.data.espeak import espeak_version, voice_variants
+    from fdkd.pipeline.data.espeak import espeak_version, voice_variants
 
     return {"builder": BUILDER_VERSION, "preset": PRESET, "config": cfg.model_dump(mode="json"),
             "espeak": espeak_version(), "variants": voice_variants(), "frontend": AudioFrontend().to_dict()}
@@ -131,7 +139,7 @@ def _render_audio(first: np.ndarray, second: np.ndarray, w: float, quality: floa
 
 def build(cfg: AVBlendConfig, cache_dir: Path, *, progress=None) -> Path:
     """Build (or find in the cache) the dataset file; returns its path."""
-    from pipeline.data.espeak import Utterance
+    from fdkd.pipeline.data.espeak import Utterance
 
     params = build_params(cfg)
     out = Path(cache_dir) / artifacts.DATASET.format(preset=PRESET, digest=artifacts.digest(params))

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import artifacts
-from pipeline.config import AVDigitsConfig
-from pipeline.data.dataset import ALL_SPLITS, SPLITS, encode_meta, stratified_split
-from serving.preprocess import AudioFrontend, ImageFrontend
+from fdkd import artifacts
+from fdkd.pipeline.config import AVDigitsConfig
+from fdkd.pipeline.data.dataset import ALL_SPLITS, SPLITS, encode_meta, stratified_split
+from fdkd.serving.preprocess import AudioFrontend, ImageFrontend
 
 BUILDER_VERSION = 3
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -71,7 +71,7 @@ def _images(preset: str) -> tuple[np.ndarray, np.ndarray, ImageFrontend]:
 
 def build_params(cfg: AVDigitsConfig) -> dict:
     """Everything that determines the bytes of the dataset file."""
-    from pipeline.data.espeak import espeak_version, voice_variants
+    from fdkd.pipeline.data.espeak import espeak_version, voice_variants
 
     return {"builder": BUILDER_VERSION, "config": cfg.model_dump(mode="json"),
             "espeak": espeak_version(), "variants": voice_variants(),
@@ -112,7 +112,7 @@ def _vary_pronunciation(utterances: list, split: np.ndarray, accents: list[str],
     ``cfg.pronunciation_variants``, and the last ``always`` (the extra variant clips) always, with every rule that
     applies where the draws changed nothing (a word no rule applies to stays plain). Its own random stream: nothing
     else changes."""
-    from pipeline.data.espeak import phonemize
+    from fdkd.pipeline.data.espeak import phonemize
 
     if cfg.pronunciation_variants <= 0 and not always:
         return {}
@@ -173,7 +173,7 @@ def _augment(wave22k: np.ndarray, fe: AudioFrontend, rng: np.random.Generator, c
 
 def synthesize_words(utterances: list, progress, noun: str) -> list:
     """eSpeak NG renders ``utterances`` (in a fresh child process, in order) at ``SYNTH_RATE``."""
-    from pipeline.data.espeak import synthesize_batch
+    from fdkd.pipeline.data.espeak import synthesize_batch
 
     if progress:
         progress(f"synthesising {len(utterances)} {noun} with eSpeak NG")
@@ -202,7 +202,7 @@ def place_clip(speech: np.ndarray, clip_samples: int, rng: np.random.Generator, 
 
 def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
     """Build (or find in the cache) the dataset file; returns its path."""
-    from pipeline.data.espeak import Utterance
+    from fdkd.pipeline.data.espeak import Utterance
 
     params = build_params(cfg)
     out = Path(cache_dir) / artifacts.DATASET.format(preset=cfg.preset, digest=artifacts.digest(params))

@@ -1,9 +1,9 @@
 """The in-memory paired dataset every training stage consumes, and its on-disk form.
 
-A dataset file (``.npz``, written by ``pipeline.data.avdigits`` or ``pipeline.data.manifest``)
+A dataset file (``.npz``, written by ``fdkd.pipeline.data.avdigits`` or ``fdkd.pipeline.data.manifest``)
 holds raw pixels and raw waveforms, labels, splits and a JSON ``meta`` record. Loading fits the
 frontends' standardisation on the training split and computes the features with
-``serving.preprocess`` (the exact numpy code the server runs).
+``fdkd.serving.preprocess`` (the exact numpy code the server runs).
 
 Split ids: 0 train, 1 val, 2 test, and 3 ``test_unseen_accent`` (built-in audio only: clips in
 eSpeak NG accents that no other split hears; absent when the file has none). Every consumer
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.preprocess import AudioFrontend, ImageFrontend, frontend_from_dict
+from fdkd.serving.preprocess import AudioFrontend, ImageFrontend, frontend_from_dict
 
 SPLITS = ("train", "val", "test")
 EXTRA_SPLITS = ("test_unseen_accent",)  # split id 3 onwards: extra evaluation-only splits
@@ -31,7 +31,7 @@ MODALITIES = ("image", "audio")
 class PairedDataset:
     """Features per modality ([N, C, H, W] float32), labels, and split ids (``ALL_SPLITS`` order).
 
-    ``y`` are the labels the student trains on: -1 (``pipeline.data.labels.UNLABELLED``) on a training pair
+    ``y`` are the labels the student trains on: -1 (``fdkd.pipeline.data.labels.UNLABELLED``) on a training pair
     nobody labelled. ``teacher_y`` are the file's labels, the ones a teacher trains on (None: the same as ``y``);
     they differ from ``y`` only on training rows, after ``data.labelled`` or ``data.label_noise``.
     """
@@ -44,7 +44,7 @@ class PairedDataset:
     meta: dict
     path: Path | None = None
     teacher_y: np.ndarray | None = None
-    labels: dict | None = None  # pipeline.data.labels.student_labels's summary
+    labels: dict | None = None  # fdkd.pipeline.data.labels.student_labels's summary
 
     @property
     def teacher_labels(self) -> np.ndarray:

@@ -3,7 +3,7 @@
 Synchronous mode with a synth callback; libc's ``rand`` and eSpeak's own generator are seeded
 per clip. eSpeak NG also keeps synthesis state across utterances (pitch flutter, resonator
 phase), so a clip depends on what the same process synthesised before it. ``synthesize_batch``
-therefore runs every build in a fresh child process (``python -m pipeline.data.espeak``), in a
+therefore runs every build in a fresh child process (``python -m fdkd.pipeline.data.espeak``), in a
 fixed order: the same specs give byte-identical audio, whatever the parent did before.
 """
 
@@ -102,11 +102,11 @@ class _Engine:
 def synthesize_batch(utterances: list[Utterance]) -> tuple[int, list[np.ndarray]]:
     """Synthesize in a fresh child process; returns (sample_rate, int16 waveforms).
 
-    The child (``python -m pipeline.data.espeak``) reads the utterances as JSON on stdin and
+    The child (``python -m fdkd.pipeline.data.espeak``) reads the utterances as JSON on stdin and
     writes one .npz to stdout; it imports numpy and ctypes only.
     """
     specs = json.dumps([dataclasses.asdict(u) for u in utterances]).encode()
-    proc = subprocess.run([sys.executable, "-m", "pipeline.data.espeak"], input=specs,
+    proc = subprocess.run([sys.executable, "-m", "fdkd.pipeline.data.espeak"], input=specs,
                           capture_output=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"eSpeak NG synthesis failed: {proc.stderr.decode(errors='replace').strip()}")
@@ -117,7 +117,7 @@ def synthesize_batch(utterances: list[Utterance]) -> tuple[int, list[np.ndarray]
 
 def phonemize(pairs: list[tuple[str, str]]) -> list[str]:
     """eSpeak NG's phoneme mnemonics for each (text, voice), looked up in a fresh child process."""
-    proc = subprocess.run([sys.executable, "-m", "pipeline.data.espeak", "--phonemes"],
+    proc = subprocess.run([sys.executable, "-m", "fdkd.pipeline.data.espeak", "--phonemes"],
                           input=json.dumps(pairs).encode(), capture_output=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"eSpeak NG phoneme lookup failed: {proc.stderr.decode(errors='replace').strip()}")

@@ -1,8 +1,8 @@
 """The labels a student trains on: partly labelled pairs (``data.labelled``) and noisy labels (``data.label_noise``).
 
-Used by ``pipeline.data.load`` on every dataset, built-in or manifest; the dataset file is never changed. A
+Used by ``fdkd.pipeline.data.load`` on every dataset, built-in or manifest; the dataset file is never changed. A
 training row whose student label is ``UNLABELLED`` (-1) is a pair nobody labelled: every teacher term of every
-method still applies to it, the cross-entropy never does (``pipeline.objectives``). Validation and test labels
+method still applies to it, the cross-entropy never does (``fdkd.pipeline.objectives``). Validation and test labels
 are never touched.
 
 - ``labelled`` in (0, 1]: within each class of the labelled training rows, ``max(1, round(labelled * n))`` rows

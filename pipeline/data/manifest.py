@@ -4,13 +4,13 @@ A manifest has one row per pair with columns ``teacher`` (file of the teacher's 
 ``student`` (file of the student's modality), ``label`` (a class name) and optionally ``split``
 (train/val/test, on every row or on none) and ``group`` (rows with one group value stay in one
 split). Paths are relative to the manifest's folder. Files: WAV audio (PCM 8/16/24/32-bit or
-float, any channel count: mixed to mono), PNG/JPEG images (any mode: ``serving.image``).
+float, any channel count: mixed to mono), PNG/JPEG images (any mode: ``fdkd.serving.image``).
 CSV may carry a UTF-8 byte-order mark and CRLF line ends.
 
 An empty ``label`` cell (JSONL: ``""`` or ``null``) marks an unlabelled pair: allowed in the training
 split only (a val/test row needs its label; without a ``split`` column every unlabelled row, and every
 row sharing a file or group with it, goes to train). Class names come from the labelled rows; the
-dataset file holds -1 (``pipeline.data.labels.UNLABELLED``) for an unlabelled row. The teacher trains
+dataset file holds -1 (``fdkd.pipeline.data.labels.UNLABELLED``) for an unlabelled row. The teacher trains
 on the labelled training rows, so a manifest with none needs ``teacher.checkpoint`` (``require_labels``).
 
 ``check_manifest`` reads every row and every file and returns **all** problems at once, each
@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import artifacts
-from pipeline.data.dataset import SPLITS, encode_meta
-from pipeline.data.labels import UNLABELLED
-from pipeline.data.splits import grouped_split, row_groups
-from serving.image import ImageError, decode_image
-from serving.preprocess import AudioFrontend, ImageFrontend
-from serving.wav import WavError, read_wav
+from fdkd import artifacts
+from fdkd.pipeline.data.dataset import SPLITS, encode_meta
+from fdkd.pipeline.data.labels import UNLABELLED
+from fdkd.pipeline.data.splits import grouped_split, row_groups
+from fdkd.serving.image import ImageError, decode_image
+from fdkd.serving.preprocess import AudioFrontend, ImageFrontend
+from fdkd.serving.wav import WavError, read_wav
 
 log = logging.getLogger(__name__)
 BUILDER_VERSION = 3  # 2: grouped splits, shared image decoder; 3: empty label cells are unlabelled (-1)
@@ -395,7 +395,7 @@ def build(mcfg, cache_dir: Path) -> Path:
     if c.problems:
         raise ManifestError(mcfg.path, c.problems)
     for w in c.warnings:
-        if not w.startswith(NO_TRAINING_LABEL):  # pipeline.data.require_labels decides, knowing the config
+        if not w.startswith(NO_TRAINING_LABEL):  # fdkd.pipeline.data.require_labels decides, knowing the config
             log.warning("%s: %s", mcfg.path, w)
     audio_col = "teacher" if teacher_kind == "audio" else "student"
     image_col = "student" if audio_col == "teacher" else "teacher"

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline import artifacts
-from pipeline.models.encoders import build_encoder
+from fdkd import artifacts
+from fdkd.pipeline.models.encoders import build_encoder
 
 FORMAT = "fdkd-checkpoint"
 VERSION = 1

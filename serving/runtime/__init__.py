@@ -11,13 +11,13 @@ from pathlib import Path
 
 
 def _onnx(path, **kw):
-    from serving.runtime.onnx import OnnxRuntime
+    from fdkd.serving.runtime.onnx import OnnxRuntime
 
     return OnnxRuntime(path, **kw)
 
 
 def _tensorrt(path, **kw):
-    from serving.runtime.tensorrt import TensorRTRuntime
+    from fdkd.serving.runtime.tensorrt import TensorRTRuntime
 
     return TensorRTRuntime(path, **kw)
 

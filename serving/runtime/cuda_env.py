@@ -9,7 +9,7 @@ engine tuned on one is not tuned for another: ``jetson_module`` reads the board 
 tree (``/proc/device-tree/model`` and the module part number in ``compatible``) and the L4T
 release from ``/etc/nv_tegra_release``, and ``gpu_slug`` puts the module into the engine key.
 
-``python -m serving.runtime.cuda_env`` is the container entrypoint's probe: it prints the engine
+``python -m fdkd.serving.runtime.cuda_env`` is the container entrypoint's probe: it prints the engine
 key and exits 0 on a usable GPU with TensorRT; exits 10 without TensorRT (a CPU host: serve
 ONNX); and when TensorRT imports but CUDA does not, logs why and exits 1, unless
 ``FDKD_ALLOW_CPU_FALLBACK=1`` asked for the CPU explicitly (then exit 11, still logged).
@@ -80,7 +80,14 @@ def jetson_module(root: Path = Path("/"), environ: dict | None = None) -> dict |
 
 def gpu_status(device: int = 0, jetson_root: Path = Path("/")) -> tuple[dict | None, str | None]:
     """(name, compute capability, SMs, driver and runtime versions, Jetson module; None) or (None, why not)."""
-    from serving.runtime.cudart import ATTR_CC_MAJOR, ATTR_CC_MINOR, ATTR_INTEGRATED, ATTR_SM_COUNT, CudaError, runtime
+    from fdkd.serving.runtime.cudart import (
+        ATTR_CC_MAJOR,
+        ATTR_CC_MINOR,
+        ATTR_INTEGRATED,
+        ATTR_SM_COUNT,
+        CudaError,
+        runtime,
+    )
 
     try:
         rt = runtime()

@@ -14,7 +14,7 @@ reduced range) exists for those.
 
 ``mode()`` is the execution mode as a dict (runtime, provider, graph optimisation level, Q/DQ
 fused or emulated, threads, the ONNX Runtime version, and for Q/DQ fused on the CPU the INT8 kernel family,
-``serving.runtime.cpu_isa``): validation records it next to each result, and the server loads an
+``fdkd.serving.runtime.cpu_isa``): validation records it next to each result, and the server loads an
 artifact only in a mode that was validated.
 """
 
@@ -67,7 +67,7 @@ class OnnxRuntime:
                 "qdq": ("emulated" if self.emulate_qdq else "fused") if self.has_qdq else None,
                 "threads": self.threads, "ort_version": self.ort_version}
         if mode["qdq"] == "fused" and mode["provider"] == "CPUExecutionProvider":
-            from serving.runtime.cpu_isa import int8_kernels
+            from fdkd.serving.runtime.cpu_isa import int8_kernels
 
             mode["int8_kernels"] = int8_kernels()  # fused INT8 results depend on the CPU's kernel family
         return mode

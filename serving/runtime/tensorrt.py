@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.runtime.cuda_env import describe, gpu_slug, gpu_status, same_device, tensorrt_version
+from fdkd.serving.runtime.cuda_env import describe, gpu_slug, gpu_status, same_device, tensorrt_version
 
 
 class EngineMismatch(RuntimeError):
@@ -60,7 +60,7 @@ class TensorRTRuntime:
             raise EngineMismatch(f"{self.path.name} was built for {describe(built_for)}, this is {describe(gpu)}")
         import tensorrt as trt
 
-        from serving.runtime.cudart import runtime
+        from fdkd.serving.runtime.cudart import runtime
 
         self.info = info
         self.cuda = runtime()

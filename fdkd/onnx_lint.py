@@ -7,7 +7,7 @@ in range, only the batch axis is dynamic, and Q/DQ pairs are TensorRT-legal (sig
 zero point 0; a QuantizeLinear without a zero-point input quantizes to uint8, so it is an error).
 
 The pipeline lints every graph meant for TensorRT: the FP32 export, the FP16 graph and each INT8
-Q/DQ graph (``calibration.quantize``); a graph with issues is never written under its final name.
+Q/DQ graph (``fdkd.calibration.quantize``); a graph with issues is never written under its final name.
 """
 
 from __future__ import annotations
