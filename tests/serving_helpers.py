@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -87,3 +89,15 @@ def metric(text: str, name: str, **labels) -> float:
         if all(f'{k}="{v}"' in rest for k, v in labels.items()):
             total += float(value)
     return total
+
+
+def failed_gate_copy(served_run, tmp_path, name: str = "failed-gate"):
+    """A copy of ``served_run`` whose ``student.onnx`` failed its validation gate (validation.json edited)."""
+    run_dir = tmp_path / name
+    shutil.copytree(served_run, run_dir)
+    v = json.loads((run_dir / "validation.json").read_text())
+    for a in v["artifacts"]:
+        if a["name"] == "student.onnx":
+            a["gate"]["passed"] = False
+    (run_dir / "validation.json").write_text(json.dumps(v))
+    return run_dir

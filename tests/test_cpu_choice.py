@@ -33,6 +33,14 @@ def _edit(run_dir, fn):
     (run_dir / "validation.json").write_text(json.dumps(v))
 
 
+def _fail_gate(name):
+    """An ``_edit`` that marks every entry of artifact ``name`` as failing its gate."""
+    def edit(a):
+        if a["name"] == name:
+            a["gate"]["passed"] = False
+    return edit
+
+
 def _speeds(run_dir, **rows_per_s):
     """Validated throughputs: FP32 1000 rows/s, each INT8 graph 500 unless told (``student_int8cpu_onnx=...``)."""
     speeds = {FP32: 1000.0, CPU8: 500.0, TRT8: 500.0} | {k.replace("_", "."): v for k, v in rows_per_s.items()}
@@ -83,10 +91,7 @@ def test_int8_validated_on_another_kernel_family_is_never_picked(run_copy):
 def test_int8_that_failed_its_fused_gate_or_was_only_emulated_is_not_picked(run_copy):
     _speeds(run_copy, student_int8cpu_onnx=5000.0, student_int8_minmax_onnx=4000.0)
 
-    def fail_cpu8(a):
-        if a["name"] == CPU8:
-            a["gate"]["passed"] = False
-    _edit(run_copy, fail_cpu8)
+    _edit(run_copy, _fail_gate(CPU8))
     assert load_model(run_copy).artifact == TRT8
 
     def drop_fused_trt8(a):  # keep only the emulated (reference) entry: the server would run it fused
@@ -111,10 +116,7 @@ def test_fp32_refusal_is_the_runs_refusal_even_with_a_faster_int8(run_copy):
     """student.onnx is the source of every graph: a failed FP32 gate is not routed around by serving INT8."""
     _speeds(run_copy, student_int8cpu_onnx=5000.0)
 
-    def fail_fp32(a):
-        if a["name"] == FP32:
-            a["gate"]["passed"] = False
-    _edit(run_copy, fail_fp32)
+    _edit(run_copy, _fail_gate(FP32))
     with pytest.raises(NotServable, match=f"{FP32} failed its validation gate"):
         load_model(run_copy)
 

@@ -19,7 +19,7 @@ import pytest
 from fdkd.serving.middleware import EXEMPT
 from fdkd.serving.wav import read_wav, write_wav
 from fdkd.serving.webpage import PUBLIC_PATHS
-from tests.serving_helpers import running_server
+from tests.serving_helpers import failed_gate_copy, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 KEY = "s3cret-page"
@@ -188,16 +188,7 @@ def test_microphone_recording_is_sent_as_a_16k_mono_wav(keyed_server, page, tmp_
 
 
 def test_page_warns_when_the_server_serves_an_unvalidated_artifact(served_run, page, tmp_path):
-    import json
-    import shutil
-
-    run_dir = tmp_path / "failed-gate"
-    shutil.copytree(served_run, run_dir)
-    v = json.loads((run_dir / "validation.json").read_text())
-    for a in v["artifacts"]:
-        if a["name"] == "student.onnx":
-            a["gate"]["passed"] = False
-    (run_dir / "validation.json").write_text(json.dumps(v))
+    run_dir = failed_gate_copy(served_run, tmp_path)
     with running_server(run_dir, allow_unvalidated=True) as (url, _):
         page.goto(f"{url}/")
         banner = page.locator("#unvalidated")

@@ -14,7 +14,7 @@ import pytest
 
 from fdkd.serving.runtime import load_runtime
 from fdkd.serving.wav import write_wav
-from tests.serving_helpers import metric, running_server
+from tests.serving_helpers import failed_gate_copy, metric, running_server
 
 SHAPE = [1, 40, 101]
 
@@ -196,13 +196,7 @@ def test_corrupt_artifact_is_live_but_not_ready(served_run, tmp_path):
 
 
 def test_failed_gate_refuses_unless_overridden(served_run, tmp_path):
-    run_dir = tmp_path / "failed-gate"
-    shutil.copytree(served_run, run_dir)
-    v = json.loads((run_dir / "validation.json").read_text())
-    for a in v["artifacts"]:
-        if a["name"] == "student.onnx":
-            a["gate"]["passed"] = False
-    (run_dir / "validation.json").write_text(json.dumps(v))
+    run_dir = failed_gate_copy(served_run, tmp_path)
     with running_server(run_dir, wait_ready=False) as (url, _):
         r = httpx.get(f"{url}/v2/health/ready")
         assert r.status_code == 503 and "failed its validation gate" in r.json()["error"]

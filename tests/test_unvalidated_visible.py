@@ -3,23 +3,9 @@ config parameters, ``/v1/model`` (which the page reads) and the page's warning b
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import httpx
 
-from tests.serving_helpers import running_server
-
-
-def _failed_gate_copy(served_run, tmp_path):
-    run_dir = tmp_path / "failed-gate"
-    shutil.copytree(served_run, run_dir)
-    v = json.loads((run_dir / "validation.json").read_text())
-    for a in v["artifacts"]:
-        if a["name"] == "student.onnx":
-            a["gate"]["passed"] = False
-    (run_dir / "validation.json").write_text(json.dumps(v))
-    return run_dir
+from tests.serving_helpers import failed_gate_copy, running_server
 
 
 def _views(url):
@@ -30,7 +16,7 @@ def _views(url):
 
 
 def test_unvalidated_artifact_served_with_the_flag_says_so_everywhere(served_run, tmp_path):
-    with running_server(_failed_gate_copy(served_run, tmp_path), allow_unvalidated=True) as (url, _):
+    with running_server(failed_gate_copy(served_run, tmp_path), allow_unvalidated=True) as (url, _):
         meta, config, info = _views(url)
         assert meta["allow_unvalidated"] is True and meta["validated"] is False
         assert "failed its validation gate" in meta["validation_warning"]
