@@ -94,7 +94,7 @@ def run(cfg, ds, run_dir: Path, student_path: Path | None = None) -> dict:
     import torch
 
     from fdkd.pipeline.models.checkpoint import load_model
-    from fdkd.pipeline.stages import load_teacher
+    from fdkd.pipeline.teacher import load_teacher
     from fdkd.pipeline.train import predict
 
     student_path = student_path or run_dir / artifacts.STUDENT

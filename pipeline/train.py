@@ -12,6 +12,9 @@ Directions that share a teacher and its input (``method: auto``'s candidates) sh
 A direction's ``augment`` (``fdkd.pipeline.augment``) replaces its student's training batches with
 freshly augmented ones; validation always reads the un-augmented ``x_student``.
 Devices, AMP and torchrun processes come from ``fdkd.pipeline.accel``.
+
+What a training stage (teacher, distill) does around the loop is here too: ``setup`` (seed and threads),
+``tensors`` (the dataset as tensors) and ``reset_log`` (its ``metrics.jsonl`` writer).
 """
 
 from __future__ import annotations
@@ -22,17 +25,39 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from fdkd import artifacts
 from fdkd.pipeline.accel import Accel, nhwc_hazard
-from fdkd.pipeline.config import OptimConfig
+from fdkd.pipeline.config import OptimConfig, RunConfig
 from fdkd.pipeline.ema import WeightAverage
 from fdkd.pipeline.objectives import Objective
 
 EVAL_BATCH = 512
+
+
+def setup(cfg: RunConfig) -> None:
+    """A training stage's start: ``threads`` torch threads (if set), torch and numpy seeded with ``seed``."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+
+def tensors(ds) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The dataset's inputs per modality and its (student) labels as tensors, sharing the arrays' memory."""
+    return {m: torch.from_numpy(a) for m, a in ds.x.items()}, torch.from_numpy(ds.y)
+
+
+def reset_log(path: Path):
+    """A metrics.jsonl writer starting from an empty file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    return lambda rec: artifacts.append_jsonl(path, rec)
 
 
 @dataclass
@@ -285,7 +310,7 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
         if acc.channels_last:
             d.student.to(memory_format=torch.channels_last)
         if d.teacher is not None:
-            d.teacher.to(acc.device).eval()  # frozen by the caller (fdkd.pipeline.stages.freeze)
+            d.teacher.to(acc.device).eval()  # frozen by the caller (fdkd.pipeline.teacher.freeze)
             if teacher_cache and d.objective.needs_teacher and d.cache is None:
                 key = (id(d.teacher), id(d.x_teacher), d.tap)
                 if key not in caches:
