@@ -8,6 +8,7 @@ An fdkd checkpoint (``teacher.<modality>.pt``, ``student.pt``) is a dict::
 
 Foreign teachers load too: a TorchScript module exposing ``forward_features`` and
 ``forward_head``, or a bare state dict plus the architecture it fits (``teacher.checkpoint_arch``).
+The training stages save through ``save_with_config`` (the checkpoint, and its resolved config beside it).
 """
 
 from __future__ import annotations

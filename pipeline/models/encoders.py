@@ -3,7 +3,9 @@
 ``ConvEncoder`` is a small residual CNN for any [C, H, W] input (an image, or a log-mel
 spectrogram as a one-channel image); ``width`` and ``depth`` make the teacher much larger than
 the student. ``TimmEncoder`` wraps any timm architecture by name (no pretrained downloads).
-The table ``ARCHS`` is the only place that maps a config's ``arch`` to a class.
+The table ``ARCHS`` is the only place that maps a config's ``arch`` to a class; ``arch_dict`` turns a
+config's encoder settings and an input shape into the constructor arguments ``build_encoder`` takes (and
+checkpoints store).
 """
 
 from __future__ import annotations
