@@ -1,7 +1,9 @@
 """Run configuration: one YAML file per run, validated by pydantic, with ``--set a.b=c`` overrides.
 
 Unknown keys and wrong types are errors that name the key (``ConfigError``). The resolved
-configuration is written next to every artifact (``save_config``) and embedded in checkpoints.
+configuration is written next to every checkpoint and embedded in it
+(``fdkd.pipeline.models.checkpoint.save_with_config``), and ``fdkd run`` keeps it in the run's ``config.yaml``
+and ``manifest.json``, its sections hashed into the stage keys (``fdkd.pipeline.run``).
 
 ``RunConfig`` (here) is the root; each stage's settings live in the module named for it:
 
