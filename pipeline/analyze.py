@@ -45,7 +45,7 @@ def mean_cosine(x: np.ndarray, y: np.ndarray) -> float | None:
 def bands(f: np.ndarray, cut: int) -> dict[str, np.ndarray]:
     import torch
 
-    from fdkd.pipeline.losses.frequency import band_split
+    from fdkd.pipeline.losses.fd import band_split
 
     low, high = (b.numpy() for b in band_split(torch.from_numpy(f.astype(np.float64)), cut))
     return {"low": low, "high": high, "low+dc": low + f.mean(1, keepdims=True)}
@@ -94,7 +94,7 @@ def run(cfg, ds, run_dir: Path, student_path: Path | None = None) -> dict:
     import torch
 
     from fdkd.pipeline.models.checkpoint import load_model
-    from fdkd.pipeline.stages import load_teacher
+    from fdkd.pipeline.teacher import load_teacher
     from fdkd.pipeline.train import predict
 
     student_path = student_path or run_dir / artifacts.STUDENT

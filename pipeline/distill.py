@@ -32,10 +32,12 @@ from fdkd import artifacts
 from fdkd.pipeline import auto, controls, data
 from fdkd.pipeline.augment import student_augmenter
 from fdkd.pipeline.config import DistillConfig, RunConfig
+from fdkd.pipeline.models.checkpoint import save_with_config
+from fdkd.pipeline.models.encoders import arch_dict
 from fdkd.pipeline.objectives import METHODS, build_objective
 from fdkd.pipeline.progress import progress_bar
-from fdkd.pipeline.stages import arch_dict, load_teacher, reset_log, save_with_config, setup, tensors
-from fdkd.pipeline.train import Direction, accuracy, features, fit, predict, teacher_outputs
+from fdkd.pipeline.teacher import load_teacher
+from fdkd.pipeline.train import Direction, accuracy, features, fit, predict, reset_log, setup, teacher_outputs, tensors
 
 
 class _SharedAugment:

@@ -8,6 +8,9 @@ The teacher trains on the dataset file's labels (``PairedDataset.teacher_labels`
 ``data.labelled`` and ``data.label_noise`` never reach it. A built-in preset labels every training image;
 a manifest's empty label cells are unlabelled for the teacher too, and one with no labelled training row
 needs ``teacher.checkpoint``.
+
+Every stage that needs the frozen teacher (distill, analyze, validate) finds it here: ``teacher_path`` (where this
+stage writes it) and ``load_teacher`` (``teacher.checkpoint`` or the run's, frozen by ``freeze``).
 """
 
 from __future__ import annotations
@@ -19,10 +22,56 @@ import torch
 from fdkd import artifacts
 from fdkd.pipeline import accel, data
 from fdkd.pipeline.config import RunConfig
+from fdkd.pipeline.models.checkpoint import (
+    FORMAT,
+    is_torchscript,
+    load_foreign_teacher,
+    model_from_checkpoint,
+    read_checkpoint,
+    save_with_config,
+)
+from fdkd.pipeline.models.encoders import arch_dict
 from fdkd.pipeline.objectives import NoKD
 from fdkd.pipeline.progress import progress_bar
-from fdkd.pipeline.stages import arch_dict, load_teacher, reset_log, save_with_config, setup, teacher_path, tensors
-from fdkd.pipeline.train import Direction, accuracy, fit, predict
+from fdkd.pipeline.train import Direction, accuracy, fit, predict, reset_log, setup, tensors
+
+
+def teacher_path(cfg: RunConfig, modality: str) -> Path:
+    """Where ``fdkd teacher`` writes the teacher for ``modality`` (and where distill looks)."""
+    return cfg.run_dir / artifacts.TEACHER.format(modality=modality)
+
+
+def load_teacher(cfg: RunConfig, modality: str, ds=None):
+    """The frozen teacher for ``modality``: ``teacher.checkpoint`` if set (and of that modality), else the run's.
+
+    ``ds`` (the dataset) supplies input channels and class count for a bare state dict.
+    """
+    external = cfg.teacher.checkpoint if modality == cfg.teacher.modality else None
+    path = external or teacher_path(cfg, modality)
+    if not path.exists():
+        raise FileNotFoundError(f"no {modality} teacher at {path}: run `fdkd teacher --modality {modality}` "
+                                "first, or set teacher.checkpoint")
+    if not is_torchscript(path):
+        try:
+            ckpt = read_checkpoint(path)
+        except ValueError:
+            ckpt = None
+        if ckpt is not None and ckpt.get("format") == FORMAT:
+            if ckpt.get("modality") not in (None, modality):
+                raise ValueError(f"teacher {path} was trained on {ckpt['modality']}, not {modality}")
+            return freeze(model_from_checkpoint(ckpt)), path
+    arch = None
+    if cfg.teacher.checkpoint_arch is not None and ds is not None:
+        arch = arch_dict(cfg.teacher.checkpoint_arch, ds.x[modality].shape[1:], ds.num_classes)
+    return freeze(load_foreign_teacher(path, arch)), path
+
+
+def freeze(model):
+    """Eval mode and no gradients (works for TorchScript modules too)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def run(cfg: RunConfig, modality: str | None = None) -> tuple[Path, dict]:

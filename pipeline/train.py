@@ -12,6 +12,9 @@ Directions that share a teacher and its input (``method: auto``'s candidates) sh
 A direction's ``augment`` (``fdkd.pipeline.augment``) replaces its student's training batches with
 freshly augmented ones; validation always reads the un-augmented ``x_student``.
 Devices, AMP and torchrun processes come from ``fdkd.pipeline.accel``.
+
+What a training stage (teacher, distill) does around the loop is here too: ``setup`` (seed and threads),
+``tensors`` (the dataset as tensors) and ``reset_log`` (its ``metrics.jsonl`` writer).
 """
 
 from __future__ import annotations
@@ -22,17 +25,39 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from fdkd import artifacts
 from fdkd.pipeline.accel import Accel, nhwc_hazard
-from fdkd.pipeline.config import OptimConfig
+from fdkd.pipeline.config import OptimConfig, RunConfig
 from fdkd.pipeline.ema import WeightAverage
 from fdkd.pipeline.objectives import Objective
 
 EVAL_BATCH = 512
+
+
+def setup(cfg: RunConfig) -> None:
+    """A training stage's start: ``threads`` torch threads (if set), torch and numpy seeded with ``seed``."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+
+def tensors(ds) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The dataset's inputs per modality and its (student) labels as tensors, sharing the arrays' memory."""
+    return {m: torch.from_numpy(a) for m, a in ds.x.items()}, torch.from_numpy(ds.y)
+
+
+def reset_log(path: Path):
+    """A metrics.jsonl writer starting from an empty file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    return lambda rec: artifacts.append_jsonl(path, rec)
 
 
 @dataclass
@@ -242,30 +267,34 @@ def unused_parameters(joint: Joint, directions: list[Direction], train_idx: torc
     return [n for (n, _), g in zip(named, grads, strict=True) if g is None]
 
 
-def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: OptimConfig, *, seed: int,
-        teacher_cache: bool = True, grad_norm_every: int = 10, log=None, progress=None,
-        description: str = "train", acc: Accel | None = None, select_rows: np.ndarray | None = None) -> list[dict]:
-    """Train every direction jointly (one optimizer, summed losses; under fp16 AMP one optimizer and
-    loss scaler per direction); returns per-epoch records.
+@dataclass
+class _Loop:
+    """What every epoch of ``fit`` reads, built once before the first (``_prepare``)."""
 
-    ``y`` are the student's labels, -1 on an unlabelled training pair (``fdkd.pipeline.data.labels``); training
-    accuracy counts labelled rows only. ``select_rows``: the validation rows that pick each direction's best
-    epoch (default: every validation row; ``method: auto`` keeps the other half to choose among candidates).
+    directions: list[Direction]
+    y: torch.Tensor
+    opt: OptimConfig
+    acc: Accel
+    joint: Joint
+    model: nn.Module  # ``joint``, wrapped in DistributedDataParallel and/or torch.compile where asked
+    sgds: list[torch.optim.Optimizer]  # one, or under fp16 AMP one per direction
+    scalers: list | None  # fp16 AMP: one loss scaler per direction; else None
+    averages: list[WeightAverage | None]  # each direction's weight average (optim.ema_decay), or None
+    train_idx: torch.Tensor
+    streams: _Streams
+    gen: torch.Generator  # each epoch's permutation of the training rows
+    shard: int  # training rows per rank
+    bounds: list[tuple[int, int]]  # each step's [start, end) in the rank's shard
+    total_steps: int
+    grad_norm_every: int
+    zero: torch.Tensor  # float64 0 on the device: the running sums start from it
+    step: int = 0
 
-    With ``acc.world`` > 1 this runs inside one torchrun process per rank: the trainable parts are
-    wrapped in DistributedDataParallel, each epoch's seeded permutation is sharded across ranks
-    (DistributedSampler semantics: padded to equal shards, reshuffled every epoch), the global
-    batch stays ``opt.batch_size``, validation is gathered, and only rank 0 logs. Each direction's
-    best validation state ends up in ``direction.best_state`` and loaded into its student.
-    Loss sums, accuracy counts and gradient norms stay on the device and are read once per epoch.
-    """
-    acc = acc or Accel(torch.device("cpu"))
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    train_idx = torch.from_numpy(np.flatnonzero(split == 0))
-    val_idx = torch.from_numpy(np.flatnonzero(split == 1) if select_rows is None else np.sort(select_rows))
-    if len(train_idx) == 0 or len(val_idx) == 0:
-        raise ValueError("training needs non-empty train and val splits")
+
+def _prepare(directions: list[Direction], y: torch.Tensor, train_idx: torch.Tensor, opt: OptimConfig,
+             gen: torch.Generator, *, seed: int, teacher_cache: bool, grad_norm_every: int, acc: Accel) -> _Loop:
+    """Everything before the first epoch: the row streams, models on the device (in NHWC where asked and safe), the
+    teacher caches, the joint model (DDP, compile), optimizers and loss scalers, weight averages, the steps."""
     streams = _Streams(directions, train_idx, y, seed, acc)
     for d in directions:
         d.objective.partial_labels = streams.partial
@@ -285,7 +314,7 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
         if acc.channels_last:
             d.student.to(memory_format=torch.channels_last)
         if d.teacher is not None:
-            d.teacher.to(acc.device).eval()  # frozen by the caller (fdkd.pipeline.stages.freeze)
+            d.teacher.to(acc.device).eval()  # frozen by the caller (fdkd.pipeline.teacher.freeze)
             if teacher_cache and d.objective.needs_teacher and d.cache is None:
                 key = (id(d.teacher), id(d.x_teacher), d.tap)
                 if key not in caches:
@@ -307,13 +336,14 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
                                         find_unused_parameters=bool(unused))
     if acc.compile:
         model = torch.compile(model)
+
     def sgd_of(params):
         return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
 
     # fp16 AMP: one optimizer and one loss scaler per direction (their parameters are disjoint), so an inf
     # in one candidate skips that candidate's step and lowers its scale only, as if trained on its own
-    fp16 = acc.amp_dtype == torch.float16
-    if fp16:
+    scalers = None
+    if acc.amp_dtype == torch.float16:
         sgds = [sgd_of([p for m in (d.student, d.objective) for p in m.parameters() if p.requires_grad])
                 for d in directions]
         scalers = [torch.amp.GradScaler(acc.device.type) for _ in directions]
@@ -324,92 +354,181 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     per_rank_batch = max(1, opt.batch_size // acc.world)
     shard = math.ceil(len(train_idx) / acc.world)
     bounds = batch_bounds(shard, per_rank_batch)  # the same on every rank: equal shards
-    total_steps = opt.epochs * len(bounds)
-    records, step = [], 0
-    task = progress.add_task(description, total=opt.epochs, info="") if progress and acc.is_main else None
-    zero = torch.zeros((), dtype=torch.float64, device=acc.device)
-    for epoch in range(opt.epochs):
-        t0 = time.perf_counter()
-        joint.train()
-        perm = torch.randperm(len(train_idx), generator=gen)
-        if acc.distributed:  # same permutation on every rank; rank r takes every world-th position
-            perm = torch.cat([perm, perm[: shard * acc.world - len(perm)]])[acc.rank :: acc.world]
-        lperm = streams.epoch(perm, shard)
-        # running sums stay on the device (float64, as the Python floats they replace): one read per epoch
-        sums: dict[str, dict[str, torch.Tensor]] = {d.name: {} for d in directions}
-        norms: dict[str, dict[str, list[torch.Tensor]]] = {d.name: {} for d in directions}
-        correct = {d.name: zero.clone() for d in directions}
-        counted = {d.name: zero.clone() for d in directions}
-        seen = 0
-        for b, (lo, hi) in enumerate(bounds):
-            local = perm[lo:hi]
-            shared = (train_idx[local], local)
-            if lperm is not None:  # partly labelled: none on the labelled batch, the others on both batches
-                lloc = lperm[lo:hi]
-                labelled = (train_idx[lloc], lloc)
-                both = (torch.cat([shared[0], labelled[0]]), torch.cat([local, lloc]))
-                batches = [labelled if own else both for own in streams.own]
-            else:
-                batches = [shared] * len(directions)
-            lr = poly_lr(opt, step, total_steps)
-            for g in (g for sgd in sgds for g in sgd.param_groups):
-                g["lr"] = lr
-            probe = grad_norm_every > 0 and b % grad_norm_every == 0
-            xs, touts, ys, weak = _inputs(directions, batches, y, acc, augment=True)
-            results = model(xs, touts, ys, epoch, acc.amp_dtype, weak)
-            losses = []
-            n = hi - lo
-            for d, (f_s, z_s, terms), yb in zip(directions, results, ys, strict=True):
-                for name, (w, v) in terms.items():
-                    sums[d.name][name] = sums[d.name].get(name, zero) + v.detach().double() * n
-                    if probe and w != 0 and v.requires_grad:
-                        (g,) = torch.autograd.grad(w * v, f_s, retain_graph=True, allow_unused=True)
-                        norms[d.name].setdefault(name, []).append(zero if g is None else g.norm().double())
-                correct[d.name] += (z_s.detach().argmax(1) == yb).sum()
-                counted[d.name] += (yb >= 0).sum() if streams.partial else n
-                losses.append(sum(w * v for w, v in terms.values()))
-            seen += n
-            for sgd in sgds:
-                sgd.zero_grad(set_to_none=True)
-            if fp16:
-                sum(sc.scale(loss) for sc, loss in zip(scalers, losses, strict=True)).backward()
-                for sc, sgd in zip(scalers, sgds, strict=True):
-                    sc.step(sgd)
-                    sc.update()
-            else:
-                sum(losses).backward()
-                sgds[0].step()
-            for d, avg in zip(directions, averages, strict=True):
-                if avg is not None:
-                    avg.update(d.student)
-            step += 1
-        seconds = time.perf_counter() - t0
-        for d, avg in zip(directions, averages, strict=True):
-            with avg.swapped_in(d.student) if avg is not None else nullcontext():
-                val_acc = _val_accuracy(d.student, d.x_student[val_idx], y[val_idx], acc)
-                if d.best_state is None or val_acc > d.best["val_acc"]:
-                    d.best_state = {k: v.detach().cpu().clone() for k, v in d.student.state_dict().items()}
-                    d.best = {"epoch": epoch, "val_acc": val_acc}
-            rec = {"epoch": epoch, "direction": d.name, "lr": lr, "epoch_seconds": round(seconds, 4),
-                   "train_acc": float(correct[d.name]) / max(float(counted[d.name]), 1), "val_acc": val_acc,
-                   "world_size": acc.world}
-            if avg is not None:
-                rec["val_of"] = "ema"
-            for name, s in sums[d.name].items():
-                rec[f"loss/{name}"] = float(s) / max(seen, 1)
-            for name, vals in norms[d.name].items():
-                rec[f"grad_norm/{name}"] = float(torch.stack(vals).mean())
-            records.append(rec)
-            if log and acc.is_main:
-                log(rec)
-        if task is not None:
-            info = "  ".join(f"{d.name} val {records[-len(directions) + i]['val_acc']:.3f}"
-                             for i, d in enumerate(directions))
-            progress.update(task, advance=1, info=info)
+    return _Loop(directions, y, opt, acc, joint, model, sgds, scalers, averages, train_idx, streams, gen, shard,
+                 bounds, opt.epochs * len(bounds), grad_norm_every,
+                 torch.zeros((), dtype=torch.float64, device=acc.device))
+
+
+@dataclass
+class _EpochSums:
+    """One epoch's running sums per direction name. They stay on the device (float64, as the Python floats they
+    replace) until ``record`` reads them: one read per epoch."""
+
+    sums: dict[str, dict[str, torch.Tensor]]  # loss term -> sum over rows of its value
+    norms: dict[str, dict[str, list[torch.Tensor]]]  # loss term -> its gradient norm at each probed step
+    correct: dict[str, torch.Tensor]
+    counted: dict[str, torch.Tensor]  # training rows that count for accuracy (the labelled ones)
+    seen: int = 0
+    lr: float = 0.0  # the last step's
+    seconds: float = 0.0
+
+    def record(self, d: Direction, epoch: int, val_acc: float, world: int, ema: bool) -> dict:
+        """The direction's line of ``metrics.jsonl`` for this epoch."""
+        rec = {"epoch": epoch, "direction": d.name, "lr": self.lr, "epoch_seconds": round(self.seconds, 4),
+               "train_acc": float(self.correct[d.name]) / max(float(self.counted[d.name]), 1), "val_acc": val_acc,
+               "world_size": world}
+        if ema:
+            rec["val_of"] = "ema"
+        for name, s in self.sums[d.name].items():
+            rec[f"loss/{name}"] = float(s) / max(self.seen, 1)
+        for name, vals in self.norms[d.name].items():
+            rec[f"grad_norm/{name}"] = float(torch.stack(vals).mean())
+        return rec
+
+
+def _batches(loop: _Loop, perm: torch.Tensor, lperm: torch.Tensor | None, lo: int, hi: int):
+    """Per direction, one step's (dataset rows, their positions among the training rows): positions lo..hi of the
+    shared permutation; where some rows are unlabelled (``_Streams``), ``none`` gets the labelled stream's batch and
+    every other direction both batches together."""
+    local = perm[lo:hi]
+    shared = (loop.train_idx[local], local)
+    if lperm is None:
+        return [shared] * len(loop.directions)
+    lloc = lperm[lo:hi]
+    labelled = (loop.train_idx[lloc], lloc)
+    both = (torch.cat([shared[0], labelled[0]]), torch.cat([local, lloc]))
+    return [labelled if own else both for own in loop.streams.own]
+
+
+def _step(loop: _Loop, losses: list[torch.Tensor]) -> None:
+    """Backward through the summed losses and one optimizer step (fp16 AMP: each direction's loss scaled by its own
+    scaler, one step each), then each weight average follows its student."""
+    for sgd in loop.sgds:
+        sgd.zero_grad(set_to_none=True)
+    if loop.scalers is not None:
+        sum(sc.scale(loss) for sc, loss in zip(loop.scalers, losses, strict=True)).backward()
+        for sc, sgd in zip(loop.scalers, loop.sgds, strict=True):
+            sc.step(sgd)
+            sc.update()
+    else:
+        sum(losses).backward()
+        loop.sgds[0].step()
+    for d, avg in zip(loop.directions, loop.averages, strict=True):
+        if avg is not None:
+            avg.update(d.student)
+
+
+def _train_epoch(loop: _Loop, epoch: int) -> _EpochSums:
+    """One pass over the training rows, every direction on its batch of each step: the seeded permutation (sharded
+    across ranks), the learning rate of the step, the forward of the joint model, the running sums (gradient norms
+    of the loss terms on the student's features every ``grad_norm_every`` steps), the optimizer step."""
+    directions, acc, zero = loop.directions, loop.acc, loop.zero
+    t0 = time.perf_counter()
+    loop.joint.train()
+    perm = torch.randperm(len(loop.train_idx), generator=loop.gen)
+    if acc.distributed:  # same permutation on every rank; rank r takes every world-th position
+        perm = torch.cat([perm, perm[: loop.shard * acc.world - len(perm)]])[acc.rank :: acc.world]
+    lperm = loop.streams.epoch(perm, loop.shard)
+    ep = _EpochSums(sums={d.name: {} for d in directions}, norms={d.name: {} for d in directions},
+                    correct={d.name: zero.clone() for d in directions},
+                    counted={d.name: zero.clone() for d in directions})
+    for b, (lo, hi) in enumerate(loop.bounds):
+        batches = _batches(loop, perm, lperm, lo, hi)
+        ep.lr = lr = poly_lr(loop.opt, loop.step, loop.total_steps)
+        for g in (g for sgd in loop.sgds for g in sgd.param_groups):
+            g["lr"] = lr
+        probe = loop.grad_norm_every > 0 and b % loop.grad_norm_every == 0
+        xs, touts, ys, weak = _inputs(directions, batches, loop.y, acc, augment=True)
+        results = loop.model(xs, touts, ys, epoch, acc.amp_dtype, weak)
+        losses = []
+        n = hi - lo
+        for d, (f_s, z_s, terms), yb in zip(directions, results, ys, strict=True):
+            sums, norms = ep.sums[d.name], ep.norms[d.name]
+            for name, (w, v) in terms.items():
+                sums[name] = sums.get(name, zero) + v.detach().double() * n
+                if probe and w != 0 and v.requires_grad:
+                    (g,) = torch.autograd.grad(w * v, f_s, retain_graph=True, allow_unused=True)
+                    norms.setdefault(name, []).append(zero if g is None else g.norm().double())
+            ep.correct[d.name] += (z_s.detach().argmax(1) == yb).sum()
+            ep.counted[d.name] += (yb >= 0).sum() if loop.streams.partial else n
+            losses.append(sum(w * v for w, v in terms.values()))
+        ep.seen += n
+        _step(loop, losses)
+        loop.step += 1
+    ep.seconds = time.perf_counter() - t0
+    return ep
+
+
+def _evaluate(d: Direction, average: WeightAverage | None, val_idx: torch.Tensor, y: torch.Tensor, acc: Accel,
+              epoch: int) -> float:
+    """The student's validation accuracy (of its weight average, swapped in, where there is one); its state is kept
+    if this epoch is its best so far (``_keep_best``)."""
+    with average.swapped_in(d.student) if average is not None else nullcontext():
+        val_acc = _val_accuracy(d.student, d.x_student[val_idx], y[val_idx], acc)
+        _keep_best(d, epoch, val_acc)
+    return val_acc
+
+
+def _keep_best(d: Direction, epoch: int, val_acc: float) -> None:
+    """A CPU copy of the student's state as ``d.best_state`` when ``val_acc`` beats its best (the first epoch always
+    does; a tie keeps the earlier epoch)."""
+    if d.best_state is None or val_acc > d.best["val_acc"]:
+        d.best_state = {k: v.detach().cpu().clone() for k, v in d.student.state_dict().items()}
+        d.best = {"epoch": epoch, "val_acc": val_acc}
+
+
+def _restore_best(directions: list[Direction], acc: Accel) -> None:
+    """After the last epoch: each student holds its best state, on the CPU in eval mode (NCHW), its objective too."""
     for d in directions:
         d.student.load_state_dict(d.best_state)
         d.student.to("cpu").eval()
         if acc.channels_last:
             d.student.to(memory_format=torch.contiguous_format)
         d.objective.to("cpu")
+
+
+def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: OptimConfig, *, seed: int,
+        teacher_cache: bool = True, grad_norm_every: int = 10, log=None, progress=None,
+        description: str = "train", acc: Accel | None = None, select_rows: np.ndarray | None = None) -> list[dict]:
+    """Train every direction jointly (one optimizer, summed losses; under fp16 AMP one optimizer and
+    loss scaler per direction); returns per-epoch records.
+
+    ``y`` are the student's labels, -1 on an unlabelled training pair (``fdkd.pipeline.data.labels``); training
+    accuracy counts labelled rows only. ``select_rows``: the validation rows that pick each direction's best
+    epoch (default: every validation row; ``method: auto`` keeps the other half to choose among candidates).
+
+    With ``acc.world`` > 1 this runs inside one torchrun process per rank: the trainable parts are
+    wrapped in DistributedDataParallel, each epoch's seeded permutation is sharded across ranks
+    (DistributedSampler semantics: padded to equal shards, reshuffled every epoch), the global
+    batch stays ``opt.batch_size``, validation is gathered, and only rank 0 logs. Each direction's
+    best validation state ends up in ``direction.best_state`` and loaded into its student.
+    Loss sums, accuracy counts and gradient norms stay on the device and are read once per epoch.
+
+    The pieces: ``_prepare`` (once), then per epoch ``_train_epoch`` (one pass over the batches) and per direction
+    ``_evaluate`` (validation, keeping the best state: ``_keep_best``); ``_restore_best`` at the end.
+    """
+    acc = acc or Accel(torch.device("cpu"))
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    train_idx = torch.from_numpy(np.flatnonzero(split == 0))
+    val_idx = torch.from_numpy(np.flatnonzero(split == 1) if select_rows is None else np.sort(select_rows))
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ValueError("training needs non-empty train and val splits")
+    loop = _prepare(directions, y, train_idx, opt, gen, seed=seed, teacher_cache=teacher_cache,
+                    grad_norm_every=grad_norm_every, acc=acc)
+    acc = loop.acc  # channels_last may be off (a oneDNN hazard)
+    records = []
+    task = progress.add_task(description, total=opt.epochs, info="") if progress and acc.is_main else None
+    for epoch in range(opt.epochs):
+        ep = _train_epoch(loop, epoch)
+        for d, avg in zip(directions, loop.averages, strict=True):
+            val_acc = _evaluate(d, avg, val_idx, y, acc, epoch)
+            records.append(ep.record(d, epoch, val_acc, acc.world, ema=avg is not None))
+            if log and acc.is_main:
+                log(records[-1])
+        if task is not None:
+            info = "  ".join(f"{d.name} val {records[-len(directions) + i]['val_acc']:.3f}"
+                             for i, d in enumerate(directions))
+            progress.update(task, advance=1, info=info)
+    _restore_best(directions, acc)
     return records

@@ -149,7 +149,7 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
 
     from fdkd.pipeline.models.checkpoint import load_model
     from fdkd.pipeline.report import write_report
-    from fdkd.pipeline.stages import load_teacher
+    from fdkd.pipeline.teacher import load_teacher
     from fdkd.pipeline.train import predict
     from fdkd.serving.runtime import load_runtime
 

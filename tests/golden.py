@@ -28,7 +28,7 @@ def compute() -> dict[str, float]:
     from fdkd.pipeline.config import DistillConfig
     from fdkd.pipeline.losses.dist import dist_loss
     from fdkd.pipeline.losses.dkd import dkd_loss
-    from fdkd.pipeline.losses.frequency import fd_feature_losses
+    from fdkd.pipeline.losses.fd import fd_feature_losses
     from fdkd.pipeline.losses.kd import kd_loss
     from fdkd.pipeline.objectives import METHODS
 

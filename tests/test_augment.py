@@ -80,10 +80,9 @@ def test_only_training_rows_and_never_the_dataset(ds):
 def test_fit_feeds_augmented_train_batches_and_clean_validation(ds):
     """fit() asks the augmenter for training rows only; validation reads the un-augmented features."""
     from fdkd.pipeline.config import DistillConfig, OptimConfig
-    from fdkd.pipeline.models.encoders import build_encoder
+    from fdkd.pipeline.models.encoders import arch_dict, build_encoder
     from fdkd.pipeline.objectives import build_objective
-    from fdkd.pipeline.stages import arch_dict, tensors
-    from fdkd.pipeline.train import Direction, fit
+    from fdkd.pipeline.train import Direction, fit, tensors
 
     x, y = tensors(ds)
     asked = []

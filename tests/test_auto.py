@@ -8,8 +8,7 @@ import torch
 
 from fdkd.pipeline import distill
 from fdkd.pipeline.models.checkpoint import read_checkpoint
-from fdkd.pipeline.stages import tensors
-from fdkd.pipeline.train import accuracy, predict
+from fdkd.pipeline.train import accuracy, predict, tensors
 from tests.test_distill import _cfg, _test_accuracy
 
 CANDIDATES = "[{name: none, method: none}, {name: kd, method: kd}, {name: rigged, method: fd, set: {fd.w_low: 10}}]"

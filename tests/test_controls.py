@@ -41,7 +41,7 @@ def test_shuffled_teacher_rows_touch_only_training_rows():
 
 def test_shuffled_teacher_cache_is_the_real_cache_permuted_within_class(tiny_cfg, tiny_teachers, tiny_dataset):
     from fdkd.pipeline import accel
-    from fdkd.pipeline.stages import tensors
+    from fdkd.pipeline.train import tensors
 
     x, _ = tensors(tiny_dataset)
     cfg = _cfg(tiny_cfg, "shuffle-cache", **{"distill.method": "kd", "distill.teacher_shuffle": "true"})

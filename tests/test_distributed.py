@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fdkd.pipeline.config import load_config
-from fdkd.pipeline.losses.frequency import band_split, fastest_band_split
+from fdkd.pipeline.losses.fd import band_split, fastest_band_split
 from tests.conftest import tiny_overrides
 
 
@@ -62,15 +62,15 @@ def test_auto_band_split_picks_the_faster_form(monkeypatch, slow):
     """Make one form slow on purpose (a sleep inside it): the timing must pick the other one."""
     import time
 
-    from fdkd.pipeline.losses import frequency
+    from fdkd.pipeline.losses import fd as fd_losses
 
-    real = frequency.band_split
+    real = fd_losses.band_split
 
     def timed(x, cut=None, method="matmul"):
         if method == slow:
             time.sleep(0.002)
         return real(x, cut, method=method)
 
-    monkeypatch.setattr(frequency, "band_split", timed)
+    monkeypatch.setattr(fd_losses, "band_split", timed)
     fast = {"matmul": "fft", "fft": "matmul"}[slow]
     assert fastest_band_split(128, None, torch.device("cpu"), repeats=3) == fast

@@ -44,8 +44,7 @@ def test_swapped_in_lends_the_average_and_gives_the_weights_back():
 
 def _student(ds) -> nn.Module:
     from fdkd.pipeline.config import DistillConfig
-    from fdkd.pipeline.models.encoders import build_encoder
-    from fdkd.pipeline.stages import arch_dict
+    from fdkd.pipeline.models.encoders import arch_dict, build_encoder
 
     arch = arch_dict(DistillConfig().student.model_copy(update={"width": 4, "depth": 1}), ds.x["audio"].shape[1:],
                      ds.num_classes)
@@ -56,8 +55,7 @@ def _student(ds) -> nn.Module:
 def _fit(ds, ema_decay):
     from fdkd.pipeline.config import DistillConfig, OptimConfig
     from fdkd.pipeline.objectives import build_objective
-    from fdkd.pipeline.stages import tensors
-    from fdkd.pipeline.train import Direction, fit
+    from fdkd.pipeline.train import Direction, fit, tensors
 
     x, y = tensors(ds)
     student = _student(ds)
@@ -68,8 +66,7 @@ def _fit(ds, ema_decay):
 
 
 def test_fit_validates_and_ships_the_average_of_the_training_trajectory(tiny_dataset, monkeypatch):
-    from fdkd.pipeline.stages import tensors
-    from fdkd.pipeline.train import accuracy, batch_bounds, predict
+    from fdkd.pipeline.train import accuracy, batch_bounds, predict, tensors
 
     plain, plain_records = _fit(tiny_dataset, None)
     seen = []  # every state the average is updated from, in order

@@ -9,7 +9,7 @@ import torch
 from fdkd.pipeline.config import DistillConfig
 from fdkd.pipeline.losses.dist import dist_loss
 from fdkd.pipeline.losses.dkd import dkd_loss
-from fdkd.pipeline.losses.frequency import fd_feature_losses, high_band_loss, log_compress, std_normalize
+from fdkd.pipeline.losses.fd import fd_feature_losses, high_band_loss, log_compress, std_normalize
 from fdkd.pipeline.losses.kd import kd_loss
 from fdkd.pipeline.objectives import METHODS, build_objective
 

@@ -17,10 +17,9 @@ def test_the_hazard_is_a_narrow_strided_shortcut_only():
 
 def _fit_nhwc(ds, width):
     from fdkd.pipeline.config import DistillConfig, OptimConfig
-    from fdkd.pipeline.models.encoders import build_encoder
+    from fdkd.pipeline.models.encoders import arch_dict, build_encoder
     from fdkd.pipeline.objectives import build_objective
-    from fdkd.pipeline.stages import arch_dict, tensors
-    from fdkd.pipeline.train import Direction, accuracy, fit, predict
+    from fdkd.pipeline.train import Direction, accuracy, fit, predict, tensors
 
     x, y = tensors(ds)
     arch = arch_dict(DistillConfig().student.model_copy(update={"width": width, "depth": 2}), ds.x["audio"].shape[1:],

@@ -8,6 +8,7 @@ An fdkd checkpoint (``teacher.<modality>.pt``, ``student.pt``) is a dict::
 
 Foreign teachers load too: a TorchScript module exposing ``forward_features`` and
 ``forward_head``, or a bare state dict plus the architecture it fits (``teacher.checkpoint_arch``).
+The training stages save through ``save_with_config`` (the checkpoint, and its resolved config beside it).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from fdkd import artifacts
+from fdkd.pipeline.config import RunConfig, config_to_dict, dump_config
 from fdkd.pipeline.models.encoders import build_encoder
 
 FORMAT = "fdkd-checkpoint"
@@ -29,6 +31,21 @@ def save_checkpoint(path: Path, model: nn.Module, arch: dict, **extra) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with artifacts.atomic_write(path) as f:
         torch.save({"format": FORMAT, "version": VERSION, "arch": arch, "state_dict": state, **extra}, f)
+
+
+def save_with_config(path: Path, model, arch: dict, cfg: RunConfig, ds, modality: str, metrics: dict,
+                     training_state: dict | None = None) -> None:
+    """Save a checkpoint and its resolved config next to it.
+
+    ``training_state`` holds training-only parameters (projector, shared classifiers) for
+    analysis; they are never part of the exported student.
+    """
+    save_checkpoint(path, model, arch, modality=modality, class_names=ds.class_names,
+                    preprocessing=ds.frontends[modality].to_dict(), metrics=metrics,
+                    dataset={"path": str(ds.path), "sha256": artifacts.sha256_file(ds.path)},
+                    config=config_to_dict(cfg),
+                    training_state={k: v.detach().cpu() for k, v in (training_state or {}).items()})
+    artifacts.write_text(artifacts.config_sidecar(path), dump_config(cfg))
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -3,7 +3,9 @@
 ``ConvEncoder`` is a small residual CNN for any [C, H, W] input (an image, or a log-mel
 spectrogram as a one-channel image); ``width`` and ``depth`` make the teacher much larger than
 the student. ``TimmEncoder`` wraps any timm architecture by name (no pretrained downloads).
-The table ``ARCHS`` is the only place that maps a config's ``arch`` to a class.
+The table ``ARCHS`` is the only place that maps a config's ``arch`` to a class; ``arch_dict`` turns a
+config's encoder settings and an input shape into the constructor arguments ``build_encoder`` takes (and
+checkpoints store).
 """
 
 from __future__ import annotations
@@ -105,3 +107,10 @@ def build_encoder(arch: str, in_chans: int, num_classes: int, width: int = 16, d
     if arch.startswith("timm:"):
         return TimmEncoder(arch.removeprefix("timm:"), in_chans, num_classes)
     raise ValueError(f"unknown arch {arch!r}: expected 'conv' or 'timm:<name>'")
+
+
+def arch_dict(model_cfg, input_shape: tuple[int, ...], num_classes: int) -> dict:
+    """Constructor arguments of an encoder for inputs of ``input_shape`` ([C, H, W]); stored in checkpoints."""
+    return {"arch": model_cfg.arch, "in_chans": input_shape[0], "num_classes": num_classes,
+            "width": model_cfg.width, "depth": model_cfg.depth,
+            "stem_stride": model_cfg.resolved_stem_stride(input_shape)}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fdkd.pipeline.losses.frequency import band_projectors, band_split, band_split_fft, fd_feature_losses
+from fdkd.pipeline.losses.fd import band_projectors, band_split, band_split_fft, fd_feature_losses
 
 
 @pytest.mark.parametrize("dim", [8, 9, 32, 64, 127])

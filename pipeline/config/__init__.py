@@ -1,0 +1,189 @@
+"""Run configuration: one YAML file per run, validated by pydantic, with ``--set a.b=c`` overrides.
+
+Unknown keys and wrong types are errors that name the key (``ConfigError``). The resolved
+configuration is written next to every checkpoint and embedded in it
+(``fdkd.pipeline.models.checkpoint.save_with_config``), and ``fdkd run`` keeps it in the run's ``config.yaml``
+and ``manifest.json``, its sections hashed into the stage keys (``fdkd.pipeline.run``).
+
+``RunConfig`` (here) is the root; each stage's settings live in the module named for it:
+
+- ``data.py``: ``data:`` (the built-in paired sources, a manifest, the student's labels);
+- ``model.py``: the encoders (``ModelConfig``) and ``teacher:``;
+- ``train.py``: what the teacher and distill stages share: ``optim:`` (``OptimConfig``) and ``accel:``;
+- ``distill.py``: ``distill:``, each method's settings beside the names of its objective and loss;
+- ``deploy.py``: ``export:``, ``quantize:``, ``build:`` and ``validate:`` (the gates);
+- ``base.py``: the strict base every section derives from, ``ConfigError``.
+
+Every name is importable from ``fdkd.pipeline.config`` itself. The field order is the order of the dumped YAML (and
+of the stage keys hashed from it): reorder nothing.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from fdkd.pipeline.config.base import ConfigError, Modality, _Strict, set_path
+from fdkd.pipeline.config.data import AVBlendConfig, AVDigitsConfig, DataConfig, ManifestDataConfig
+from fdkd.pipeline.config.deploy import (
+    BuildConfig,
+    CalibMethod,
+    ExportConfig,
+    GateConfig,
+    QuantizeConfig,
+    ValidateConfig,
+)
+from fdkd.pipeline.config.distill import (
+    AudioAugmentConfig,
+    AutoCandidate,
+    AutoConfig,
+    DISTConfig,
+    DistillConfig,
+    DistillMethod,
+    DKDConfig,
+    FDConfig,
+    FeatConfig,
+    KDConfig,
+    LabelSmoothingConfig,
+    MethodName,
+    PseudoConfig,
+    SelfTrainingConfig,
+)
+from fdkd.pipeline.config.model import ModelConfig, TeacherConfig
+from fdkd.pipeline.config.train import AccelConfig, OptimConfig
+
+__all__ = [
+    "ConfigError",
+    "set_path",
+    "Modality",
+    "MethodName",
+    "DistillMethod",
+    "CalibMethod",
+    "AVDigitsConfig",
+    "AVBlendConfig",
+    "ManifestDataConfig",
+    "DataConfig",
+    "ModelConfig",
+    "TeacherConfig",
+    "OptimConfig",
+    "AccelConfig",
+    "SelfTrainingConfig",
+    "PseudoConfig",
+    "KDConfig",
+    "FeatConfig",
+    "DKDConfig",
+    "DISTConfig",
+    "FDConfig",
+    "LabelSmoothingConfig",
+    "AutoCandidate",
+    "AutoConfig",
+    "AudioAugmentConfig",
+    "DistillConfig",
+    "ExportConfig",
+    "QuantizeConfig",
+    "BuildConfig",
+    "GateConfig",
+    "ValidateConfig",
+    "RunConfig",
+    "default_config_path",
+    "apply_override",
+    "load_config",
+    "config_to_dict",
+    "dump_config",
+]
+
+
+class RunConfig(_Strict):
+    name: str = "avdigits"
+    seed: int = 0
+    runs_dir: Path = Path("runs")
+    threads: int | None = Field(None, ge=1)
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    distill: DistillConfig = DistillConfig()
+    export: ExportConfig = ExportConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    build: BuildConfig = BuildConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    accel: AccelConfig = AccelConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError(f"run name must be a plain directory name, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _manifest_teacher(self):
+        m = self.data.manifest
+        if self.data.source == "manifest" and m is not None and m.teacher_modality != self.teacher.modality:
+            raise ValueError(f"teacher.modality is {self.teacher.modality!r} but data.manifest.teacher_modality is "
+                             f"{m.teacher_modality!r}; set both to the modality of the manifest's teacher column")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.name
+
+    @property
+    def student_modality(self) -> Modality:
+        return "audio" if self.teacher.modality == "image" else "image"
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("fdkd.pipeline") / "configs" / "avdigits.yaml"))
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {e}") from None
+    try:
+        set_path(tree, key, value)
+    except ConfigError as e:
+        raise ConfigError(f"--set {e}") from None
+
+
+def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read ``path`` (default: the built-in avdigits config), apply overrides, validate."""
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for o in overrides:
+        apply_override(tree, o)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, str(path))) from None
+
+
+def config_to_dict(cfg: BaseModel) -> dict:
+    return cfg.model_dump(mode="json", by_alias=True)
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,67 @@
+"""Settings of the stages after distillation, in order: export to ONNX (``export:``, ``fdkd.pipeline.export``),
+calibrate and quantize (``quantize:``, ``fdkd.calibration``), build TensorRT engines (``build:``,
+``fdkd.pipeline.build``) and validate every artifact against its gates (``validate:``, ``fdkd.pipeline.validate``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fdkd.pipeline.config.base import _Strict
+
+
+class ExportConfig(_Strict):
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"  # torch.onnx.export(dynamo=...), named explicitly
+    opset: int = Field(18, ge=17, le=20)
+    parity_atol: float = Field(1e-4, gt=0)  # max |logit difference| ONNX Runtime vs PyTorch, FP32
+    parity_batches: tuple[int, ...] = (1, 7, 64)
+
+
+CalibMethod = Literal["minmax", "entropy", "percentile"]
+
+
+class QuantizeConfig(_Strict):
+    calib_samples: int = Field(512, ge=10)
+    calib_methods: tuple[CalibMethod, ...] = ("minmax", "entropy", "percentile")
+    percentile: float = Field(99.999, gt=90, le=100)
+    fp16: bool = True
+    fp16_keep_fp32: tuple[str, ...] = ()  # ONNX node names kept in FP32 in the FP16 graph
+    exclude: tuple[str, ...] = ()  # ONNX node names kept in float in the INT8 graphs
+    sensitivity_top: int = Field(5, ge=1)
+
+
+class BuildConfig(_Strict):
+    precisions: tuple[Literal["fp32", "fp16", "int8"], ...] = ("fp16", "int8")
+    int8_method: CalibMethod = "entropy"  # which INT8 graph becomes the engine
+    min_batch: int = Field(1, ge=1)
+    opt_batch: int = Field(16, ge=1)
+    max_batch: int = Field(64, ge=1)
+    workspace_mb: int = Field(1024, ge=16)
+
+    @model_validator(mode="after")
+    def _profile(self):
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError("build batch profile needs min_batch <= opt_batch <= max_batch")
+        return self
+
+
+class GateConfig(_Strict):
+    """Validation gates per precision: an artifact that fails one is not shipped."""
+
+    fp32_max_abs_logit: float = Field(1e-4, gt=0)  # and top-1 identical to student.pt on every row
+    fp16_max_acc_drop_pt: float = Field(0.3, ge=0)
+    int8_max_acc_drop_pt: float = Field(1.0, ge=0)
+    # top-1 agreement with student.pt, percent of test rows (catches flips that cancel in accuracy)
+    fp16_min_agree_pct: float = Field(99.0, ge=0, le=100)
+    int8_min_agree_pct: float = Field(97.0, ge=0, le=100)
+
+
+class ValidateConfig(_Strict):
+    gates: GateConfig = GateConfig()
+    latency_batch: int = Field(64, ge=1)
+    latency_repeats: int = Field(5, ge=1)
+    # ONNX Runtime intra-op threads of the runtimes judged (the mode the server must match); None: the
+    # top-level ``threads``. Its own key so another count re-validates without retraining.
+    threads: int | None = Field(None, ge=1)
