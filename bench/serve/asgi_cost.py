@@ -1,9 +1,9 @@
 """Per-request cost of the inference routes inside one process: no sockets, no HTTP parsing.
 
-    python bench/asgi_cost.py runs/avdigits [--n 2000] [--profile out.html]
+    python -m bench.serve.asgi_cost runs/avdigits [--n 2000] [--profile out.html]
 
 Drives the ASGI callables directly (scope, receive, send) one request at a time, for the bare
-ASGI endpoint of ``bench/bare_asgi.py``, fdkd's hot path, and fdkd through FastAPI
+ASGI endpoint of ``bench/serve/bare_asgi.py``, fdkd's hot path, and fdkd through FastAPI
 (``hot_path=False``), binary and JSON one-row bodies: microseconds per request (median of 5
 rounds). ``--profile`` writes a pyinstrument profile of the fdkd hot path (binary) as HTML and
 prints its text summary: where the time goes.
@@ -15,19 +15,16 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _requests(name: str, x: np.ndarray) -> dict:
-    from serve_load import bodies
+    from bench.serve.load import bodies
 
     out = {}
     for kind, (body, headers) in bodies(x).items():
@@ -79,7 +76,7 @@ async def main_async(args) -> None:
     configure_logging("info")
     logging.getLogger("fdkd").handlers[0].stream = open(os.devnull, "w")  # noqa: SIM115 (the format still runs)
     os.environ["FDKD_SERVE_RUN_DIR"] = str(args.run_dir)
-    import bare_asgi
+    from bench.serve import bare_asgi
 
     manifest = json.loads((args.run_dir / "manifest.json").read_text())
     x = np.random.default_rng(0).standard_normal((1, *bare_asgi.SHAPE[1:])).astype(np.float32)
@@ -106,10 +103,10 @@ async def main_async(args) -> None:
     print("| route | binary us/request | json us/request |\n|---|---|---|")
     for label in ("bare", "fdkd hot path", "fdkd via FastAPI"):
         print(f"| {label} | {results[(label, 'binary')]:.0f} | {results[(label, 'json')]:.0f} |")
-    from host_cpu import describe
+    from fdkd.serving.runtime.cpu_isa import describe
 
     print(f"\ncpu: {describe()}")
-    print(f"reproduce: python bench/asgi_cost.py {args.run_dir} --n {args.n}"
+    print(f"reproduce: python -m bench.serve.asgi_cost {args.run_dir} --n {args.n}"
           + (f" --profile {args.profile}" if args.profile else ""))
 
 

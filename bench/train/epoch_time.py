@@ -1,8 +1,8 @@
 """Time one training epoch of `fd` against `none` (teacher cached) and against a teacher-every-step loop.
 
-    python bench/epoch_time.py                 # on the built-in avdigits data, 3 epochs each, interleaved
-    python bench/epoch_time.py --epochs 5
-    python bench/epoch_time.py --render        # results.md section 2 from docs/epoch-time-records.jsonl
+    python -m bench.train.epoch_time                 # on the built-in avdigits data, 3 epochs each, interleaved
+    python -m bench.train.epoch_time --epochs 5
+    python -m bench.train.epoch_time --render        # results.md section 2 from docs/records/epoch-time.jsonl
 
 Every variant runs in this one process, interleaved over ``--rounds`` rounds, and the median
 training-loop seconds per epoch (evaluation excluded) are compared as ratios: the machine is
@@ -17,14 +17,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+ROOT = Path(__file__).resolve().parents[2]
 
-BEGIN, END = "<!-- epoch-time:begin (bench/epoch_time.py --render) -->", "<!-- epoch-time:end -->"
+BEGIN, END = "<!-- epoch-time:begin (bench/train/epoch_time.py --render) -->", "<!-- epoch-time:end -->"
 TARGET = 1.15  # fd (teacher cached) / none, per epoch, on the CPU (issue 21)
 
 VARIANTS = {
@@ -69,23 +67,23 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-epoch"))
-    ap.add_argument("--records", type=Path, default=ROOT / "docs" / "epoch-time-records.jsonl")
+    ap.add_argument("--records", type=Path, default=ROOT / "docs" / "records" / "epoch-time.jsonl")
     ap.add_argument("--render", action="store_true", help="write results.md section 2 from the records; no timing")
     ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     args = ap.parse_args()
     if args.render:
-        import results_section
+        from bench import common
 
         records = [json.loads(s) for s in args.records.read_text().splitlines() if s.strip()]
-        results_section.write_section(args.results, BEGIN, END, render(records))
+        common.write_section(args.results, BEGIN, END, render(records))
         print(f"wrote section 2 of {args.results} from {len(records)} records")
         return
 
     import torch
-    from host_cpu import cpu_model, describe, simd_flags
 
     from fdkd.pipeline import distill, teacher
     from fdkd.pipeline.config import load_config
+    from fdkd.serving.runtime.cpu_isa import cpu_model, describe, simd_flags
 
     load = os.getloadavg()[0]
     base = [f"runs_dir={args.out}", "name=timing", f"distill.optim.epochs={args.epochs}", "distill.grad_norm_every=0"]
@@ -105,8 +103,8 @@ def main() -> None:
         f.write(json.dumps(rec) + "\n")
     print(render([rec]))
     print(f"cpu: {describe()}")
-    print(f"reproduce: python bench/epoch_time.py --epochs {args.epochs} --rounds {args.rounds}; "
-          "then python bench/epoch_time.py --render")
+    print(f"reproduce: python -m bench.train.epoch_time --epochs {args.epochs} --rounds {args.rounds}; "
+          "then python -m bench.train.epoch_time --render")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Per-request cost of the guarded HTTP protocol (``fdkd.serving.http_guard``) against uvicorn's plain httptools.
 
-    python bench/http_guard_overhead.py                  # 3 s per protocol and body size, twice, interleaved
-    python bench/http_guard_overhead.py --seconds 1
+    python -m bench.serve.http_guard                  # 3 s per protocol and body size, twice, interleaved
+    python -m bench.serve.http_guard --seconds 1
 
 A bare ASGI app (reads the body, answers 2 bytes) runs under uvicorn in a subprocess on
 127.0.0.1 with each protocol in turn; one blocking keep-alive client sends the same request in a
@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -49,7 +50,8 @@ def free_port() -> int:
 
 def measure(protocol: str, body: int, seconds: float) -> np.ndarray:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", protocol, str(port)])
+    proc = subprocess.Popen([sys.executable, "-m", "bench.serve.http_guard", "--serve", protocol, str(port)],
+                            cwd=Path(__file__).resolve().parents[2])
     try:
         deadline = time.time() + 20
         while True:
@@ -99,9 +101,9 @@ def main() -> None:
     for p, body, rps, p50, p99 in rows:
         print(f"| {p} | {body} | {'' if rps is None else f'{rps:,.0f}'} | {p50:.1f} | "
               f"{'' if p99 is None else f'{p99:.1f}'} |")
-    from host_cpu import describe
+    from fdkd.serving.runtime.cpu_isa import describe
 
-    print(f"\ncpu: {describe()}\ncommand: python bench/http_guard_overhead.py --seconds {args.seconds:g}")
+    print(f"\ncpu: {describe()}\ncommand: python -m bench.serve.http_guard --seconds {args.seconds:g}")
 
 
 if __name__ == "__main__":

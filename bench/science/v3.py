@@ -1,9 +1,9 @@
 """The science table v3: does a teacher pay where labels are scarce or noisy, against controls without it?
 
-    python bench/science_v3.py --plan          # every run of the table, the ones recorded, what is left
-    nice -n 19 python bench/science_v3.py      # the whole table (resumable; ~5 single-thread CPU hours)
-    python bench/science_v3.py --smoke         # 1 seed, 2 epochs, 300 avdigits images: record/resume check
-    python bench/science_v3_tables.py          # results.md's v3 section and plot from the records
+    python -m bench.science.v3 --plan          # every run of the table, the ones recorded, what is left
+    nice -n 19 python -m bench.science.v3      # the whole table (resumable; ~5 single-thread CPU hours)
+    python -m bench.science.v3 --smoke         # 1 seed, 2 epochs, 300 avdigits images: record/resume check
+    python -m bench.science.v3_tables          # results.md's v3 section and plot from the records
 
 Started from its own session (setsid, nohup), ``nice`` alone does not yield: with Linux autogroup scheduling
 (/proc/sys/kernel/sched_autogroup_enabled = 1) each session's group gets an equal share whatever its processes'
@@ -44,11 +44,9 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.science.v2 import AUGMENT_V1, MEMORY_FORMAT_V1_CPU, git_rev, is_flat, machine, parse_preset, tag
 
-from science import AUGMENT_V1, MEMORY_FORMAT_V1_CPU, git_rev, is_flat, machine, parse_preset, tag  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 # row -> (method, overrides inside distill): the auto candidates
 CANDIDATES = {
@@ -301,7 +299,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra override for every run")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each single-threaded)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    ap.add_argument("--records", default="docs/science-v3-records.jsonl")
+    ap.add_argument("--records", default="docs/records/science-v3.jsonl")
     ap.add_argument("--out", default="runs/bench-science-v3")
     ap.add_argument("--data-cache", default="runs/data")
     ap.add_argument("--plan", action="store_true", help="print the cells and what is recorded; train nothing")
@@ -330,8 +328,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     bench.run()
     print_plan(bench)
-    print("\nreproduce: python bench/science_v3.py" + (" --smoke" if args.smoke else "")
-          + "; tables: python bench/science_v3_tables.py")
+    print("\nreproduce: python -m bench.science.v3" + (" --smoke" if args.smoke else "")
+          + "; tables: python -m bench.science.v3_tables")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Where a server's time goes: a py-spy raw profile (``py-spy record -f raw --threads``) by category.
 
-    python bench/profile_summary.py bench/profiles/fdkd-json-32clients.pyspy.txt
+    python -m bench.serve.profile_summary bench/profiles/fdkd-json-32clients.pyspy.txt
 
 Each sample is charged to the first category (in the order of ``CATEGORIES``) that one of its
 frames matches, innermost frame first; the rest is "other". Shares are of all non-idle samples
@@ -15,7 +15,7 @@ from pathlib import Path
 
 def _wait_line() -> int:
     """The line of serving/batcher.py where the runtime thread waits for its next batch (it moves with edits)."""
-    src = (Path(__file__).resolve().parents[1] / "serving" / "batcher.py").read_text().splitlines()
+    src = (Path(__file__).resolve().parents[2] / "serving" / "batcher.py").read_text().splitlines()
     return next(i for i, line in enumerate(src, 1) if "self._jobs.get()" in line)
 
 

@@ -1,8 +1,8 @@
 """Training speed of the built-in run's two trained stages in NCHW (contiguous) vs NHWC (channels_last).
 
-    python bench/memory_format.py                          # 2 epochs per stage and format, 2 rounds
-    python bench/memory_format.py --epochs 3 --rounds 3
-    python bench/memory_format.py --render                 # results.md's section from the records
+    python -m bench.train.memory_format                          # 2 epochs per stage and format, 2 rounds
+    python -m bench.train.memory_format --epochs 3 --rounds 3
+    python -m bench.train.memory_format --render                 # results.md's section from the records
 
 The teacher (``fdkd teacher``: the image teacher, conv width 64) and the student (``fdkd distill``
 with the built-in ``auto`` candidates ``none`` and ``fd`` trained together, augmentation on) are
@@ -20,18 +20,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT))
+from bench import common
+from fdkd.serving.runtime.cpu_isa import cpu_model, simd_flags
 
-import results_section  # noqa: E402
-from host_cpu import cpu_model, simd_flags  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
-RECORDS = ROOT / "docs" / "memory-format-records.jsonl"
+RECORDS = ROOT / "docs" / "records" / "memory-format.jsonl"
 RESULTS = ROOT / "docs" / "results.md"
 BEGIN, END = "<!-- memory-format:begin -->", "<!-- memory-format:end -->"
 FORMATS = {"NCHW (contiguous)": "off", "NHWC (channels_last)": "on"}
@@ -64,7 +61,7 @@ def measure(epochs: int, rounds: int, out: Path) -> dict:
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "loadavg": round(os.getloadavg()[0], 2),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": f"python bench/memory_format.py --epochs {epochs} --rounds {rounds}"}
+            "command": f"python -m bench.train.memory_format --epochs {epochs} --rounds {rounds}"}
 
 
 def render(records: list[dict]) -> str:
@@ -96,7 +93,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.render:
         records = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]
-        results_section.write_section(args.results, BEGIN, END, "\n" + render(records))
+        common.write_section(args.results, BEGIN, END, "\n" + render(records))
         print(f"wrote {len(records)} record(s) into {args.results}")
         return
     rec = measure(args.epochs, args.rounds, args.out.resolve())

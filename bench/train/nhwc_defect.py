@@ -1,7 +1,7 @@
 """Which convolutions does NHWC (channels_last) training get wrong on this CPU? The sweep behind
 ``fdkd.pipeline.accel.nhwc_hazard``.
 
-    python bench/nhwc_defect.py            # 1x1 and 3x3 kernels, strides 1 and 2, 1-24 input channels
+    python -m bench.train.nhwc_defect            # 1x1 and 3x3 kernels, strides 1 and 2, 1-24 input channels
 
 Each case runs in a child process with glibc's heap checks on (``MALLOC_CHECK_=3``): a Conv2d with
 ``2 x in_channels`` outputs on a batch of 64, three forward/backward passes in NHWC beside the same
@@ -15,13 +15,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
 
 CHILD = """
 import sys, torch
+
+ROOT = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)
 ic, oc, k, s, hw = map(int, sys.argv[1:6])
 torch.manual_seed(0)
@@ -54,10 +52,9 @@ def run_case(case) -> str:
 
 def main() -> None:
     import torch
-    from host_cpu import describe
 
-    sys.path.insert(0, str(ROOT))
     from fdkd.pipeline.accel import nhwc_hazard
+    from fdkd.serving.runtime.cpu_isa import describe
 
     print("| in | out | kernel | stride | input | NHWC result | nhwc_hazard flags it |\n|---|---|---|---|---|---|---|")
     results, missed, spared = {}, 0, 0
@@ -73,7 +70,7 @@ def main() -> None:
     print(f"\n{n_ok} of {len(results)} cases ok (same gradients as NCHW, heap intact); failing cases nhwc_hazard "
           f"misses: {missed}; ok cases it keeps in NCHW anyway (same kernel family): {spared}")
     print(f"cpu: {describe()}; torch {torch.__version__}")
-    print("reproduce: python bench/nhwc_defect.py")
+    print("reproduce: python -m bench.train.nhwc_defect")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Tables from ``bench/serve_load.py``'s raw records (jsonl): one run, fdkd beside Triton and in-process.
+"""Tables from ``bench/serve/load.py``'s raw records (jsonl): one run, fdkd beside Triton and in-process.
 
-    python bench/serve_results.py bench/serve_load.jsonl                    # print the latest run
-    python bench/serve_results.py bench/serve_load.jsonl --write docs/results.md \
+    python -m bench.serve.results docs/records/serve-load.jsonl                    # print the latest run
+    python -m bench.serve.results docs/records/serve-load.jsonl --write docs/results.md \
         --profiles bench/profiles/fdkd-binary-32clients.pyspy.txt bench/profiles/fdkd-json-32clients.pyspy.txt
 
 ``--write`` replaces what stands between ``<!-- serve_load:begin -->`` and ``<!-- serve_load:end -->``.
@@ -20,7 +20,7 @@ import json
 import statistics
 from pathlib import Path
 
-import results_section
+from bench import common
 
 BEGIN, END = "<!-- serve_load:begin -->", "<!-- serve_load:end -->"
 
@@ -206,12 +206,12 @@ def main() -> None:
     ap.add_argument("--run", default=None, help="run id (default: the latest)")
     ap.add_argument("--write", type=Path, default=None, help="markdown file with the begin/end markers")
     ap.add_argument("--profiles", type=Path, nargs="*", default=[],
-                    help="py-spy raw profiles to summarize below the table (bench/profile_summary.py)")
+                    help="py-spy raw profiles to summarize below the table (bench/serve/profile_summary.py)")
     args = ap.parse_args()
     records = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]
     table = render(records, args.run)
     if args.profiles:
-        from profile_summary import summarize
+        from bench.serve.profile_summary import summarize
 
         for p in args.profiles:
             table += f"\nWhere fdkd's time goes, `{p}` (py-spy, both threads, share of samples):\n\n"
@@ -220,7 +220,7 @@ def main() -> None:
     if args.write is None:
         print(table)
         return
-    results_section.write_section(args.write, BEGIN, END, "\n" + table)
+    common.write_section(args.write, BEGIN, END, "\n" + table)
     print(f"wrote the table of run {args.run or records[-1]['run_id']} into {args.write}")
 
 

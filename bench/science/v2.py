@@ -1,9 +1,9 @@
 """The science table v2: does a method transfer the teacher's knowledge, or only regularise / speed up?
 
-    python bench/science.py --plan                    # every run, and the estimated hours on 2 cores
-    python bench/science.py --jobs 2                  # the whole table (resumable; ~4 h on 2 cores)
-    python bench/science.py --smoke                   # 1 seed, 2 epochs, 2 methods: record/resume check
-    python bench/science_tables.py                    # results.md's science tables from the records
+    python -m bench.science.v2 --plan                    # every run, and the estimated hours on 2 cores
+    python -m bench.science.v2 --jobs 2                  # the whole table (resumable; ~4 h on 2 cores)
+    python -m bench.science.v2 --smoke                   # 1 seed, 2 epochs, 2 methods: record/resume check
+    python -m bench.science.v2_tables                    # results.md's science tables from the records
 
 Presets (``--presets``; a preset's knobs after a colon, e.g. ``avblend:shared=0.5``): avdigits,
 avblend at shared 0 / 0.5 / 1 (instance-paired; class-level at 0), avmnist (all 5,000 MNIST
@@ -41,8 +41,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 # preset -> (overrides, the config section its knobs live in, directions, training pairs for the plan)
 PRESETS = {
@@ -130,7 +129,8 @@ def tag(*parts) -> str:
 def machine() -> dict:
     """CPU model and the SIMD flags that matter here, the device, library versions."""
     import torch
-    from host_cpu import cpu_model, simd_flags
+
+    from fdkd.serving.runtime.cpu_isa import cpu_model, simd_flags
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "flags": simd_flags(), "device": device,
@@ -492,7 +492,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra override for every run")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each single-threaded)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    ap.add_argument("--records", default="docs/science-v2-records.jsonl")
+    ap.add_argument("--records", default="docs/records/science-v2.jsonl")
     ap.add_argument("--out", default="runs/bench-science-v2")
     ap.add_argument("--data-cache", default="runs/data")
     ap.add_argument("--plan", action="store_true", help="print the runs and the estimated hours; train nothing")
@@ -521,9 +521,9 @@ def main(argv: list[str] | None = None) -> None:
         print_plan(bench)
         return
     bench.run()
-    print(f"\n{len(bench.records)} records in {bench.records_path}; tables: python bench/science_tables.py "
+    print(f"\n{len(bench.records)} records in {bench.records_path}; tables: python -m bench.science.v2_tables "
           f"--records {bench.records_path}")
-    cmd = " ".join(["python bench/science.py", *(argv if argv is not None else sys.argv[1:])])
+    cmd = " ".join(["python -m bench.science.v2", *(argv if argv is not None else sys.argv[1:])])
     print(f"reproduce: {cmd}")
 
 

@@ -1,10 +1,10 @@
 """Rebuild science-v2 records from run directories and the bench's log, when the records file was lost.
 
-    python bench/science_salvage.py --log science.log --runs RUNS_DIR --machine-from OTHER_RECORDS \\
-        --presets "avblend:shared=0,avblend:shared=0.5" --records docs/science-v2-records.jsonl
+    python -m bench.science.salvage --log science.log --runs RUNS_DIR --machine-from OTHER_RECORDS \\
+        --presets "avblend:shared=0,avblend:shared=0.5" --records docs/records/science-v2.jsonl
 
 Used once, for the H200 run of 2026-11-28: its avblend records files had a name the device tool does
-not copy back, but each run's checkpoint (whose ``metrics`` hold what ``bench/science.py`` records:
+not copy back, but each run's checkpoint (whose ``metrics`` hold what ``bench/science/v2.py`` records:
 validation and test accuracy, best epoch, the label-smoothing match), its ``metrics.jsonl`` (the
 validation curve) and the log line of every landed run did come back. A rebuilt record is the
 bench's record except that ``cpu_seconds`` is the log's whole seconds, wall ``seconds`` is null
@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import science  # noqa: E402  (bench/science.py: run naming, sets, the plateau rule)
+from bench.science import v2 as science
 
 LINE = re.compile(r"^\[(?P<ts>[^\]]+)\] (?P<preset>\S+) (?P<direction>\S+->\S+) (?P<row>.+) seed (?P<seed>\d+) "
                   r"(?P<budget>fixed|converged|teacher) (?P<epochs>\d+) ep: val (?P<val>[\d.]+) "
                   r"test (?P<test>[\d.]+) \((?P<cpu>\d+) cpu-s\)$")
-NOTE = ("rebuilt by bench/science_salvage.py from the run's checkpoint metrics, its metrics.jsonl and the "
+NOTE = ("rebuilt by bench/science/salvage.py from the run's checkpoint metrics, its metrics.jsonl and the "
         "bench's log line (the records file did not come back); cpu_seconds to whole seconds, wall seconds not kept")
 
 

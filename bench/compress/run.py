@@ -1,8 +1,8 @@
 """CPU inference benchmark of one run directory's artifacts, all measured in one process.
 
-    python bench/compress.py runs/avdigits                    # after `fdkd run`; appends to the records
-    python bench/compress.py runs/avdigits --repeats 200 --batches 1 8 64
-    python bench/compress_results.py --results docs/results.md   # results.md section 3 from the records
+    python -m bench.compress.run runs/avdigits                    # after `fdkd run`; appends to the records
+    python -m bench.compress.run runs/avdigits --repeats 200 --batches 1 8 64
+    python -m bench.compress.results --results docs/results.md   # results.md section 3 from the records
 
 torch eager FP32 vs ONNX Runtime FP32, the FP16 graph, each TensorRT-legal INT8 Q/DQ graph (S8S8,
 symmetric) as ONNX Runtime's CPU kernels run it (Q/DQ fused) and as written (Q/DQ emulated: the
@@ -12,7 +12,7 @@ p50/p99 latency, test accuracy. Then the model's FLOPs against a measured FP32 m
 this machine, the CPU model and SIMD flags, its INT8 kernel family (``fdkd.serving.runtime.cpu_isa``:
 fused INT8 results differ between families), which graph ``fdkd serve`` picks here, and the
 command that reproduces it. One JSON record per (artifact, batch) goes to ``--records``
-(``docs/compress-records.jsonl``), which ``bench/compress_results.py`` renders.
+(``docs/records/compress.jsonl``), which ``bench/compress/results.py`` renders.
 
 The candidates are timed round-robin (every artifact at one batch, then the next batch) so that a
 shared machine's slow minute lands on all of them rather than on one.
@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-RECORDS = Path(__file__).resolve().parents[1] / "docs" / "compress-records.jsonl"
+RECORDS = Path(__file__).resolve().parents[2] / "docs" / "records" / "compress.jsonl"
 
 
 def timings(fn, x: np.ndarray, repeats: int) -> np.ndarray:
@@ -104,9 +102,8 @@ def served_here(run_dir: Path) -> dict:
 def host() -> dict:
     import onnxruntime
     import torch
-    from host_cpu import cpu_model, simd_flags
 
-    from fdkd.serving.runtime.cpu_isa import int8_kernels
+    from fdkd.serving.runtime.cpu_isa import cpu_model, int8_kernels, simd_flags
 
     try:
         load = os.getloadavg()[0]
@@ -159,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     flops = conv_flops(student, x)
     ceiling = matmul_ceiling()
     served = served_here(args.run_dir)
-    command = (f"python bench/compress.py {args.run_dir} --repeats {args.repeats} --batches "
+    command = (f"python -m bench.compress.run {args.run_dir} --repeats {args.repeats} --batches "
                + " ".join(map(str, args.batches)))
     run = {"run_id": uuid.uuid4().hex[:12], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "command": command, "note": args.note, **host(), "threads": threads, "test_rows": int(len(y)),
@@ -175,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                                   "repeats": len(t), "rows_per_s": batch / float(np.median(t)),
                                   "p50_ms": 1000 * float(np.median(t)), "p99_ms": 1000 * float(np.percentile(t, 99)),
                                   "x_eager": float(np.median(base) / np.median(t))})
-    from compress_results import isa_summary, render_run
+    from bench.compress.results import isa_summary, render_run
 
     print(f"cpu: {run['cpu']}; {isa_summary(run['simd_flags'])}; INT8 kernel family {run['int8_kernels']}\n")
     print(render_run(records))

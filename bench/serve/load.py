@@ -1,7 +1,7 @@
 """fdkd serve against Triton Inference Server and the in-process runtime, in one run, on loopback.
 
-    python bench/serve_load.py runs/avdigits                       # after `fdkd run`
-    python bench/serve_load.py runs/avdigits --seconds 3 --servers fdkd,triton,bare --clients 1,32
+    python -m bench.serve.load runs/avdigits                       # after `fdkd run`
+    python -m bench.serve.load runs/avdigits --seconds 3 --servers fdkd,triton,bare --clients 1,32
 
 Servers (each started as its own process on 127.0.0.1, one at a time, then stopped):
 
@@ -14,7 +14,7 @@ Servers (each started as its own process on 127.0.0.1, one at a time, then stopp
 - ``triton``: Triton's ``tritonserver`` (from the ``nvidia-pytriton`` wheel, in its own virtualenv
   made from the system's python3.11, created on first use: ``--triton-venv``) with its dynamic
   batcher, calling the same ONNX Runtime session settings (1 intra-op thread) from Python.
-- ``bare``: a bare ASGI endpoint under the same uvicorn (``bench/bare_asgi.py``): reads the body,
+- ``bare``: a bare ASGI endpoint under the same uvicorn (``bench/serve/bare_asgi.py``): reads the body,
   decodes the tensor, runs the runtime inline, and replies with a body of the same size as
   fdkd's: the floor that the one-client p50 target compares against.
 
@@ -26,7 +26,7 @@ rows/s, p50 and p99 latency, errors. The table shows the median over rounds. The
 reference (same runtime in this process) gives batched throughput at batch 64 and the batch-1
 latency; its batched throughput is measured again at the start of every round (while the servers
 idle), so that each round's share of it is taken under that round's load. Every row goes to
-``--out`` (jsonl, with a run id, CPU model, flags and the command); ``bench/serve_results.py``
+``--out`` (jsonl, with a run id, CPU model, flags and the command); ``bench/serve/results.py``
 turns the latest run into the table in docs/results.md.
 """
 
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TRITON_VENV = ROOT / ".bench-venv-triton"
 
 
@@ -57,7 +57,7 @@ def free_port() -> int:
 
 
 def cpu_info() -> dict:
-    from host_cpu import cpu_model, simd_flags
+    from fdkd.serving.runtime.cpu_isa import cpu_model, simd_flags
 
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "simd_flags": " ".join(simd_flags())}
 
@@ -169,9 +169,9 @@ def start(server: str, args, env_extra: dict) -> tuple[subprocess.Popen, int]:
                "fdkd.serving.asgi:app"]
     elif server == "bare":
         cmd = [py, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
-               "--http", "httptools", "--no-access-log", "--log-level", "warning", "bench.bare_asgi:app"]
+               "--http", "httptools", "--no-access-log", "--log-level", "warning", "bench.serve.bare_asgi:app"]
     elif server == "triton":
-        cmd = [str(triton_python(args.triton_venv)), str(ROOT / "bench" / "triton_server.py"), str(args.run_dir),
+        cmd = [str(triton_python(args.triton_venv)), "-m", "bench.serve.triton", str(args.run_dir),
                "--http-port", str(port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
                "--delay-us", str(int(args.delay_ms * 1000)), "--threads", str(args.ort_threads or 0)]
     else:
@@ -236,7 +236,7 @@ def main() -> None:
     ap.add_argument("--servers", default="fdkd,triton,bare,fdkd-fastapi,fdkd-granian,fdkd-2proc")
     ap.add_argument("--bodies", default="binary,json")
     ap.add_argument("--triton-venv", type=Path, default=DEFAULT_TRITON_VENV)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "serve_load.jsonl")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "records" / "serve-load.jsonl")
     ap.add_argument("--note", default="", help="free text stored with every record (e.g. the machine's load)")
     args = ap.parse_args()
     args.run_dir = args.run_dir.resolve()
@@ -244,7 +244,7 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     servers = args.servers.split(",")
     kinds = args.bodies.split(",")
-    cmd = "python bench/serve_load.py " + " ".join(sys.argv[1:])
+    cmd = "python -m bench.serve.load " + " ".join(sys.argv[1:])
     run = {"run_id": uuid.uuid4().hex[:12], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "command": cmd, "seconds": args.seconds, "rounds": args.rounds, "delay_ms": args.delay_ms,
            "threads": args.ort_threads, "note": args.note, **cpu_info()}
@@ -292,8 +292,8 @@ def main() -> None:
             f.write(json.dumps(rec) + "\n")
     print(f"\n{len(records)} records appended to {args.out} (run {run['run_id']})")
     print(f"CPU: {run['cpu']}, {run['cores']} cores; SIMD flags: {run['simd_flags']}")
-    print(subprocess.run([sys.executable, str(ROOT / "bench" / "serve_results.py"), str(args.out),
-                          "--run", run["run_id"]], capture_output=True, text=True).stdout)
+    print(subprocess.run([sys.executable, "-m", "bench.serve.results", str(args.out), "--run", run["run_id"]],
+                         cwd=ROOT, capture_output=True, text=True).stdout)
     print(f"reproduce: {cmd}")
 
 

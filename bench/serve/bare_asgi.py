@@ -1,4 +1,4 @@
-"""A bare ASGI endpoint: the floor for ``bench/serve_load.py``'s one-client latency target.
+"""A bare ASGI endpoint: the floor for ``bench/serve/load.py``'s one-client latency target.
 
 No framework, no checks, no batcher: reads the body, decodes the one-row tensor (binary: the
 bytes after the header; JSON: orjson, then one numpy conversion), runs the runtime inline on the

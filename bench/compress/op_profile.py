@@ -1,6 +1,6 @@
 """Where ONNX Runtime's CPU time goes in a run's graphs: microseconds per op type per call (its own profiler).
 
-    python bench/ort_op_profile.py runs/avdigits student.int8.minmax.onnx student.int8cpu.onnx --batch 64
+    python -m bench.compress.op_profile runs/avdigits student.int8.minmax.onnx student.int8cpu.onnx --batch 64
 
 Full graph optimisation (the mode ``fdkd serve`` runs: Q/DQ fused where ONNX Runtime can fuse them), the
 machine's intra-op threads unless ``--threads``. Counting the op types shows which Q/DQ pairs were fused
@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--calls", type=int, default=30)
     args = ap.parse_args()
-    from host_cpu import describe
+    from fdkd.serving.runtime.cpu_isa import describe
 
     print(f"cpu: {describe()}; batch {args.batch}, threads {args.threads or 'default'}, {args.calls} calls")
     for g in args.graphs:

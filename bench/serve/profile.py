@@ -1,9 +1,9 @@
 """A py-spy profile of ``fdkd serve`` under load: where the server's time goes.
 
-    python bench/serve_profile.py runs/avdigits binary bench/profiles/fdkd-binary-32clients.pyspy.txt
-    python bench/profile_summary.py bench/profiles/fdkd-binary-32clients.pyspy.txt
+    python -m bench.serve.profile runs/avdigits binary bench/profiles/fdkd-binary-32clients.pyspy.txt
+    python -m bench.serve.profile_summary bench/profiles/fdkd-binary-32clients.pyspy.txt
 
-Starts ``fdkd serve`` (as ``bench/serve_load.py`` does), warms it up, then records it with
+Starts ``fdkd serve`` (as ``bench/serve/load.py`` does), warms it up, then records it with
 ``py-spy record -r 200 --threads -f raw`` for 5 s while 32 clients send one-row requests of the
 given body (``binary`` or ``json``). py-spy must be allowed to trace the process (ptrace).
 """
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serve_load as sl  # noqa: E402
+from bench.serve import load as sl
 
 
 def main() -> None:

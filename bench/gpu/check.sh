@@ -4,27 +4,27 @@
 #   2. fdkd's ctypes CUDA runtime (serving/runtime/cudart.py, numpy only): device query + memory round trip;
 #   3. distillation of `none` and `fd` on CUDA and on the CPU: one table of samples/s, peak GPU
 #      memory, test accuracy, wall time;
-#   4. with --science SECONDS: the science table v2 (bench/science.py) on this machine until SECONDS
+#   4. with --science SECONDS: the science table v2 (bench/science/v2.py) on this machine until SECONDS
 #      after the script started, every row and both budgets (--full), one process per preset, in parallel; on CUDA where
 #      step 3 trained there, else on this machine's CPUs. Records (each names its device and CPU) go
 #      to $OUT/science-<preset>.jsonl as runs land; a run unfinished at the deadline is not recorded,
-#      and bench/science.py run later with the merged records picks up where this one stopped;
+#      and bench/science/v2.py run later with the merged records picks up where this one stopped;
 #   5. TensorRT, where it is installed: the `gpu`-marked tests (engine build + parity with ONNX Runtime).
 # Each step runs even if an earlier one failed; the raw records go to $OUT/gpu_check.json (the
 # device tool brings $OUT back; elsewhere runs/gpu-check/), and the table is printed with them.
-# `python3 bench/gpu_check.py --render FILE` prints the table again from committed records.
+# `python3 -m bench.gpu.check --render FILE` prints the table again from committed records.
 #
-#   bash bench/gpu_check.sh                 # on the GPU machine (CPU rows too, for scale)
-#   bash bench/gpu_check.sh --science 560   # the same, then the science bench; all done in ~560 s
-#   bash bench/gpu_check.sh --dry-run       # anywhere: 2 epochs on a small subset, CPU only if no GPU
-#   bash bench/gpu_check.sh --prepare-wheels 3.12   # HERE, with network: offline wheels for a device
+#   bash bench/gpu/check.sh                 # on the GPU machine (CPU rows too, for scale)
+#   bash bench/gpu/check.sh --science 560   # the same, then the science bench; all done in ~560 s
+#   bash bench/gpu/check.sh --dry-run       # anywhere: 2 epochs on a small subset, CPU only if no GPU
+#   bash bench/gpu/check.sh --prepare-wheels 3.12   # HERE, with network: offline wheels for a device
 #                                           # whose Python is 3.12 into bench/wheelhouse/ (carry it)
 # Missing Python packages are installed offline from $GPU_CHECK_WHEELS (default bench/wheelhouse/),
 # without resolving dependencies (--no-deps, into /tmp/fdkd-site): torch, numpy, scipy, scikit-learn,
 # pyyaml, typer and rich must come with the machine (the workplace's H200 image has them; it lacks
 # pydantic, espeakng-loader and mlxtend, which the wheelhouse brings).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 T0=$SECONDS
 PY="${PYTHON:-python3}"
 WHEELS="${GPU_CHECK_WHEELS:-bench/wheelhouse}"
@@ -77,7 +77,7 @@ if [ -n "$missing" ]; then
 fi
 
 check_s=300; [ "$SCIENCE_S" -gt 0 ] && check_s=150  # leave the science bench its time
-timeout -k 10 "$check_s" "$PY" bench/gpu_check.py --epochs "$EPOCHS" --out "$OUT_DIR" "${EXTRA[@]}"
+timeout -k 10 "$check_s" "$PY" -m bench.gpu.check --epochs "$EPOCHS" --out "$OUT_DIR" "${EXTRA[@]}"
 status=$?
 
 if [ "$SCIENCE_S" -gt 0 ]; then
@@ -96,7 +96,7 @@ EOF
   pids=()
   for p in "${presets[@]}"; do
     t=$(echo "$p" | sed 's/[:=]/_/g; s/[.]/p/g')  # a name the device tool copies back
-    timeout -k 5 "$left" "$PY" bench/science.py --presets "$p" --jobs "$jobs" --full \
+    timeout -k 5 "$left" "$PY" -m bench.science.v2 --presets "$p" --jobs "$jobs" --full \
       --set "accel.device=$device" --records "$OUT_DIR/science-$t.jsonl" \
       --out /tmp/fdkd-science --data-cache "/tmp/fdkd-science/data-$t" >>"$OUT_DIR/science.log" 2>&1 &
     pids+=($!)
@@ -139,5 +139,5 @@ if "$PY" -c "import tensorrt" 2>/dev/null && "$PY" -c "import pytest" 2>/dev/nul
 else
   echo; echo "TensorRT or pytest is not installed here: engine tests skipped (the ctypes CUDA check above still ran)"
 fi
-echo; echo "$(( SECONDS - T0 )) s in all; records: $OUT_DIR/gpu_check.json  (python3 bench/gpu_check.py --render FILE prints the tables again)"
+echo; echo "$(( SECONDS - T0 )) s in all; records: $OUT_DIR/gpu_check.json  (python3 -m bench.gpu.check --render FILE prints the tables again)"
 exit "$status"

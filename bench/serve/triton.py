@@ -1,9 +1,9 @@
 """Triton Inference Server (the ``tritonserver`` binary of ``nvidia-pytriton``) serving a run's student.onnx.
 
-Run by ``bench/serve_load.py`` with the interpreter of the Triton virtualenv (made from the
+Run by ``bench/serve/load.py`` with the interpreter of the Triton virtualenv (made from the
 system's Debian python3.11: PyTriton's Python-backend stub links that libpython)::
 
-    .bench-venv-triton/bin/python bench/triton_server.py runs/avdigits --http-port 8011 --delay-us 0
+    .bench-venv-triton/bin/python -m bench.serve.triton runs/avdigits --http-port 8011 --delay-us 0
 
 Triton's C++ HTTP frontend and dynamic batcher call a Python function that runs the same ONNX
 Runtime session settings as ``fdkd serve`` (``fdkd.serving.runtime.onnx``: default options, intra-op

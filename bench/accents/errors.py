@@ -1,6 +1,6 @@
 """Where a run's audio student fails on unseen accents: accuracy per accent and per word, and the top confusions.
 
-    python bench/accent_errors.py runs/avdigits                # a finished `fdkd run` on the built-in data
+    python -m bench.accents.errors runs/avdigits                # a finished `fdkd run` on the built-in data
 
 Reads the run's ``student.pt`` and its dataset (``student.config.yaml``), evaluates the in-domain
 ``test`` split and ``test_unseen_accent`` on the CPU, and prints one table per split. Prints the
@@ -10,14 +10,12 @@ CPU model and flags like every benchmark here, though nothing in it is timed.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+from fdkd.serving.runtime.cpu_isa import cpu_model, simd_flags
 
-from host_cpu import cpu_model, simd_flags  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def errors(run_dir: Path) -> list[str]:
@@ -62,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     print(f"CPU: {cpu_model()} ({' '.join(simd_flags())})")
     print("\n".join(errors(args.run_dir)))
-    print(f"reproduce: python bench/accent_errors.py {args.run_dir}")
+    print(f"reproduce: python -m bench.accents.errors {args.run_dir}")
 
 
 if __name__ == "__main__":

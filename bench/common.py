@@ -1,7 +1,8 @@
 """Replace the generated part of a markdown file: the text between its begin and end markers.
 
-docs/results.md's tables are written by the bench scripts (science_tables, serve_results, accents,
-gpu_check), each between its own pair of HTML-comment markers; everything outside them is left alone.
+docs/results.md's tables are written by the bench generators (bench.science.v2_tables, bench.science.v3_tables,
+bench.serve.results, bench.compress.results, bench.train.epoch_time, bench.train.memory_format, bench.accents.run,
+bench.gpu.check), each between its own pair of HTML-comment markers; everything outside them is left alone.
 """
 
 from __future__ import annotations
