@@ -33,35 +33,18 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench.science import common
+from bench.science.common import PRESETS, is_flat, parse_preset, tag
 
-# preset -> (overrides, the config section its knobs live in, directions, training pairs for the plan)
-PRESETS = {
-    "avdigits": (["data.source=avdigits", "data.avdigits.preset=avdigits", "data.avdigits.clips_per_image=1"],
-                 "data.avdigits", ("image->audio",), 1258),
-    "avblend": (["data.source=avblend"], "data.avblend", ("image->audio", "audio->image"), 1400),
-    "avmnist": (["data.source=avdigits", "data.avdigits.preset=avmnist", "data.avdigits.clips_per_image=1"],
-                "data.avdigits", ("image->audio",), 3500),
-}
 DEFAULT_PRESETS = "avdigits,avblend:shared=0,avblend:shared=0.5,avblend:shared=1,avmnist"
-BENCH_SETS = {"avblend": ["data.avblend.pairs=2000"]}  # sized for the 4-hour budget (the preset's default: 3000)
 DIRECTIONS = {"image->audio": "image", "audio->image": "audio"}  # name -> teacher modality
 HEADROOM_PT = 1.0
-# the audio augmentation every science record was made with (the defaults before issue 8 part 5 widened them)
-AUGMENT_V1 = ["distill.augment.speed=[0.9,1.1]", "distill.augment.pitch_semitones=[-2,2]",
-              "distill.augment.pitch_p=0.5", "distill.augment.freq_warp_bins=1.5"]
-# the CPU records trained in NCHW (the CPU default before accel.channels_last's auto turned NHWC on for x86); the
-# CUDA records in NHWC, which auto still picks there
-MEMORY_FORMAT_V1_CPU = ["accel.channels_last=off"]
-PLATEAU_PT = 1.0
 
 FD = ["distill.method=fd"]
 ROWS = {  # row -> overrides
@@ -105,54 +88,7 @@ OVERHEAD_S = 6.0  # data load, teacher cache, test evaluation, checkpoint
 DOUBLED_FRACTION = 0.3  # converged runs assumed to need the second (doubled) attempt
 
 
-def parse_preset(spec: str) -> tuple[str, list[str]]:
-    """``avblend:shared=0.5`` -> ("avblend", overrides)."""
-    name, _, knobs = spec.partition(":")
-    if name not in PRESETS:
-        raise SystemExit(f"unknown preset {name!r}; presets are {sorted(PRESETS)}")
-    base, section, _, _ = PRESETS[name]
-    sets = [*base, *BENCH_SETS.get(name, [])]
-    for kv in filter(None, knobs.split(",")):
-        if "=" not in kv:
-            raise SystemExit(f"preset knob {kv!r} in {spec!r} is not key=value")
-        sets.append(f"{section}.{kv}")
-    return name, sets
-
-
-def tag(*parts) -> str:
-    s = "-".join(str(p) for p in parts)
-    for a, b in (("->", "-to-"), (" ", "_"), (":", "_"), ("=", ""), ("(", ""), (")", ""), ("+", "p"), (",", "_")):
-        s = s.replace(a, b)
-    return s
-
-
-def machine() -> dict:
-    """CPU model and the SIMD flags that matter here, the device, library versions."""
-    import torch
-
-    from fdkd.serving.runtime.cpu_isa import cpu_model, simd_flags
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "flags": simd_flags(), "device": device,
-            "torch": torch.__version__}
-
-
-def git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 # ---- one run (in a worker process) --------------------------------------------------------
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    os.environ.setdefault("FDKD_QUIET", "1")
-
 
 def run_job(job: dict) -> dict:
     """Train one teacher or one student; returns its record (without the shared fields)."""
@@ -193,24 +129,14 @@ def _sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def is_flat(curve: list[float]) -> bool:
-    """The plateau rule: the last third of the epochs raised the best validation accuracy by < PLATEAU_PT."""
-    n = len(curve)
-    if n < 3:
-        return False
-    return 100 * (max(curve[2 * n // 3 :]) - max(curve[: 2 * n // 3])) < PLATEAU_PT
-
-
 # ---- the schedule -------------------------------------------------------------------------
 
 class Bench:
     def __init__(self, args) -> None:
         self.args = args
-        self.records_path = Path(args.records)
-        self.records: list[dict] = []
-        if self.records_path.exists():
-            self.records = [json.loads(line) for line in self.records_path.read_text().splitlines() if line.strip()]
-        self.info = {**machine(), "rev": git_rev()}
+        self.file = common.RecordFile(args.records)
+        self.records_path, self.records = self.file.path, self.file.records
+        self.info = {**common.machine(), "rev": common.git_rev()}
         self.failed: list[str] = []
 
     # keys and look-ups
@@ -219,20 +145,11 @@ class Bench:
         return (r["preset"], r["direction"], r["row"], r["seed"], r["budget"], r["epochs"])
 
     def find(self, preset, direction, row, seed, budget, epochs=None) -> dict | None:
-        for r in self.records:
-            if (r["preset"], r["direction"], r["row"], r["seed"], r["budget"]) == (preset, direction, row, seed,
-                                                                                   budget) \
-                    and (epochs is None or r["epochs"] == epochs):
-                return r
-        return None
+        key = {"preset": preset, "direction": direction, "row": row, "seed": seed, "budget": budget}
+        return self.file.find(**key) if epochs is None else self.file.find(**key, epochs=epochs)
 
     def base_sets(self, spec: str, direction: str) -> list[str]:
-        _, sets = parse_preset(spec)
-        a = self.args
-        return [*sets, f"runs_dir={a.out}", f"data.cache_dir={a.data_cache}",
-                f"teacher.modality={DIRECTIONS[direction]}", f"teacher.optim.epochs={a.teacher_epochs}",
-                f"distill.student.width={a.width}", "distill.grad_norm_every=0", *AUGMENT_V1,
-                *(MEMORY_FORMAT_V1_CPU if self.info["device"] == "cpu" else []), *a.sets]
+        return common.base_sets(spec, self.args, self.info["device"], f"teacher.modality={DIRECTIONS[direction]}")
 
     def teacher_path(self, spec: str, direction: str) -> Path:
         return Path(self.args.out) / tag(spec, direction, "teacher") / f"teacher.{DIRECTIONS[direction]}.pt"
@@ -351,15 +268,8 @@ class Bench:
 
     # running
     def land(self, job: dict, rec: dict) -> None:
-        full = {k: job[k] for k in ("preset", "direction", "row", "seed", "budget", "epochs")}
-        full.update(rec)
-        full.update({"sets": [s for s in job["sets"] if not s.startswith(("runs_dir=", "data.cache_dir=",
-                                                                            "teacher.checkpoint=", "name="))],
-                     "machine": self.info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        self.records.append(full)
-        self.records_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.records_path, "a") as f:  # one line per run, as it lands
-            f.write(json.dumps(full) + "\n")
+        full = self.file.land({k: job[k] for k in ("preset", "direction", "row", "seed", "budget", "epochs")}, rec,
+                              job["sets"], self.info)
         print(f"[{full['finished']}] {full['preset']} {full['direction']} {full['row']} seed {full['seed']} "
               f"{full['budget']} {full['epochs']} ep: val {100 * full['val_acc']:.1f} test {100 * full['test_acc']:.1f}"
               f" ({full['cpu_seconds']:.0f} cpu-s)", flush=True)
@@ -403,7 +313,7 @@ class Bench:
     def run(self) -> None:
         # spawn, not fork: machine() has initialised CUDA in this process, and a forked child cannot use it
         pool = ProcessPoolExecutor(self.args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.args.threads,)) \
+                                   initializer=common.init_worker, initargs=(self.args.threads,)) \
             if self.args.jobs > 1 else None
         try:
             self.build_data()
@@ -481,20 +391,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--presets", default=DEFAULT_PRESETS, help="comma-separated; knobs after ':' (avblend:shared=0)")
     ap.add_argument("--directions", default="", help="restrict to these directions (default: each preset's)")
     ap.add_argument("--rows", default="", help="restrict to these rows (comma-separated names from ROWS)")
-    ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=15, help="fixed budget: epochs of every row")
     ap.add_argument("--conv-epochs", type=int, default=30, help="converged budget: first attempt (0: no converged)")
     ap.add_argument("--conv-cap", type=int, default=60, help="converged budget: the doubled attempt")
     ap.add_argument("--full", action="store_true", help="every row and both budgets for every preset (no SCOPE cuts)")
     ap.add_argument("--no-wall", dest="wall", action="store_false", help="skip the equal-wall-time `none` row")
-    ap.add_argument("--teacher-epochs", type=int, default=15)
-    ap.add_argument("--width", type=int, default=8, help="student width (the shipped default is 16)")
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra override for every run")
-    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each single-threaded)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    ap.add_argument("--records", default="docs/records/science-v2.jsonl")
-    ap.add_argument("--out", default="runs/bench-science-v2")
-    ap.add_argument("--data-cache", default="runs/data")
+    common.add_run_args(ap, "docs/records/science-v2.jsonl", "runs/bench-science-v2")
     ap.add_argument("--plan", action="store_true", help="print the runs and the estimated hours; train nothing")
     ap.add_argument("--verbose", action="store_true", help="with --plan: list every run")
     ap.add_argument("--smoke", action="store_true",
@@ -504,19 +406,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.seeds, args.epochs, args.teacher_epochs, args.conv_epochs, args.conv_cap = 1, 2, 2, 3, 6
         args.presets, args.rows = "avdigits", "none,fd"
-        args.sets = ["data.avdigits.max_images=300", *args.sets]
-        if args.records == ap.get_default("records"):
-            args.records = "runs/bench-science-smoke/records.jsonl"
-        args.out = "runs/bench-science-smoke"
+        common.smoke_paths(ap, args, "runs/bench-science-smoke")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     bench = Bench(args)
-    info = bench.info
-    print(f"CPU: {info['cpu']} ({info['cores']} cores; flags {' '.join(info['flags'])}); device {info['device']}; "
-          f"torch {info['torch']}; rev {info['rev']}")
+    print(common.host_line(bench.info))
     if args.plan:
         print_plan(bench)
         return

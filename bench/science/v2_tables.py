@@ -20,7 +20,8 @@ import statistics
 from pathlib import Path
 
 from bench import common
-from bench.science.v2 import CONVERGED, HEADROOM_PT, PICKED, PLATEAU_PT, ROWS, SWEEP, WALL, tag
+from bench.science.common import PLATEAU_PT, tag
+from bench.science.v2 import CONVERGED, HEADROOM_PT, PICKED, ROWS, SWEEP, WALL
 
 ROOT = Path(__file__).resolve().parents[2]
 

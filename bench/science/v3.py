@@ -38,15 +38,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-from bench.science.v2 import AUGMENT_V1, MEMORY_FORMAT_V1_CPU, git_rev, is_flat, machine, parse_preset, tag
-
-ROOT = Path(__file__).resolve().parents[2]
+from bench.science import common
+from bench.science.common import is_flat, parse_preset, tag
 
 # row -> (method, overrides inside distill): the auto candidates
 CANDIDATES = {
@@ -86,13 +84,6 @@ def candidates_override(rows: list[str]) -> str:
 
 # ---- one run (in a worker process) --------------------------------------------------------
 
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    os.environ.setdefault("FDKD_QUIET", "1")
-
-
 def run_job(job: dict) -> dict:
     """Train the preset's teacher, or one auto run of a cell's rows; returns its record's measured fields."""
     import torch
@@ -130,22 +121,16 @@ def run_job(job: dict) -> dict:
 class Bench:
     def __init__(self, args) -> None:
         self.args = args
-        self.path = Path(args.records)
-        self.records = [json.loads(s) for s in self.path.read_text().splitlines() if s.strip()] \
-            if self.path.exists() else []
-        self.info = {**machine(), "rev": git_rev()}
+        self.file = common.RecordFile(args.records)
+        self.path, self.records = self.file.path, self.file.records
+        self.info = {**common.machine(), "rev": common.git_rev()}
         self.failed: list[str] = []
 
     def find(self, **key) -> dict | None:
-        return next((r for r in self.records if all(r.get(k) == v for k, v in key.items())), None)
+        return self.file.find(**key)
 
     def base_sets(self, preset: str) -> list[str]:
-        _, sets = parse_preset(preset)
-        a = self.args
-        return [*sets, f"runs_dir={a.out}", f"data.cache_dir={a.data_cache}", "teacher.modality=image",
-                f"teacher.optim.epochs={a.teacher_epochs}", f"distill.student.width={a.width}",
-                "distill.grad_norm_every=0", *AUGMENT_V1,
-                *(MEMORY_FORMAT_V1_CPU if self.info["device"] == "cpu" else []), *a.sets]
+        return common.base_sets(preset, self.args, self.info["device"], "teacher.modality=image")
 
     def teacher_path(self, preset: str) -> Path:
         return Path(self.args.out) / tag(preset, "teacher") / "teacher.image.pt"
@@ -190,15 +175,8 @@ class Bench:
         return out
 
     def land(self, job: dict, rec: dict) -> None:
-        full = {k: v for k, v in job.items() if k not in ("sets", "threads")}
-        full.update(rec)
-        full.update({"sets": [s for s in job["sets"] if not s.startswith(("runs_dir=", "data.cache_dir=",
-                                                                            "teacher.checkpoint=", "name="))],
-                     "machine": self.info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        self.records.append(full)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:  # one line per run, as it lands
-            f.write(json.dumps(full) + "\n")
+        full = self.file.land({k: v for k, v in job.items() if k not in ("sets", "threads")}, rec, job["sets"],
+                              self.info)
         if job["kind"] == "teacher":
             print(f"[{full['finished']}] teacher {job['preset']}: val {100 * rec['val_acc']:.1f} "
                   f"({rec['cpu_seconds']:.0f} cpu-s)", flush=True)
@@ -227,7 +205,7 @@ class Bench:
         """Keep ``--jobs`` runs in flight, re-planning as each lands (a landed teacher releases its cells)."""
         name = lambda j: j["sets"][-1] if j["kind"] == "run" else f"teacher {j['preset']}"  # noqa: E731
         pool = ProcessPoolExecutor(self.args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.args.threads,))
+                                   initializer=common.init_worker, initargs=(self.args.threads,))
         flight: dict = {}
         tried: set[str] = set()
         try:
@@ -291,17 +269,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cells", type=parse_cells, default=None,
                     help="restrict to these cells, e.g. avdigits:fraction=0.05,avdigits:noise=0.4 (default: CELLS)")
     ap.add_argument("--rows", default="", help="restrict to these rows (comma-separated names; none is kept)")
-    ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=20, help="first attempt")
     ap.add_argument("--cap", type=int, default=40, help="the doubled attempt where a curve is not flat")
-    ap.add_argument("--teacher-epochs", type=int, default=15)
-    ap.add_argument("--width", type=int, default=8, help="student width (the shipped default is 16)")
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra override for every run")
-    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each single-threaded)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    ap.add_argument("--records", default="docs/records/science-v3.jsonl")
-    ap.add_argument("--out", default="runs/bench-science-v3")
-    ap.add_argument("--data-cache", default="runs/data")
+    common.add_run_args(ap, "docs/records/science-v3.jsonl", "runs/bench-science-v3")
     ap.add_argument("--plan", action="store_true", help="print the cells and what is recorded; train nothing")
     ap.add_argument("--smoke", action="store_true",
                     help="1 seed, 2 epochs (doubled 4), 300 avdigits images, cell avdigits fraction 5 %%; "
@@ -310,19 +280,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.seeds, args.epochs, args.cap, args.teacher_epochs = 1, 2, 4, 2
         args.cells = [("avdigits", "fraction", 0.05)]
-        args.sets = ["data.avdigits.max_images=300", *args.sets]
-        if args.records == ap.get_default("records"):
-            args.records = "runs/bench-science-v3-smoke/records.jsonl"
-        args.out = "runs/bench-science-v3-smoke"
+        common.smoke_paths(ap, args, "runs/bench-science-v3-smoke")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     bench = Bench(args)
-    info = bench.info
-    print(f"CPU: {info['cpu']} ({info['cores']} cores; flags {' '.join(info['flags'])}); device {info['device']}; "
-          f"torch {info['torch']}; rev {info['rev']}")
+    print(common.host_line(bench.info))
     if args.plan:
         print_plan(bench)
         return
