@@ -3,7 +3,7 @@
     python -m bench.accents.run                                   # the shipped default, seed 0
     python -m bench.accents.run --seeds 0,1,2                     # the same on three training seeds
     python -m bench.accents.run --set distill.optim.epochs=20     # the default with overrides (--set repeatable)
-    python -m bench.accents.run --render                          # results.md's section from the records
+    python -m bench.accents.run --render                          # docs/results/accents.md from the records
 
 Each run is one whole `fdkd run` on the built-in data (default config, ``--method auto``) in a child
 process, under ``--out`` (not committed); the run's own ``seed`` is the seed (the dataset, built from
@@ -16,7 +16,7 @@ average at the start, and the git revision. ``--fresh-data`` builds the dataset 
 cache directory of its own) so that the wall time is the README main job's.
 
 ``--render`` writes the section between ``<!-- accents:begin -->`` and ``<!-- accents:end -->`` of
-``--results`` (default docs/results.md) from the records; nothing in it is typed by hand.
+``--results`` (default docs/results/accents.md) from the records; nothing in it is typed by hand.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from fdkd.serving.runtime.cpu_isa import cpu_model, simd_flags
 ROOT = Path(__file__).resolve().parents[2]
 
 RECORDS = ROOT / "docs" / "records" / "accents.jsonl"
-RESULTS = ROOT / "docs" / "results.md"
+RESULTS = ROOT / "docs" / "results" / "accents.md"
 BEGIN, END = "<!-- accents:begin -->", "<!-- accents:end -->"
 TARGET_ACC, TARGET_GAP = 93.0, 5.0  # issue 8 part 5: >= 93 % in-domain, unseen accents within 5 points
 # (config, reference) label pairs compared seed by seed: same training seeds, and the same held-out clips (a
@@ -236,7 +236,7 @@ def main() -> None:
     ap.add_argument("--resume", default=None, metavar="NAME",
                     help="stable run name: reuse its up-to-date stages (data, teacher); exploratory, not timed")
     ap.add_argument("--label", default=None, help="a name for this configuration in the tables")
-    ap.add_argument("--render", action="store_true", help="write results.md's section from the records")
+    ap.add_argument("--render", action="store_true", help="write docs/results/accents.md from the records")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args()
     if args.render:

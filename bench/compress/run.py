@@ -2,7 +2,7 @@
 
     python -m bench.compress.run runs/avdigits                    # after `fdkd run`; appends to the records
     python -m bench.compress.run runs/avdigits --repeats 200 --batches 1 8 64
-    python -m bench.compress.results --results docs/results.md   # results.md section 3 from the records
+    python -m bench.compress.results --results docs/results/compress.md   # its tables from the records
 
 torch eager FP32 vs ONNX Runtime FP32, the FP16 graph, each TensorRT-legal INT8 Q/DQ graph (S8S8,
 symmetric) as ONNX Runtime's CPU kernels run it (Q/DQ fused) and as written (Q/DQ emulated: the

@@ -2,7 +2,7 @@
 
 Each step is recorded even when it fails (with the error), so one run on a GPU machine answers
 as much as it can. Records: ``<out>/gpu_check.json``; ``--render FILE`` prints the tables from
-such a file (docs/results.md is made from committed records this way, never typed by hand).
+such a file (docs/results/gpu-check.md is made from committed records this way, never typed by hand).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs/gpu-check"), help="run directories and data cache")
     ap.add_argument("--render", type=Path, help="print the tables of an existing gpu_check.json and exit")
     ap.add_argument("--results", type=Path, help="with --render: write them between the gpu_check markers of this "
-                                                 "file (docs/results.md) instead")
+                                                 "file (docs/results/gpu-check.md) instead")
     args = ap.parse_args()
     if args.render:
         text = render(json.loads(args.render.read_text()))

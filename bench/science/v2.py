@@ -3,7 +3,7 @@
     python -m bench.science.v2 --plan                    # every run, and the estimated hours on 2 cores
     python -m bench.science.v2 --jobs 2                  # the whole table (resumable; ~4 h on 2 cores)
     python -m bench.science.v2 --smoke                   # 1 seed, 2 epochs, 2 methods: record/resume check
-    python -m bench.science.v2_tables                    # results.md's science tables from the records
+    python -m bench.science.v2_tables                    # docs/results/science-v2.md from the records
 
 Presets (``--presets``; a preset's knobs after a colon, e.g. ``avblend:shared=0.5``): avdigits,
 avblend at shared 0 / 0.5 / 1 (instance-paired; class-level at 0), avmnist (all 5,000 MNIST

@@ -1,6 +1,6 @@
-"""results.md's science tables (v2), generated from the committed records of ``bench/science/v2.py``.
+"""The science v2 tables (docs/results/science-v2.md), generated from the records of ``bench.science.v2``.
 
-    python -m bench.science.v2_tables                       # rewrite the marked section of docs/results.md
+    python -m bench.science.v2_tables                       # rewrite the marked part of docs/results/science-v2.md
     python -m bench.science.v2_tables --records R --results - # print it instead
 
 Per preset and direction: test accuracy of the student's own head (checkpoint chosen on
@@ -8,19 +8,18 @@ validation), mean +- sample std over seeds, and per row the paired per-seed diff
 (same seed, same budget) with its 95 % t-interval, for the fixed and the converged budget; then the
 verdicts (a gain counts as knowledge transfer only where it beats `none`, `none+LS` and the same
 method with the shuffled teacher, each with a 95 % interval above zero) and the validation curves
-of the converged runs (PNG next to results.md). Nothing here is typed by hand.
+of the converged runs (PNGs next to the tables). Nothing here is typed by hand.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
 
 from bench import common
-from bench.science.common import PLATEAU_PT, tag
+from bench.science.common import PLATEAU_PT, load_for_tables, tag
 from bench.science.v2 import CONVERGED, HEADROOM_PT, PICKED, ROWS, SWEEP, WALL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -348,13 +347,12 @@ def render(records: list[dict], png_dir: Path | None, command: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=Path, default=ROOT / "docs" / "records" / "science-v2.jsonl")
-    ap.add_argument("--results", default=str(ROOT / "docs" / "results.md"), help="file with the markers, or -")
+    ap.add_argument("--results", default=str(ROOT / "docs" / "results" / "science-v2.md"),
+                    help="file with the markers, or -")
     ap.add_argument("--command", default="`python -m bench.science.v2 --jobs 2` on the CPU and "
                     "`bash bench/gpu/check.sh --science 555` on the lent GPU", help="how the records were made")
     args = ap.parse_args(argv)
-    if not args.records.exists():
-        raise SystemExit(f"no records at {args.records}: run bench/science/v2.py first")
-    records = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]
+    records = load_for_tables(args.records, "bench.science.v2")
     if args.results == "-":
         print(render(records, None, args.command))
         return

@@ -3,7 +3,7 @@
     python -m bench.science.v3 --plan          # every run of the table, the ones recorded, what is left
     nice -n 19 python -m bench.science.v3      # the whole table (resumable; ~5 single-thread CPU hours)
     python -m bench.science.v3 --smoke         # 1 seed, 2 epochs, 300 avdigits images: record/resume check
-    python -m bench.science.v3_tables          # results.md's v3 section and plot from the records
+    python -m bench.science.v3_tables          # docs/results/science-v3.md and its plot
 
 Started from its own session (setsid, nohup), ``nice`` alone does not yield: with Linux autogroup scheduling
 (/proc/sys/kernel/sched_autogroup_enabled = 1) each session's group gets an equal share whatever its processes'

@@ -1,6 +1,6 @@
-"""results.md's science v3 section (and its plot) from bench/science/v3.py's records, never by hand.
+"""The science v3 tables (docs/results/science-v3.md) and plot from ``bench.science.v3``'s records, never by hand.
 
-    python -m bench.science.v3_tables                  # rewrite the marked section of docs/results.md + the PNG
+    python -m bench.science.v3_tables                  # rewrite the marked part of docs/results/science-v3.md + PNG
     python -m bench.science.v3_tables --results -      # print it instead
 
 Per (preset, axis, level) cell: each row's test accuracy (mean ± sd over seeds), its paired difference from
@@ -14,11 +14,11 @@ rule on the judge half). Where a seed was run twice (the doubled budget), the lo
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 from bench import common
+from bench.science.common import load_for_tables
 from bench.science.v2_tables import fmt_acc, fmt_diff, paired
 from bench.science.v3 import CELLS, SWEEP
 
@@ -204,11 +204,10 @@ def render(records: list[dict], png: Path | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=Path, default=ROOT / "docs" / "records" / "science-v3.jsonl")
-    ap.add_argument("--results", default=str(ROOT / "docs" / "results.md"), help="file with the markers, or -")
+    ap.add_argument("--results", default=str(ROOT / "docs" / "results" / "science-v3.md"),
+                    help="file with the markers, or -")
     args = ap.parse_args(argv)
-    if not args.records.exists():
-        raise SystemExit(f"no records at {args.records}: run bench/science/v3.py first")
-    records = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]
+    records = load_for_tables(args.records, "bench.science.v3")
     if args.results == "-":
         print(render(records, None))
         return

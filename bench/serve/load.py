@@ -27,7 +27,7 @@ reference (same runtime in this process) gives batched throughput at batch 64 an
 latency; its batched throughput is measured again at the start of every round (while the servers
 idle), so that each round's share of it is taken under that round's load. Every row goes to
 ``--out`` (jsonl, with a run id, CPU model, flags and the command); ``bench/serve/results.py``
-turns the latest run into the table in docs/results.md.
+turns the latest run into the tables of docs/results/serve-load.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Tables from ``bench/serve/load.py``'s raw records (jsonl): one run, fdkd beside Triton and in-process.
 
     python -m bench.serve.results docs/records/serve-load.jsonl                    # print the latest run
-    python -m bench.serve.results docs/records/serve-load.jsonl --write docs/results.md \
+    python -m bench.serve.results docs/records/serve-load.jsonl --write docs/results/serve-load.md \
         --profiles bench/profiles/fdkd-binary-32clients.pyspy.txt bench/profiles/fdkd-json-32clients.pyspy.txt
 
 ``--write`` replaces what stands between ``<!-- serve_load:begin -->`` and ``<!-- serve_load:end -->``.

@@ -2,13 +2,13 @@
 
     python -m bench.train.epoch_time                 # on the built-in avdigits data, 3 epochs each, interleaved
     python -m bench.train.epoch_time --epochs 5
-    python -m bench.train.epoch_time --render        # results.md section 2 from docs/records/epoch-time.jsonl
+    python -m bench.train.epoch_time --render        # docs/results/epoch-time.md from the records
 
 Every variant runs in this one process, interleaved over ``--rounds`` rounds, and the median
 training-loop seconds per epoch (evaluation excluded) are compared as ratios: the machine is
 shared and noisy, absolute times are not the point. Each run appends one record (every epoch's
 seconds per variant, the CPU model and flags, torch, threads, load average) to ``--records``;
-``--render`` writes results.md section 2 from all of them.
+``--render`` writes docs/results/epoch-time.md (results.md section 2) from all of them.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-epoch"))
     ap.add_argument("--records", type=Path, default=ROOT / "docs" / "records" / "epoch-time.jsonl")
-    ap.add_argument("--render", action="store_true", help="write results.md section 2 from the records; no timing")
-    ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
+    ap.add_argument("--render", action="store_true", help="write docs/results/epoch-time.md; no timing")
+    ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results" / "epoch-time.md")
     args = ap.parse_args()
     if args.render:
         from bench import common

@@ -2,7 +2,7 @@
 
     python -m bench.train.memory_format                          # 2 epochs per stage and format, 2 rounds
     python -m bench.train.memory_format --epochs 3 --rounds 3
-    python -m bench.train.memory_format --render                 # results.md's section from the records
+    python -m bench.train.memory_format --render                 # docs/results/memory-format.md from the records
 
 The teacher (``fdkd teacher``: the image teacher, conv width 64) and the student (``fdkd distill``
 with the built-in ``auto`` candidates ``none`` and ``fd`` trained together, augmentation on) are
@@ -11,7 +11,7 @@ trained on the built-in avdigits data with ``accel.channels_last`` off and on, i
 excluded, from each stage's metrics file) are compared as a ratio, since the machine is shared and
 noisy. One JSON record per bench run is appended to ``--records`` (committed), with the CPU model and
 flags; ``--render`` writes the section between ``<!-- memory-format:begin -->`` and
-``<!-- memory-format:end -->`` of docs/results.md from them.
+``<!-- memory-format:end -->`` of docs/results/memory-format.md from them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from fdkd.serving.runtime.cpu_isa import cpu_model, simd_flags
 ROOT = Path(__file__).resolve().parents[2]
 
 RECORDS = ROOT / "docs" / "records" / "memory-format.jsonl"
-RESULTS = ROOT / "docs" / "results.md"
+RESULTS = ROOT / "docs" / "results" / "memory-format.md"
 BEGIN, END = "<!-- memory-format:begin -->", "<!-- memory-format:end -->"
 FORMATS = {"NCHW (contiguous)": "off", "NHWC (channels_last)": "on"}
 
@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-memory-format")
     ap.add_argument("--records", type=Path, default=RECORDS)
-    ap.add_argument("--render", action="store_true", help="write results.md's section from the records")
+    ap.add_argument("--render", action="store_true", help="write docs/results/memory-format.md from the records")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args()
     if args.render:
