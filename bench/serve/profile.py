@@ -1,7 +1,7 @@
 """A py-spy profile of ``fdkd serve`` under load: where the server's time goes.
 
-    python -m bench.serve.profile runs/avdigits binary bench/profiles/fdkd-binary-32clients.pyspy.txt
-    python -m bench.serve.profile_summary bench/profiles/fdkd-binary-32clients.pyspy.txt
+    python -m bench.serve.profile runs/avdigits binary docs/records/profiles/fdkd-binary-32clients.pyspy.txt
+    python -m bench.serve.profile_summary docs/records/profiles/fdkd-binary-32clients.pyspy.txt
 
 Starts ``fdkd serve`` (as ``bench/serve/load.py`` does), warms it up, then records it with
 ``py-spy record -r 200 --threads -f raw`` for 5 s while 32 clients send one-row requests of the

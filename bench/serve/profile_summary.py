@@ -1,6 +1,6 @@
 """Where a server's time goes: a py-spy raw profile (``py-spy record -f raw --threads``) by category.
 
-    python -m bench.serve.profile_summary bench/profiles/fdkd-json-32clients.pyspy.txt
+    python -m bench.serve.profile_summary docs/records/profiles/fdkd-json-32clients.pyspy.txt
 
 Each sample is charged to the first category (in the order of ``CATEGORIES``) that one of its
 frames matches, innermost frame first; the rest is "other". Shares are of all non-idle samples

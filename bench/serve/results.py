@@ -2,7 +2,8 @@
 
     python -m bench.serve.results docs/records/serve-load.jsonl                    # print the latest run
     python -m bench.serve.results docs/records/serve-load.jsonl --write docs/results/serve-load.md \
-        --profiles bench/profiles/fdkd-binary-32clients.pyspy.txt bench/profiles/fdkd-json-32clients.pyspy.txt
+        --profiles docs/records/profiles/fdkd-binary-32clients.pyspy.txt \
+        docs/records/profiles/fdkd-json-32clients.pyspy.txt
 
 ``--write`` replaces what stands between ``<!-- serve_load:begin -->`` and ``<!-- serve_load:end -->``.
 
