@@ -186,7 +186,8 @@ def render(records: list[dict]) -> str:
     cpus = sorted({f"{r['cpu_model']} ({' '.join(r['cpu_flags']) or '-'})" for r in records})
     out += ["", "CPU: " + "; ".join(cpus), "",
             "Reproduce a record: its `command` field (e.g. `python -m bench.accents.run --seeds 0,1,2` for the "
-            "defaults of the checkout).", ""]
+            "defaults of the checkout; records made before bench/ became a package name the script as "
+            "`python bench/accents.py`, now `python -m bench.accents.run`).", ""]
     return "\n".join(out)
 
 
