@@ -10,6 +10,7 @@ from bench.common import WIDTH, wrap_markdown
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "docs" / "results.md"
 TABLES = sorted((ROOT / "docs" / "results").glob("*.md"))
+RECORDS_README = ROOT / "docs" / "records" / "README.md"
 LINK = re.compile(r"\]\(([^)\s]+)\)|^\[[^\]]+\]:\s*(\S+)$", re.M)
 
 
@@ -32,13 +33,13 @@ def prose_lines(text: str):
             yield n, line
 
 
-@pytest.mark.parametrize("path", [MAIN, *TABLES], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [MAIN, *TABLES, RECORDS_README], ids=lambda p: p.name)
 def test_no_prose_line_past_the_width(path):
     long = [(n, len(line)) for n, line in prose_lines(path.read_text()) if len(line) > WIDTH]
     assert not long, f"{path.name}: lines past {WIDTH} characters (line, length): {long}"
 
 
-@pytest.mark.parametrize("path", [MAIN, *TABLES], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [MAIN, *TABLES, RECORDS_README], ids=lambda p: p.name)
 def test_every_link_lands(path):
     text = path.read_text()
     for m in LINK.finditer(text):
