@@ -4,6 +4,8 @@ No framework, no checks, no batcher: reads the body, decodes the one-row tensor 
 bytes after the header; JSON: orjson, then one numpy conversion), runs the runtime inline on the
 event loop, and replies with the same bytes fdkd would (binary: JSON header + raw logits; JSON:
 the V2 reply). ``GET /v2/health/ready`` answers 200. Run dir: ``FDKD_SERVE_RUN_DIR``.
+
+    python -m bench.serve.load runs/avdigits --servers bare     # starts it as uvicorn ``bench.serve.bare_asgi:app``
 """
 
 from __future__ import annotations
