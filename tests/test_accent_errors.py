@@ -1,12 +1,8 @@
-"""bench/accent_errors.py on a real finished run: per-accent and per-word tables that agree with validation.json."""
+"""bench/accents/errors.py on a real finished run: per-accent and per-word tables that agree with validation.json."""
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import accent_errors  # noqa: E402
+from bench.accents import errors as accent_errors
 
 
 def test_tables_match_the_runs_own_unseen_accent_accuracy(served_run):

@@ -1,13 +1,9 @@
 """The accents benchmark's tables (no training): grouping, the target count, and the seed-paired differences."""
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import accents  # noqa: E402
+from bench.accents import run as accents
 
 
 def _rec(label, seed, acc, unseen):

@@ -1,18 +1,16 @@
-"""bench/compress_results.py: results.md section 3 is generated from the committed records, and its verdicts."""
+"""bench/compress/results.py: results.md section 3 is generated from the committed records, and its verdicts."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import compress  # noqa: E402
-import compress_results as cr  # noqa: E402
+from bench.common import wrap_markdown
+from bench.compress import results as cr
+from bench.compress import run as compress
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rec(artifact, file, batch, rows_per_s, acc, qdq=None, run="r1", family="x86-vnni", eager=1000.0):
-    return {"run_id": run, "started": "2026-12-06T00:00:00Z", "command": "python bench/compress.py runs/x",
+    return {"run_id": run, "started": "2026-12-06T00:00:00Z", "command": "python -m bench.compress.run runs/x",
             "cpu": "Some CPU", "simd_flags": "avx2", "int8_kernels": family, "cores": 2, "threads": 2,
             "test_rows": 100, "mflop_per_sample": 1.0, "artifact": artifact, "file": file,
             "mode": {"qdq": qdq} if qdq else {}, "batch": batch, "accuracy": acc, "acc_delta_pt": 100 * (acc - 0.9),
@@ -28,14 +26,16 @@ def _run(int8_speed, int8_acc, **kw):
 
 
 def test_results_md_section_3_is_the_generated_one():
-    text = (ROOT / "docs" / "results.md").read_text()
+    text = (ROOT / "docs" / "results" / "compress.md").read_text()
     body = text.split(cr.BEGIN, 1)[1].split(cr.END, 1)[0]
-    assert body == cr.render(cr.load(cr.RECORDS)), "run: python bench/compress_results.py --results docs/results.md"
+    expected = wrap_markdown(cr.render(cr.load(cr.RECORDS)))
+    assert body == expected, "run: python -m bench.compress.results --results docs/results/compress.md"
 
 
 def test_every_committed_record_names_its_machine_and_command():
     for r in cr.load(cr.RECORDS):
-        assert r["cpu"] and r["int8_kernels"] and r["command"].startswith("python bench/compress.py"), r
+        assert r["cpu"] and r["int8_kernels"], r
+        assert r["command"].startswith(("python bench/compress.py", "python -m bench.compress.run")), r
 
 
 def test_target_met_only_at_4x_within_half_a_point_and_emulated_rows_never_count():

@@ -25,3 +25,22 @@ CORTEX_A57 = "Features\t: fp asimd evtstrm aes crc32\n"
 def test_kernel_family(cpuinfo, machine, family):
     assert kernel_family(cpuinfo, machine) == family
 
+
+
+def test_host_line_from_cpuinfo():
+    """The benchmarks' host line: model name and the SIMD flags that matter, from the same text."""
+    from fdkd.serving.runtime.cpu_isa import cpu_model, describe, simd_flags
+
+    assert cpu_model(XEON_VNNI) == "Intel(R) Xeon(R) Platinum"
+    assert simd_flags(XEON_VNNI) == ["avx", "avx2", "avx512_vnni", "avx512f"]
+    assert simd_flags(EPYC_AVX2) == ["avx", "avx2", "f16c", "fma"]
+    assert simd_flags(GRAVITON) == ["asimd", "asimddp"]
+    assert describe(EPYC_AVX2) == "AMD EPYC; flags: avx avx2 f16c fma"
+    assert describe("model name\t: X\n").endswith("; flags: -")
+    assert cpu_model("") != ""  # platform's answer where /proc/cpuinfo says nothing
+
+
+def test_host_line_here_matches_the_file():
+    from fdkd.serving.runtime.cpu_isa import cpuinfo_text, describe
+
+    assert describe() == describe(cpuinfo_text())

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import science  # noqa: E402
-import science_tables  # noqa: E402
+from bench.science import v2 as science
+from bench.science import v2_tables as science_tables
 
 
 def _bench(tmp_path, *extra):
@@ -106,7 +104,7 @@ def test_tables_generate_from_records_and_call_transfer_only_above_every_control
 
 
 def _landed_run(runs: Path, val: float, test: float) -> str:
-    """A finished `fd` run directory as bench/science.py leaves it, and the log line it printed."""
+    """A finished `fd` run directory as bench/science/v2.py leaves it, and the log line it printed."""
     import torch
 
     run = runs / science.tag("avdigits", "image->audio", "fd", "fixed", 15, "s1")
@@ -119,7 +117,7 @@ def _landed_run(runs: Path, val: float, test: float) -> str:
 
 
 def test_salvage_rebuilds_a_landed_run_from_its_directory_and_refuses_a_mismatch(tmp_path, monkeypatch):
-    import science_salvage
+    from bench.science import salvage as science_salvage
 
     machine = {"cpu": "x", "cores": 16, "flags": [], "device": "GPU", "torch": "t"}
     (tmp_path / "m.jsonl").write_text(json.dumps({"machine": machine}) + "\n")
@@ -147,15 +145,15 @@ def test_salvage_rebuilds_a_landed_run_from_its_directory_and_refuses_a_mismatch
 
 
 def test_results_section_replaces_only_between_its_markers_and_refuses_a_file_without_them(tmp_path):
-    import results_section
+    from bench import common
 
     doc = tmp_path / "results.md"
     doc.write_text("head\n<!-- a:begin -->\nold\n<!-- a:end -->\ntail <!-- b:begin -->keep<!-- b:end -->\n")
-    results_section.write_section(doc, "<!-- a:begin -->", "<!-- a:end -->", "\nnew\n")
+    common.write_section(doc, "<!-- a:begin -->", "<!-- a:end -->", "\nnew\n")
     assert doc.read_text() == "head\n<!-- a:begin -->\nnew\n<!-- a:end -->\ntail <!-- b:begin -->keep<!-- b:end -->\n"
     before = doc.read_text()
     with pytest.raises(SystemExit, match="results.md has no <!-- c:begin -->"):
-        results_section.write_section(doc, "<!-- c:begin -->", "<!-- c:end -->", "x")
+        common.write_section(doc, "<!-- c:begin -->", "<!-- c:end -->", "x")
     assert doc.read_text() == before
 
 

@@ -1,15 +1,11 @@
 """Science v3's bookkeeping (no training): teacher first, resume by key, doubled budgets, the generated tables."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import science_v3  # noqa: E402
-import science_v3_tables  # noqa: E402
+from bench.science import v3 as science_v3
+from bench.science import v3_tables as science_v3_tables
 
 
 def _bench(tmp_path, *extra):

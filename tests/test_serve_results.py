@@ -1,14 +1,11 @@
-"""bench/serve_results.py's target verdicts: from the paired, interleaved rounds, never from the median alone."""
+"""bench/serve/results.py's target verdicts: from the paired, interleaved rounds, never from the median alone."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-from serve_results import render, targets  # noqa: E402
+from bench.serve.results import render, targets
 
 
 def _recs(server: str, body: str, clients: int, rows: list[float], p99: list[float]) -> list[dict]:
@@ -32,7 +29,7 @@ def test_a_median_edge_the_rounds_contradict_is_parity_not_met():
 
 
 def test_the_committed_run_renders_its_verdicts_from_the_records():
-    path = Path(__file__).resolve().parents[1] / "bench" / "serve_load.jsonl"
+    path = Path(__file__).resolve().parents[1] / "docs" / "records" / "serve-load.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     text = render(records, "48f3f2ad595f")
     assert "32 clients, json, `fdkd serve` >= Triton's rows/s with p99 <= Triton's: **parity within noise" in text

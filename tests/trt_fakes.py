@@ -16,7 +16,7 @@ values, write order, dtype and shape handling, buffer management, fallbacks) run
   fails the test as it would fail on a GPU machine.
 
 What these cannot show (real kernels, TF32 numerics, real timing caches) is covered by the
-``gpu``-marked tests and ``bench/gpu_check.sh`` on a machine with a GPU.
+``gpu``-marked tests and ``bench/gpu/check.sh`` on a machine with a GPU.
 """
 
 from __future__ import annotations

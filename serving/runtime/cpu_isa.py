@@ -12,6 +12,9 @@ another family.
 Families: ``x86-vnni`` (AVX-512 VNNI, AVX-VNNI or AMX-INT8: 32-bit accumulation, no saturation),
 ``x86`` (AVX2 / AVX-512 without VNNI: 16-bit pair sums), ``arm-dotprod`` (SDOT/UDOT), ``arm``,
 else the machine name. Linux ``/proc/cpuinfo`` flags; elsewhere only the machine name is known.
+
+The same reader gives the benchmarks their host line (``cpu_model``, ``simd_flags``, ``describe``): every
+benchmark prints and records the CPU it ran on, and this is the one place that reads /proc/cpuinfo.
 """
 
 from __future__ import annotations
@@ -21,6 +24,19 @@ import platform
 from pathlib import Path
 
 X86_VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
+ARM_SIMD = ("asimd", "asimdhp", "asimddp", "sve", "sve2", "i8mm", "bf16")
+
+
+def cpuinfo_text() -> str:
+    """The text of /proc/cpuinfo; empty where there is none (not Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def _fields(cpuinfo: str) -> list[tuple[str, str]]:
+    return [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in cpuinfo.splitlines())]
 
 
 def _flags(cpuinfo: str) -> set[str]:
@@ -45,8 +61,28 @@ def kernel_family(cpuinfo: str, machine: str) -> str:
 @functools.cache
 def int8_kernels() -> str:
     """This machine's INT8 kernel family (see the module docstring)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    return kernel_family(text, platform.machine())
+    return kernel_family(cpuinfo_text(), platform.machine())
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The first ``model name`` of /proc/cpuinfo (or of ``cpuinfo``), else what ``platform`` knows."""
+    fields = _fields(cpuinfo_text() if cpuinfo is None else cpuinfo)
+    return next((v for k, v in fields if k == "model name" and v), None) or platform.processor() \
+        or platform.machine() or "unknown"
+
+
+def simd_flags(cpuinfo: str | None = None) -> list[str]:
+    """Sorted: AVX/AVX2/AVX-512*, FMA, F16C, AMX*, *VNNI* on x86; NEON (asimd*), SVE, I8MM, BF16 on ARM."""
+    fields = _fields(cpuinfo_text() if cpuinfo is None else cpuinfo)
+    flags = next((v.split() for k, v in fields if k in ("flags", "Features")), [])
+    return sorted(f for f in flags if f in ("avx", "avx2", "fma", "f16c") or f.startswith(("avx512", "amx"))
+                  or "vnni" in f or f in ARM_SIMD)
+
+
+def describe(cpuinfo: str | None = None) -> str:
+    """One line: ``<model>; flags: <flags>``."""
+    return f"{cpu_model(cpuinfo)}; flags: {' '.join(simd_flags(cpuinfo)) or '-'}"
+
+
+if __name__ == "__main__":
+    print(describe())

@@ -1,0 +1,1 @@
+"""Unseen-accent accuracy of what `fdkd run` ships, and its per-accent errors."""

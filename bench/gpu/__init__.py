@@ -1,0 +1,1 @@
+"""The one prepared GPU check (`bash bench/gpu/check.sh`) and its Python half."""

@@ -1,0 +1,223 @@
+"""The science v3 tables (docs/results/science-v3.md) and plot from ``bench.science.v3``'s records, never by hand.
+
+    python -m bench.science.v3_tables                  # rewrite the marked part of docs/results/science-v3.md + PNG
+    python -m bench.science.v3_tables --results -      # print it instead
+
+Per (preset, axis, level) cell: each row's test accuracy (mean ± sd over seeds), its paired difference from
+``none`` (the labelled pairs only) and from the row's control (``self-training`` for the pseudo-label and teacher
+rows at a labelled fraction below 1; the shuffled teacher for ``kd`` and ``fd``), each with a 95 % t-interval,
+bold where it excludes 0. ``fd (val-picked w)`` is the sweep weight with the best mean select-half validation
+accuracy over the cell's seeds. ``shipped`` is what ``method: auto`` shipped from the same candidates (its margin
+rule on the judge half). Where a seed was run twice (the doubled budget), the longer run stands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from bench import common
+from bench.science.common import load_for_tables
+from bench.science.v2_tables import fmt_acc, fmt_diff, paired
+from bench.science.v3 import CELLS, SWEEP
+
+ROOT = Path(__file__).resolve().parents[2]
+
+BEGIN, END = "<!-- science-v3:begin (bench/science/v3_tables.py) -->", "<!-- science-v3:end -->"
+PICKED, SHIPPED = "fd (val-picked w)", "shipped (auto)"
+SHUFFLED = {"kd": "kd shuffled teacher", "fd": "fd shuffled teacher", PICKED: "fd shuffled teacher"}
+PLOT_ROWS = ["none", "self-training", "pseudo", "kd", "fd", PICKED, SHIPPED]
+
+
+class Records:
+    """The longest run of every (preset, axis, level, seed), and each cell's rows as {seed: test acc %}."""
+
+    def __init__(self, records: list[dict]) -> None:
+        best: dict[tuple, dict] = {}
+        for r in records:
+            if r.get("kind") != "run":
+                continue
+            k = (r["preset"], r["axis"], r["level"], r["seed"])
+            if k not in best or r["epochs"] > best[k]["epochs"]:
+                best[k] = r
+        self.runs = best
+        self.all = [r for r in records if r.get("kind") == "run"]
+        self.teachers = [r for r in records if r.get("kind") == "teacher"]
+
+    def cells(self) -> list[tuple[str, str, float]]:
+        have = {k[:3] for k in self.runs}
+        order = [c for c in CELLS if c in have] + sorted(have - set(CELLS))
+        return sorted(order, key=lambda c: (c[0], c[1], c[2]))
+
+    def seed_runs(self, cell) -> dict[int, dict]:
+        return {k[3]: r for k, r in self.runs.items() if k[:3] == cell}
+
+    def picked(self, cell) -> str | None:
+        """The sweep row with the best mean select-half validation accuracy (ties: the smaller weight)."""
+        means = {}
+        for row in SWEEP:
+            vals = [c["val_acc"] for r in self.seed_runs(cell).values() for c in r["candidates"] if c["name"] == row]
+            if vals:
+                means[row] = statistics.mean(vals)
+        return max(means, key=lambda r: (means[r], -SWEEP[r])) if means else None
+
+    def row(self, cell, name: str, key: str = "test_acc") -> dict[int, float]:
+        if name == SHIPPED:
+            return {s: 100 * r["shipped_test_acc"] for s, r in self.seed_runs(cell).items()}
+        if name == PICKED:
+            name = self.picked(cell) or ""
+        return {s: 100 * c[key] for s, r in self.seed_runs(cell).items() for c in r["candidates"] if c["name"] == name}
+
+    def rows(self, cell) -> list[str]:
+        names = []
+        for r in self.seed_runs(cell).values():
+            names += [c["name"] for c in r["candidates"] if c["name"] not in names]
+        if any(n in SWEEP for n in names):
+            names.insert(max(names.index(n) for n in names if n in SWEEP) + 1, PICKED)
+        return [*names, SHIPPED]
+
+
+def _label(cell) -> str:
+    preset, axis, level = cell
+    return f"{preset}, {100 * level:g} % labelled" if axis == "fraction" else f"{preset}, {100 * level:g} % label noise"
+
+
+def cell_table(rec: Records, cell) -> list[str]:
+    preset, axis, level = cell
+    runs = rec.seed_runs(cell)
+    epochs = sorted({r["epochs"] for r in runs.values()})
+    not_flat = sum(1 for r in runs.values() for c in r["candidates"] if not c["flat"])
+    labels = next(iter(runs.values())).get("labels") or {}
+    control = "self-training" if axis == "fraction" and level < 1 else None
+    head = ["row", "test acc % (mean ± sd)", "minus none, pt [95 %]"]
+    head += ["minus self-training, pt [95 %]"] if control else []
+    head += ["minus its shuffled teacher, pt [95 %]"]
+    out = [f"#### {_label(cell)}", "",
+           f"{len(runs)} seeds; budget {'/'.join(map(str, epochs))} epochs (the longer where a curve was not flat; "
+           f"{not_flat} candidate curves still not flat); training pairs {labels.get('train_rows', '?')}, labelled "
+           f"{labels.get('train_labelled', '?')}" + (f", noisy {labels.get('train_noisy')}" if axis == "noise" else "")
+           + (f"; `fd (val-picked w)` = `{rec.picked(cell)}`" if rec.picked(cell) else "") + ".", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    none = rec.row(cell, "none")
+    for name in rec.rows(cell):
+        v = rec.row(cell, name)
+        cols = [name, fmt_acc(v), "" if name == "none" else fmt_diff(paired(v, none))]
+        if control:
+            cols.append("" if name in ("none", control) else fmt_diff(paired(v, rec.row(cell, control))))
+        cols.append(fmt_diff(paired(v, rec.row(cell, SHUFFLED[name]))) if name in SHUFFLED else "")
+        out.append("| " + " | ".join(cols) + " |")
+    wins: dict[str, int] = {}
+    for r in runs.values():
+        wins[r["winner"]] = wins.get(r["winner"], 0) + 1
+    out += ["", "`auto` shipped: " + ", ".join(f"`{k}` {v}x" for k, v in sorted(wins.items(), key=lambda kv: -kv[1]))
+            + ".", ""]
+    return out
+
+
+def targets(rec: Records) -> list[str]:
+    """The issue's targets at 5 % labels: shipped within 3 pt of none at 100 %, >= 10 pt above labelled-only none,
+    above self-training; each called met or not met only where the paired 95 % interval lies wholly on one side."""
+    out = ["| preset | shipped at 5 %, test % | minus none at 100 % (target > -3) | minus none at 5 % (target >= 10) "
+           "| minus self-training at 5 % (target: interval > 0) | best teacher row at 5 % |",
+           "|---|---|---|---|---|---|"]
+    for preset in sorted({c[0] for c in rec.cells()}):
+        low, full = (preset, "fraction", 0.05), (preset, "fraction", 1.0)
+        if not rec.seed_runs(low):
+            continue
+        ship = rec.row(low, SHIPPED)
+        vs_full = paired(ship, rec.row(full, "none")) if rec.seed_runs(full) else None
+        vs_none, vs_self = paired(ship, rec.row(low, "none")), paired(ship, rec.row(low, "self-training"))
+        teacher_rows = [r for r in rec.rows(low) if r not in ("none", "self-training", SHIPPED) and "shuffled" not in r]
+        means = {r: statistics.mean(rec.row(low, r).values()) for r in teacher_rows if rec.row(low, r)}
+        best = max(means, key=means.get) if means else "-"
+
+        def met(p, bound):
+            """met: the whole interval past the bound; not met: the whole interval short of it; else undecided."""
+            if p is None:
+                return "-"
+            lo, hi = p[0] - p[1], p[0] + p[1]
+            word = "met" if lo > bound else "not met" if hi < bound else f"undecided at n={p[2]}"
+            return f"{fmt_diff(p)} ({word})"
+
+        out.append(f"| {preset} | {fmt_acc(ship)} | {met(vs_full, -3)} | "
+                   f"{met(vs_none, 10)} | {met(vs_self, 0)} | "
+                   f"{best} ({means.get(best, float('nan')):.1f})" + " |")
+    return out
+
+
+def plot(rec: Records, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    presets = sorted({c[0] for c in rec.cells() if c[1] == "fraction"})
+    if not presets:
+        return False
+    fig, axes = plt.subplots(1, len(presets), figsize=(5.5 * len(presets), 4), squeeze=False)
+    for ax, preset in zip(axes[0], presets, strict=True):
+        cells = sorted(c for c in rec.cells() if c[0] == preset and c[1] == "fraction")
+        for name in PLOT_ROWS:
+            xs, ys, es = [], [], []
+            for c in cells:
+                v = list(rec.row(c, name).values())
+                if v:
+                    xs.append(100 * c[2])
+                    ys.append(statistics.mean(v))
+                    es.append(statistics.stdev(v) if len(v) > 1 else 0)
+            if xs:
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name,
+                            linestyle="--" if name == SHIPPED else "-")
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training pairs, %")
+        ax.set_ylabel("test accuracy, % (mean ± sd over seeds)")
+        ax.set_title(f"{preset}, image -> audio")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def render(records: list[dict], png: Path | None) -> str:
+    rec = Records(records)
+    machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores; {' '.join(r['machine']['flags'])}); "
+                       f"torch {r['machine']['torch']}" for r in rec.all})
+    cpu_h = sum(r["cpu_seconds"] for r in rec.all + rec.teachers) / 3600
+    out = [BEGIN, "", f"Generated by `python -m bench.science.v3_tables` from {len(rec.all)} runs and "
+           f"{len(rec.teachers)} teacher(s) of `python -m bench.science.v3 --jobs 2` ({cpu_h:.1f} single-thread "
+           f"CPU hours); machines: {'; '.join(machines) or '-'}. Test accuracy on the held-out test split; "
+           "differences paired per seed, [95 % t-interval], bold where it excludes 0.", ""]
+    if not rec.runs:
+        return "\n".join([*out, "No runs recorded yet.", "", END])
+    out += ["Targets at 5 % labels (issue 19):", "", *targets(rec), ""]
+    if png is not None and plot(rec, png):
+        out += [f"![test accuracy against labelled fraction]({png.name})", ""]
+    for cell in rec.cells():
+        out += cell_table(rec, cell)
+    out.append(END)
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=Path, default=ROOT / "docs" / "records" / "science-v3.jsonl")
+    ap.add_argument("--results", default=str(ROOT / "docs" / "results" / "science-v3.md"),
+                    help="file with the markers, or -")
+    args = ap.parse_args(argv)
+    records = load_for_tables(args.records, "bench.science.v3")
+    if args.results == "-":
+        print(render(records, None))
+        return
+    path = Path(args.results)
+    if BEGIN not in path.read_text():
+        raise SystemExit(f"{path} has no {BEGIN} ... {END} markers to replace")
+    section = render(records, path.parent / "science-v3-fraction.png")
+    common.write_section(path, BEGIN, END, section.removeprefix(BEGIN).removesuffix(END))
+    print(f"wrote the science v3 section of {path} ({len(records)} records)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training cost: epoch time per stage, NCHW against NHWC, the NHWC defect sweep."""
