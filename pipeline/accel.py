@@ -6,7 +6,7 @@ and the trainer wraps the trainable modules in DistributedDataParallel. On CUDA:
 the GPU supports it, else fp16 with a gradient scaler), pinned host memory with non-blocking
 copies, and ``torch.compile`` when asked for. channels_last (NHWC) for image-shaped inputs on
 CUDA and on x86 CPUs, where oneDNN's NHWC convolutions train the built-in conv encoders faster
-(``bench/memory_format.py``); ARM CPUs keep NCHW unless ``accel.channels_last=on``.
+(``python -m bench.train.memory_format``); ARM CPUs keep NCHW unless ``accel.channels_last=on``.
 """
 
 from __future__ import annotations

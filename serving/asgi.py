@@ -5,7 +5,7 @@
 
 ``fdkd serve`` (uvicorn, one process, graceful drain) is the default way to run the server.
 ``fdkd serve --http granian`` (``fdkd.serving.granian_server``) runs this module's ``app`` in each Granian
-worker, with the settings passed as those variables; ``bench/serve_load.py``'s HTTP-layer trial
+worker, with the settings passed as those variables; ``python -m bench.serve.load``'s HTTP-layer trial
 uses it too. Several worker processes each load the model and run their own batcher.
 """
 

@@ -1,6 +1,6 @@
 """``fdkd serve --http granian``: the same app under Granian (a Rust HTTP server) instead of uvicorn.
 
-Measured in ``bench/serve_load.py`` (docs/results.md, section 4, generated from the raw records):
+Measured in ``python -m bench.serve.load`` (docs/results.md, section 4, generated from the raw records):
 ahead of uvicorn at 32 clients on a busy 2-core machine, within noise of it on a quieter one;
 ``--workers 2`` adds most.
 The settings travel to the worker processes as ``FDKD_SERVE_*`` variables (``fdkd.serving.asgi``
