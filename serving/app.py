@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fdkd.serving.batcher import DynamicBatcher
 from fdkd.serving.errors import RETRY_AFTER, ApiError
-from fdkd.serving.hotpath import HotPath, Inference, error_reply, is_multipart
+from fdkd.serving.inference import HotPath, Inference, error_reply, is_multipart
 from fdkd.serving.metrics import Metrics
 from fdkd.serving.middleware import ApiKey, BodyLimit, RequestLog
 from fdkd.serving.model import LoadedModel, NotServable, load_model
@@ -274,7 +274,7 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         status, payload, extra = reply
         return Response(payload, status, headers={k.decode(): v.decode("latin-1") for k, v in extra})
 
-    # The hot path (fdkd.serving.hotpath.HotPath) answers these POSTs before FastAPI sees them; the routes below
+    # The hot path (fdkd.serving.inference.HotPath) answers these POSTs before FastAPI sees them; the routes below
     # document them in /openapi.json and answer when the hot path is off (hot_path=False) or for multipart.
     infer_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}}}}
     infer_responses = _ok(INFER_RESPONSE_SCHEMA) | _errors(400, 401, 404, 413, 415, 500, 503)

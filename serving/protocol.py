@@ -207,7 +207,7 @@ def prescan(head: bytes, max_elements: int, what: str = "body", slice_bytes: int
     than that (plus a little slack for the other fields) and only a handful of objects. A body
     beyond these bounds (16 MB of ``[],[],...`` or of ``{}``) is refused before the parser would
     spend a long, GIL-holding moment building or skipping millions of values. A generator: it
-    yields after each ``slice_bytes`` so that an event loop can run in between (see hotpath).
+    yields after each ``slice_bytes`` so that an event loop can run in between (see ``fdkd.serving.inference``).
     """
     caps = {b"[": max_elements + 1024, b",": max_elements + 1024, b"{": 1024}
     counts = dict.fromkeys(caps, 0)

@@ -219,7 +219,7 @@ def test_big_uploads_are_preprocessed_off_the_event_loop(served_run, monkeypatch
     import asyncio
 
     import fdkd.serving.upload
-    from fdkd.serving.hotpath import PREPROCESS_INLINE_BYTES
+    from fdkd.serving.inference import PREPROCESS_INLINE_BYTES
 
     on_loop = []
     real = fdkd.serving.upload.prepare

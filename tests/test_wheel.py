@@ -52,7 +52,7 @@ def test_wheel_has_only_fdkd_at_the_top(tmp_path):
     assert top_level == ["fdkd"]
     # the code, the package data and the entry point, all under fdkd/
     for want in ("fdkd/__init__.py", "fdkd/artifacts.py", "fdkd/pipeline/cli.py", "fdkd/pipeline/configs/avdigits.yaml",
-                 "fdkd/calibration/quantize.py", "fdkd/serving/hotpath.py", "fdkd/serving/static/index.html",
+                 "fdkd/calibration/quantize.py", "fdkd/serving/inference.py", "fdkd/serving/static/index.html",
                  "fdkd/serving/runtime/onnx.py"):
         assert want in names, want
     assert {".".join(n.split("/")[:-1]) for n in names if n.endswith("/__init__.py")} == checkout_packages()
