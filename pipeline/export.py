@@ -50,6 +50,12 @@ def export_onnx(model, sample: np.ndarray, path: Path, cfg: ExportConfig, metada
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     proto = onnx.load(str(path))
+    # The dynamo exporter annotates every node with debug metadata: the Python stack trace that made it (absolute
+    # source paths and line numbers of this checkout) and the module classes' import paths. Dropped, so that the
+    # graph's bytes (its sha256 in the manifest) depend on the weights and the architecture only, not on where
+    # the code sits on disk or how its files are laid out; no runtime reads them.
+    for node in [*proto.graph.node, *(n for f in proto.functions for n in f.node)]:
+        del node.metadata_props[:]
     proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     meta = {"fdkd.exporter": cfg.exporter, **{k: json.dumps(v) for k, v in (metadata or {}).items()}}

@@ -1,5 +1,7 @@
 """Export, lint, FP16/INT8 quantization and gates, on the session's tiny student."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -49,6 +51,22 @@ def test_export_graph_is_clean_named_and_batch_dynamic(exported):
     assert all(r["max_abs"] <= 1e-4 and r["argmax_equal"] for r in parity.values())
     # only the backbone and its head are exported: no projector or shared classifiers
     assert not any("projector" in t.name or "cls_" in t.name for t in model.graph.initializer)
+
+
+
+def test_export_bytes_carry_no_checkout_path_and_repeat(exported, tiny_dataset, tmp_path):
+    """The exporter's per-node debug metadata (stack traces with this checkout's absolute paths, module import
+    paths) is dropped: the graph's sha256 depends on the weights and architecture, not on where the code is."""
+    model = onnx.load(str(exported["onnx"]))
+    assert not any(n.metadata_props for n in model.graph.node)
+    raw = exported["onnx"].read_bytes()
+    root = Path(__file__).resolve().parents[1]
+    for leak in (str(root).encode(), b"stack_trace", b"encoders.py", b"fdkd.pipeline.models"):
+        assert leak not in raw, leak
+    x_val, _ = tiny_dataset.take("audio", "val")
+    again = tmp_path / "again.onnx"
+    export.run(exported["student"], x_val, again, ExportConfig())
+    assert again.read_bytes() == raw
 
 
 def test_parity_failure_is_loud(exported, tiny_dataset, tmp_path):
