@@ -11,10 +11,13 @@ os.environ.setdefault("FDKD_QUIET", "1")
 torch.set_num_threads(1)  # deterministic, and the 2 cores are shared with the test runner
 
 
-def tiny_overrides(tmp_root) -> list[str]:
+def tiny_overrides(tmp_root, labelled: float | None = 1.0) -> list[str]:
+    """The tiny runs' overrides. Every label kept by default (the built-in run keeps 5 %: ``labelled=None`` keeps
+    that, as tests/test_run.py's main-job runs do); the partly labelled mechanics have tests of their own."""
     return [
         f"runs_dir={tmp_root}/runs",
         f"data.cache_dir={tmp_root}/data",
+        *([f"data.labelled={labelled}"] if labelled is not None else []),
         "data.avdigits.max_images=240", "data.avdigits.clips_per_image=1",
         # the tiny runs keep the plain clips only: with the built-in run's re-pronounced clip the tiny INT8
         # student's logits fall below test_compress's SQNR floor (18.6 dB), a tiny-model effect noted on issue 8

@@ -86,3 +86,14 @@ def test_cli_reports_config_errors_with_exit_2():
     assert "distill.optim.lr" in result.output
     ok = CliRunner().invoke(app, ["config", "--set", "distill.method=kd"])
     assert ok.exit_code == 0 and "method: kd" in ok.output
+
+
+def test_the_built_in_label_fraction_stays_with_the_built_in_data():
+    """The built-in run keeps 5 % of avdigits' labels; switching the source to a manifest by override keeps every
+    label of the manifest (its empty cells are its unlabelled pairs) unless data.labelled is set with it."""
+    assert load_config(None, []).data.labelled == 0.05
+    manifest = ["data.source=manifest", "data.manifest.path=pairs.csv"]
+    assert load_config(None, manifest).data.labelled == 1.0
+    assert load_config(None, [*manifest, "data.labelled=0.5", "data.label_noise=0.2"]).data.labelled == 0.5
+    assert load_config(None, [*manifest, "data.label_noise=0.2"]).data.label_noise == 0.2
+    assert load_config(None, ["data.source=avdigits"]).data.labelled == 0.05  # the same source: kept

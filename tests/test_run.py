@@ -20,11 +20,13 @@ COMPARED = ["teacher.image.pt", "student.pt", "student.onnx", "calib.npz", "stud
 
 
 def _sets(root, name):
-    sets = tiny_overrides(root) + [f"name={name}", "threads=1", "distill.optim.epochs=3",
+    # the built-in run's own label fraction (5 %), candidates and gates, at a tiny scale
+    sets = tiny_overrides(root, labelled=None) + [f"name={name}", "threads=1", "distill.optim.epochs=3",
                                    "quantize.calib_samples=64", "quantize.calib_methods=[minmax]",
                                    "build.int8_method=minmax",
                                    # tiny models on ~36 test rows: one flipped row is 2.8 points
-                                   "validate.gates.fp16_max_acc_drop_pt=10", "validate.gates.int8_max_acc_drop_pt=30"]
+                                   "validate.gates.fp16_max_acc_drop_pt=10", "validate.gates.int8_max_acc_drop_pt=30",
+                                   "validate.gates.int8_min_agree_pct=85"]
     return [a for s in sets for a in ("--set", s)]
 
 
@@ -79,7 +81,11 @@ def test_run_produces_validated_artifacts_and_manifest(reference):
     assert "PASSED" in report and "report_confusion.png" in report
     # method auto (the default): every candidate's val and test accuracy, the winner and its margin
     auto = manifest["artifacts"]["student.pt"]["metrics"]["auto"]
-    assert [c["name"] for c in auto["candidates"]] == ["none", "fd"]  # the built-in run's candidates
+    # the built-in run's candidates: labelled-only none, self-training (no teacher), pseudo and fd
+    assert [c["name"] for c in auto["candidates"]] == ["none", "self-training", "pseudo", "fd"]
+    labels = manifest["artifacts"]["student.pt"]["metrics"]["labels"]
+    assert 0 < labels["train_labelled"] < labels["train_rows"] and labels["labelled_fraction"] == 0.05
+    assert "% of the training pairs were labelled**" in report
     # a candidate ships only past the margin over `none` on the judge half of validation (pipeline/auto.py)
     passing = [c for c in auto["candidates"] if c["passes_margin"]]
     assert auto["winner"] == (max(passing, key=lambda c: c["judge_acc"])["name"] if passing else "none")

@@ -81,7 +81,7 @@ def distill_rows(epochs: int, sets: list[str], runs: Path) -> list[dict]:
     from fdkd.pipeline.config import load_config
 
     devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
-    base = [f"runs_dir={runs}", f"data.cache_dir={runs}/data", f"distill.optim.epochs={epochs}",
+    base = [f"runs_dir={runs}", f"data.cache_dir={runs}/data", "data.labelled=1.0", f"distill.optim.epochs={epochs}",
             "distill.grad_norm_every=0", *sets]
     rows = []
     for device in devices:

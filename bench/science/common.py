@@ -68,9 +68,10 @@ def is_flat(curve: list[float]) -> bool:
 
 def base_sets(preset: str, args, device: str, *extra: str) -> list[str]:
     """A run's overrides before its row: the preset, where it lives, the teacher's epochs, the student width, the
-    v1 pins (augmentation; NCHW on the CPU), ``extra`` in between and the ``--set`` overrides last."""
+    v1 pins (augmentation; NCHW on the CPU), ``extra`` in between and the ``--set`` overrides last. Every label is
+    kept (``data.labelled=1``: the built-in run now keeps 5 %) unless a later override says otherwise (v3's cells)."""
     _, sets = parse_preset(preset)
-    return [*sets, f"runs_dir={args.out}", f"data.cache_dir={args.data_cache}", *extra,
+    return [*sets, f"runs_dir={args.out}", f"data.cache_dir={args.data_cache}", "data.labelled=1.0", *extra,
             f"teacher.optim.epochs={args.teacher_epochs}", f"distill.student.width={args.width}",
             "distill.grad_norm_every=0", *AUGMENT_V1, *(MEMORY_FORMAT_V1_CPU if device == "cpu" else []), *args.sets]
 

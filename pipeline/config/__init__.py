@@ -173,12 +173,32 @@ def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...]
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    file_data = tree.get("data")
+    file_source = file_data.get("source") if isinstance(file_data, dict) else None
     for o in overrides:
         apply_override(tree, o)
+    _drop_simulated_labels(tree, file_source, overrides)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_error(e, str(path))) from None
+
+
+# Keys that simulate a partly labelled or noisy rig on the config file's own data source (the built-in run keeps 5 %
+# of avdigits' labels). Overrides that switch ``data.source`` and leave these alone start the new source with its
+# own labels: ``fdkd run --set data.source=manifest ...`` on the built-in config must not drop 95 % of a user's
+# labels (a manifest's unlabelled pairs are its empty label cells).
+SOURCE_BOUND_KEYS = ("labelled", "label_noise")
+
+
+def _drop_simulated_labels(tree: dict, file_source, overrides) -> None:
+    data = tree.get("data")
+    if not isinstance(data, dict) or data.get("source", file_source) == file_source:
+        return
+    set_by_override = {o.split("=", 1)[0].strip() for o in overrides}
+    for key in SOURCE_BOUND_KEYS:
+        if f"data.{key}" not in set_by_override:
+            data.pop(key, None)
 
 
 def config_to_dict(cfg: BaseModel) -> dict:

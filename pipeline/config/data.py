@@ -105,6 +105,8 @@ class DataConfig(_Strict):
     # they are. labelled: the fraction of labelled training pairs that keep their label, stratified by class (at
     # least one per class), the rest become unlabelled pairs. label_noise: the fraction of the kept labels replaced
     # by another class, uniformly, stratified by class, fixed per pair. The teacher trains on the file's labels.
+    # Both belong to the config file's source: an override that switches data.source drops them unless it sets
+    # them too (fdkd.pipeline.config.SOURCE_BOUND_KEYS).
     labelled: float = Field(1.0, gt=0, le=1)
     label_noise: float = Field(0.0, ge=0, lt=1)
     label_seed: int | None = None  # None: the run's seed
