@@ -69,7 +69,7 @@ def test_tables_pair_by_seed_take_the_longer_run_and_pick_the_sweep_weight_on_va
     recs = []
     for seed in range(3):
         test = {r: 0.5 for r in rows} | {"none": 0.40 + 0.01 * seed, "self-training": 0.45, "fd w=10": 0.80,
-                                         "fd": 0.70}
+                                         "fd": 0.70, "fd shuffled teacher": 0.50 + 0.01 * seed}
         val = {"fd w=10": 0.9, "fd": 0.8, "fd w=100": 0.7}
         recs.append({"kind": "run", "preset": "avdigits", "axis": "fraction", "level": 0.05, "seed": seed,
                      "epochs": 20, **_run_rec(rows, test, 0.78, winner="fd w=10", val=val), "machine": _machine()})
@@ -91,6 +91,26 @@ def test_tables_pair_by_seed_take_the_longer_run_and_pick_the_sweep_weight_on_va
     # -6 [-10.3, -1.7] vs none at 100 %: the interval straddles -3; +38 [+31, +45] over none at 5 %: met
     assert "(undecided at n=3)" in targets and "(met)" in targets and "(not met)" not in targets
     assert "`auto` shipped: `fd w=10` 3x." in text
+    # fd 70 against kd and pseudo at 50 each seed (sd 0: a zero-width interval, above), against its shuffled
+    # teacher at 50 + seed (70 - 50..52: above); a row with no records is "-"
+    fd_rows = text.split("against `kd`, `pseudo` and its own shuffled teacher")[1].split("####")[0]
+    assert ("| avdigits, 5 % labelled | **+20.0 [+20.0, +20.0]** (above) | **+20.0 [+20.0, +20.0]** (above) | **+19.0"
+            in fd_rows)
+    assert "| avdigits, 100 % labelled | +0.0 [+0.0, +0.0] (not separated) | - |" in fd_rows  # no pseudo there
+
+
+def test_fd_against_kd_and_pseudo_says_below_and_not_separated():
+    recs = []
+    for seed in range(3):
+        test = {r: 0.5 for r in science_v3.FRACTION_ROWS} | {"fd": 0.60, "kd": 0.70 + 0.01 * seed,
+                                                             "pseudo": [0.50, 0.70, 0.60][seed]}
+        recs.append({"kind": "run", "preset": "avdigits", "axis": "fraction", "level": 0.05, "seed": seed,
+                     "epochs": 20, **_run_rec(science_v3.FRACTION_ROWS, test, 0.6), "machine": _machine()})
+    table = science_v3_tables.fd_table(science_v3_tables.Records(recs))
+    (row,) = [r for r in table if r.startswith("| avdigits")]
+    kd, pseudo, shuffled = row.rstrip(" |").split(" | ")[1:4]
+    assert kd.endswith("(below)") and kd.startswith("**-11.0 [-13.5, -8.5]**") and pseudo.endswith("(not separated)")
+    assert shuffled.endswith("(above)")  # fd 60 vs the shuffled teacher's 50
 
 
 def _machine():

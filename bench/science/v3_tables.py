@@ -181,6 +181,27 @@ def plot(rec: Records, path: Path) -> bool:
     return True
 
 
+def fd_table(rec: Records) -> list[str]:
+    """Where FD-CMKD beats kd and pseudo, and where it does not: ``fd`` (reference weights) minus each, per cell,
+    paired per seed; "above" / "below" only where the 95 % interval excludes 0, else "not separated"."""
+    others = ("kd", "pseudo", "fd shuffled teacher")
+    out = ["| cell | " + " | ".join(f"fd minus {o}, pt [95 %]" for o in others) + " |", "|---|" + "---|" * len(others)]
+    for cell in rec.cells():
+        fd = rec.row(cell, "fd")
+        if not fd:
+            continue
+        cols = []
+        for other in others:
+            p = paired(fd, rec.row(cell, other)) if rec.row(cell, other) else None
+            if p is None:
+                cols.append("-")
+                continue
+            lo, hi = p[0] - p[1], p[0] + p[1]
+            cols.append(f"{fmt_diff(p)} ({'above' if lo > 0 else 'below' if hi < 0 else 'not separated'})")
+        out.append(f"| {_label(cell)} | " + " | ".join(cols) + " |")
+    return out
+
+
 def render(records: list[dict], png: Path | None) -> str:
     rec = Records(records)
     machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores; {' '.join(r['machine']['flags'])}); "
@@ -193,6 +214,8 @@ def render(records: list[dict], png: Path | None) -> str:
     if not rec.runs:
         return "\n".join([*out, "No runs recorded yet.", "", END])
     out += ["Targets at 5 % labels (issue 19):", "", *targets(rec), ""]
+    out += ["FD-CMKD (`fd`, reference weights) against `kd`, `pseudo` and its own shuffled teacher:", "",
+            *fd_table(rec), ""]
     if png is not None and plot(rec, png):
         out += [f"![test accuracy against labelled fraction]({png.name})", ""]
     for cell in rec.cells():
