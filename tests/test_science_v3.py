@@ -115,3 +115,22 @@ def test_fd_against_kd_and_pseudo_says_below_and_not_separated():
 
 def _machine():
     return {"cpu": "Test CPU", "cores": 2, "flags": ["avx2"], "device": "cpu", "torch": "2.13.0", "rev": "x"}
+
+
+def test_noise_transfer_table_pairs_each_seeds_gap_across_levels_and_says_growth_only_past_its_interval():
+    rows = science_v3.rows_for("noise", 0.0)
+    recs = []
+    for level, (kd_gap, fd_gap) in ((0.0, (1.0, 2.0)), (0.4, (30.0, 2.0))):
+        for seed in range(3):
+            test = {r: 0.6 for r in rows} | {"kd": 0.6 + (kd_gap + seed) / 100, "fd": 0.6 + (fd_gap + seed % 2) / 100}
+            recs.append({"kind": "run", "preset": "avdigits", "axis": "noise", "level": level, "seed": seed,
+                         "epochs": 20, **_run_rec(rows, test, 0.6), "machine": _machine()})
+    table = science_v3_tables.transfer_table(science_v3_tables.Records(recs))
+    assert table[0] == "| avdigits: row minus its shuffled teacher | 0 % | 40 % | growth, 40 % minus 0 % |"
+    kd = next(r for r in table if r.startswith("| kd |"))
+    fd = next(r for r in table if r.startswith("| fd |"))
+    # kd: seed gaps (1, 2, 3) then (30, 31, 32): growth +29 every seed, a zero-width interval
+    assert kd.endswith("| **+29.0 [+29.0, +29.0]** (grows) |")
+    # fd: the same gaps (2, 3, 2) at both levels: growth 0
+    assert fd.endswith("| +0.0 [+0.0, +0.0] (no growth detected) |")
+    assert science_v3_tables.transfer_table(science_v3_tables.Records(recs[:3])) == []  # one level: no growth

@@ -28,6 +28,7 @@ BEGIN, END = "<!-- science-v3:begin (bench/science/v3_tables.py) -->", "<!-- sci
 PICKED, SHIPPED = "fd (val-picked w)", "shipped (auto)"
 SHUFFLED = {"kd": "kd shuffled teacher", "fd": "fd shuffled teacher", PICKED: "fd shuffled teacher"}
 PLOT_ROWS = ["none", "self-training", "pseudo", "kd", "fd", PICKED, SHIPPED]
+NOISE_PLOT_ROWS = ["none", "none+LS", "kd", "kd shuffled teacher", "fd", "fd shuffled teacher", SHIPPED]
 
 
 class Records:
@@ -146,19 +147,20 @@ def targets(rec: Records) -> list[str]:
     return out
 
 
-def plot(rec: Records, path: Path) -> bool:
+def plot(rec: Records, path: Path, axis: str = "fraction") -> bool:
+    """Test accuracy (mean ± sd over seeds) against the axis' level, one panel per preset, one line per row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    presets = sorted({c[0] for c in rec.cells() if c[1] == "fraction"})
+    presets = sorted({c[0] for c in rec.cells() if c[1] == axis})
     if not presets:
         return False
     fig, axes = plt.subplots(1, len(presets), figsize=(5.5 * len(presets), 4), squeeze=False)
     for ax, preset in zip(axes[0], presets, strict=True):
-        cells = sorted(c for c in rec.cells() if c[0] == preset and c[1] == "fraction")
-        for name in PLOT_ROWS:
+        cells = sorted(c for c in rec.cells() if c[0] == preset and c[1] == axis)
+        for name in PLOT_ROWS if axis == "fraction" else NOISE_PLOT_ROWS:
             xs, ys, es = [], [], []
             for c in cells:
                 v = list(rec.row(c, name).values())
@@ -169,8 +171,9 @@ def plot(rec: Records, path: Path) -> bool:
             if xs:
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name,
                             linestyle="--" if name == SHIPPED else "-")
-        ax.set_xscale("log")
-        ax.set_xlabel("labelled training pairs, %")
+        if axis == "fraction":
+            ax.set_xscale("log")
+        ax.set_xlabel("labelled training pairs, %" if axis == "fraction" else "training labels flipped, %")
         ax.set_ylabel("test accuracy, % (mean ± sd over seeds)")
         ax.set_title(f"{preset}, image -> audio")
         ax.grid(alpha=0.3)
@@ -202,6 +205,32 @@ def fd_table(rec: Records) -> list[str]:
     return out
 
 
+def transfer_table(rec: Records) -> list[str]:
+    """The noise axis' instance test: a teacher row minus its shuffled teacher at each noise level (transfer shows
+    as > 0), and its growth from the lowest to the highest level: the seed's difference at the highest minus the
+    same seed's at the lowest, a paired 95 % interval over the seeds both levels have."""
+    out = []
+    for preset in sorted({c[0] for c in rec.cells() if c[1] == "noise"}):
+        cells = sorted(c for c in rec.cells() if c[0] == preset and c[1] == "noise")
+        if len(cells) < 2:
+            continue
+        levels = [f"{100 * c[2]:g} %" for c in cells]
+        out += [f"| {preset}: row minus its shuffled teacher | " + " | ".join(levels)
+                + f" | growth, {levels[-1]} minus {levels[0]} |", "|---|" + "---|" * (len(cells) + 1)]
+        for row in ("kd", "fd"):
+            diffs = []
+            for c in cells:
+                true, shuf = rec.row(c, row), rec.row(c, SHUFFLED[row])
+                diffs.append({s: true[s] - shuf[s] for s in set(true) & set(shuf)})
+            cols = [fmt_diff(paired(rec.row(c, row), rec.row(c, SHUFFLED[row]))) for c in cells]
+            growth = paired(diffs[-1], diffs[0])
+            word = "-" if growth is None else "grows" if growth[0] - growth[1] > 0 else \
+                "shrinks" if growth[0] + growth[1] < 0 else "no growth detected"
+            out.append(f"| {row} | " + " | ".join(cols) + f" | {fmt_diff(growth)} ({word}) |")
+        out.append("")
+    return out
+
+
 def render(records: list[dict], png: Path | None) -> str:
     rec = Records(records)
     machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores; {' '.join(r['machine']['flags'])}); "
@@ -218,6 +247,12 @@ def render(records: list[dict], png: Path | None) -> str:
             *fd_table(rec), ""]
     if png is not None and plot(rec, png):
         out += [f"![test accuracy against labelled fraction]({png.name})", ""]
+    if transfer := transfer_table(rec):
+        out += ["Label noise: does the teacher's answer for *this* pair beat one for another pair of its class, and "
+                "more so as the labels get worse?", "", *transfer]
+        noise_png = png.with_name("science-v3-noise.png") if png is not None else None
+        if noise_png is not None and plot(rec, noise_png, "noise"):
+            out += [f"![test accuracy against label noise]({noise_png.name})", ""]
     for cell in rec.cells():
         out += cell_table(rec, cell)
     out.append(END)
