@@ -171,6 +171,9 @@ def plot(rec: Records, path: Path, axis: str = "fraction") -> bool:
             if xs:
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name,
                             linestyle="--" if name == SHIPPED else "-")
+        clean = rec.row((preset, axis, 0.0), "none") if axis == "noise" else {}
+        if clean:  # the bound: the student trained alone on clean labels
+            ax.axhline(statistics.mean(clean.values()), color="gray", linestyle=":", label="none, clean labels")
         if axis == "fraction":
             ax.set_xscale("log")
         ax.set_xlabel("labelled training pairs, %" if axis == "fraction" else "training labels flipped, %")
