@@ -87,7 +87,7 @@ def test_tables_pair_by_seed_take_the_longer_run_and_pick_the_sweep_weight_on_va
     assert rec.row(cell, science_v3_tables.SHIPPED) == pytest.approx({0: 81.0, 1: 78.0, 2: 78.0})
     assert "| fd (val-picked w) | 80.0 ± 0.0 (n=3) | **+39.0 [" in text  # 80 - (40, 41, 42) paired
     targets = text.split("Targets at 5 % labels")[1].split("####")[0]
-    assert "| avdigits | 79.0 ± 1.7 (n=3) |" in targets
+    assert "| avdigits | 5 % | 79.0 ± 1.7 (n=3) |" in targets
     # -6 [-10.3, -1.7] vs none at 100 %: the interval straddles -3; +38 [+31, +45] over none at 5 %: met
     assert "(undecided at n=3)" in targets and "(met)" in targets and "(not met)" not in targets
     assert "`auto` shipped: `fd w=10` 3x." in text
