@@ -79,6 +79,12 @@ class Records:
         return [*names, SHIPPED]
 
 
+def side(p: tuple[float, float, int], bound: float = 0.0) -> int:
+    """+1 where the paired 95 % interval lies wholly above ``bound``, -1 wholly below, 0 where it spans it."""
+    lo, hi = p[0] - p[1], p[0] + p[1]
+    return 1 if lo > bound else -1 if hi < bound else 0
+
+
 def _label(cell) -> str:
     preset, axis, level = cell
     return f"{preset}, {100 * level:g} % labelled" if axis == "fraction" else f"{preset}, {100 * level:g} % label noise"
@@ -139,8 +145,7 @@ def targets(rec: Records) -> list[str]:
             """met: the whole interval past the bound; not met: the whole interval short of it; else undecided."""
             if p is None:
                 return "-"
-            lo, hi = p[0] - p[1], p[0] + p[1]
-            word = "met" if lo > bound else "not met" if hi < bound else f"undecided at n={p[2]}"
+            word = {1: "met", -1: "not met", 0: f"undecided at n={p[2]}"}[side(p, bound)]
             return f"{fmt_diff(p)} ({word})"
 
         out.append(f"| {preset} | {100 * fraction:g} % | {fmt_acc(ship)} | {met(vs_full, -3)} | "
@@ -204,8 +209,7 @@ def fd_table(rec: Records) -> list[str]:
             if p is None:
                 cols.append("-")
                 continue
-            lo, hi = p[0] - p[1], p[0] + p[1]
-            cols.append(f"{fmt_diff(p)} ({'above' if lo > 0 else 'below' if hi < 0 else 'not separated'})")
+            cols.append(f"{fmt_diff(p)} ({ {1: 'above', -1: 'below', 0: 'not separated'}[side(p)]})")
         out.append(f"| {_label(cell)} | " + " | ".join(cols) + " |")
     return out
 
@@ -229,8 +233,7 @@ def transfer_table(rec: Records) -> list[str]:
                 diffs.append({s: true[s] - shuf[s] for s in set(true) & set(shuf)})
             cols = [fmt_diff(paired(rec.row(c, row), rec.row(c, SHUFFLED[row]))) for c in cells]
             growth = paired(diffs[-1], diffs[0])
-            word = "-" if growth is None else "grows" if growth[0] - growth[1] > 0 else \
-                "shrinks" if growth[0] + growth[1] < 0 else "no growth detected"
+            word = "-" if growth is None else {1: "grows", -1: "shrinks", 0: "no growth detected"}[side(growth)]
             out.append(f"| {row} | " + " | ".join(cols) + f" | {fmt_diff(growth)} ({word}) |")
         out.append("")
     return out
