@@ -97,3 +97,5 @@ def test_the_built_in_label_fraction_stays_with_the_built_in_data():
     assert load_config(None, [*manifest, "data.labelled=0.5", "data.label_noise=0.2"]).data.labelled == 0.5
     assert load_config(None, [*manifest, "data.label_noise=0.2"]).data.label_noise == 0.2
     assert load_config(None, ["data.source=avdigits"]).data.labelled == 0.05  # the same source: kept
+    whole = load_config(None, ["data={source: manifest, manifest: {path: pairs.csv}, labelled: 0.5}"])
+    assert whole.data.labelled == 0.5  # set inside a replaced data mapping: the user's, kept

@@ -196,6 +196,8 @@ def _drop_simulated_labels(tree: dict, file_source, overrides) -> None:
     if not isinstance(data, dict) or data.get("source", file_source) == file_source:
         return
     set_by_override = {o.split("=", 1)[0].strip() for o in overrides}
+    if "data" in set_by_override:  # the whole mapping replaced: what it holds is the user's, not the file's
+        return
     for key in SOURCE_BOUND_KEYS:
         if f"data.{key}" not in set_by_override:
             data.pop(key, None)
