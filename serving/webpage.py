@@ -46,7 +46,7 @@ MODEL_INFO_RESPONSES = {
 
 @lru_cache(maxsize=len(STATIC))
 def _read(name: str) -> bytes:
-    return resources.files("serving").joinpath("static", name).read_bytes()
+    return resources.files(__package__).joinpath("static", name).read_bytes()  # fdkd.serving, installed or not
 
 
 def _file_route(name: str, media_type: str):
@@ -59,7 +59,9 @@ def _file_route(name: str, media_type: str):
 def add_page_routes(app: FastAPI, state) -> None:
     """``GET /``, its static files and ``GET /v1/model`` on ``app``; ``state`` is the app's ``State``."""
     for path, (name, media_type) in STATIC.items():
-        app.add_api_route(path, _file_route(name, media_type), methods=["GET"], include_in_schema=False)
+        app.add_api_route(path, _file_route(name, media_type), methods=["GET"], response_class=Response,
+                          summary=f"The page: {name}", responses={200: {"description": name, "content": {
+                              media_type.split(";")[0]: {"schema": {"type": "string"}}}}})
 
     @app.get("/v1/model", responses=MODEL_INFO_RESPONSES)
     async def model_info():

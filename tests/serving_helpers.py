@@ -52,10 +52,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server_process(cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """``cmd --port P`` (P free) with ``env`` on top of ours; returns once /v2/health/ready is 200 (120 s at most)."""
+def start_server_process(cmd: list[str], env: dict | None = None, cwd=None) -> tuple[subprocess.Popen, str]:
+    """``cmd --port P`` (P free) with ``env`` on top of ours, in ``cwd``; returns once /v2/health/ready is 200
+    (120 s at most)."""
     port = free_port()
-    proc = subprocess.Popen([*cmd, "--port", str(port)], env={**os.environ, **(env or {})},
+    proc = subprocess.Popen([*cmd, "--port", str(port)], env={**os.environ, **(env or {})}, cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

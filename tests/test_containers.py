@@ -301,29 +301,6 @@ def test_engine_volume_bad_precision_or_run_is_a_clear_error(tmp_path, gpu_run):
     assert proc.returncode == 2 and calls == [] and "manifest.json not found" in proc.stderr
 
 
-def test_cpu_image_installs_from_constraints_that_pin_every_serve_dependency():
-    """docker/constraints-cpu.txt pins, at the version installed here (what CI tests), every package that
-    `pip install '.[serve]'` pulls in, transitively; Dockerfile.cpu installs with it."""
-    import importlib.util
-
-    pytest.importorskip("tomllib")  # Python 3.11+, as CI and the image
-    spec = importlib.util.spec_from_file_location("freeze_constraints", ROOT / "docker/freeze_constraints.py")
-    freeze = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(freeze)
-    pins = freeze.read_pins((ROOT / "docker/constraints-cpu.txt").read_text())
-    wanted = freeze.closure(freeze.serve_requirements())
-    direct = {freeze.canonicalize_name(r.name) for r in freeze.serve_requirements()}
-    assert direct <= set(wanted) and {"onnxruntime", "fastapi", "cryptography", "numpy"} <= direct
-    missing = sorted(set(wanted) - set(pins))
-    assert not missing, f"not pinned in docker/constraints-cpu.txt: {missing} (run docker/freeze_constraints.py)"
-    drift = {n: (pins[n], v) for n, v in wanted.items() if pins[n] != v}
-    assert not drift, f"constraints-cpu.txt pins differ from what is tested (pinned, installed): {drift}"
-    assert "onnxruntime-gpu" not in pins and "torch" not in pins
-    (run,) = [r for r in _run_lines("Dockerfile.cpu") if "pip install" in r]
-    assert "pip install -c docker/constraints-cpu.txt " in run
-    assert "COPY docker/constraints-cpu.txt ./docker/" in (ROOT / "docker/Dockerfile.cpu").read_text()
-
-
 def test_dockerfiles_are_hadolint_clean():
     import shutil
 

@@ -151,3 +151,32 @@ def test_no_bare_stage_import_anywhere():
             offenders += [f"{p.relative_to(ROOT)}: {n}" for n in names
                           if n.split(".")[0] in {"pipeline", "serving", "calibration"}]
     assert not offenders, offenders
+
+
+def _named_packages(path: Path) -> list[str]:
+    """String arguments naming a package to a look-up by name (``resources.files("x")``, ``import_module("x")``,
+    ``find_spec("x")``, ``__import__("x")``): those escape the import checks above."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            fn = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if fn in {"files", "import_module", "find_spec", "__import__", "as_file", "read_text", "read_binary"}:
+                out.append(node.args[0].value)
+    return out
+
+
+def test_packages_looked_up_by_name_are_fdkd_ones(tmp_path, monkeypatch):
+    """``resources.files("serving")`` worked from the checkout's root and answered 500 installed (issue 32): every
+    package named in a string is an ``fdkd.*`` one. A planted one is found."""
+    def offenders():
+        return [f"{m}: {n!r}" for m, p in modules().items() for n in _named_packages(p)
+                if n.split(".")[0] in {"pipeline", "serving", "calibration", "tests", "bench"}]
+
+    assert not offenders(), offenders()
+    pkg = tmp_path / "serving"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "planted.py").write_text("from importlib import resources\nX = resources.files('serving')\n")
+    monkeypatch.setitem(FOLDERS, "fdkd.serving", pkg)
+    assert offenders() == ["fdkd.serving.planted: 'serving'"]

@@ -1,10 +1,9 @@
-"""`fdkd serve` as a real process: SIGTERM drain, and the CPU image's install (no torch)."""
+"""`fdkd serve` as a real process: SIGTERM drain (the CPU image's install: tests/test_installed.py)."""
 
 from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving_helpers import metric, start_fdkd_serve, start_server_process
+from tests.serving_helpers import metric, start_fdkd_serve
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = {"inputs": [{"name": "input", "shape": [1, 1, 40, 101], "datatype": "FP32", "data": [0.1] * 4040}]}
@@ -47,27 +46,6 @@ def test_sigterm_drains_in_flight_requests(served_run):
     assert any(rec.get("event") == "draining" for rec in logs)
     requests = [rec for rec in logs if rec.get("event") == "request"]
     assert requests and all("data" not in json.dumps(rec) for rec in requests)  # payloads are never logged
-
-
-@pytest.mark.slow
-def test_serve_extra_installs_and_serves_without_torch(served_run, tmp_path):
-    """What docker/Dockerfile.cpu does: `pip install .[serve]` into a clean venv, then serve."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, f"{ROOT}[serve]"], check=True, timeout=900)
-    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True)
-    assert probe.returncode != 0, "the serve extra must not pull torch"
-    proc, url = start_server_process([str(venv / "bin" / "fdkd"), "serve", str(served_run)])
-    try:
-        from fdkd.serving.wav import write_wav
-
-        r = httpx.post(f"{url}/v1/classify", content=write_wav([0.0] * 16000, 16000), timeout=30)
-        assert r.status_code == 200 and r.json()["class_name"]
-        assert httpx.post(f"{url}/v2/models/served/infer", json=BODY, timeout=30).status_code == 200
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def test_http_granian_without_granian_names_the_extra(monkeypatch, tmp_path):
