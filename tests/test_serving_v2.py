@@ -238,7 +238,9 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_16_mb_of_nested_empty_arrays_does_not_stall_the_event_loop(served_run):
-    """A server process gets 16 MB bodies of empty arrays; /v2/health/live answers within 100 ms throughout."""
+    """A server process gets 16 MB bodies of empty arrays; /v2/health/live answers within 100 ms throughout, plus
+    twice the slowest answer of an idle second measured first (a machine busy with other work is slow either way;
+    a parse on the event loop stalls for the whole body)."""
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FDKD_SERVE_MAX_BODY_BYTES": str(17 << 20)}
     proc = subprocess.Popen([sys.executable, "-m", "fdkd", "serve", str(served_run), "--port", str(port)],
@@ -264,6 +266,13 @@ def test_16_mb_of_nested_empty_arrays_does_not_stall_the_event_loop(served_run):
         }
         with httpx.Client(timeout=5) as live:
             live.get(url + "/v2/health/live")
+            idle, t_end = 0.0, time.perf_counter() + 1.0
+            while time.perf_counter() < t_end:
+                t0 = time.perf_counter()
+                live.get(url + "/v2/health/live")
+                idle = max(idle, time.perf_counter() - t0)
+                time.sleep(0.005)
+            bound = 0.1 + 2 * idle
             for what, payload in bodies.items():
                 worst, stop = [0.0], threading.Event()
 
@@ -284,7 +293,7 @@ def test_16_mb_of_nested_empty_arrays_does_not_stall_the_event_loop(served_run):
                     stop.set()
                     watcher.join()
                 assert r.status_code == 400 and len(r.text) < 400, (what, r.status_code, r.text[:300])
-                assert worst[0] < 0.1, f"{what}: liveness took {1000 * worst[0]:.0f} ms"
+                assert worst[0] < bound, f"{what}: liveness took {1000 * worst[0]:.0f} ms (idle: {1000 * idle:.0f})"
         assert httpx.post(url + INFER, json=body(), timeout=30).status_code == 200
     finally:
         proc.terminate()
