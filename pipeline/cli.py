@@ -353,16 +353,20 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
           nonfinite_inputs: str | None = typer.Option(None, help="NaN/Inf input values: reject (default, 400) or "
                                                                  "accept (as Triton)"),
           trust: Path | None = typer.Option(None, "--trust", envvar="FDKD_TRUST",
-                                            help="Ed25519 public key (PEM): serve only a run it signed")):
+                                            help="Ed25519 public key (PEM): serve only a run it signed"),
+          insecure_no_api_key: bool = typer.Option(False, "--insecure-no-api-key",
+                                                   help="Serve off loopback (e.g. --host 0.0.0.0) without an API "
+                                                        "key; without this flag a key is required there")):
     """Serve a validated student over HTTP (KServe/Triton V2 protocol + /v1/classify). No torch needed.
 
-    Settings also come from FDKD_SERVE_* environment variables (FDKD_SERVE_API_KEY for the key).
+    Settings also come from FDKD_SERVE_* environment variables (FDKD_SERVE_API_KEY for the key, required when
+    --host is not a loopback address unless --insecure-no-api-key).
     """
     from pydantic import ValidationError
 
     try:
         from fdkd.serving.server import serve as run_server
-        from fdkd.serving.settings import ServeSettings
+        from fdkd.serving.settings import OPT_OUT_FLAG, ServeSettings, is_loopback
     except ImportError as e:
         _fail(f"fdkd serve needs the serve extra ({e.name} is missing): pip install 'fdkd[serve]'")
 
@@ -372,10 +376,13 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
              "workers": workers, "trust": trust}
     if allow_unvalidated:
         flags["allow_unvalidated"] = True
+    if insecure_no_api_key:
+        flags["insecure_no_api_key"] = True
     try:
         settings = ServeSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as e:
-        _fail("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+        _fail("; ".join((f"{'.'.join(map(str, x['loc']))}: " if x["loc"] else "")
+                        + x["msg"].removeprefix("Value error, ") for x in e.errors()))
     if not run_dir.is_dir():
         _fail(f"run directory {run_dir} does not exist")
     if settings.trust is not None:  # an unusable key is a usage error now, not a server that is never ready
@@ -387,6 +394,9 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
             _fail(str(e))
     if settings.allow_unvalidated:
         console.print("[yellow]--allow-unvalidated: an artifact that failed its gate may be served[/]")
+    if settings.api_key is None and not is_loopback(settings.host):
+        console.print(f"[yellow]{OPT_OUT_FLAG}: serving on {escape(settings.host)} without an API key; anyone who "
+                      "reaches this port can use the model[/]", highlight=False)
     run_server(settings)
 
 
