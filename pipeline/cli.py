@@ -437,7 +437,30 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
 
 
 def _serve_hint(run_dir: Path) -> str:
-    return f"fdkd serve {run_dir}"
+    """The command that serves ``run_dir``, as it runs from here: ``fdkd`` when that name on PATH is this
+    installation's console script; else that script by its path (a virtualenv that is not activated, the README's
+    `.venv/bin/fdkd`); else this interpreter with ``-m fdkd`` (no console script: a bare checkout)."""
+    import os
+    import shlex
+    import shutil
+    import sys
+
+    def shown(p: Path) -> str:
+        try:  # relative where the user stands (.venv/bin/fdkd), absolute elsewhere
+            return shlex.quote(os.path.relpath(p) if not os.path.relpath(p).startswith("..") else str(p))
+        except ValueError:  # another drive (Windows)
+            return shlex.quote(str(p))
+
+    bin_dir = Path(sys.executable).parent  # console scripts sit beside the interpreter (a venv's bin/), unresolved
+    script = next((bin_dir / n for n in ("fdkd", "fdkd.exe") if (bin_dir / n).is_file()), None)
+    on_path = shutil.which("fdkd")
+    if script is not None and on_path is not None and Path(on_path).resolve() == script.resolve():
+        cmd = "fdkd"
+    elif script is not None:
+        cmd = shown(script)
+    else:
+        cmd = f"{shown(Path(sys.executable))} -m fdkd"
+    return f"{cmd} serve {shlex.quote(str(run_dir))}"
 
 
 def _print_report(run_dir: Path) -> None:
@@ -465,14 +488,23 @@ def _print_report(run_dir: Path) -> None:
 @handles_errors
 def verify(run_dir: Path = typer.Argument(..., help="A run directory with manifest.json"),
            trust: Path | None = typer.Option(None, "--trust", envvar="FDKD_TRUST",
-                                             help="Ed25519 public key (PEM): also require the run's signature by it")):
-    """Check every artifact of a run directory against the sha256 in its manifest (and, with --trust, the run's
-    signature as `fdkd serve --trust` does). Exit 1 on any problem."""
+                                             help="Ed25519 public key (PEM): also require the run's signature by it"),
+           artifact: str = typer.Option("auto", help="The artifact `fdkd serve --artifact` would be given"),
+           threads: int | None = typer.Option(None, help="The --threads `fdkd serve` would be given")):
+    """Check a run directory as `fdkd serve` does before it becomes ready, and every artifact's hash.
+
+    Every artifact against the sha256 in the manifest; then the server's own check (fdkd.serving.model.load_model,
+    the same function): the artifact it would pick, its hash, a validation.json entry for that very file (not a
+    stale one, e.g. after a re-export), judged in the mode it would run in here, with a passed gate, the runtime
+    loading it in that mode; with --trust the run's signature. Exit 1 on any problem."""
     from fdkd.pipeline.run_manifest import RunManifest
+    from fdkd.serving.model import NotServable, load_model
+    from fdkd.serving.validated_mode import mode_text
 
     if not (run_dir / "manifest.json").exists():
         _fail(f"{run_dir} has no manifest.json")
     problems = []
+    trusted = True
     if trust is not None:
         from fdkd.serving.signature import BadKey, UntrustedRun, verify_run
 
@@ -482,14 +514,23 @@ def verify(run_dir: Path = typer.Argument(..., help="A run directory with manife
             _fail(str(e))
         except UntrustedRun as e:
             problems.append(f"not trusted: {e}")
+            trusted = False
     problems += RunManifest.load(run_dir).problems()
+    served = None
+    if trusted:  # (an untrusted run is refused for that reason first: said above)
+        try:
+            served = load_model(run_dir, artifact, threads=threads, trust=trust)
+        except NotServable as e:
+            problems.append(f"`fdkd serve` would refuse this run (live, never ready): {e}")
     for p in problems:
         console.print(f"[red]{escape(p)}[/]", highlight=False)
     if problems:
         raise typer.Exit(1)
     if trust is not None:
         console.print(f"[green]ok[/] signed by the trusted key {trust} at {payload['signed_at']}", highlight=False)
-    console.print(f"[green]ok[/] every artifact in {run_dir} matches its manifest hash")
+    console.print(f"[green]ok[/] every artifact in {run_dir} matches its manifest hash", highlight=False)
+    console.print(f"[green]ok[/] `fdkd serve` would serve {served.artifact} ({served.sha256[:12]}), validated in the "
+                  f"mode it runs in here {escape('[' + mode_text(served.mode) + ']')}", highlight=False)
 
 
 @app.command()

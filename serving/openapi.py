@@ -138,7 +138,8 @@ def document(base: dict, facts: dict, keyed: bool, exempt: frozenset[str]) -> di
                 op["security"] = SECURITY
                 responses.update({str(c): r for c, r in errors(401).items()})
     schemas = doc.get("components", {}).get("schemas", {})
-    if "HTTPValidationError" in schemas and '"#/components/schemas/HTTPValidationError"' not in json.dumps(doc["paths"]):
+    unused = '"#/components/schemas/HTTPValidationError"' not in json.dumps(doc["paths"])
+    if "HTTPValidationError" in schemas and unused:
         schemas.pop("HTTPValidationError")
         schemas.pop("ValidationError", None)
     return doc
