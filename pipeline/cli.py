@@ -231,7 +231,10 @@ def export_triton(run_dir: Path = typer.Argument(..., help="A finished run direc
                   onnx_device: str = typer.Option("cpu", help="Instance kind of the ONNX model: cpu | gpu"),
                   storage_uri: str | None = typer.Option(None, help="Where the cluster reads the repository "
                                                                     "(default pvc://fdkd-models/<name>)"),
-                  runtime_version: str | None = typer.Option(None, help="KServe runtimeVersion: the Triton image tag"),
+                  runtime_version: str | None = typer.Option(
+                      None, help="KServe runtimeVersion: the Triton image tag (e.g. 24.12-py3); the ONNX graph must "
+                                 "be validated under that release's ONNX Runtime (fdkd's table, or "
+                                 "--target-onnxruntime)"),
                   model_name: str | None = typer.Option(None, "--name", help="Model name (default: the run's)"),
                   allow_unvalidated: bool = typer.Option(False, "--allow-unvalidated",
                                                          help="Also export artifacts that failed or lack validation"),
