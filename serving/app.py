@@ -7,6 +7,9 @@ preprocessed with the manifest's constants by ``fdkd.serving.preprocess``, withi
 limits), ``/metrics``, and the page a person can use (``/``, ``/v1/model``: ``fdkd.serving.webpage``). Every error
 is ``{"error": "..."}`` with a 4xx (400, never 422) or 5xx status, without stack traces.
 
+``/openapi.json`` is FastAPI's document completed by ``fdkd.serving.openapi`` (the served model's names, the
+modality's media types, the API key's scheme and 401s), so that it says what this server does.
+
 Model metadata (``parameters``), ``/config`` (``parameters``) and ``/v1/model`` say whether the server runs
 with ``--allow-unvalidated`` and whether the served artifact passed validation in the mode it runs in
 (``allow_unvalidated``, ``validated``, ``validation_warning``): the override is never hidden from clients.
