@@ -7,12 +7,17 @@
 # video group on a Jetson) logs why and exits non-zero, unless FDKD_ALLOW_CPU_FALLBACK=1 asks for
 # the CPU explicitly. The probe is `python3 -m fdkd.serving.runtime.cuda_env` (exit 0: engine key on
 # stdout; 10: no TensorRT; 11: GPU failure, CPU fallback allowed; anything else: GPU failure).
+# The server listens on every interface (0.0.0.0), so it needs FDKD_SERVE_API_KEY, or the opt-out by name
+# FDKD_SERVE_INSECURE_NO_API_KEY=1: `python3 -m fdkd.serving.settings` checks that first (exit 2, before any engine
+# build), with the rule `fdkd serve` itself applies (fdkd.serving.settings).
 set -eu
 
 RUN_DIR="${FDKD_RUN_DIR:-/srv/run}"
 ENGINE_ROOT="${FDKD_ENGINE_ROOT:-/srv/engines}"
 PRECISION="${FDKD_PRECISION:-fp16}"
 PORT="${FDKD_SERVE_PORT:-8000}"
+
+python3 -m fdkd.serving.settings --host 0.0.0.0 || exit 2
 
 # the probe's log (stderr) goes straight to the container log; only its exit code is branched on
 status=0

@@ -231,7 +231,10 @@ def export_triton(run_dir: Path = typer.Argument(..., help="A finished run direc
                   onnx_device: str = typer.Option("cpu", help="Instance kind of the ONNX model: cpu | gpu"),
                   storage_uri: str | None = typer.Option(None, help="Where the cluster reads the repository "
                                                                     "(default pvc://fdkd-models/<name>)"),
-                  runtime_version: str | None = typer.Option(None, help="KServe runtimeVersion: the Triton image tag"),
+                  runtime_version: str | None = typer.Option(
+                      None, help="KServe runtimeVersion: the Triton image tag (e.g. 24.12-py3); the ONNX graph must "
+                                 "be validated under that release's ONNX Runtime (fdkd's table, or "
+                                 "--target-onnxruntime)"),
                   model_name: str | None = typer.Option(None, "--name", help="Model name (default: the run's)"),
                   allow_unvalidated: bool = typer.Option(False, "--allow-unvalidated",
                                                          help="Also export artifacts that failed or lack validation"),
@@ -353,16 +356,20 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
           nonfinite_inputs: str | None = typer.Option(None, help="NaN/Inf input values: reject (default, 400) or "
                                                                  "accept (as Triton)"),
           trust: Path | None = typer.Option(None, "--trust", envvar="FDKD_TRUST",
-                                            help="Ed25519 public key (PEM): serve only a run it signed")):
+                                            help="Ed25519 public key (PEM): serve only a run it signed"),
+          insecure_no_api_key: bool = typer.Option(False, "--insecure-no-api-key",
+                                                   help="Serve off loopback (e.g. --host 0.0.0.0) without an API "
+                                                        "key; without this flag a key is required there")):
     """Serve a validated student over HTTP (KServe/Triton V2 protocol + /v1/classify). No torch needed.
 
-    Settings also come from FDKD_SERVE_* environment variables (FDKD_SERVE_API_KEY for the key).
+    Settings also come from FDKD_SERVE_* environment variables (FDKD_SERVE_API_KEY for the key, required when
+    --host is not a loopback address unless --insecure-no-api-key).
     """
     from pydantic import ValidationError
 
     try:
         from fdkd.serving.server import serve as run_server
-        from fdkd.serving.settings import ServeSettings
+        from fdkd.serving.settings import OPT_OUT_FLAG, ServeSettings, is_loopback
     except ImportError as e:
         _fail(f"fdkd serve needs the serve extra ({e.name} is missing): pip install 'fdkd[serve]'")
 
@@ -372,10 +379,13 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
              "workers": workers, "trust": trust}
     if allow_unvalidated:
         flags["allow_unvalidated"] = True
+    if insecure_no_api_key:
+        flags["insecure_no_api_key"] = True
     try:
         settings = ServeSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as e:
-        _fail("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+        _fail("; ".join((f"{'.'.join(map(str, x['loc']))}: " if x["loc"] else "")
+                        + x["msg"].removeprefix("Value error, ") for x in e.errors()))
     if not run_dir.is_dir():
         _fail(f"run directory {run_dir} does not exist")
     if settings.trust is not None:  # an unusable key is a usage error now, not a server that is never ready
@@ -387,6 +397,9 @@ def serve(run_dir: Path = typer.Argument(..., help="A run directory produced by 
             _fail(str(e))
     if settings.allow_unvalidated:
         console.print("[yellow]--allow-unvalidated: an artifact that failed its gate may be served[/]")
+    if settings.api_key is None and not is_loopback(settings.host):
+        console.print(f"[yellow]{OPT_OUT_FLAG}: serving on {escape(settings.host)} without an API key; anyone who "
+                      "reaches this port can use the model[/]", highlight=False)
     run_server(settings)
 
 
@@ -427,7 +440,30 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
 
 
 def _serve_hint(run_dir: Path) -> str:
-    return f"fdkd serve {run_dir}"
+    """The command that serves ``run_dir``, as it runs from here: ``fdkd`` when that name on PATH is this
+    installation's console script; else that script by its path (a virtualenv that is not activated, the README's
+    `.venv/bin/fdkd`); else this interpreter with ``-m fdkd`` (no console script: a bare checkout)."""
+    import os
+    import shlex
+    import shutil
+    import sys
+
+    def shown(p: Path) -> str:
+        try:  # relative where the user stands (.venv/bin/fdkd), absolute elsewhere
+            return shlex.quote(os.path.relpath(p) if not os.path.relpath(p).startswith("..") else str(p))
+        except ValueError:  # another drive (Windows)
+            return shlex.quote(str(p))
+
+    bin_dir = Path(sys.executable).parent  # console scripts sit beside the interpreter (a venv's bin/), unresolved
+    script = next((bin_dir / n for n in ("fdkd", "fdkd.exe") if (bin_dir / n).is_file()), None)
+    on_path = shutil.which("fdkd")
+    if script is not None and on_path is not None and Path(on_path).resolve() == script.resolve():
+        cmd = "fdkd"
+    elif script is not None:
+        cmd = shown(script)
+    else:
+        cmd = f"{shown(Path(sys.executable))} -m fdkd"
+    return f"{cmd} serve {shlex.quote(str(run_dir))}"
 
 
 def _print_report(run_dir: Path) -> None:
@@ -455,14 +491,23 @@ def _print_report(run_dir: Path) -> None:
 @handles_errors
 def verify(run_dir: Path = typer.Argument(..., help="A run directory with manifest.json"),
            trust: Path | None = typer.Option(None, "--trust", envvar="FDKD_TRUST",
-                                             help="Ed25519 public key (PEM): also require the run's signature by it")):
-    """Check every artifact of a run directory against the sha256 in its manifest (and, with --trust, the run's
-    signature as `fdkd serve --trust` does). Exit 1 on any problem."""
+                                             help="Ed25519 public key (PEM): also require the run's signature by it"),
+           artifact: str = typer.Option("auto", help="The artifact `fdkd serve --artifact` would be given"),
+           threads: int | None = typer.Option(None, help="The --threads `fdkd serve` would be given")):
+    """Check a run directory as `fdkd serve` does before it becomes ready, and every artifact's hash.
+
+    Every artifact against the sha256 in the manifest; then the server's own check (fdkd.serving.model.load_model,
+    the same function): the artifact it would pick, its hash, a validation.json entry for that very file (not a
+    stale one, e.g. after a re-export), judged in the mode it would run in here, with a passed gate, the runtime
+    loading it in that mode; with --trust the run's signature. Exit 1 on any problem."""
     from fdkd.pipeline.run_manifest import RunManifest
+    from fdkd.serving.model import NotServable, load_model
+    from fdkd.serving.validated_mode import mode_text
 
     if not (run_dir / "manifest.json").exists():
         _fail(f"{run_dir} has no manifest.json")
     problems = []
+    trusted = True
     if trust is not None:
         from fdkd.serving.signature import BadKey, UntrustedRun, verify_run
 
@@ -472,14 +517,23 @@ def verify(run_dir: Path = typer.Argument(..., help="A run directory with manife
             _fail(str(e))
         except UntrustedRun as e:
             problems.append(f"not trusted: {e}")
+            trusted = False
     problems += RunManifest.load(run_dir).problems()
+    served = None
+    if trusted:  # (an untrusted run is refused for that reason first: said above)
+        try:
+            served = load_model(run_dir, artifact, threads=threads, trust=trust)
+        except NotServable as e:
+            problems.append(f"`fdkd serve` would refuse this run (live, never ready): {e}")
     for p in problems:
         console.print(f"[red]{escape(p)}[/]", highlight=False)
     if problems:
         raise typer.Exit(1)
     if trust is not None:
         console.print(f"[green]ok[/] signed by the trusted key {trust} at {payload['signed_at']}", highlight=False)
-    console.print(f"[green]ok[/] every artifact in {run_dir} matches its manifest hash")
+    console.print(f"[green]ok[/] every artifact in {run_dir} matches its manifest hash", highlight=False)
+    console.print(f"[green]ok[/] `fdkd serve` would serve {served.artifact} ({served.sha256[:12]}), validated in the "
+                  f"mode it runs in here {escape('[' + mode_text(served.mode) + ']')}", highlight=False)
 
 
 @app.command()

@@ -10,22 +10,23 @@ Writes::
     OUT/inferenceservice.yaml                         KServe v1beta1, modelFormat triton, protocol v2
     OUT/export.json                                   what was exported (sha256) and what was left out, why
 
-Only artifacts whose sha256 matches the run's manifest *and* that passed their validation gate are
-exported: a ``validation.json`` entry for that same sha256 (a stale one validates nothing). The ONNX
-graph's entry must be judged in the mode the target runs it in, checked by the function ``fdkd
-serve`` uses (``fdkd.serving.validated_mode``): execution provider (``--onnx-device``), full graph
-optimisation (Q/DQ fused, not the emulated reference), the INT8 kernel family
-(``--target-int8-kernels``, default this CPU's) and the ONNX Runtime version
-(``--target-onnxruntime``, default the installed one); a mismatch is refused naming the field and
-both values. That mode goes into the model's config parameters (``fdkd_execution_mode``) and
-``export.json``. The ONNX graph asked for is
-required: if it failed or was never validated, nothing is written (exit 1) unless
-``allow_unvalidated``. A TensorRT plan that failed, was skipped by validation (built elsewhere,
-validated on a machine without its GPU) or was never validated is left out, named with the reason in
-``export.json`` and on the console; ``allow_unvalidated`` exports those too, and says so in the
-model's config parameters. A hash mismatch is never exported. A plan runs only under the TensorRT
-version it was built with: the Triton release must match (recorded in ``export.json`` and as a
-comment in the manifest).
+Only artifacts whose sha256 matches the run's manifest *and* that passed their validation gate are exported: a
+``validation.json`` entry for that same sha256 (a stale one validates nothing). The ONNX graph's entry must be
+judged in the mode the target runs it in, checked by the function ``fdkd serve`` uses
+(``fdkd.serving.validated_mode``): execution provider (``--onnx-device``), full graph optimisation (Q/DQ
+fused, not the emulated reference), the INT8 kernel family (``--target-int8-kernels``, default this CPU's) and
+the ONNX Runtime version (``--target-onnxruntime``, default the installed one); a mismatch is refused naming
+the field and both values. ``--runtime-version`` (the Triton image tag KServe runs, e.g. ``24.12-py3``) names
+that ONNX Runtime itself, from ``TRITON_ONNXRUNTIME`` (NVIDIA's release notes): the graph must have been
+validated under the ONNX Runtime of that Triton release, and the refusal says how to re-validate under it; a
+release the table does not know needs ``--target-onnxruntime`` from its notes, never a guess. That mode goes
+into the model's config parameters (``fdkd_execution_mode``) and ``export.json``. The ONNX graph asked for is
+required: if it failed or was never validated, nothing is written (exit 1) unless ``allow_unvalidated``. A
+TensorRT plan that failed, was skipped by validation (built elsewhere, validated on a machine without its GPU)
+or was never validated is left out, named with the reason in ``export.json`` and on the console;
+``allow_unvalidated`` exports those too, and says so in the model's config parameters. A hash mismatch is
+never exported. A plan runs only under the TensorRT version it was built with: the Triton release must match
+(recorded in ``export.json`` and as a comment in the manifest).
 
 OUT is written in a temporary folder beside it and renamed into place, so a failure never leaves
 a half-written repository; an existing OUT is replaced only if an earlier export wrote it.
@@ -53,6 +54,42 @@ DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64"
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 PROVIDERS = {"cpu": CPU, "gpu": "CUDAExecutionProvider"}  # what Triton's onnxruntime backend runs per instance kind
 INT8_KERNEL_FAMILIES = ("x86", "x86-vnni", "arm", "arm-dotprod")  # fdkd.serving.runtime.cpu_isa's names
+# Triton release (the image tag's YY.MM) -> the ONNX Runtime its onnxruntime backend runs, or None where the release
+# ships no ONNX Runtime backend. Only what NVIDIA states, checked 2026-12-07:
+# - 24.12: "Triton Inference Server Release 24.12" release notes, contents of the container: "ONNX Runtime 1.19.2"
+#   (docs.nvidia.com/deeplearning/triton-inference-server/archives/triton-inference-server-2530/.../release_notes).
+# - 24.02: released without the ONNX Runtime backend (no cuDNN 9 support in ONNX Runtime yet), as its maintainers
+#   answered in triton-inference-server/server#6991 and #7027; 24.01 and 24.03 have it again.
+# Add a release here only from its own release notes ("The container also includes the following: ... ONNX
+# Runtime X.Y.Z"); a release not listed needs --target-onnxruntime from those notes.
+TRITON_ONNXRUNTIME: dict[str, str | None] = {"24.02": None, "24.12": "1.19.2"}
+TRITON_TAG = re.compile(r"(\d{2}\.\d{2})(-[a-z0-9][a-z0-9-]*)?")  # 24.12-py3, 24.12-py3-igpu, 25.01-py3-min ...
+
+
+def triton_onnxruntime(runtime_version: str, target_onnxruntime: str | None) -> str:
+    """The ONNX Runtime version the Triton image ``runtime_version`` runs ONNX graphs with: ``TRITON_ONNXRUNTIME``'s
+    for a release it lists (``target_onnxruntime`` must then agree), else ``target_onnxruntime`` as the user read it
+    in that release's notes. ValueError naming the option otherwise; NotExportable for a release without the
+    ONNX Runtime backend."""
+    m = TRITON_TAG.fullmatch(runtime_version)
+    if m is None:
+        raise ValueError(f"--runtime-version must be a Triton image tag like 24.12-py3, got {runtime_version!r}")
+    release = m.group(1)
+    if release not in TRITON_ONNXRUNTIME:
+        if target_onnxruntime is None:
+            known = ", ".join(f"{r} ({v or 'none'})" for r, v in sorted(TRITON_ONNXRUNTIME.items()))
+            raise ValueError(f"--runtime-version {runtime_version}: fdkd's table does not say which ONNX Runtime "
+                             f"Triton {release} runs (it knows {known}); name it with --target-onnxruntime X.Y.Z "
+                             "from that release's notes (\"The container also includes ... ONNX Runtime X.Y.Z\")")
+        return target_onnxruntime
+    shipped = TRITON_ONNXRUNTIME[release]
+    if shipped is None:
+        raise NotExportable(f"Triton {runtime_version} ships no ONNX Runtime backend (NVIDIA left it out of "
+                            f"{release}): it cannot serve the ONNX graph; choose another release")
+    if target_onnxruntime is not None and target_onnxruntime != shipped:
+        raise ValueError(f"--target-onnxruntime {target_onnxruntime} contradicts --runtime-version "
+                         f"{runtime_version}: Triton {release} runs ONNX Runtime {shipped}")
+    return shipped
 
 
 class NotExportable(RuntimeError):
@@ -122,6 +159,15 @@ def _gate(validation: dict, name: str, sha: str) -> tuple[bool, str]:
     if not g["passed"]:
         return False, f"failed its validation gate ({g['metric']}={value}, limit {limit})"
     return True, f"passed ({g['metric']}={value}, limit {limit})"
+
+
+def _revalidate_hint(runtime_version: str, target_ort: str, validated_ort: str | None) -> str:
+    """How to get a graph validated under the ONNX Runtime of the Triton release it is exported for."""
+    same = sorted(r for r, v in TRITON_ONNXRUNTIME.items() if v is not None and v == validated_ort)
+    other = f", or export for a Triton release that runs {validated_ort} ({', '.join(same)})" if same else ""
+    return (f"Triton {runtime_version} runs ONNX Runtime {target_ort}: re-validate under it (pip install "
+            f"'onnxruntime=={target_ort}' in the run's environment, then `fdkd validate` with the run's config: its "
+            f"entries then record ort_version {target_ort}){other}")
 
 
 def _model_name(s: str) -> str:
@@ -196,6 +242,9 @@ def export_triton(run_dir: Path, out: Path, *, onnx: str = artifacts.ONNX_FP32, 
                          f"got {target_int8_kernels!r}")
     if target_onnxruntime is not None and not re.fullmatch(r"\d+\.\d+(\.\d+)?\S*", target_onnxruntime):
         raise ValueError(f"--target-onnxruntime must be a version like 1.20.1, got {target_onnxruntime!r}")
+    explicit_ort = target_onnxruntime is not None
+    if runtime_version is not None:  # the Triton release names its ONNX Runtime: the graph must be validated under it
+        target_onnxruntime = triton_onnxruntime(runtime_version, target_onnxruntime)
     run_dir, out = Path(run_dir), Path(out)
     if max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {max_batch}")
@@ -224,12 +273,17 @@ def export_triton(run_dir: Path, out: Path, *, onnx: str = artifacts.ONNX_FP32, 
 
     # the same check as `fdkd serve` (fdkd.serving.validated_mode), against the target's mode instead of this server's
     named = tuple(k for k, v in (("provider", onnx_device != "cpu"), ("int8_kernels", target_int8_kernels),
-                                 ("ort_version", target_onnxruntime)) if v)
+                                 ("ort_version", explicit_ort)) if v)
+    where = f"the export target (Triton {runtime_version})" if runtime_version else "the export target"
     target = Target(provider=PROVIDERS[onnx_device], int8_kernels=target_int8_kernels, ort_version=target_onnxruntime,
-                    where="the export target", named=named)
+                    where=where, named=named)
     entry, problem = validated_entry(validation, onnx, arts[onnx]["sha256"], ".onnx", target)
     entries = [a for a in validation.get("artifacts", []) if a.get("name") == onnx and "mode" in a]
     mode = target_mode((entry or (entries[0] if entries else {})).get("mode", {}), ".onnx", target)
+    if problem and runtime_version and (entry or entries) and mode.get("ort_version") != (
+            (entry or entries[0]).get("mode", {}).get("ort_version")):
+        problem += "; " + _revalidate_hint(runtime_version, mode["ort_version"],
+                                           (entry or entries[0]).get("mode", {}).get("ort_version"))
     if problem:
         if not allow_unvalidated:
             raise NotExportable(f"{problem}; nothing exported (--allow-unvalidated exports it anyway, or validate "
@@ -288,6 +342,9 @@ def export_triton(run_dir: Path, out: Path, *, onnx: str = artifacts.ONNX_FP32, 
         uri = storage_uri or f"pvc://fdkd-models/{base}"
         comments = [f"written by `fdkd export triton` from run {manifest.get('name')!r}: models {', '.join(models)}",
                     f"copy {REPOSITORY}/ to {uri} first (or rerun with --storage-uri)"]
+        if runtime_version:
+            comments.append(f"runtimeVersion {runtime_version}: Triton with ONNX Runtime {target_onnxruntime}, the "
+                            "version the ONNX graph was validated under")
         if trt_versions:
             comments.append(f"the TensorRT plans need a Triton release with TensorRT {', '.join(sorted(trt_versions))} "
                             "(set runtimeVersion to its tag) and the GPU they were built on")
@@ -296,6 +353,10 @@ def export_triton(run_dir: Path, out: Path, *, onnx: str = artifacts.ONNX_FP32, 
         summary = {"run": str(run_dir), "run_name": manifest.get("name"), "repository": REPOSITORY,
                    "inference_service": ISVC, "storage_uri": uri, "models": exported, "left_out": left_out,
                    "warnings": warnings}
+        if runtime_version:
+            summary["triton"] = {"runtime_version": runtime_version, "onnxruntime": target_onnxruntime,
+                                 "onnxruntime_from": "--target-onnxruntime" if explicit_ort else "fdkd's table of "
+                                 "Triton releases (NVIDIA's release notes)"}
         artifacts.write_json(tmp / MARKER, summary)
         if out.exists():  # an earlier export: moved aside, replaced, then removed
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))

@@ -7,6 +7,9 @@ preprocessed with the manifest's constants by ``fdkd.serving.preprocess``, withi
 limits), ``/metrics``, and the page a person can use (``/``, ``/v1/model``: ``fdkd.serving.webpage``). Every error
 is ``{"error": "..."}`` with a 4xx (400, never 422) or 5xx status, without stack traces.
 
+``/openapi.json`` is FastAPI's document completed by ``fdkd.serving.openapi`` (the served model's names, the
+modality's media types, the API key's scheme and 401s), so that it says what this server does.
+
 Model metadata (``parameters``), ``/config`` (``parameters``) and ``/v1/model`` say whether the server runs
 with ``--allow-unvalidated`` and whether the served artifact passed validation in the mode it runs in
 (``allow_unvalidated``, ``validated``, ``validation_warning``): the override is never hidden from clients.
@@ -23,14 +26,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fdkd.serving import openapi as api_doc
 from fdkd.serving.batcher import DynamicBatcher
 from fdkd.serving.errors import RETRY_AFTER, ApiError
 from fdkd.serving.inference import HotPath, Inference, error_reply, is_multipart
 from fdkd.serving.metrics import Metrics
-from fdkd.serving.middleware import ApiKey, BodyLimit, RequestLog
+from fdkd.serving.middleware import EXEMPT, ApiKey, BodyLimit, RequestLog
 from fdkd.serving.model import LoadedModel, NotServable, load_model
 from fdkd.serving.preprocess import AudioFrontend
 from fdkd.serving.settings import ServeSettings
@@ -41,27 +45,6 @@ VERSION = "0.1.0"
 BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
 EXPOSED_HEADERS = ["Inference-Header-Content-Length", "X-Request-ID", "Retry-After"]
 
-
-ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
-TENSOR_SCHEMA = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
-    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-    "datatype": {"type": "string"}, "parameters": {"type": "object"}, "data": {"type": "array"}}}
-INFER_REQUEST_SCHEMA = {"type": "object", "required": ["inputs"], "properties": {
-    "id": {"type": "string"}, "parameters": {"type": "object"},
-    "inputs": {"type": "array", "items": TENSOR_SCHEMA},
-    "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-        "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}
-INFER_RESPONSE_SCHEMA = {"type": "object", "required": ["model_name", "outputs"], "properties": {
-    "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
-    "outputs": {"type": "array", "items": TENSOR_SCHEMA}}}
-
-
-def _errors(*codes: int) -> dict:
-    return {c: {"description": "error", "content": {"application/json": {"schema": ERROR_SCHEMA}}} for c in codes}
-
-
-def _ok(schema: dict) -> dict:
-    return {200: {"description": "ok", "content": {"application/json": {"schema": schema}}}}
 
 
 class FdkdApp(FastAPI):
@@ -184,18 +167,18 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
 
     _model = inference.model  # one check (ready, name, version) for the hot path and these routes
 
-    @app.get("/v2/health/live", responses=_ok({"type": "object"}))
+    @app.get("/v2/health/live", responses=api_doc.ok({"type": "object"}))
     async def live():
         return {"live": True}
 
-    @app.get("/v2/health/ready", responses=_ok({"type": "object"}) | _errors(503))
+    @app.get("/v2/health/ready", responses=api_doc.ok({"type": "object"}) | api_doc.errors(503))
     async def ready():
         reason = state.unready_reason()
         if not reason:
             return {"ready": True}
         return JSONResponse({"error": f"not ready: {reason}"}, 503, headers=RETRY_AFTER)
 
-    @app.get("/v2", responses=_ok({"type": "object"}))
+    @app.get("/v2", responses=api_doc.ok({"type": "object"}))
     async def server_metadata():
         return {"name": "fdkd", "version": VERSION, "extensions": ["binary_tensor_data", "model_configuration"]}
 
@@ -232,7 +215,7 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
 
     model_route("get", "", ("model_metadata", "model_version_metadata"),
                 lambda name, version: _metadata(_model(name, version)),
-                responses=_ok({"type": "object"}) | _errors(404, 503))
+                responses=api_doc.ok({"type": "object"}) | api_doc.errors(404, 503))
 
     def _model_ready(model_name: str, version: str | None):
         if state.draining:
@@ -243,7 +226,7 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
         return {"name": m.name, "ready": True}
 
     model_route("get", "/ready", ("model_ready", "model_version_ready"), _model_ready,
-                responses=_ok({"type": "object"}) | _errors(404, 503))
+                responses=api_doc.ok({"type": "object"}) | api_doc.errors(404, 503))
 
     def _config(m: LoadedModel) -> dict:
         """Triton's ``ModelConfig`` in its protobuf JSON form (tritonclient's model_config_pb2 parses it)."""
@@ -265,7 +248,7 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
 
     model_route("get", "/config", ("model_config", "model_version_config"),
                 lambda name, version: _config(_model(name, version)),
-                responses=_ok({"type": "object"}) | _errors(404, 503))
+                responses=api_doc.ok({"type": "object"}) | api_doc.errors(404, 503))
 
     def _fallback_headers(request: Request) -> dict:
         return {k.lower(): v for k, v in request.headers.raw}
@@ -276,25 +259,16 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
 
     # The hot path (fdkd.serving.inference.HotPath) answers these POSTs before FastAPI sees them; the routes below
     # document them in /openapi.json and answer when the hot path is off (hot_path=False) or for multipart.
-    infer_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}}}}
-    infer_responses = _ok(INFER_RESPONSE_SCHEMA) | _errors(400, 401, 404, 413, 415, 500, 503)
+    # (their request bodies, the binary extension's header and 401 under a key: fdkd.serving.openapi.document)
+    infer_responses = api_doc.ok(api_doc.INFER_RESPONSE) | api_doc.errors(400, 404, 415, 500, 503)
 
     async def infer(model_name: str, version: str | None, request: Request):
         return _reply(await inference.infer(model_name, version, _fallback_headers(request), await request.body(),
                                             request.is_disconnected, request.scope.setdefault("state", {})))
 
-    model_route("post", "/infer", ("infer", "infer_version"), infer, with_request=True, openapi_extra=infer_doc,
-                responses=infer_responses)
+    model_route("post", "/infer", ("infer", "infer_version"), infer, with_request=True, responses=infer_responses)
 
-    classify_doc = {"requestBody": {"required": True, "content": {
-        "audio/wav": {"schema": {"type": "string", "format": "binary"}},
-        "image/png": {"schema": {"type": "string", "format": "binary"}}}}}
-    classify_ok = {"type": "object", "required": ["class_name", "class_index", "probabilities"], "properties": {
-        "class_name": {"type": "string"}, "class_index": {"type": "integer"},
-        "probabilities": {"type": "object", "additionalProperties": {"type": "number"}}}}
-
-    @app.post("/v1/classify", openapi_extra=classify_doc,
-              responses=_ok(classify_ok) | _errors(400, 401, 413, 415, 500, 503))
+    @app.post("/v1/classify", responses=api_doc.ok(api_doc.CLASSIFY_RESPONSE) | api_doc.errors(400, 415, 500, 503))
     async def classify(request: Request):
         """Classify one raw student-modality file (WAV for audio students, PNG/JPEG for image students)."""
         headers = _fallback_headers(request)
@@ -309,14 +283,27 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
 
     add_page_routes(app, state)  # GET / (the page, public) and GET /v1/model
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {
+        "description": "Prometheus metrics, text format 0.0.4",
+        "content": {api_doc.METRICS_MEDIA_TYPE.split(";")[0]: {"schema": {"type": "string"}}}}})
     async def metrics():
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(state.metrics.registry), media_type=api_doc.METRICS_MEDIA_TYPE)
+
+    def openapi() -> dict:
+        """FastAPI's document plus what only this server knows (``fdkd.serving.openapi``), built once."""
+        if app.openapi_schema is None:
+            base = FastAPI.openapi(app)
+            app.openapi_schema = api_doc.document(base, api_doc.model_facts(settings.run_dir, settings.model_name),
+                                          keyed=settings.api_key is not None, exempt=EXEMPT)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     # pure ASGI middleware, innermost first: the body cap runs after authentication; CORS runs before it, so
     # a preflight (which carries no key) is answered by CORS and a 401 still carries the CORS headers
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
-    app.add_middleware(ApiKey, key=settings.api_key.get_secret_value() if settings.api_key else None)
+    app.add_middleware(ApiKey, key=settings.api_key.get_secret_value() if settings.api_key else None,
+                       routes=app.router.routes)  # a wrong method on a route that exists: its 405, not 401
     if settings.cors_origins:  # CORS is off unless origins are configured
         from starlette.middleware.cors import CORSMiddleware
 

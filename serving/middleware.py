@@ -16,6 +16,8 @@ import logging
 import time
 import uuid
 
+from starlette.routing import Match
+
 from fdkd.serving.webpage import PUBLIC_PATHS
 
 log = logging.getLogger("fdkd.serve")
@@ -99,12 +101,28 @@ class BodyLimit:
 
 
 class ApiKey:
-    """``Authorization: Bearer KEY`` or ``X-API-Key: KEY``, compared in constant time; health and metrics exempt."""
+    """``Authorization: Bearer KEY`` or ``X-API-Key: KEY``, compared in constant time; health and metrics exempt.
 
-    def __init__(self, app, key: str | None) -> None:
+    With ``routes`` (the app's), a request without a valid key whose path is a route that does not take its method
+    goes on to the app, which answers 405 with ``Allow`` and runs nothing: the method is wrong whoever asks, and a
+    client (or a conformance check) learns that, not a 401 it could never get past. Paths that are no route still
+    get 401, so which paths exist is not told to a caller without the key.
+    """
+
+    def __init__(self, app, key: str | None, routes: list | None = None) -> None:
         if key is not None and not key.strip():
             raise ValueError("empty API key: a configuration error, not 'auth off' (pass None for no key)")
-        self.app, self.key = app, key.encode() if key is not None else None
+        self.app, self.key, self.routes = app, key.encode() if key is not None else None, routes or []
+
+    def _wrong_method(self, scope) -> bool:
+        """True when some route matches the path but none takes the method (Starlette's PARTIAL match)."""
+        partial = False
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return False
+            partial = partial or match is Match.PARTIAL
+        return partial
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or self.key is None or scope["path"] in EXEMPT:
@@ -115,6 +133,8 @@ class ApiKey:
         if given is None and auth[:7].lower() == b"bearer ":
             given = auth[7:].strip()
         if given is None or not hmac.compare_digest(given, self.key):
+            if self._wrong_method(scope):
+                return await self.app(scope, receive, send)
             return await _send_json(send, 401, {"error": "missing or invalid API key"},
                                     [(b"www-authenticate", b"Bearer")])
         return await self.app(scope, receive, send)

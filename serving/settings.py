@@ -2,18 +2,42 @@
 
 An API key that is set but empty (``FDKD_SERVE_API_KEY=""``) is a configuration error, never
 "auth off": leave the variable unset to serve without a key.
+
+Off loopback a key is required: a server bound to anything but a loopback address (``--host 0.0.0.0``,
+a LAN address, a host name) without ``FDKD_SERVE_API_KEY`` is a configuration error unless the user
+opts out by name (``--insecure-no-api-key`` / ``FDKD_SERVE_INSECURE_NO_API_KEY=1``). Loopback
+(127.0.0.0/8, ::1, ``localhost``) stays keyless by default: only this machine reaches it.
+
+``python -m fdkd.serving.settings`` checks the ``FDKD_SERVE_*`` environment the same way and exits 2 with the
+message (the container entrypoint runs it before building an engine, so a missing key fails in a second, not
+after a build of minutes).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 K8S_GRACE_SECONDS = 30.0  # Kubernetes' default terminationGracePeriodSeconds
 SHUTDOWN_MARGIN_SECONDS = 2.0  # after the drain: answer what was cut off (503), close connections, stop the batcher
+OPT_OUT_FLAG = "--insecure-no-api-key"
+OPT_OUT_ENV = "FDKD_SERVE_INSECURE_NO_API_KEY"
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, ``localhost``); False for
+    0.0.0.0 / :: (every interface), any other address, and any other host name (it may resolve anywhere)."""
+    if host.strip().lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class ServeSettings(BaseSettings):
@@ -43,6 +67,7 @@ class ServeSettings(BaseSettings):
     cors_origins: list[str] = []
     drain_seconds: float = Field(20.0, ge=0)  # default + SHUTDOWN_MARGIN_SECONDS fits K8S_GRACE_SECONDS
     allow_unvalidated: bool = False
+    insecure_no_api_key: bool = False  # serve off loopback without a key: only by this name (see the docstring)
     trust: Path | None = None  # a PEM Ed25519 public key: serve only runs it signed (fdkd.serving.signature)
     threads: int | None = Field(None, ge=1)
     log_level: str = "info"
@@ -58,5 +83,36 @@ class ServeSettings(BaseSettings):
     def _key_not_empty(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and not v.get_secret_value().strip():
             raise ValueError("the API key is set but empty; set a non-empty key, or unset FDKD_SERVE_API_KEY "
-                             "to serve without one")
+                             f"to serve without one (on loopback; elsewhere only with {OPT_OUT_FLAG}, "
+                             f"{OPT_OUT_ENV}=1)")
         return v
+
+    @model_validator(mode="after")
+    def _key_off_loopback(self) -> ServeSettings:
+        if self.api_key is None and not self.insecure_no_api_key and not is_loopback(self.host):
+            raise ValueError(f"serving on {self.host} (not loopback) needs an API key: set FDKD_SERVE_API_KEY to the "
+                             f"key clients must send, or serve without one only by saying so: {OPT_OUT_FLAG} "
+                             f"({OPT_OUT_ENV}=1)")
+        return self
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fdkd.serving.settings [--host H]``: exit 2 with the reason if ``fdkd serve`` would refuse these
+    ``FDKD_SERVE_*`` settings (the container entrypoint's early check), else 0."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m fdkd.serving.settings", description=main.__doc__)
+    p.add_argument("--host", help="the address the server will bind")
+    args = p.parse_args(argv)
+    try:
+        ServeSettings(run_dir=Path("."), **({"host": args.host} if args.host else {}))
+    except ValidationError as e:
+        for err in e.errors():
+            where = ".".join(map(str, err["loc"]))
+            print(f"fdkd: {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,13 @@ from fdkd.serving.preprocess import AudioFrontend, ImageFrontend
 from fdkd.serving.wav import WavError, read_wav
 
 MAX_FLOAT_PEAK = 1000.0  # 60 dB above full scale: nothing real is louder
+# student modality -> the file types /v1/classify takes for it, as its OpenAPI document lists them
+# (fdkd.serving.openapi reads this table: a modality added here is documented there). The server reads the bytes
+# themselves (a WAV; an image in one of fdkd.serving.image.IMAGE_FORMATS), whatever the Content-Type says.
+MEDIA_TYPES = {
+    "audio": ("audio/wav", "audio/x-wav", "audio/wave"),
+    "image": ("image/png", "image/jpeg", "image/bmp", "image/gif"),
+}
 MESSAGE_LIMIT = 200
 
 

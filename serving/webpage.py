@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from fdkd.serving.errors import RETRY_AFTER
+from fdkd.serving.openapi import errors, ok
 
 # URL path -> (file in serving/static, media type); the whole set of files the page is made of
 STATIC = {
@@ -34,14 +35,9 @@ HEADERS = {
 }
 
 
-_ERROR = {"application/json": {"schema": {"type": "object", "required": ["error"],
-                                          "properties": {"error": {"type": "string"}}}}}
-MODEL_INFO_RESPONSES = {
-    200: {"description": "the served model", "content": {"application/json": {"schema": {
-        "type": "object", "required": ["name", "version", "artifact", "modality", "class_names", "preprocessing"]}}}},
-    401: {"description": "missing or invalid API key", "content": _ERROR},
-    503: {"description": "model not ready", "content": _ERROR},
-}
+# (401 where the server has a key: fdkd.serving.openapi.document adds it to every route the key guards)
+MODEL_INFO_RESPONSES = ok({"type": "object", "required": ["name", "version", "artifact", "modality", "class_names",
+                                                         "preprocessing"]}, "the served model") | errors(503)
 
 
 @lru_cache(maxsize=len(STATIC))

@@ -52,16 +52,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server_process(cmd: list[str], env: dict | None = None, cwd=None) -> tuple[subprocess.Popen, str]:
+def start_server_process(cmd: list[str], env: dict | None = None, cwd=None, log=None) -> tuple[subprocess.Popen, str]:
     """``cmd --port P`` (P free) with ``env`` on top of ours, in ``cwd``; returns once /v2/health/ready is 200
-    (120 s at most)."""
+    (120 s at most). Its output goes to pipes, or with ``log`` (an open file) there: a server answering many
+    requests logs a line for each error, and a pipe nobody reads fills up and stalls it."""
     port = free_port()
+    out = log if log is not None else subprocess.PIPE
     proc = subprocess.Popen([*cmd, "--port", str(port)], env={**os.environ, **(env or {})}, cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=out, stderr=out, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else f"server exited {proc.returncode}"
         try:
             if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
                 return proc, url
@@ -72,9 +74,9 @@ def start_server_process(cmd: list[str], env: dict | None = None, cwd=None) -> t
     raise AssertionError("server did not become ready")
 
 
-def start_fdkd_serve(run_dir, *flags, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+def start_fdkd_serve(run_dir, *flags, env: dict | None = None, log=None) -> tuple[subprocess.Popen, str]:
     """``fdkd serve RUN_DIR FLAGS`` as a process (this interpreter), ready."""
-    return start_server_process([sys.executable, "-m", "fdkd", "serve", str(run_dir), *flags], env)
+    return start_server_process([sys.executable, "-m", "fdkd", "serve", str(run_dir), *flags], env, log=log)
 
 
 def metric(text: str, name: str, **labels) -> float:

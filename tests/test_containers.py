@@ -32,11 +32,15 @@ def _entrypoint(tmp_path, env_extra: dict, tensorrt_init: str | None):
         (tmp_path / "fake" / "tensorrt" / "__init__.py").write_text(tensorrt_init)
         paths.insert(0, str(tmp_path / "fake"))
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(paths), "HOME": str(tmp_path),
-           "FDKD_RUN_DIR": str(tmp_path / "run"), "FDKD_ENGINE_ROOT": str(tmp_path / "engines"), **env_extra}
+           "FDKD_RUN_DIR": str(tmp_path / "run"), "FDKD_ENGINE_ROOT": str(tmp_path / "engines"), **KEYED, **env_extra}
+    env = {k: v for k, v in env.items() if v is not None}  # None: leave the variable unset
     proc = subprocess.run(["/bin/sh", str(ROOT / "docker/entrypoint.sh")], env=env, capture_output=True, text=True,
                           timeout=60)
     return proc, (calls.read_text().splitlines() if calls.exists() else [])
 
+
+# the images listen on 0.0.0.0, where `fdkd serve` requires a key: every run below passes one unless it says otherwise
+KEYED = {"FDKD_SERVE_API_KEY": "k3y"}
 
 # TensorRT imports, but the CUDA runtime named by FDKD_CUDART cannot load (as with no driver / no GPU passed)
 NO_CUDA = {"FDKD_CUDART": "/nonexistent/libcudart.so.12"}
@@ -87,6 +91,26 @@ def test_image_without_tensorrt_serves_onnx(tmp_path):
     proc, calls = _entrypoint(tmp_path, {}, None)
     assert proc.returncode == 0, proc.stderr
     assert calls == [f"serve {tmp_path / 'run'} --host 0.0.0.0 --port 8000"]
+
+
+@pytest.mark.parametrize("key", [None, ""])
+def test_no_api_key_stops_the_container_before_anything_runs(tmp_path, key):
+    """0.0.0.0 without a key (unset, or set but empty) is refused at once, naming the variable and the opt-out; the
+    opt-out by name serves (`fdkd serve` reads FDKD_SERVE_INSECURE_NO_API_KEY itself)."""
+    proc, calls = _entrypoint(tmp_path, {"FDKD_SERVE_API_KEY": key}, None)
+    assert proc.returncode == 2 and calls == [], proc.stderr
+    assert "FDKD_SERVE_API_KEY" in proc.stderr and "FDKD_SERVE_INSECURE_NO_API_KEY=1" in proc.stderr
+    if key is None:
+        assert "serving on 0.0.0.0 (not loopback) needs an API key" in proc.stderr
+    (tmp_path / "bin").rename(tmp_path / "bin0")
+    proc, calls = _entrypoint(tmp_path, {"FDKD_SERVE_API_KEY": None, "FDKD_SERVE_INSECURE_NO_API_KEY": "1"}, None)
+    assert proc.returncode == 0 and calls == [f"serve {tmp_path / 'run'} --host 0.0.0.0 --port 8000"], proc.stderr
+
+
+def test_gpu_entrypoint_without_a_key_builds_nothing(tmp_path, gpu_run, monkeypatch):
+    monkeypatch.setitem(KEYED, "FDKD_SERVE_API_KEY", "")
+    proc, calls = _gpu_entrypoint(tmp_path)
+    assert proc.returncode == 2 and calls == [] and not (tmp_path / "engines").exists(), proc.stderr
 
 
 def test_probe_prints_the_engine_key_on_a_usable_gpu(monkeypatch, capsys):
@@ -167,7 +191,7 @@ def _gpu_entrypoint(tmp_path, precision: str | None = None):
     fdkd.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     fdkd.chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
-           "FDKD_RUN_DIR": str(tmp_path / "run"), "FDKD_ENGINE_ROOT": str(tmp_path / "engines")}
+           "FDKD_RUN_DIR": str(tmp_path / "run"), "FDKD_ENGINE_ROOT": str(tmp_path / "engines"), **KEYED}
     if precision:
         env["FDKD_PRECISION"] = precision
     proc = subprocess.run(["/bin/sh", str(ROOT / "docker/entrypoint.sh")], env=env, capture_output=True, text=True,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 
 import httpx
 import numpy as np
@@ -161,11 +159,3 @@ def test_lying_content_length_is_rejected(server):
                               b"Connection: close\r\n\r\n{}")
     assert reply.startswith(b"HTTP/1.1 400")
 
-
-def test_schemathesis_finds_no_server_errors(server):
-    """Property-based requests from /openapi.json: no 5xx, responses match the documented schemas."""
-    proc = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{server}/openapi.json",
-                           "--checks", "not_a_server_error,response_schema_conformance,status_code_conformance",
-                           "--max-examples", "25", "--seed", "1", "--suppress-health-check", "all"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -40,8 +40,11 @@ def run_copy(served_run, tmp_path):
 
 def test_export_writes_a_repository_that_triton_and_kserve_read(served_run, tmp_path):
     out = tmp_path / "triton"
+    import onnxruntime
+
+    # a release fdkd's table does not list: its ONNX Runtime named from its notes (here: the one validated)
     result = _export(served_run, out, "--max-queue-delay-ms", "0.5", "--storage-uri", "s3://models/fdkd",
-                     "--runtime-version", "24.08-py3")
+                     "--runtime-version", "24.08-py3", "--target-onnxruntime", onnxruntime.__version__)
     assert result.exit_code == 0, result.output
     manifest = json.loads((served_run / "manifest.json").read_text())
     model_dir = out / "model_repository" / "served"
@@ -71,6 +74,8 @@ def test_export_writes_a_repository_that_triton_and_kserve_read(served_run, tmp_
     assert "nvidia.com/gpu" not in model["resources"]["limits"]  # CPU only: no TensorRT plan, ONNX on CPU
     summary = json.loads((out / "export.json").read_text())
     assert [m["model"] for m in summary["models"]] == ["served"] and summary["left_out"] == []
+    assert summary["triton"] == {"runtime_version": "24.08-py3", "onnxruntime": onnxruntime.__version__,
+                                 "onnxruntime_from": "--target-onnxruntime"}
 
     # an earlier export is replaced; a folder the export did not write is refused and left alone
     assert _export(served_run, out, "--max-batch", "8").exit_code == 0
@@ -279,3 +284,44 @@ def test_graph_optimisation_differs(run_copy, tmp_path):
 
     with pytest.raises(NotServable, match="graph_optimization: validated basic, this server all"):
         load_model(run_copy)
+
+
+def test_runtime_version_names_the_onnxruntime_of_that_triton_release(served_run, run_copy, tmp_path):
+    """--runtime-version 24.12-py3 is Triton with ONNX Runtime 1.19.2 (NVIDIA's release notes): a graph validated
+    under another ONNX Runtime is refused, saying how to re-validate; one validated under 1.19.2 goes."""
+    import onnxruntime
+
+    from fdkd.pipeline.triton_repo import TRITON_ONNXRUNTIME
+
+    assert TRITON_ONNXRUNTIME["24.12"] == "1.19.2"
+    if onnxruntime.__version__ != "1.19.2":
+        text = _refused(served_run, tmp_path / "out", "--runtime-version", "24.12-py3")
+        assert (f"ort_version: validated {onnxruntime.__version__}, the export target (Triton 24.12-py3) 1.19.2"
+                in text)
+        assert "re-validate under it (pip install 'onnxruntime==1.19.2'" in text and "`fdkd validate`" in text
+    _rewrite(run_copy, "student.onnx", ort_version="1.19.2")  # as if validated under Triton 24.12's ONNX Runtime
+    out = tmp_path / "ok"
+    result = _export(run_copy, out, "--runtime-version", "24.12-py3")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["triton"]["onnxruntime"] == "1.19.2" and summary["models"][0]["mode"]["ort_version"] == "1.19.2"
+    cfg = _config(out / "model_repository" / "served" / "config.pbtxt")
+    assert json.loads(cfg.parameters["fdkd_execution_mode"].string_value)["ort_version"] == "1.19.2"
+    isvc = (out / "inferenceservice.yaml").read_text()
+    assert "runtimeVersion 24.12-py3: Triton with ONNX Runtime 1.19.2" in isvc
+    assert yaml.safe_load(isvc)["spec"]["predictor"]["model"]["runtimeVersion"] == "24.12-py3"
+
+
+def test_runtime_version_refusals_name_the_option(served_run, tmp_path):
+    out = tmp_path / "out"
+    result = _export(served_run, out, "--runtime-version", "24.08-py3")  # not in the table, no --target-onnxruntime
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "name it with --target-onnxruntime X.Y.Z from that release's notes" in text
+    result = _export(served_run, out, "--runtime-version", "24.12-py3", "--target-onnxruntime", "1.20.1")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--target-onnxruntime 1.20.1 contradicts --runtime-version 24.12-py3" in text
+    result = _export(served_run, out, "--runtime-version", "latest")
+    assert result.exit_code == 2 and "--runtime-version must be a Triton image tag" in " ".join(result.output.split())
+    text = _refused(served_run, out, "--runtime-version", "24.02-py3")
+    assert "Triton 24.02-py3 ships no ONNX Runtime backend" in text
+    assert not out.exists()
