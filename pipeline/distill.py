@@ -55,6 +55,11 @@ class _SharedAugment:
     def __init__(self, augment) -> None:
         self.augment, self.kept = augment, []
 
+    @property
+    def gen(self):
+        """The augmenter's generator: its state goes into the stage's per-epoch training state."""
+        return self.augment.gen
+
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         for r, out in self.kept:
             if r is rows:

@@ -631,9 +631,13 @@ def _augment_generators(directions: list[Direction]) -> list[torch.Generator]:
     """Each distinct augmenter's generator (``auto``'s candidates share one augmenter), in direction order."""
     gens: dict[int, torch.Generator] = {}
     for d in directions:
+        if d.augment is None:
+            continue
         gen = getattr(d.augment, "gen", None)
-        if gen is not None:
-            gens.setdefault(id(gen), gen)
+        if not isinstance(gen, torch.Generator):  # its draws could not be replayed: a resumed run would differ
+            raise TypeError(f"{d.name}: its augmenter {type(d.augment).__name__} has no torch.Generator `gen`, so "
+                            "its random state cannot be saved with the training state")
+        gens.setdefault(id(gen), gen)
     return list(gens.values())
 
 
