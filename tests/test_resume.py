@@ -4,6 +4,7 @@ the same under torchrun (gloo, 2 processes: rank 0 writes the state, every rank 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -76,6 +77,12 @@ def test_killed_distill_resumes_bit_identical(tiny_cfg, tiny_teachers):
     _assert_same_student(run_dir, root / "runs" / "resume-straight")
     metrics = json.loads((run_dir / artifacts.MANIFEST).read_text())["artifacts"][artifacts.STUDENT]["metrics"]
     assert metrics["training"]["resumed_from_epoch"] == 2 and metrics["training"]["epochs_run"] == 4
+    if importlib.util.find_spec("tensorboard"):  # the killed run's event file and the resumed one's: each epoch once
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run_dir / "tensorboard" / "distill"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("student:fd/val_acc")] == [0, 1, 2, 3]
 
 
 def test_a_state_of_another_configuration_is_not_resumed(tiny_cfg, tiny_teachers):
