@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from fdkd import artifacts
@@ -130,3 +131,57 @@ def test_killed_torchrun_distill_resumes_on_every_rank(tiny_cfg, tiny_teachers):
     assert "resuming distill from epoch 1 of 3" in stderr
     assert stderr.count("resuming distill") == 1  # rank 0 says it; every rank loads it
     _assert_same_student(run_dir, dirs["straight"][0])
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_fp16_loss_scalers_resume_in_process(tmp_path):
+    """fp16 AMP (one optimizer and one loss scaler per direction) with clipping: a fit stopped after epoch 1 and
+    resumed from its state file ends with the uninterrupted fit's weights (scaler state included)."""
+    import numpy as np
+
+    from fdkd.pipeline.accel import Accel
+    from fdkd.pipeline.config import DistillConfig, OptimConfig
+    from fdkd.pipeline.models.encoders import build_encoder
+    from fdkd.pipeline.objectives import build_objective
+    from fdkd.pipeline.resume import TrainState
+    from fdkd.pipeline.train import Direction, fit
+
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 1, 8, 8, generator=gen), torch.arange(40) % 2
+    split = np.array([0] * 32 + [1] * 8)
+    acc = Accel(torch.device("cpu"), amp_dtype=torch.float16)
+    opt = OptimConfig(epochs=3, batch_size=8, clip_grad_norm=1.0, ema_decay=0.9)
+
+    def directions():
+        out = []
+        for name in ("a", "b"):
+            torch.manual_seed(0)
+            s = build_encoder("conv", 1, 2, width=4, depth=2)
+            out.append(Direction(name, s, build_objective("none", s.num_features, s.num_features, 2,
+                                                          DistillConfig()), x))
+        return out
+
+    straight = directions()
+    fit(straight, y, split, opt, seed=0, grad_norm_every=0, acc=acc)
+
+    class StopAfterOne(TrainState):
+        def save(self, captured, epoch, epochs, write):
+            super().save(captured, epoch, epochs, write)
+            if epoch == 1:
+                raise _Stop
+
+    path = tmp_path / "distill.train-state.pt"
+    with pytest.raises(_Stop):
+        fit(directions(), y, split, opt, seed=0, grad_norm_every=0, acc=acc, state=StopAfterOne(path, "k", "distill"))
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    assert len(saved["scalers"]) == 2 and len(saved["optimizers"]) == 2 and saved["epoch"] == 1
+    state = TrainState.open(path, "k", "distill")
+    assert state.epoch == 1 and state.epochs == 3
+    resumed = directions()
+    fit(resumed, y, split, opt, seed=0, grad_norm_every=0, acc=acc, state=state)
+    for d, ref in zip(resumed, straight, strict=True):
+        assert all(torch.equal(v, ref.student.state_dict()[k]) for k, v in d.student.state_dict().items())
+        assert d.training["resumed_from_epoch"] == 1 and d.training["epochs_run"] == 3
