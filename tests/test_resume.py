@@ -86,6 +86,27 @@ def test_killed_distill_resumes_bit_identical(tiny_cfg, tiny_teachers):
         assert [e.step for e in events.Scalars("student:fd/val_acc")] == [0, 1, 2, 3]
 
 
+def test_killed_teacher_resumes_bit_identical(tiny_cfg):
+    """The teacher stage too (``fdkd teacher``, label smoothing and a cosine warmup schedule)."""
+    root = tiny_cfg.runs_dir.parent
+    sets = [*tiny_overrides(root), "threads=1", "teacher.optim.epochs=3", "teacher.label_smoothing=0.1",
+            "teacher.optim.schedule=cosine", "teacher.optim.warmup_epochs=1"]
+
+    def args(name):
+        return ["teacher", *[a for s in [*sets, f"name={name}"] for a in ("--set", s)]]
+
+    assert _fdkd(args("teacher-straight")).returncode == 0
+    killed = _fdkd(args("teacher-killed"), kill_after="teacher.image:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = _fdkd(args("teacher-killed"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming teacher.image from epoch 1 of 3" in resumed.stderr
+    name = artifacts.TEACHER.format(modality="image")
+    a, b = _weights(root / "runs" / "teacher-killed" / name), _weights(root / "runs" / "teacher-straight" / name)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (root / "runs" / "teacher-killed" / artifacts.TRAIN_STATE.format(stage="teacher.image")).exists()
+
+
 def test_a_state_of_another_configuration_is_not_resumed(tiny_cfg, tiny_teachers):
     from fdkd.pipeline import distill
 
