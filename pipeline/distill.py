@@ -16,6 +16,11 @@ judge and test accuracy, the winner and its margin over ``none`` go into the stu
 ``manifest.json`` and ``report.md``). In ``metrics.jsonl`` each candidate's direction is named
 ``student:<candidate>``.
 
+Training follows ``distill.optim`` (``fdkd.pipeline.train.fit``: optimizer, schedule, budget; early stopping by
+default on a manifest; why it stopped goes into the student's metrics as ``training``). A stage killed mid-training
+resumes from its last epoch (``fdkd.pipeline.resume``: ``distill.train-state.pt`` while it trains, written by rank 0
+and read by every rank); its epochs also go to TensorBoard where ``tracking.tensorboard`` allows.
+
 Partly labelled data (``data.labelled``, or a manifest's empty labels): every teacher term applies to every
 training pair, the cross-entropy to the labelled ones only (``fdkd.pipeline.objectives``); ``none`` trains on the
 labelled pairs alone; the shuffled teacher deranges unlabelled pairs within the teacher's predicted class.
@@ -31,13 +36,15 @@ import torch
 from fdkd import artifacts
 from fdkd.pipeline import auto, controls, data
 from fdkd.pipeline.augment import student_augmenter
-from fdkd.pipeline.config import DistillConfig, RunConfig
+from fdkd.pipeline.config import DistillConfig, RunConfig, config_to_dict
 from fdkd.pipeline.models.checkpoint import save_with_config
 from fdkd.pipeline.models.encoders import arch_dict
 from fdkd.pipeline.objectives import METHODS, build_objective
 from fdkd.pipeline.progress import progress_bar
-from fdkd.pipeline.teacher import load_teacher
-from fdkd.pipeline.train import Direction, accuracy, features, fit, predict, reset_log, setup, teacher_outputs, tensors
+from fdkd.pipeline.resume import TrainState, state_key
+from fdkd.pipeline.teacher import load_teacher, teacher_path
+from fdkd.pipeline.tracking import StageLog
+from fdkd.pipeline.train import Direction, accuracy, features, fit, predict, setup, teacher_outputs, tensors
 
 
 class _SharedAugment:
@@ -47,6 +54,11 @@ class _SharedAugment:
 
     def __init__(self, augment) -> None:
         self.augment, self.kept = augment, []
+
+    @property
+    def gen(self):
+        """The augmenter's generator: its state goes into the stage's per-epoch training state."""
+        return self.augment.gen
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         for r, out in self.kept:
@@ -156,6 +168,9 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
     setup(cfg)
     acc = accel.setup(cfg.accel)
     try:
+        # first: a resumed stage says so on its first line (rank 0); every rank reads the state
+        state = TrainState.open(cfg.run_dir / artifacts.TRAIN_STATE.format(stage="distill"), _state_key(cfg, acc),
+                                "distill", announce=acc.is_main)
         if acc.is_main:
             data.prepare(cfg)
         acc.barrier()
@@ -186,14 +201,19 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
         for *_, d, _, _ in built:
             if hasattr(d.objective, "use_band_split"):
                 band_split = d.objective.use_band_split(cfg.accel.band_split, acc.device)
-        log = reset_log(cfg.run_dir / artifacts.METRICS) if acc.is_main else None
+        log = StageLog(cfg, "distill", cfg.run_dir / artifacts.METRICS, state.records) if acc.is_main else None
         select_rows = judge_rows = None
         if auto_mode:  # one half of validation picks the epochs, the other the candidate (fdkd.pipeline.auto)
             select_rows, judge_rows = auto.halve_validation(ds.y, ds.indices("val"), cfg.seed)
-        with progress_bar() as p:
-            fit([b[3] for b in built], y, ds.split, cfg.distill.optim, seed=cfg.seed,
-                teacher_cache=cfg.distill.teacher_cache, grad_norm_every=cfg.distill.grad_norm_every, log=log,
-                progress=p, description=f"distill ({cfg.distill.method})", acc=acc, select_rows=select_rows)
+        try:
+            with progress_bar() as p:
+                fit([b[3] for b in built], y, ds.split, cfg.distill.optim, seed=cfg.seed,
+                    teacher_cache=cfg.distill.teacher_cache, grad_norm_every=cfg.distill.grad_norm_every, log=log,
+                    progress=p, description=f"distill ({cfg.distill.method})", acc=acc, select_rows=select_rows,
+                    early=cfg.distill.optim.early(cfg.data.source == "manifest"), state=state)
+        finally:
+            if log is not None:
+                log.close()
         test = ds.indices("test")
         # the training-alone baseline, from the candidates' definitions: method none and no overrides
         plain = {c.name for c in cfg.distill.auto.candidates if c.method == "none" and not c.set}
@@ -218,7 +238,7 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
                 win, chosen = cands[0], None
             d, arch = win["_d"], win["_arch"]
             metrics = {"method": cfg.distill.method, "epoch": d.best["epoch"], "val_acc": d.best["val_acc"],
-                       "world_size": acc.world, "test_acc": win["test_acc"],
+                       "world_size": acc.world, "test_acc": win["test_acc"], "training": d.training,
                        **{k: v for k, v in win.items() if k not in ("name", "method", "plain", "epoch", "val_acc",
                                                                    "test_acc", "judge_right")
                           and not k.startswith("_")}}
@@ -232,6 +252,19 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
                 save_with_config(path, d.student, arch, cfg, ds, sm, metrics, d.objective.state_dict())
             results[name] = metrics
         acc.barrier()
+        state.finish(acc.is_main)
         return plan[0][3], results
     finally:
         accel.teardown(acc)
+
+
+def _state_key(cfg: RunConfig, acc) -> str:
+    """What distillation depends on (its resumable state must match): data, settings, seed, the teachers' files and
+    the world size (each rank's share of the rows)."""
+    tree = config_to_dict(cfg)
+    accel_cfg = {k: v for k, v in tree["accel"].items() if k not in ("nproc", "torchrun_args")}
+    modalities = [cfg.teacher.modality] + ([cfg.student_modality] if cfg.distill.bidirectional else [])
+    teachers = [(cfg.teacher.checkpoint if m == cfg.teacher.modality and cfg.teacher.checkpoint else
+                 teacher_path(cfg, m)) for m in modalities]
+    return state_key({"accel": accel_cfg, **{k: tree[k] for k in ("seed", "data", "distill", "threads")}},
+                     teachers, acc.world)

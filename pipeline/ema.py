@@ -37,6 +37,15 @@ class WeightAverage:
                 avg.copy_(v)
         self.steps += 1
 
+    def state_dict(self) -> dict:
+        """The average and its step count (a stage's per-epoch training state: ``fdkd.pipeline.resume``)."""
+        return {"state": self.state, "steps": self.steps, "decay": self.decay}
+
+    def load_state_dict(self, saved: dict) -> None:
+        for k, v in saved["state"].items():
+            self.state[k].copy_(v)
+        self.steps = int(saved["steps"])
+
     def swapped_in(self, model: nn.Module) -> _Swap:
         """``with avg.swapped_in(model):`` the model holds the averaged weights; its own come back after."""
         return _Swap(model, self.state)

@@ -192,6 +192,18 @@ def selection_text(auto: dict) -> list[str]:
     return ["## Distillation: candidates (`method: auto`)", "", rule, "", candidates_table(auto), "", verdict, ""]
 
 
+def training_lines(result: dict) -> list[str]:
+    """Why each trained stage stopped (``training`` in validation.json: ``fdkd.pipeline.train.Budget``)."""
+    lines = []
+    for stage in ("teacher", "distill"):
+        t = (result.get(stage) or {}).get("training")
+        if t:
+            resumed = f"; resumed after epoch {t['resumed_from_epoch']}" if t.get("resumed_from_epoch") else ""
+            lines.append(f"- {stage}: {t['epochs_run']} epochs, {t['steps']} optimizer steps ({t['optimizer']}, "
+                         f"{t['schedule']}); why it stopped: {t['stopped']}{resumed}.")
+    return ["## Training", "", *lines, ""] if lines else []
+
+
 def write_report(result: dict, run_dir: Path) -> None:
     pngs = _plots(result, run_dir)
     text = [f"# Validation report: {headline(result)}", "",
@@ -222,5 +234,6 @@ def write_report(result: dict, run_dir: Path) -> None:
     auto = (result.get("distill") or {}).get("auto")
     if auto:
         text += selection_text(auto)
+    text += training_lines(result)
     text += [f"![{p}]({p})" for p in pngs]
     artifacts.write_text(run_dir / artifacts.REPORT, "\n".join(text) + "\n")

@@ -214,7 +214,16 @@ def _stage_key(ctx: Ctx, stage: str) -> str:
 
 
 def run(cfg: RunConfig, force: tuple[str, ...] = (), stop_after: str | None = None) -> dict:
-    """Run (or resume) every stage; returns the manifest data. Raises on a failed stage or gate."""
+    """Run (or resume) every stage; returns the manifest data. Raises on a failed stage or gate.
+
+    Where ``tracking.mlflow`` allows, the whole run is one MLflow run (``fdkd.pipeline.tracking.mlflow_run``)."""
+    from fdkd.pipeline import tracking
+
+    with tracking.mlflow_run(cfg) as ml:
+        return _run(cfg, force, stop_after, ml)
+
+
+def _run(cfg: RunConfig, force: tuple[str, ...], stop_after: str | None, ml) -> dict:
     from fdkd.pipeline.build import BuildUnavailable
     from fdkd.pipeline.validate import ValidationFailed
 
@@ -266,6 +275,8 @@ def run(cfg: RunConfig, force: tuple[str, ...] = (), stop_after: str | None = No
             ds_front = ctx.dataset.frontends[cfg.student_modality]
             manifest.data.update({"class_names": ctx.dataset.class_names, "student_modality": cfg.student_modality,
                                   "teacher_modality": cfg.teacher.modality, "preprocessing": ds_front.to_dict()})
+        if ml is not None:  # the training stages' metrics.jsonl, run now or before
+            ml.after_stage(stage)
         if stage == stop_after:
             break
     manifest.save()

@@ -9,6 +9,11 @@ The teacher trains on the dataset file's labels (``PairedDataset.teacher_labels`
 a manifest's empty label cells are unlabelled for the teacher too, and one with no labelled training row
 needs ``teacher.checkpoint``.
 
+Training follows ``teacher.optim`` (``fdkd.pipeline.train.fit``: optimizer, schedule, budget; early stopping by default
+on a manifest) with ``teacher.label_smoothing`` on its cross-entropy; a stage killed mid-training resumes from its
+last epoch (``fdkd.pipeline.resume``, ``teacher.<modality>.train-state.pt`` while it trains). Its epochs also go to
+TensorBoard where ``tracking.tensorboard`` allows (``fdkd.pipeline.tracking``).
+
 Every stage that needs the frozen teacher (distill, analyze, validate) finds it here: ``teacher_path`` (where this
 stage writes it) and ``load_teacher`` (``teacher.checkpoint`` or the run's, frozen by ``freeze``).
 """
@@ -21,7 +26,7 @@ import torch
 
 from fdkd import artifacts
 from fdkd.pipeline import accel, data
-from fdkd.pipeline.config import RunConfig
+from fdkd.pipeline.config import RunConfig, config_to_dict
 from fdkd.pipeline.models.checkpoint import (
     FORMAT,
     is_torchscript,
@@ -33,7 +38,9 @@ from fdkd.pipeline.models.checkpoint import (
 from fdkd.pipeline.models.encoders import arch_dict
 from fdkd.pipeline.objectives import NoKD
 from fdkd.pipeline.progress import progress_bar
-from fdkd.pipeline.train import Direction, accuracy, fit, predict, reset_log, setup, tensors
+from fdkd.pipeline.resume import TrainState, state_key
+from fdkd.pipeline.tracking import StageLog
+from fdkd.pipeline.train import Direction, accuracy, fit, predict, setup, tensors
 
 
 def teacher_path(cfg: RunConfig, modality: str) -> Path:
@@ -79,6 +86,11 @@ def run(cfg: RunConfig, modality: str | None = None) -> tuple[Path, dict]:
     from fdkd.pipeline.models.encoders import build_encoder
 
     modality = modality or cfg.teacher.modality
+    trains = cfg.teacher.checkpoint is None or modality != cfg.teacher.modality
+    stage = f"teacher.{modality}"
+    if trains:  # first: a resumed stage says so on its first line
+        state = TrainState.open(cfg.run_dir / artifacts.TRAIN_STATE.format(stage=stage), _state_key(cfg, modality),
+                                stage)
     setup(cfg)
     ds = data.load(cfg)
     x, _ = tensors(ds)
@@ -94,13 +106,28 @@ def run(cfg: RunConfig, modality: str | None = None) -> tuple[Path, dict]:
     arch = arch_dict(cfg.teacher.model, ds.x[modality].shape[1:], ds.num_classes)
     model = build_encoder(**arch)
     objective = NoKD(model.num_features, model.num_features, ds.num_classes, cfg.distill)
+    objective.label_smoothing = cfg.teacher.label_smoothing  # the teacher's own, never distill.label_smoothing
     direction = Direction(f"teacher[{modality}]", model, objective, x[modality])
     path = teacher_path(cfg, modality)
-    log = reset_log(cfg.run_dir / artifacts.TEACHER_METRICS.format(modality=modality))
+    log = StageLog(cfg, stage, cfg.run_dir / artifacts.TEACHER_METRICS.format(modality=modality), state.records)
     acc = accel.setup(cfg.accel)
-    with progress_bar() as p:
-        fit([direction], y, ds.split, cfg.teacher.optim, seed=cfg.seed, grad_norm_every=0, log=log,
-            progress=p, description=f"teacher ({modality})", acc=acc)
-    metrics = {**direction.best, "test_acc": accuracy(predict(model, x[modality][test]), y[test])}
+    try:
+        with progress_bar() as p:
+            fit([direction], y, ds.split, cfg.teacher.optim, seed=cfg.seed, grad_norm_every=0, log=log,
+                progress=p, description=f"teacher ({modality})", acc=acc,
+                early=cfg.teacher.optim.early(cfg.data.source == "manifest"), state=state)
+    finally:
+        log.close()
+    metrics = {**direction.best, "test_acc": accuracy(predict(model, x[modality][test]), y[test]),
+               "training": direction.training}
     save_with_config(path, model, arch, cfg, ds, modality, metrics)
+    state.finish()
     return path, metrics
+
+
+def _state_key(cfg: RunConfig, modality: str) -> str:
+    """What the teacher's training depends on (its resumable state must match): its data, settings and seed."""
+    tree = config_to_dict(cfg)
+    accel_cfg = {k: v for k, v in tree["accel"].items() if k not in ("nproc", "torchrun_args")}
+    return state_key({"modality": modality, "accel": accel_cfg, **{k: tree[k] for k in ("seed", "data", "teacher",
+                                                                                         "threads")}}, [], 1)

@@ -1,9 +1,16 @@
 """The training loop shared by teacher training and distillation.
 
 Full-batch-in-memory data (the paired sets are small arrays of features), seeded shuffling,
-SGD with momentum and polynomial learning-rate decay, per-term loss and gradient-norm logging,
-checkpoint selection on the **validation** split with the student's own head (of the weights'
+SGD with momentum or AdamW (``optim.name``), a linear warmup then polynomial or cosine learning-rate decay
+(``optim.schedule``), per-student gradient clipping and gradient accumulation, per-term loss and gradient-norm
+logging, checkpoint selection on the **validation** split with the student's own head (of the weights'
 moving average instead where ``optim.ema_decay`` is set: ``fdkd.pipeline.ema``).
+
+How long it trains (``Budget``): a fixed number of epochs, or a step budget with early stopping on validation
+(``optim.stop``; why it stopped goes into each direction's ``training`` record). After every epoch the whole
+loop state (weights, optimizers, loss scalers, weight averages, RNG states, the sampler's generators, the best
+state so far, the records) can be written (``capture``) and read back (``restore``) by ``fdkd.pipeline.resume``:
+a stage killed mid-training resumes from its last epoch, bit for bit at one thread.
 
 The frozen teacher's features and logits are computed once per training sample and reused
 every epoch (``teacher_cache``), since nothing about them changes; ``teacher_cache=False`` runs
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -53,10 +61,11 @@ def tensors(ds) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     return {m: torch.from_numpy(a) for m, a in ds.x.items()}, torch.from_numpy(ds.y)
 
 
-def reset_log(path: Path):
-    """A metrics.jsonl writer starting from an empty file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("")
+def reset_log(path: Path, keep: list[dict] = ()):
+    """A metrics.jsonl writer starting from a file holding ``keep`` only (a resumed stage's earlier epochs)."""
+    import json
+
+    artifacts.write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
     return lambda rec: artifacts.append_jsonl(path, rec)
 
 
@@ -75,6 +84,7 @@ class Direction:
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # train rows -> augmented student batch
     best_state: dict | None = None
     best: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)  # how long it trained and why it stopped (``Budget.record``)
 
 
 def features(model: nn.Module, x: torch.Tensor, tap: str = "post") -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +118,73 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 def poly_lr(opt: OptimConfig, step: int, total: int) -> float:
     return (opt.lr - opt.final_lr) * (1 - step / total) ** opt.poly_power + opt.final_lr
+
+
+def lr_at(opt: OptimConfig, step: int, total: int, warmup: int = 0) -> float:
+    """The learning rate of optimizer step ``step`` of ``total``: ``warmup`` steps rising linearly to ``opt.lr``,
+    then ``opt.schedule`` (poly or cosine) from ``opt.lr`` down to ``opt.final_lr`` over the remaining steps.
+    Without a warmup, poly is exactly ``poly_lr`` (the built-in run's numerics)."""
+    if step < warmup:
+        return opt.lr * (step + 1) / warmup
+    step, total = step - warmup, total - warmup
+    if opt.schedule == "cosine":
+        return opt.final_lr + (opt.lr - opt.final_lr) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
+    return poly_lr(opt, step, total)
+
+
+def make_optimizer(opt: OptimConfig, params) -> torch.optim.Optimizer:
+    """``optim.name``: SGD with momentum and L2 weight decay, or AdamW (decoupled weight decay)."""
+    if opt.name == "adamw":
+        return torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+    return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+
+
+@dataclass
+class Budget:
+    """How many epochs a training run plans, and when it stops.
+
+    ``optim.stop`` "epochs": exactly ``optim.epochs``. "early": ``min(max_epochs, ceil(max_steps / optimizer steps
+    per epoch))`` epochs planned (the learning-rate schedule spans them), stopping after an epoch once every
+    direction has gone ``patience`` epochs without a new best validation accuracy, never before ``min_epochs``.
+    """
+
+    epochs: int
+    steps_per_epoch: int
+    early: bool
+    opt: OptimConfig
+
+    @classmethod
+    def plan(cls, opt: OptimConfig, steps_per_epoch: int, early: bool) -> Budget:
+        if not early:
+            return cls(opt.epochs, steps_per_epoch, False, opt)
+        epochs = opt.max_epochs
+        if opt.max_steps is not None:
+            epochs = min(epochs, max(1, math.ceil(opt.max_steps / steps_per_epoch)))
+        return cls(max(epochs, min(opt.min_epochs, opt.max_epochs)), steps_per_epoch, True, opt)
+
+    def stalled(self, directions: list[Direction], epoch: int) -> bool:
+        """After ``epoch`` (0-based): early stopping, every direction ``patience`` epochs past its best."""
+        o = self.opt
+        return (self.early and o.patience is not None and epoch + 1 >= o.min_epochs
+                and all(epoch - d.best["epoch"] >= o.patience for d in directions))
+
+    def record(self, epochs_run: int, stalled: bool, resumed_from: int | None) -> dict:
+        """Each direction's ``training`` record: epochs and steps run, and why training stopped."""
+        o = self.opt
+        if stalled:
+            stop, why = "early", (f"early stopping: no student's validation accuracy rose in the last {o.patience} "
+                                  f"epochs (optim.patience), after epoch {epochs_run} of {self.epochs} planned")
+        elif not self.early:
+            stop, why = "epochs", f"fixed budget: {self.epochs} epochs (optim.epochs; optim.stop={o.stop})"
+        else:
+            bound = ("optim.max_epochs" if o.max_steps is None or self.epochs * self.steps_per_epoch < o.max_steps
+                     else f"optim.max_steps={o.max_steps} at {self.steps_per_epoch} optimizer steps per epoch")
+            stop, why = "budget", f"budget: all {self.epochs} planned epochs ({bound}) ran without early stopping"
+        rec = {"stop": stop, "stopped": why, "epochs_run": epochs_run, "epochs_planned": self.epochs,
+               "steps": epochs_run * self.steps_per_epoch, "optimizer": o.name, "schedule": o.schedule}
+        if resumed_from is not None:
+            rec["resumed_from_epoch"] = resumed_from
+        return rec
 
 
 class Joint(nn.Module):
@@ -277,7 +354,7 @@ class _Loop:
     acc: Accel
     joint: Joint
     model: nn.Module  # ``joint``, wrapped in DistributedDataParallel and/or torch.compile where asked
-    sgds: list[torch.optim.Optimizer]  # one, or under fp16 AMP one per direction
+    sgds: list[torch.optim.Optimizer]  # one, or under fp16 AMP one per direction (SGD or AdamW: optim.name)
     scalers: list | None  # fp16 AMP: one loss scaler per direction; else None
     averages: list[WeightAverage | None]  # each direction's weight average (optim.ema_decay), or None
     train_idx: torch.Tensor
@@ -285,10 +362,16 @@ class _Loop:
     gen: torch.Generator  # each epoch's permutation of the training rows
     shard: int  # training rows per rank
     bounds: list[tuple[int, int]]  # each step's [start, end) in the rank's shard
-    total_steps: int
+    total_steps: int  # optimizer steps planned (``fit`` sets it from the budget)
     grad_norm_every: int
     zero: torch.Tensor  # float64 0 on the device: the running sums start from it
-    step: int = 0
+    accum: int = 1  # batches per optimizer step (optim.grad_accum_steps)
+    warmup: int = 0  # optimizer steps of linear warmup
+    step: int = 0  # optimizer steps taken
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.bounds) / self.accum)
 
 
 def _prepare(directions: list[Direction], y: torch.Tensor, train_idx: torch.Tensor, opt: OptimConfig,
@@ -338,7 +421,7 @@ def _prepare(directions: list[Direction], y: torch.Tensor, train_idx: torch.Tens
         model = torch.compile(model)
 
     def sgd_of(params):
-        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        return make_optimizer(opt, params)
 
     # fp16 AMP: one optimizer and one loss scaler per direction (their parameters are disjoint), so an inf
     # in one candidate skips that candidate's step and lowers its scale only, as if trained on its own
@@ -354,9 +437,11 @@ def _prepare(directions: list[Direction], y: torch.Tensor, train_idx: torch.Tens
     per_rank_batch = max(1, opt.batch_size // acc.world)
     shard = math.ceil(len(train_idx) / acc.world)
     bounds = batch_bounds(shard, per_rank_batch)  # the same on every rank: equal shards
-    return _Loop(directions, y, opt, acc, joint, model, sgds, scalers, averages, train_idx, streams, gen, shard,
+    loop = _Loop(directions, y, opt, acc, joint, model, sgds, scalers, averages, train_idx, streams, gen, shard,
                  bounds, opt.epochs * len(bounds), grad_norm_every,
-                 torch.zeros((), dtype=torch.float64, device=acc.device))
+                 torch.zeros((), dtype=torch.float64, device=acc.device), accum=opt.grad_accum_steps)
+    loop.warmup = round(opt.warmup_epochs * loop.steps_per_epoch)
+    return loop
 
 
 @dataclass
@@ -400,19 +485,43 @@ def _batches(loop: _Loop, perm: torch.Tensor, lperm: torch.Tensor | None, lo: in
     return [labelled if own else both for own in loop.streams.own]
 
 
-def _step(loop: _Loop, losses: list[torch.Tensor]) -> None:
-    """Backward through the summed losses and one optimizer step (fp16 AMP: each direction's loss scaled by its own
-    scaler, one step each), then each weight average follows its student."""
-    for sgd in loop.sgds:
-        sgd.zero_grad(set_to_none=True)
+def _backward(loop: _Loop, losses: list[torch.Tensor], group: int) -> None:
+    """Backward through the summed losses into the accumulated gradients (fp16 AMP: each direction's loss scaled by
+    its own scaler); ``group`` batches share one optimizer step, so each loss counts 1/group of it."""
+    if group > 1:  # never divides when there is no accumulation: the built-in run's numerics stay as they were
+        losses = [loss / group for loss in losses]
     if loop.scalers is not None:
         sum(sc.scale(loss) for sc, loss in zip(loop.scalers, losses, strict=True)).backward()
+    else:
+        sum(losses).backward()
+
+
+def _clip(loop: _Loop) -> None:
+    """``optim.clip_grad_norm``: each direction's gradient (its student's and objective's parameters) clipped on its
+    own, so one candidate's large gradients never shrink another's (they train as if alone)."""
+    if loop.opt.clip_grad_norm is None:
+        return
+    if loop.scalers is not None:
+        for sc, sgd in zip(loop.scalers, loop.sgds, strict=True):
+            sc.unscale_(sgd)
+    for d in loop.directions:
+        params = [p for m in (d.student, d.objective) for p in m.parameters() if p.grad is not None]
+        if params:
+            nn.utils.clip_grad_norm_(params, loop.opt.clip_grad_norm)
+
+
+def _step(loop: _Loop) -> None:
+    """One optimizer step on the accumulated gradients (clipped where asked; fp16 AMP: one scaler step per
+    direction), gradients cleared for the next step, then each weight average follows its student."""
+    _clip(loop)
+    if loop.scalers is not None:
         for sc, sgd in zip(loop.scalers, loop.sgds, strict=True):
             sc.step(sgd)
             sc.update()
     else:
-        sum(losses).backward()
         loop.sgds[0].step()
+    for sgd in loop.sgds:
+        sgd.zero_grad(set_to_none=True)
     for d, avg in zip(loop.directions, loop.averages, strict=True):
         if avg is not None:
             avg.update(d.student)
@@ -432,11 +541,16 @@ def _train_epoch(loop: _Loop, epoch: int) -> _EpochSums:
     ep = _EpochSums(sums={d.name: {} for d in directions}, norms={d.name: {} for d in directions},
                     correct={d.name: zero.clone() for d in directions},
                     counted={d.name: zero.clone() for d in directions})
+    for sgd in loop.sgds:
+        sgd.zero_grad(set_to_none=True)
     for b, (lo, hi) in enumerate(loop.bounds):
         batches = _batches(loop, perm, lperm, lo, hi)
-        ep.lr = lr = poly_lr(loop.opt, loop.step, loop.total_steps)
-        for g in (g for sgd in loop.sgds for g in sgd.param_groups):
-            g["lr"] = lr
+        first = b - b % loop.accum  # this accumulation group's first batch
+        group = min(loop.accum, len(loop.bounds) - first)
+        if b == first:
+            ep.lr = lr = lr_at(loop.opt, loop.step, loop.total_steps, loop.warmup)
+            for g in (g for sgd in loop.sgds for g in sgd.param_groups):
+                g["lr"] = lr
         probe = loop.grad_norm_every > 0 and b % loop.grad_norm_every == 0
         xs, touts, ys, weak = _inputs(directions, batches, loop.y, acc, augment=True)
         results = loop.model(xs, touts, ys, epoch, acc.amp_dtype, weak)
@@ -453,8 +567,10 @@ def _train_epoch(loop: _Loop, epoch: int) -> _EpochSums:
             ep.counted[d.name] += (yb >= 0).sum() if loop.streams.partial else n
             losses.append(sum(w * v for w, v in terms.values()))
         ep.seen += n
-        _step(loop, losses)
-        loop.step += 1
+        _backward(loop, losses, group)
+        if b == first + group - 1:
+            _step(loop)
+            loop.step += 1
     ep.seconds = time.perf_counter() - t0
     return ep
 
@@ -487,15 +603,101 @@ def _restore_best(directions: list[Direction], acc: Accel) -> None:
         d.objective.to("cpu")
 
 
+def _rng_state(loop: _Loop) -> dict:
+    """This process's random state: torch (CPU and its CUDA device), numpy, Python, and each augmenter's generator."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+             "python": random.getstate(),
+             "augment": [g.get_state() for g in _augment_generators(loop.directions)]}
+    if loop.acc.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(loop.acc.device)
+    return state
+
+
+def _set_rng_state(loop: _Loop, state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    random.setstate(state["python"])
+    for g, saved in zip(_augment_generators(loop.directions), state["augment"], strict=True):
+        g.set_state(saved)
+    if "cuda" in state and loop.acc.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], loop.acc.device)
+
+
+def _augment_generators(directions: list[Direction]) -> list[torch.Generator]:
+    """Each distinct augmenter's generator (``auto``'s candidates share one augmenter), in direction order."""
+    gens: dict[int, torch.Generator] = {}
+    for d in directions:
+        if d.augment is None:
+            continue
+        gen = getattr(d.augment, "gen", None)
+        if not isinstance(gen, torch.Generator):  # its draws could not be replayed: a resumed run would differ
+            raise TypeError(f"{d.name}: its augmenter {type(d.augment).__name__} has no torch.Generator `gen`, so "
+                            "its random state cannot be saved with the training state")
+        gens.setdefault(id(gen), gen)
+    return list(gens.values())
+
+
+def capture(loop: _Loop, records: list[dict]) -> dict:
+    """Everything the next epoch depends on, as a dict ``torch.save`` can write (every rank must call it: the random
+    states of all ranks are gathered, since ranks draw different augmentations)."""
+    rng = _rng_state(loop)
+    if loop.acc.distributed:
+        ranks: list = [None] * loop.acc.world
+        torch.distributed.all_gather_object(ranks, rng)
+    else:
+        ranks = [rng]
+    return {"step": loop.step, "records": records,
+            "directions": [{"name": d.name, "student": d.student.state_dict(), "objective": d.objective.state_dict(),
+                            "best_state": d.best_state, "best": d.best,
+                            "ema": avg.state_dict() if avg is not None else None}
+                           for d, avg in zip(loop.directions, loop.averages, strict=True)],
+            "optimizers": [o.state_dict() for o in loop.sgds],
+            "scalers": [sc.state_dict() for sc in loop.scalers] if loop.scalers is not None else None,
+            "sampler": {"permutation": loop.gen.get_state(), "labelled": loop.streams.gen.get_state()},
+            "rng": ranks}
+
+
+def restore(loop: _Loop, saved: dict) -> list[dict]:
+    """Put a ``capture``d state back into a freshly prepared loop; returns the records of the epochs it holds."""
+    names = [d["name"] for d in saved["directions"]]
+    if names != [d.name for d in loop.directions]:
+        raise ValueError(f"the training state holds directions {names}, this run trains "
+                         f"{[d.name for d in loop.directions]}")
+    for d, avg, s in zip(loop.directions, loop.averages, saved["directions"], strict=True):
+        d.student.load_state_dict(s["student"])
+        d.objective.load_state_dict(s["objective"])
+        d.best_state, d.best = s["best_state"], s["best"]
+        if avg is not None:
+            avg.load_state_dict(s["ema"])
+    for o, s in zip(loop.sgds, saved["optimizers"], strict=True):
+        o.load_state_dict(s)
+    for sc, s in zip(loop.scalers or [], saved["scalers"] or [], strict=True):
+        sc.load_state_dict(s)
+    loop.gen.set_state(saved["sampler"]["permutation"])
+    loop.streams.gen.set_state(saved["sampler"]["labelled"])
+    _set_rng_state(loop, saved["rng"][loop.acc.rank])
+    loop.step = saved["step"]
+    return list(saved["records"])
+
+
 def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: OptimConfig, *, seed: int,
         teacher_cache: bool = True, grad_norm_every: int = 10, log=None, progress=None,
-        description: str = "train", acc: Accel | None = None, select_rows: np.ndarray | None = None) -> list[dict]:
+        description: str = "train", acc: Accel | None = None, select_rows: np.ndarray | None = None,
+        early: bool = False, state=None) -> list[dict]:
     """Train every direction jointly (one optimizer, summed losses; under fp16 AMP one optimizer and
     loss scaler per direction); returns per-epoch records.
 
     ``y`` are the student's labels, -1 on an unlabelled training pair (``fdkd.pipeline.data.labels``); training
     accuracy counts labelled rows only. ``select_rows``: the validation rows that pick each direction's best
     epoch (default: every validation row; ``method: auto`` keeps the other half to choose among candidates).
+    ``early``: the step budget and early stopping of ``Budget`` instead of ``opt.epochs`` (the caller resolves
+    ``optim.stop``). ``state``: a ``fdkd.pipeline.resume.TrainState``; its saved epochs are restored before the
+    first epoch, and it is written after every epoch. Each direction's ``training`` says how long it trained and why
+    it stopped.
 
     With ``acc.world`` > 1 this runs inside one torchrun process per rank: the trainable parts are
     wrapped in DistributedDataParallel, each epoch's seeded permutation is sharded across ranks
@@ -517,18 +719,33 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     loop = _prepare(directions, y, train_idx, opt, gen, seed=seed, teacher_cache=teacher_cache,
                     grad_norm_every=grad_norm_every, acc=acc)
     acc = loop.acc  # channels_last may be off (a oneDNN hazard)
-    records = []
-    task = progress.add_task(description, total=opt.epochs, info="") if progress and acc.is_main else None
-    for epoch in range(opt.epochs):
+    budget = Budget.plan(opt, loop.steps_per_epoch, early)
+    loop.total_steps = budget.epochs * loop.steps_per_epoch
+    records, start, stalled = [], 0, False
+    if state is not None and state.saved is not None:
+        records = restore(loop, state.saved)
+        start = state.epoch
+        stalled = bool(state.saved.get("stalled"))
+    task = progress.add_task(description, total=budget.epochs, info="") if progress and acc.is_main else None
+    if task is not None and start:
+        progress.update(task, advance=start, info=f"resumed after epoch {start}")
+    epoch = start  # epochs run so far
+    while epoch < budget.epochs and not stalled:
         ep = _train_epoch(loop, epoch)
         for d, avg in zip(directions, loop.averages, strict=True):
             val_acc = _evaluate(d, avg, val_idx, y, acc, epoch)
             records.append(ep.record(d, epoch, val_acc, acc.world, ema=avg is not None))
             if log and acc.is_main:
                 log(records[-1])
+        stalled = budget.stalled(directions, epoch)
+        epoch += 1
+        if state is not None:
+            state.save(capture(loop, records) | {"stalled": stalled}, epoch, budget.epochs, acc.is_main)
         if task is not None:
             info = "  ".join(f"{d.name} val {records[-len(directions) + i]['val_acc']:.3f}"
                              for i, d in enumerate(directions))
             progress.update(task, advance=1, info=info)
+    for d in directions:
+        d.training = budget.record(epoch, stalled, start or None)
     _restore_best(directions, acc)
     return records

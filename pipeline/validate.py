@@ -206,7 +206,9 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
               "complete": not not_validated, "not_validated": not_validated, "artifacts": entries,
               "distill": {"method": ckpt.get("metrics", {}).get("method"),
                           "auto": ckpt.get("metrics", {}).get("auto"),
-                          "labels": ckpt.get("metrics", {}).get("labels")}}
+                          "labels": ckpt.get("metrics", {}).get("labels"),
+                          "training": ckpt.get("metrics", {}).get("training")},
+              "teacher": {"training": _teacher_training(tpath)}}
     if s_mod == "audio" and ds.has_split("test_unseen_accent"):  # whole eSpeak accents no other split hears
         xu, yu = ds.take(s_mod, "test_unseen_accent")
         result["unseen_accent"] = {"split": "test_unseen_accent", "rows": int(len(yu)),
@@ -220,6 +222,19 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
         raise ValidationFailed("validation gate failed: " + "; ".join(
             f"{e['name']} {gate_text(e['gate'])} in mode [{_mode_text(e)}]" for e in failed))
     return result
+
+
+def _teacher_training(path: Path) -> dict | None:
+    """How the teacher trained and why it stopped (an fdkd checkpoint trained here), else None."""
+    from fdkd.pipeline.models.checkpoint import FORMAT, is_torchscript, read_checkpoint
+
+    if is_torchscript(path):
+        return None
+    try:
+        ckpt = read_checkpoint(path)
+    except ValueError:
+        return None
+    return ckpt.get("metrics", {}).get("training") if ckpt.get("format") == FORMAT else None
 
 
 def _mode_text(entry: dict) -> str:

@@ -336,7 +336,8 @@ def _invoke(args):
 
 def _run_args(root, manifest, name, *sets):
     base = [f"runs_dir={root}/runs", f"data.cache_dir={root}/data", f"name={name}", "data.source=manifest",
-            f"data.manifest.path={manifest}", "data.manifest.image_size=[16,16]", "threads=1", *sets]
+            f"data.manifest.path={manifest}", "data.manifest.image_size=[16,16]", "threads=1",
+            "teacher.optim.stop=epochs", "distill.optim.stop=epochs", *sets]  # fixed epochs (a manifest's: early)
     return ["run", *[a for s in base for a in ("--set", s)]]
 
 

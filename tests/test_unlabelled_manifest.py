@@ -24,7 +24,9 @@ from fdkd.pipeline.data.manifest import check
 from tests.user_data import WORDS, make_pairs, wav_bytes
 
 TINY_TEACHER = ["teacher.model.width=8", "teacher.model.depth=2", "teacher.optim.epochs=10",
-                "teacher.optim.batch_size=16", "threads=1", "data.manifest.image_size=[16,16]"]
+                "teacher.optim.batch_size=16", "threads=1", "data.manifest.image_size=[16,16]",
+                # fixed epochs: a manifest's default (early stopping, up to optim.max_epochs) is for real data
+                "teacher.optim.stop=epochs", "distill.optim.stop=epochs"]
 
 
 def _invoke(args):

@@ -25,6 +25,7 @@ from tests.user_data import WORDS, make_pairs
 # a small run that still learns (teacher ~83 %, student ~60 % on 10 classes) and goes through every stage
 TINY = ["teacher.model.width=8", "teacher.model.depth=2", "teacher.optim.epochs=12", "distill.student.width=4",
         "distill.student.depth=2", "distill.optim.epochs=8", "distill.grad_norm_every=0", "threads=1",
+        "teacher.optim.stop=epochs", "distill.optim.stop=epochs",  # fixed epochs, not a manifest's early stopping
         "data.manifest.image_size=[16,16]", "validate.latency_repeats=1", "export.parity_batches=[1,7]"]
 
 

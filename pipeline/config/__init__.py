@@ -9,7 +9,8 @@ and ``manifest.json``, its sections hashed into the stage keys (``fdkd.pipeline.
 
 - ``data.py``: ``data:`` (the built-in paired sources, a manifest, the student's labels);
 - ``model.py``: the encoders (``ModelConfig``) and ``teacher:``;
-- ``train.py``: what the teacher and distill stages share: ``optim:`` (``OptimConfig``) and ``accel:``;
+- ``train.py``: what the teacher and distill stages share: ``optim:`` (``OptimConfig``), ``accel:`` and
+  ``tracking:``;
 - ``distill.py``: ``distill:``, each method's settings beside the names of its objective and loss;
 - ``deploy.py``: ``export:``, ``quantize:``, ``build:`` and ``validate:`` (the gates);
 - ``base.py``: the strict base every section derives from, ``ConfigError``.
@@ -53,7 +54,7 @@ from fdkd.pipeline.config.distill import (
     SelfTrainingConfig,
 )
 from fdkd.pipeline.config.model import ModelConfig, TeacherConfig
-from fdkd.pipeline.config.train import AccelConfig, OptimConfig
+from fdkd.pipeline.config.train import AccelConfig, OptimConfig, TrackingConfig
 
 __all__ = [
     "ConfigError",
@@ -70,6 +71,7 @@ __all__ = [
     "TeacherConfig",
     "OptimConfig",
     "AccelConfig",
+    "TrackingConfig",
     "SelfTrainingConfig",
     "PseudoConfig",
     "KDConfig",
@@ -109,6 +111,7 @@ class RunConfig(_Strict):
     build: BuildConfig = BuildConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     accel: AccelConfig = AccelConfig()
+    tracking: TrackingConfig = TrackingConfig()  # no stage key hashes it: trackers never change artifacts
 
     @field_validator("name")
     @classmethod

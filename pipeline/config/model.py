@@ -48,3 +48,4 @@ class TeacherConfig(_Strict):
     optim: OptimConfig = OptimConfig(epochs=15)
     checkpoint: Path | None = None  # load instead of training: fdkd checkpoint or TorchScript
     checkpoint_arch: ModelConfig | None = None  # for a bare state dict: the architecture it fits
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # of the teacher's cross-entropy targets (fine-tuning)
