@@ -236,6 +236,13 @@ def _run(cfg: RunConfig, force: tuple[str, ...], stop_after: str | None, ml) -> 
         from fdkd.pipeline import data
 
         data.prepare(cfg)
+    if cfg.teacher.checkpoint is not None:
+        # a frozen teacher of another class count (a 1000-class ImageNet head) is refused before any stage runs,
+        # not deep in distill; the dataset file is cached by content, so this prepares nothing twice
+        from fdkd.pipeline import data, teacher
+
+        data.prepare(cfg)
+        teacher.load_teacher(cfg, cfg.teacher.modality, data.load(cfg))
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     manifest = RunManifest.load(cfg.run_dir)
     manifest.data.update({"name": cfg.name, "config": config_to_dict(cfg), "versions": library_versions()})

@@ -1,0 +1,41 @@
+"""A tiny real run on a user manifest (16x16 digit PNGs paired with tone WAVs, tests/user_data.py) for the
+models venv's tests: real files, the real CLI in-process, every stage through validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from tests.user_data import make_pairs
+
+# a tiny run: the teacher (image, built-in conv unless overridden) and a student on the clips' log-mel (1 x 40 x
+# ~101); one thread (the machine's two cores are shared); loose accuracy gates for students this small (the INT8
+# agreement gate still checks every row), the graphs' own checks (parity, lint, zero points) untouched
+TINY = ["threads=1", "data.source=manifest", "data.manifest.image_size=[16,16]", "teacher.model.width=8",
+        "teacher.model.depth=2", "teacher.optim.epochs=6", "distill.method=none", "distill.optim.epochs=6",
+        "distill.optim.batch_size=16", "distill.augment.enabled=false", "distill.grad_norm_every=0",
+        "quantize.calib_samples=32", "quantize.calib_methods=[minmax]", "build.int8_method=minmax",
+        "export.parity_batches=[1,7]", "validate.latency_repeats=1", "validate.latency_batch=8",
+        "validate.gates.fp16_max_acc_drop_pt=10", "validate.gates.int8_max_acc_drop_pt=30",
+        "validate.gates.fp16_min_agree_pct=90", "validate.gates.int8_min_agree_pct=60"]
+
+
+def manifest(root: Path, n: int = 48, classes: int = 4) -> Path:
+    folder = root / "pairs"
+    return folder / "pairs.csv" if (folder / "pairs.csv").exists() else make_pairs(folder, n, classes)
+
+
+def fdkd_run(root: Path, name: str, *sets: str) -> tuple[dict, str, Path]:
+    """``fdkd run`` with TINY and ``sets``; returns (validation.json, the output, the run directory)."""
+    from fdkd.pipeline.cli import app
+
+    args = [f"runs_dir={root}/runs", f"data.cache_dir={root}/data", f"name={name}",
+            f"data.manifest.path={manifest(root)}", *TINY, *sets]
+    result = CliRunner().invoke(app, ["run", *[a for s in args for a in ("--set", s)]])
+    text = " ".join(result.output.split())
+    assert "Traceback" not in result.output, result.output
+    assert result.exit_code == 0, text
+    run_dir = root / "runs" / name
+    return json.loads((run_dir / "validation.json").read_text()), text, run_dir

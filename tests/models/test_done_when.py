@@ -1,0 +1,41 @@
+"""Issue 30's first done-when line: ``fdkd run`` with ``teacher.model.arch: timm:resnet18``, ``teacher.model.init``
+a 1000-class state dict (made here with timm, random weights, saved to a file: nothing is downloaded) and
+``distill.student.arch: timm:mobilenetv3_small_100`` ends with a validated student whose report names both
+architectures and the init file's sha256."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+timm = pytest.importorskip("timm", reason="needs the [timm] extra (.ci/run runs this from .venv-models)")
+
+import torch  # noqa: E402
+
+from tests.models.runs import fdkd_run  # noqa: E402
+
+
+@pytest.mark.slow
+def test_resnet18_teacher_from_a_1000_class_file_teaches_a_mobilenetv3_student(tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18-imagenet.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False, num_classes=1000).state_dict(), weights)
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    validation, text, run_dir = fdkd_run(
+        tmp_path, "done", "data.manifest.image_channels=3", "teacher.model.arch=timm:resnet18",
+        f"teacher.model.init={weights}", "teacher.model.pretrained=true", "teacher.optim.epochs=3",
+        "distill.student.arch=timm:mobilenetv3_small_100", "distill.method=kd")
+    assert validation["passed"] and "validation PASSED" in text
+    assert "teacher.model.init: classifier fc replaced: 1000 classes in the file, 4 in the data" in text
+    models = validation["models"]
+    assert models["teacher"]["arch"] == "timm:resnet18" and models["student"]["arch"] == "timm:mobilenetv3_small_100"
+    assert models["teacher"]["init"]["sha256"] == sha and models["teacher"]["init"]["head_replaced"]
+    # the teacher read its input in timm's ImageNet normalisation, the student in fdkd's
+    assert models["teacher"]["input_norm"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert models["student"]["input_norm"] is None
+    report = (run_dir / "report.md").read_text()
+    assert "teacher `timm:resnet18` initialised from" in report and sha in report
+    assert "student `timm:mobilenetv3_small_100` trained from random weights" in report
+    cfg = (run_dir / "config.yaml").read_text()
+    assert "lr: 0.005" in cfg  # the fine-tuning default of an init teacher
