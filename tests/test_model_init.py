@@ -105,3 +105,21 @@ def test_a_frozen_teacher_of_another_class_count_is_refused_before_any_stage(tmp
     with pytest.raises(ValueError, match=r"imagenet.ts has 1000 classes but the dataset has 10"):
         run.run(cfg)
     assert not cfg.run_dir.exists()  # refused before any stage: no run directory
+
+
+def test_a_weight_file_replaced_at_the_same_path_redoes_the_stages_that_read_it(tmp_path):
+    from fdkd.pipeline import run
+    from fdkd.pipeline.run_manifest import RunManifest
+
+    weights = tmp_path / "w.pth"
+    torch.save(ConvEncoder(1, 5, width=4, depth=2).state_dict(), weights)
+    cfg = load_config(None, [f"runs_dir={tmp_path}/runs", f"distill.student.init={weights}"])
+    manifest = RunManifest.load(tmp_path / "runs")
+    for name in ("dataset", "teacher.image.pt", "student.pt"):  # the stages' recorded inputs (stand-ins)
+        manifest.data["artifacts"][name] = {"path": name, "sha256": "0" * 64}
+    ctx = run.Ctx(cfg, manifest)
+    before = {s: run._stage_key(ctx, s) for s in ("teacher", "distill", "export")}
+    torch.save(ConvEncoder(1, 5, width=4, depth=2).state_dict(), weights)  # new weights, same path
+    after = {s: run._stage_key(ctx, s) for s in ("teacher", "distill", "export")}
+    assert before["distill"] != after["distill"]
+    assert before["teacher"] == after["teacher"] and before["export"] == after["export"]
