@@ -33,8 +33,8 @@ def test_student_ships(root, arch):
     ops = {n.op_type for n in onnx.load(str(run_dir / "student.onnx")).graph.node}
     if "mobilenet" in arch:  # the ops this issue names: hard-swish, squeeze-excitation (pool, gate, multiply)
         assert {"HardSigmoid", "Mul"} <= ops and ops & {"ReduceMean", "GlobalAveragePool"}, ops
-    for path in sorted(run_dir.glob("*.onnx")):
-        assert lint_file(path) == [], path.name  # every graph TensorRT would consume
+    for path in sorted(run_dir.glob("*.onnx")):  # every graph TensorRT would consume (int8cpu is the CPU's own)
+        assert "int8cpu" in path.name or lint_file(path) == [], path.name
     int8 = [p for p in run_dir.glob("*.onnx") if "int8" in p.name and "cpu" not in p.name]
     assert int8, sorted(p.name for p in run_dir.glob("*"))
     q = onnx.load(str(int8[0]))
