@@ -32,9 +32,14 @@ def test_pretrained_without_init_says_to_pass_init():
 def test_teacher_init_gets_the_finetuning_learning_rate_unless_set():
     from fdkd.pipeline.config.model import FINETUNE_LR
 
-    assert load_config(None, ["teacher.model.init=w.pth"]).teacher.optim.lr == FINETUNE_LR
+    tuned = load_config(None, ["teacher.model.init=w.pth"]).teacher.optim
+    assert tuned.lr == FINETUNE_LR and tuned.warmup_epochs == 1
+    set_warmup = ["teacher.model.init=w.pth", "teacher.optim.warmup_epochs=2"]
+    assert load_config(None, set_warmup).teacher.optim.warmup_epochs == 2
+    assert load_config(None, ["teacher.model.init=w.pth", "teacher.optim.epochs=1"]).teacher.optim.warmup_epochs == 0
     assert load_config(None, ["teacher.model.init=w.pth", "teacher.optim.lr=0.1"]).teacher.optim.lr == 0.1
-    assert load_config(None, []).teacher.optim.lr != FINETUNE_LR  # from scratch: unchanged
+    scratch = load_config(None, []).teacher.optim
+    assert scratch.lr != FINETUNE_LR and scratch.warmup_epochs == 0  # from scratch: unchanged
 
 
 def test_init_from_an_fdkd_checkpoint_replaces_a_head_of_another_class_count(tmp_path):

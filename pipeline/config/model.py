@@ -83,10 +83,11 @@ class ModelConfig(_Strict):
 
 
 INIT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
-# With teacher.model.init the teacher fine-tunes: unless teacher.optim.lr is set, it starts at a tenth of the
-# from-scratch rate, so the first epochs do not wash out the pretrained features (the warmup is the training
-# recipe's: teacher.optim)
+# With teacher.model.init the teacher fine-tunes: unless teacher.optim sets them, a tenth of the from-scratch
+# learning rate and one epoch of linear warmup (teacher.optim.warmup_epochs, fdkd.pipeline.train), so the first
+# steps do not wash out the pretrained features
 FINETUNE_LR = 0.005
+FINETUNE_WARMUP_EPOCHS = 1.0
 
 
 class TeacherConfig(_Strict):
@@ -100,13 +101,20 @@ class TeacherConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _finetune_lr(cls, data):
-        """``model.init`` set and ``optim.lr`` not: the fine-tuning learning rate (``FINETUNE_LR``)."""
+        """``model.init`` set: the fine-tuning defaults for what ``optim`` leaves unset (``FINETUNE_LR``,
+        ``FINETUNE_WARMUP_EPOCHS``)."""
         if isinstance(data, dict):
             model, optim = data.get("model"), data.get("optim")
             init = model.get("init") if isinstance(model, dict) else getattr(model, "init", None)
-            if init is not None and (optim is None or isinstance(optim, dict)) and "lr" not in (optim or {}):
-                default = OptimConfig(epochs=15).model_dump() if optim is None else {}
-                data = {**data, "optim": {**default, **(optim or {}), "lr": FINETUNE_LR}}
+            if init is not None and (optim is None or isinstance(optim, dict)):
+                given = optim or {}
+                merged = {**(OptimConfig(epochs=15).model_dump() if optim is None else {}), **given}
+                if "lr" not in given:
+                    merged["lr"] = FINETUNE_LR
+                # a one-epoch linear warmup where the budget leaves room for it (shorter than epochs and min_epochs)
+                if "warmup_epochs" not in given and min(merged.get("epochs", 20), merged.get("min_epochs", 10)) > 1:
+                    merged["warmup_epochs"] = FINETUNE_WARMUP_EPOCHS
+                data = {**data, "optim": merged}
         return data
 
     @model_validator(mode="after")

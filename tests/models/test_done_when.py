@@ -44,4 +44,4 @@ def test_resnet18_teacher_from_a_1000_class_file_teaches_a_mobilenetv3_student(t
     assert "teacher `timm:resnet18` initialised from" in report and sha in report
     assert f"student `timm:mobilenetv3_small_100` initialised from `{student_weights}`" in report
     cfg = (run_dir / "config.yaml").read_text()
-    assert "lr: 0.005" in cfg  # the fine-tuning default of an init teacher
+    assert "lr: 0.005" in cfg and "warmup_epochs: 1.0" in cfg  # the fine-tuning defaults of an init teacher
