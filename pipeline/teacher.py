@@ -19,9 +19,10 @@ stage writes it) and ``load_teacher`` (``teacher.checkpoint`` or the run's, froz
 teacher whose class count is not the dataset's (``fdkd run`` asks before any stage runs).
 
 With ``teacher.model.init`` the teacher starts from that weight file (``fdkd.pipeline.models.init``: a classifier of
-another class count is replaced) and fine-tunes (``teacher.optim`` defaults to ``FINETUNE_LR`` and ``FINETUNE_WARMUP_EPOCHS``); the file's path
-and sha256 go into the teacher's metrics, hence the manifest and the report. An ecosystem teacher reads its input
-in its own normalisation (``teacher.model.norm``), independent of the student's.
+another class count is replaced) and fine-tunes (``teacher.optim`` defaults to ``FINETUNE_LR`` and
+``FINETUNE_WARMUP_EPOCHS``, ``fdkd.pipeline.config.model``); the file's path and sha256 go into the teacher's
+metrics, hence the manifest and the report. An ecosystem teacher reads its input in its own normalisation
+(``teacher.model.norm``), independent of the student's.
 """
 
 from __future__ import annotations
