@@ -115,12 +115,21 @@ def _direction(cfg: RunConfig, dcfg: DistillConfig, ds, x, teachers: _Teachers, 
                teacher_mod: str):
     from fdkd.pipeline.models.encoders import build_encoder
 
-    arch = arch_dict(dcfg.student, ds.x[student_mod].shape[1:], ds.num_classes)
+    arch = arch_dict(dcfg.student, ds.x[student_mod].shape[1:], ds.num_classes, student_mod,
+                     ds.frontends[student_mod])
     torch.manual_seed(cfg.seed)  # every candidate of a direction starts from the same student weights
     student = build_encoder(**arch)
+    init = None
+    if dcfg.student.init is not None and student_mod == cfg.student_modality:  # not the reverse student's
+        from fdkd.pipeline.models.init import load_init
+        from fdkd.pipeline.progress import console
+
+        init = load_init(student, dcfg.student.init, "distill.student.init", say=console.print)
     needs_teacher = METHODS[dcfg.method].needs_teacher  # `none` trains the student alone
     ls_teacher = dcfg.label_smoothing.epsilon == "teacher"
     teacher, x_teacher, d_teacher, info = None, None, student.num_features, {}
+    if init is not None:
+        info["init"] = init
     if needs_teacher or ls_teacher:
         teacher = teachers.model(teacher_mod)
         x_teacher = teachers.input(teacher_mod, dcfg.teacher_shuffle)
@@ -141,8 +150,9 @@ def _direction(cfg: RunConfig, dcfg: DistillConfig, ds, x, teachers: _Teachers, 
     if dcfg.teacher_shuffle and needs_teacher:
         info["teacher_shuffle"] = True
     if dcfg.feature_tap == "pre":
-        if not hasattr(student, "forward_taps"):
-            raise ValueError(f"distill.feature_tap=pre needs the built-in conv encoder, not {dcfg.student.arch}")
+        if not hasattr(student, "forward_taps") or getattr(student, "tap_module", "") is None:
+            raise ValueError(f"distill.feature_tap=pre needs the built-in conv encoder, or distill.student.tap_module "
+                             f"(a module name) on {dcfg.student.arch}")
         info["feature_tap"] = "pre"
     d = Direction(name, student, objective, x[student_mod], teacher if needs_teacher else None, x_teacher, cache,
                   tap=dcfg.feature_tap)

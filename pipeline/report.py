@@ -204,6 +204,25 @@ def training_lines(result: dict) -> list[str]:
     return ["## Training", "", *lines, ""] if lines else []
 
 
+def models_line(models: dict) -> str:
+    """The teacher's and the student's architectures, and the weight file each started from (its sha256)."""
+    parts = []
+    for role in ("teacher", "student"):
+        m = models[role]
+        text = f"{role} `{m['arch']}`"
+        if m.get("init"):
+            text += f" initialised from `{m['init']['path']}` (sha256 `{m['init']['sha256']}`"
+            text += ", classifier replaced)" if m["init"].get("head_replaced") else ")"
+        elif m["arch"] in ("torchscript", "state dict"):
+            text += f" from `{m['path']}`"
+        else:
+            text += " trained from random weights"
+        if m.get("input_norm"):
+            text += f", its own input normalisation (mean {m['input_norm']['mean']}, std {m['input_norm']['std']})"
+        parts.append(text)
+    return "Models: " + "; ".join(parts) + "."
+
+
 def write_report(result: dict, run_dir: Path) -> None:
     pngs = _plots(result, run_dir)
     text = [f"# Validation report: {headline(result)}", "",
@@ -218,6 +237,8 @@ def write_report(result: dict, run_dir: Path) -> None:
             "CPU would serve the graph; their results depend on the CPU's kernel family (x86 without VNNI "
             "saturates where VNNI does not), so a fused row holds for CPUs of its family only.", "",
             summary_table(result), ""]
+    if result.get("models"):
+        text += [models_line(result["models"]), ""]
     missing = result.get("not_validated", [])
     if missing:
         text += ["## Not validated here", "", "These were **not** validated on this machine and are not "

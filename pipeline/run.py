@@ -206,6 +206,12 @@ def _stage_key(ctx: Ctx, stage: str) -> str:
     cfg = config_to_dict(ctx.cfg)
     key = {"stage": stage, "config": {s: cfg.get(s) for s in sections},
            "inputs": {n: ctx.manifest.sha(n) for n in reads(ctx)}}
+    # weight files named by the config (init, a given teacher) by content: a file replaced at the same path redoes
+    # the stages that read it
+    files = {"teacher": [ctx.cfg.teacher.model.init, ctx.cfg.teacher.checkpoint],
+             "distill": [ctx.cfg.distill.student.init, ctx.cfg.teacher.checkpoint]}.get(stage, [])
+    if any(f is not None for f in files):
+        key["files"] = [artifacts.sha256_file(f) if f is not None and Path(f).is_file() else None for f in files]
     if stage == "build":
         from fdkd.serving.runtime.cuda_env import gpu_info, tensorrt_version
 
@@ -236,6 +242,13 @@ def _run(cfg: RunConfig, force: tuple[str, ...], stop_after: str | None, ml) -> 
         from fdkd.pipeline import data
 
         data.prepare(cfg)
+    if cfg.teacher.checkpoint is not None:
+        # a frozen teacher of another class count (a 1000-class ImageNet head) is refused before any stage runs,
+        # not deep in distill; the dataset file is cached by content, so this prepares nothing twice
+        from fdkd.pipeline import data, teacher
+
+        data.prepare(cfg)
+        teacher.load_teacher(cfg, cfg.teacher.modality, data.load(cfg))
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     manifest = RunManifest.load(cfg.run_dir)
     manifest.data.update({"name": cfg.name, "config": config_to_dict(cfg), "versions": library_versions()})

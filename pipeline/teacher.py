@@ -15,7 +15,14 @@ last epoch (``fdkd.pipeline.resume``, ``teacher.<modality>.train-state.pt`` whil
 TensorBoard where ``tracking.tensorboard`` allows (``fdkd.pipeline.tracking``).
 
 Every stage that needs the frozen teacher (distill, analyze, validate) finds it here: ``teacher_path`` (where this
-stage writes it) and ``load_teacher`` (``teacher.checkpoint`` or the run's, frozen by ``freeze``).
+stage writes it) and ``load_teacher`` (``teacher.checkpoint`` or the run's, frozen by ``freeze``), which refuses a
+teacher whose class count is not the dataset's (``fdkd run`` asks before any stage runs).
+
+With ``teacher.model.init`` the teacher starts from that weight file (``fdkd.pipeline.models.init``: a classifier of
+another class count is replaced) and fine-tunes (``teacher.optim`` defaults to ``FINETUNE_LR`` and
+``FINETUNE_WARMUP_EPOCHS``, ``fdkd.pipeline.config.model``); the file's path and sha256 go into the teacher's
+metrics, hence the manifest and the report. An ecosystem teacher reads its input in its own normalisation
+(``teacher.model.norm``), independent of the student's.
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ from fdkd.pipeline.models.checkpoint import (
     save_with_config,
 )
 from fdkd.pipeline.models.encoders import arch_dict
+from fdkd.pipeline.models.init import load_init
 from fdkd.pipeline.objectives import NoKD
-from fdkd.pipeline.progress import progress_bar
+from fdkd.pipeline.progress import console, progress_bar
 from fdkd.pipeline.resume import TrainState, state_key
 from fdkd.pipeline.tracking import StageLog
 from fdkd.pipeline.train import Direction, accuracy, fit, predict, setup, tensors
@@ -66,11 +74,35 @@ def load_teacher(cfg: RunConfig, modality: str, ds=None):
         if ckpt is not None and ckpt.get("format") == FORMAT:
             if ckpt.get("modality") not in (None, modality):
                 raise ValueError(f"teacher {path} was trained on {ckpt['modality']}, not {modality}")
+            if ds is not None and ckpt["arch"]["num_classes"] != ds.num_classes:
+                raise ValueError(f"teacher {path} has {ckpt['arch']['num_classes']} classes but the dataset has "
+                                 f"{ds.num_classes}: it was trained on other data")
             return freeze(model_from_checkpoint(ckpt)), path
     arch = None
     if cfg.teacher.checkpoint_arch is not None and ds is not None:
-        arch = arch_dict(cfg.teacher.checkpoint_arch, ds.x[modality].shape[1:], ds.num_classes)
-    return freeze(load_foreign_teacher(path, arch)), path
+        arch = arch_dict(cfg.teacher.checkpoint_arch, ds.x[modality].shape[1:], ds.num_classes, modality,
+                         ds.frontends[modality])
+    model = freeze(load_foreign_teacher(path, arch))
+    if ds is not None:
+        check_classes(model, path, ds, modality)
+    return model, path
+
+
+def check_classes(model, path: Path, ds, modality: str) -> None:
+    """Refuse a frozen teacher whose logits do not have one column per class of the dataset (a 1000-class
+    ImageNet head on a 5-class task): distillation would fail far later, or compare the wrong columns."""
+    x = torch.from_numpy(ds.x[modality][:2])
+    try:
+        with torch.no_grad():
+            classes = model.forward_head(model.forward_features(x)).shape[-1]
+    except Exception as e:  # TorchScript raises RuntimeError subclasses of its own
+        raise ValueError(f"teacher.checkpoint {path} fails on the dataset's {modality} input "
+                         f"{list(x.shape[1:])}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if classes != ds.num_classes:
+        raise ValueError(f"teacher.checkpoint {path} has {classes} classes but the dataset has {ds.num_classes} "
+                         f"({', '.join(ds.class_names[:10])}{', ...' if ds.num_classes > 10 else ''}): a frozen "
+                         "teacher must predict the dataset's classes; to start from its weights and train a new "
+                         "head instead, set teacher.model.arch and teacher.model.init (and no teacher.checkpoint)")
 
 
 def freeze(model):
@@ -103,8 +135,11 @@ def run(cfg: RunConfig, modality: str | None = None) -> tuple[Path, dict]:
         raise ValueError(f"dataset {ds.path}: no training pair has a label, so there is nothing to train the "
                          f"{modality} teacher on; set teacher.checkpoint to a trained teacher (it then supervises "
                          "every pair)")
-    arch = arch_dict(cfg.teacher.model, ds.x[modality].shape[1:], ds.num_classes)
+    arch = arch_dict(cfg.teacher.model, ds.x[modality].shape[1:], ds.num_classes, modality, ds.frontends[modality])
     model = build_encoder(**arch)
+    init = None
+    if cfg.teacher.model.init is not None and modality == cfg.teacher.modality:  # not the reverse teacher's
+        init = load_init(model, cfg.teacher.model.init, "teacher.model.init", say=console.print)
     objective = NoKD(model.num_features, model.num_features, ds.num_classes, cfg.distill)
     objective.label_smoothing = cfg.teacher.label_smoothing  # the teacher's own, never distill.label_smoothing
     direction = Direction(f"teacher[{modality}]", model, objective, x[modality])
@@ -119,7 +154,7 @@ def run(cfg: RunConfig, modality: str | None = None) -> tuple[Path, dict]:
     finally:
         log.close()
     metrics = {**direction.best, "test_acc": accuracy(predict(model, x[modality][test]), y[test]),
-               "training": direction.training}
+               "training": direction.training, **({"init": init} if init else {})}
     save_with_config(path, model, arch, cfg, ds, modality, metrics)
     state.finish()
     return path, metrics

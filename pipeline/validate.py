@@ -147,7 +147,7 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
     """Validate everything in ``run_dir``; write validation.json and report.md; raise on a failed gate."""
     import torch
 
-    from fdkd.pipeline.models.checkpoint import load_model
+    from fdkd.pipeline.models.checkpoint import describe, load_model
     from fdkd.pipeline.report import write_report
     from fdkd.pipeline.teacher import load_teacher
     from fdkd.pipeline.train import predict
@@ -204,6 +204,7 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
     result = {"split": "test", "rows": int(len(y)), "class_names": ds.class_names, "labels": y.tolist(),
               "student_modality": s_mod, "teacher_modality": t_mod, "passed": not failed,
               "complete": not not_validated, "not_validated": not_validated, "artifacts": entries,
+              "models": {"teacher": describe(tpath), "student": describe(run_dir / artifacts.STUDENT)},
               "distill": {"method": ckpt.get("metrics", {}).get("method"),
                           "auto": ckpt.get("metrics", {}).get("auto"),
                           "labels": ckpt.get("metrics", {}).get("labels"),

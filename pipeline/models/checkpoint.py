@@ -94,15 +94,26 @@ def load_foreign_teacher(path: Path, arch: dict | None) -> nn.Module:
         if arch is None:
             raise ValueError(f"{path} is a state dict, not TorchScript: set teacher.checkpoint_arch "
                              "to the architecture it was saved from")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        from fdkd.pipeline.models.init import load_init
+
         model = build_encoder(**arch)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"state dict {path} does not fit teacher.checkpoint_arch {arch}: {e}") from None
+        # the state dict in the architecture's own key layout (timm, torchvision) or fdkd's; strict, head included
+        load_init(model, path, f"teacher.checkpoint (teacher.checkpoint_arch {arch['arch']})", replace_head=False)
     for method in ("forward_features", "forward_head"):
         if not hasattr(model, method):
             raise ValueError(f"teacher {path} has no {method}(); export it with @torch.jit.export on both "
                              "forward_features(x) -> [B, D] and forward_head(f) -> logits")
     return model.eval()
+
+
+def describe(path: Path) -> dict:
+    """What a report says of a model file: its architecture and the weight file it started from (path, sha256)."""
+    path = Path(path)
+    if is_torchscript(path):
+        return {"arch": "torchscript", "path": str(path), "init": None}
+    try:
+        ckpt = read_checkpoint(path)
+    except ValueError:
+        return {"arch": "state dict", "path": str(path), "init": None}
+    return {"arch": ckpt["arch"]["arch"], "path": str(path), "init": ckpt.get("metrics", {}).get("init"),
+            "input_norm": ckpt["arch"].get("input_norm")}
