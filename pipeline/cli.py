@@ -148,14 +148,15 @@ def _run_to(cfg, stage: str | None, force: tuple[str, ...] = ()):
 @handles_errors
 def teacher(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt,
             modality: str | None = typer.Option(None, help="Train one more teacher, on this modality "
-                                                   "(image or audio), outside the run's stages")):
+                                                   "(the teacher's or the student's), outside the run's stages")):
     """Train the unimodal teacher on its modality (or check the one given by teacher.checkpoint)."""
     cfg = _config(config, sets, name=name)
     if modality is not None:
         from fdkd.pipeline import teacher as stage
 
-        if modality not in ("image", "audio"):
-            _fail(f"--modality must be image or audio, got {modality!r}")
+        if modality not in (cfg.teacher.modality, cfg.student_modality):
+            _fail(f"--modality must be {cfg.teacher.modality} or {cfg.student_modality} (the run's two inputs), "
+                  f"got {modality!r}")
         path, metrics = stage.run(cfg, modality)
         console.print(f"[green]teacher[/] {path}  {json.dumps(metrics)}", highlight=False)
         return

@@ -4,7 +4,9 @@ WAV: parsed by ``fdkd.serving.wav``; the sample rate must match the model's; sam
 and a float WAV's peak at most ``MAX_FLOAT_PEAK`` (full scale is 1: a peak near 1e20 would
 overflow the float32 power spectrum into Inf/NaN features and NaN probabilities). Images: the
 training data's own decoder and policy, ``fdkd.serving.image.decode_image`` (formats, pixel limit from
-the header, PNG metadata budget against decompression bombs). Every refusal
+the header, PNG metadata budget against decompression bombs). Depth: a 16-bit single-channel PNG,
+every level kept (``decode_depth``). Arrays: a ``.npy`` body of the dataset's shape and dtype
+(``fdkd.serving.array``, no pickles). Every refusal
 is an :class:`UploadError` whose message names the limit and echoes no more than a bounded
 prefix of the input. Features are checked finite before they reach the model (for audio, by the
 batcher, which computes them a batch at a time: ``fdkd.serving.batcher``).
@@ -15,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from fdkd.serving import protocol
-from fdkd.serving.preprocess import AudioFrontend, ImageFrontend
+from fdkd.serving.preprocess import ArrayFrontend, AudioFrontend, DepthFrontend, Frontend, ImageFrontend
 from fdkd.serving.wav import WavError, read_wav
 
 MAX_FLOAT_PEAK = 1000.0  # 60 dB above full scale: nothing real is louder
@@ -38,9 +40,12 @@ class UploadError(ValueError):
         super().__init__(message)
 
 
-def features(frontend: AudioFrontend | ImageFrontend, body: bytes) -> np.ndarray:
+def features(frontend: Frontend, body: bytes) -> np.ndarray:
     """Raw file bytes -> [1, ...] float32 features with the run's own preprocessing constants."""
-    x = frontend(clip(frontend, body)) if isinstance(frontend, AudioFrontend) else _image(frontend, body)
+    if isinstance(frontend, AudioFrontend):
+        x = frontend(clip(frontend, body))
+    else:
+        x = {ImageFrontend: _image, DepthFrontend: _depth, ArrayFrontend: _array}[type(frontend)](frontend, body)
     if not np.isfinite(x).all():
         raise UploadError("preprocessing produced non-finite features (is the file's signal in range?)")
     return x
@@ -79,6 +84,30 @@ def _image(fe: ImageFrontend, body: bytes) -> np.ndarray:
     except ImageError as e:
         raise UploadError(str(e)) from None
     return fe(arr[None] / 255.0 * fe.max_value)
+
+
+def _depth(fe: DepthFrontend, body: bytes) -> np.ndarray:
+    if not body:
+        raise UploadError("empty body: send one 16-bit depth PNG")
+    from fdkd.serving.image import ImageError, decode_depth
+
+    try:  # the training data's depth decoder: 16-bit single-channel PNG only, every level kept
+        levels = decode_depth(body, (fe.height, fe.width))
+    except ImageError as e:
+        raise UploadError(str(e)) from None
+    return fe(levels[None])
+
+
+def _array(fe: ArrayFrontend, body: bytes) -> np.ndarray:
+    if not body:
+        raise UploadError("empty body: send one .npy array")
+    from fdkd.serving.array import ArrayError, decode_npy
+
+    try:  # the training data's reader: no pickles, real numbers, the dataset's shape and dtype
+        arr = decode_npy(body, tuple(fe.shape), fe.dtype)
+    except ArrayError as e:
+        raise UploadError(str(e)) from None
+    return fe(arr[None])
 
 
 def preprocess(m, body: bytes) -> np.ndarray:

@@ -126,6 +126,13 @@ class RunConfig(_Strict):
         if self.data.source == "manifest" and m is not None and m.teacher_modality != self.teacher.modality:
             raise ValueError(f"teacher.modality is {self.teacher.modality!r} but data.manifest.teacher_modality is "
                              f"{m.teacher_modality!r}; set both to the modality of the manifest's teacher column")
+        if self.data.source != "manifest" and self.teacher.modality not in ("image", "audio"):
+            raise ValueError(f"teacher.modality is {self.teacher.modality!r}, but the built-in data "
+                             f"({self.data.source}) holds image and audio only")
+        if self.student_modality == self.teacher.modality:
+            raise ValueError(f"the teacher and the student both read {self.teacher.modality!r}; give the student's "
+                             "input its own name in data.manifest.student_modality (a kind with a suffix, e.g. "
+                             f"{self.teacher.modality.split('_')[0]}_student)")
         return self
 
     @property
@@ -134,6 +141,10 @@ class RunConfig(_Strict):
 
     @property
     def student_modality(self) -> Modality:
+        """The manifest's ``student_modality`` where it names one, else the other of image and audio."""
+        m = self.data.manifest
+        if self.data.source == "manifest" and m is not None and m.student_modality is not None:
+            return m.student_modality
         return "audio" if self.teacher.modality == "image" else "image"
 
 
