@@ -192,6 +192,7 @@ def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...]
     for o in overrides:
         apply_override(tree, o)
     _drop_simulated_labels(tree, file_source, overrides)
+    _manifest_run_name(tree, file_source, overrides)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
@@ -215,6 +216,20 @@ def _drop_simulated_labels(tree: dict, file_source, overrides) -> None:
     for key in SOURCE_BOUND_KEYS:
         if f"data.{key}" not in set_by_override:
             data.pop(key, None)
+
+
+def _manifest_run_name(tree: dict, file_source, overrides) -> None:
+    """A run switched to a manifest by an override gets its own name, ``manifest-<manifest file stem>``, unless
+    ``name`` is set too: the config file's name belongs to its own data, and keeping it would put the user's run
+    in (and overwrite) the built-in run's directory."""
+    data = tree.get("data")
+    if not isinstance(data, dict) or data.get("source") != "manifest" or file_source == "manifest":
+        return
+    if "name" in {o.split("=", 1)[0].strip() for o in overrides}:
+        return
+    path = data.get("manifest", {}).get("path") if isinstance(data.get("manifest"), dict) else None
+    if isinstance(path, str) and path:
+        tree["name"] = f"manifest-{Path(path).stem}"
 
 
 def config_to_dict(cfg: BaseModel) -> dict:

@@ -121,6 +121,21 @@ def _jsonl_row(line: int, obj: dict) -> tuple[dict, list[Problem]]:
     return row, problems
 
 
+def _header_hint(header: list[str]) -> str:
+    """What was read as the header, and the likely cause: another delimiter, or columns of other names."""
+    read = ", ".join(repr(h) for h in header[:8]) + (" ..." if len(header) > 8 else "")
+    hint = f" (read {len(header)} column(s) with the delimiter ',': {read}"
+    others = [d for d in (";", "\t", "|") if any(d in h for h in header)]
+    if others:
+        return hint + f"; the header holds {others[0]!r}: fdkd reads comma-separated CSV, so save it with commas)"
+    return hint + f"; the columns must be named {', '.join(COLUMNS)}, with optional {', '.join(OPTIONAL)})"
+
+
+def label_key(label: str) -> str:
+    """Labels equal up to case and spacing share a key (``' Zero'``, ``'zero'``, ``'ZERO '``)."""
+    return " ".join(label.split()).casefold()
+
+
 def read_rows(path: Path) -> tuple[list[tuple[int, dict]], list[Problem]]:
     """Rows as (line number, fields); rows that cannot be read become problems."""
     path = Path(path)
@@ -161,7 +176,8 @@ def read_rows(path: Path) -> tuple[list[tuple[int, dict]], list[Problem]]:
         header = [h.strip() for h in next(reader, [])]
         missing = [c for c in COLUMNS if c not in header]
         if missing:
-            return [], [Problem(1, c, "", "required column is missing from the header") for c in missing]
+            return [], [Problem(1, c, "", f"required column is missing from the header{_header_hint(header)}")
+                        for c in missing]
         for fields in reader:
             line = reader.line_num
             if not any(f.strip() for f in fields):
@@ -398,6 +414,15 @@ def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None) -> list
             first = file_labels.setdefault((col, f), (label, line))
             if first[0] != label:
                 problems.append(Problem(line, col, f, f"labelled {label!r} here but {first[0]!r} on line {first[1]}"))
+    spelled: dict[str, tuple[str, int]] = {}  # label_key -> (first spelling, its line)
+    for line, row in rows:
+        label = row.get("label", "")
+        if not label:
+            continue
+        first, first_line = spelled.setdefault(label_key(label), (label, line))
+        if first != label:
+            problems.append(Problem(line, "label", "", f"label {label!r} differs from {first!r} (line {first_line}) "
+                                    "only in case or spacing; write one spelling (they would be two classes)"))
     given = [line for line, r in rows if r.get("split")]
     blank = [line for line, r in rows if not r.get("split")]
     train_labels = {r.get("label", "") for _, r in rows if r.get("split") == "train"} - {""}
