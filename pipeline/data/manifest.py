@@ -81,7 +81,7 @@ class Checked:
 
     rows: list[tuple[int, dict]]
     problems: list[Problem]
-    specs: dict[str, ColumnSpec] = field(default_factory=dict)  # column -> its kind and sizes (all files read)
+    specs: dict[str, ColumnSpec] = field(default_factory=dict)  # column -> its kind and sizes
     notes: list[str] = field(default_factory=list)  # resizes, resampling, crops: what the build changes, in numbers
     split: np.ndarray | None = None
     class_names: list[str] = field(default_factory=list)
@@ -367,8 +367,8 @@ def _column_spec(col: str, kind: str, files: list[tuple[int, str, FileInfo]], st
         want = max(set(values), key=lambda v: (values.count(v), -values.index(v)))
         for v, (line, rel, _) in zip(values, files, strict=True):
             if v != want:
-                problems.append(Problem(line, col, rel, f"array {name} {_fmt(v)}, but {values.count(want)} other "
-                                        f"row(s) of the column hold {_fmt(want)}; every array of a column has one "
+                problems.append(Problem(line, col, rel, f"array {name} {v}, but {values.count(want)} other "
+                                        f"row(s) of the column hold {want}; every array of a column has one "
                                         f"{name}"))
         if name == "shape":
             shape = want
@@ -512,7 +512,7 @@ def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None
             problems.append(Problem(max(kinds.values()), col, "",
                                     f"column mixes modalities {sorted(kinds)}; one modality per column"))
             continue
-        if found and len({ln for ln, _, _ in found}) == len(rows):  # every file read: the column's sizes are known
+        if found:  # the sizes of the files read agree (or are named); the others are problems already
             spec, found_problems = _column_spec(col, want.get(col) or next(iter(kinds)), found, st, notes)
             problems.extend(found_problems)
             if spec is not None:
