@@ -1,6 +1,7 @@
 """One uploaded file (``/v1/classify``) -> model features, within limits a hostile file cannot pass.
 
-WAV: parsed by ``fdkd.serving.wav``; the sample rate must match the model's; samples must be finite
+WAV: parsed by ``fdkd.serving.wav``; another sample rate than the model's is resampled as the training
+data was (``fdkd.serving.wav.resample``, where scipy is installed; else refused); samples must be finite
 and a float WAV's peak at most ``MAX_FLOAT_PEAK`` (full scale is 1: a peak near 1e20 would
 overflow the float32 power spectrum into Inf/NaN features and NaN probabilities). Images: the
 training data's own decoder and policy, ``fdkd.serving.image.decode_image`` (formats, pixel limit from
@@ -18,7 +19,7 @@ import numpy as np
 
 from fdkd.serving import protocol
 from fdkd.serving.preprocess import ArrayFrontend, AudioFrontend, DepthFrontend, Frontend, ImageFrontend
-from fdkd.serving.wav import WavError, read_wav
+from fdkd.serving.wav import WavError, read_wav, resample
 
 MAX_FLOAT_PEAK = 1000.0  # 60 dB above full scale: nothing real is louder
 # student modality -> the file types /v1/classify takes for it, as its OpenAPI document lists them
@@ -28,6 +29,7 @@ MEDIA_TYPES = {
     "audio": ("audio/wav", "audio/x-wav", "audio/wave"),
     "image": ("image/png", "image/jpeg", "image/bmp", "image/gif"),
 }
+MAX_RESAMPLE_SECONDS = 60  # a longer clip at another rate is refused before the filter runs over it
 MESSAGE_LIMIT = 200
 
 
@@ -60,8 +62,6 @@ def clip(fe: AudioFrontend, body: bytes) -> np.ndarray:
         wav = read_wav(body)
     except WavError as e:
         raise UploadError(f"not a readable WAV file: {e}") from None
-    if wav.sample_rate != fe.sample_rate:
-        raise UploadError(f"WAV sample rate {wav.sample_rate} Hz; this model takes {fe.sample_rate} Hz")
     if wav.samples.size == 0:
         raise UploadError("WAV holds no samples")
     mono = wav.mono()
@@ -71,6 +71,15 @@ def clip(fe: AudioFrontend, body: bytes) -> np.ndarray:
     if peak > MAX_FLOAT_PEAK:
         raise UploadError(f"WAV samples reach {peak:.3g}; full scale is 1 and at most {MAX_FLOAT_PEAK:g} is "
                           f"accepted")
+    if wav.sample_rate != fe.sample_rate:
+        if len(mono) > MAX_RESAMPLE_SECONDS * wav.sample_rate:
+            raise UploadError(f"WAV of {len(mono) / wav.sample_rate:.1f} s at {wav.sample_rate} Hz: at most "
+                              f"{MAX_RESAMPLE_SECONDS} s is resampled to this model's {fe.sample_rate} Hz")
+        try:  # the training data's resampler: scipy's polyphase filter (scipy is not in the serve extra)
+            mono = resample(mono, wav.sample_rate, fe.sample_rate)
+        except ImportError:
+            raise UploadError(f"WAV sample rate {wav.sample_rate} Hz; this model takes {fe.sample_rate} Hz (this "
+                              "server has no scipy to resample: send audio at that rate)") from None
     return fe.fit_clip(mono)[None]
 
 

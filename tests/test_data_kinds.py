@@ -330,7 +330,7 @@ def test_fdkd_run_and_serve_on_rgb_with_audio_or_depth(tmp_path, student):
     manifest = _manifest(tmp_path / "d", 200, student)
     extra = ["distill.augment.enabled=false"] if student == "audio" else [
         "data.manifest.student_modality=depth", "distill.image_augment.enabled=true",
-        "distill.image_augment.crop_scale=[0.8,1.0]"]
+        "distill.image_augment.crop_scale=[0.8,1.0]", "teacher.optim.epochs=20", "distill.optim.epochs=16"]
     sets = [f"runs_dir={tmp_path}/runs", f"data.cache_dir={tmp_path}/cache", "data.source=manifest",
             f"data.manifest.path={manifest}", *TINY, *extra]
     result = CliRunner().invoke(app, ["run", *[a for s in sets for a in ("--set", s)]])
