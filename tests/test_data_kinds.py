@@ -184,9 +184,12 @@ def test_images_of_several_sizes_are_a_problem_naming_rows_and_sizes(tmp_path, c
 def test_clips_of_several_lengths_are_a_problem_until_clip_seconds_is_set(tmp_path, caplog):
     _manifest(tmp_path, 30, "audio")
     (tmp_path / "s4.wav").write_bytes(wav_bytes(tone(4, seconds=1.5, rate=22050), rate=22050))
-    c = check(tmp_path / "m.csv")
+    with pytest.raises(ManifestError) as e:
+        build(ManifestDataConfig(path=tmp_path / "m.csv"), tmp_path / "cache")
     assert any("clips differ in length at 16000 Hz: 2.000 s (29 rows" in p.message and "1.500 s (1 row, e.g. line 6)"
-               in p.message and "data.manifest.clip_seconds" in p.message for p in c.problems), c.problems
+               in p.message and "data.manifest.clip_seconds" in p.message for p in e.value.problems), e.value
+    c = check(tmp_path / "m.csv")  # `fdkd data manifest`: no config at hand, so a warning that names the setting
+    assert not c.problems and any("line 2, student: clips differ in length" in w for w in c.warnings), c.warnings
     with caplog.at_level(logging.WARNING):
         path = build(ManifestDataConfig(path=tmp_path / "m.csv", clip_seconds=1.0), tmp_path / "cache")
     assert "30 longer clip(s) cut to their centre, 0 shorter" in caplog.text

@@ -52,6 +52,7 @@ DEFAULT_MAX_FILE_MB = 64.0
 FLOAT_WAV_LIMIT = 4.0  # float WAVs are [-1, 1]; a little overshoot is normal, thousands mean unscaled PCM values
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 NO_TRAINING_LABEL = "no training row is labelled"
+SETTING = "setting"
 
 
 class ManifestError(ValueError):
@@ -69,6 +70,7 @@ class Problem:
     column: str
     path: str
     message: str
+    needs: str = ""  # SETTING: the files are fine, the run needs a setting (a warning where no config is at hand)
 
     def __str__(self) -> str:
         where = f"line {self.line}" + (f", {self.column}" if self.column else "")
@@ -215,8 +217,8 @@ def _inspect(root: Path, line: int, column: str, rel: str, want: str | None,
     if not can:
         return None, [Problem(line, column, rel, "unsupported file type (want .wav, .png, .jpg, .jpeg, .npy)")]
     if want is not None and want not in can:
-        return None, [Problem(line, column, rel, f"a {Path(rel).suffix} file in a {want} column "
-                              f"({'/'.join(can)} file type); every file of a column is of its kind")]
+        return None, [Problem(line, column, rel, f"column mixes modalities: a {Path(rel).suffix} file "
+                              f"({'/'.join(can)}) in the {want} column; every file of a column is of its kind")]
     if not path.is_file():
         return None, [Problem(line, column, rel, "file not found")]
     try:
@@ -253,8 +255,8 @@ def _inspect(root: Path, line: int, column: str, rel: str, want: str | None,
     try:
         if want == "depth" or (want is None and is_depth_png(raw)):
             return FileInfo("depth", size=decode_depth(raw).shape[1:]), []
+        pixels = decode_image(raw, 1)  # first: the decoder's limits (pixels, PNG metadata) before anything else
         mode, _, _ = image_info(raw)
-        pixels = decode_image(raw, 1)
     except ImageError as e:
         return None, [Problem(line, column, rel, str(e))]
     grey = mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
@@ -322,7 +324,7 @@ def _column_spec(col: str, kind: str, files: list[tuple[int, str, FileInfo]], st
             if len(set(sizes)) > 1:
                 return None, [Problem(first, col, "", f"{kind} files differ in size (height x width): "
                                       f"{_counted(sizes, lines)}; set {setting} to [height, width] to resize every "
-                                      "file to one size")]
+                                      "file to one size", SETTING)]
             size = sizes[0]
         changed = [(s, ln) for s, ln in zip(sizes, lines, strict=True) if s != tuple(size)]
         if changed:
@@ -347,7 +349,7 @@ def _column_spec(col: str, kind: str, files: list[tuple[int, str, FileInfo]], st
                 secs = [f"{n / st.sample_rate:.3f} s" for n in lengths]
                 return None, [Problem(first, col, "", f"clips differ in length at {st.sample_rate} Hz: "
                                       f"{_counted(secs, lines)}; set data.manifest.clip_seconds (longer clips keep "
-                                      "their centre, shorter ones are zero-padded at the end)")]
+                                      "their centre, shorter ones are zero-padded at the end)", SETTING)]
             clip = lengths[0]
         else:
             clip = int(round(st.clip_seconds * st.sample_rate))
@@ -499,7 +501,7 @@ def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None
                 problems.extend(found)
                 if info is not None:
                     files[col].append((line, row[col], info))
-    specs, notes = {}, []
+    specs, notes, warnings = {}, [], []
     for col, found in files.items():
         kinds = {}
         for line, _, info in found:
@@ -514,11 +516,14 @@ def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None
             continue
         if found:  # the sizes of the files read agree (or are named); the others are problems already
             spec, found_problems = _column_spec(col, want.get(col) or next(iter(kinds)), found, st, notes)
+            if settings is None:  # `fdkd data manifest`: no config to set; the run will ask for it
+                warnings += [f"line {p.line}, {p.column}: {p.message}" for p in found_problems if p.needs]
+                found_problems = [p for p in found_problems if not p.needs]
             problems.extend(found_problems)
             if spec is not None:
                 specs[col] = spec
     out = Checked(rows, problems)
-    out.specs, out.notes = specs, notes
+    out.specs, out.notes, out.warnings = specs, notes, warnings
     if rows and not any(p.column == "split" for p in problems):
         out.class_names = sorted({r["label"] for _, r in rows if r.get("label")})
         labels = np.array([out.class_names.index(r["label"]) if r.get("label") else UNLABELLED for _, r in rows],
