@@ -115,7 +115,7 @@ def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest")
     rows, problems, counts = c.rows, c.problems, c.counts()
     if as_json:
         typer.echo(json.dumps({"rows": len(rows), "splits": counts, "problems": [p.__dict__ for p in problems],
-                               "warnings": c.warnings}, indent=2))
+                               "warnings": c.warnings, "notes": c.notes}, indent=2))
     elif problems:
         from rich.table import Table
 
@@ -133,6 +133,8 @@ def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest")
     if not as_json:
         for w in c.warnings:
             console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+        for n in c.notes:  # what a build at these settings changes: resizes, resampling, crops
+            console.print(f"note: {escape(n)}", highlight=False)
     if problems:
         raise typer.Exit(1)
 

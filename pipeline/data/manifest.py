@@ -3,9 +3,18 @@
 A manifest has one row per pair with columns ``teacher`` (file of the teacher's modality),
 ``student`` (file of the student's modality), ``label`` (a class name) and optionally ``split``
 (train/val/test, on every row or on none) and ``group`` (rows with one group value stay in one
-split). Paths are relative to the manifest's folder. Files: WAV audio (PCM 8/16/24/32-bit or
-float, any channel count: mixed to mono), PNG/JPEG images (any mode: ``fdkd.serving.image``).
-CSV may carry a UTF-8 byte-order mark and CRLF line ends.
+split). Paths are relative to the manifest's folder. CSV may carry a UTF-8 byte-order mark and CRLF
+line ends; a header without the required columns is reported with what was read and the delimiter.
+
+Each column holds one kind of data (``fdkd.pipeline.data.kinds``): ``image`` (PNG/JPEG, any mode: grey, or RGB
+when any file has colour), ``depth`` (single-channel 16-bit PNG, every level kept), ``audio`` (WAV, PCM
+8/16/24/32-bit or float, any channel count: mixed to mono, resampled to ``sample_rate``) or ``array``
+(``.npy``, one shape and dtype per column). The config names each column's kind (``teacher_modality``,
+``student_modality``); without a config (``fdkd data manifest``) the files say it (a column of 16-bit grey PNGs
+is depth). Image size and clip length are the files' own when they agree; when they do not, the check names the
+sizes found, with row counts and example lines, and asks for ``image_size`` / ``clip_seconds`` (a problem for a
+run, a warning for the bare check). What the build changes (resizes, resampling, crops, pads) is logged with its
+numbers (``Checked.notes``).
 
 An empty ``label`` cell (JSONL: ``""`` or ``null``) marks an unlabelled pair: allowed in the training
 split only (a val/test row needs its label; without a ``split`` column every unlabelled row, and every
@@ -13,12 +22,13 @@ row sharing a file or group with it, goes to train). Class names come from the l
 dataset file holds -1 (``fdkd.pipeline.data.labels.UNLABELLED``) for an unlabelled row. The teacher trains
 on the labelled training rows, so a manifest with none needs ``teacher.checkpoint`` (``require_labels``).
 
-``check_manifest`` reads every row and every file and returns **all** problems at once, each
-naming the row (the line in the file), the column and the path: missing, unreadable, empty or
-oversized files, unsupported types, wrong sample rates, NaN/Inf samples, wrong JSON types,
-unknown labels, empty labels outside the training split, duplicate rows (a pair given labelled and
+``check_manifest`` reads every row and fully decodes every file and returns **all** problems at once, each
+naming the row (the line in the file), the column and the path: missing, unreadable, corrupt, truncated,
+empty or oversized files, unsupported types, an 8-bit or colour PNG in a depth column, arrays of another
+shape or dtype than the column's, NaN/Inf samples, wrong JSON types, unknown labels, labels differing only
+in case or spacing, empty labels outside the training split, duplicate rows (a pair given labelled and
 unlabelled too), a file given two labels, a partly filled ``split`` column, rows sharing a file split
-apart, splits left empty, classes with no labelled training row, and modality mixes within a column.
+apart, splits left empty, classes with no labelled training row, and kinds mixed within a column.
 ``build`` runs the same checks and writes nothing unless there is no problem.
 """
 
