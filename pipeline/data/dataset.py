@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fdkd.serving.preprocess import AudioFrontend, ImageFrontend, frontend_from_dict
+from fdkd.serving.preprocess import AudioFrontend, Frontend, frontend_from_dict
 
 SPLITS = ("train", "val", "test")
 EXTRA_SPLITS = ("test_unseen_accent",)  # split id 3 onwards: extra evaluation-only splits
@@ -41,7 +41,7 @@ class PairedDataset:
     y: np.ndarray
     split: np.ndarray
     class_names: list[str]
-    frontends: dict[str, AudioFrontend | ImageFrontend]
+    frontends: dict[str, Frontend]
     meta: dict
     path: Path | None = None
     teacher_y: np.ndarray | None = None
