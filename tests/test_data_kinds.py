@@ -354,3 +354,63 @@ def test_fdkd_run_and_serve_on_rgb_with_audio_or_depth(tmp_path, student):
         if student == "depth":  # an 8-bit PNG is refused with the reason
             bad = httpx.post(f"{url}/v1/classify", content=_png(np.zeros((16, 16), np.uint8)), timeout=30)
             assert bad.status_code == 400 and "16-bit single-channel PNG" in bad.text, bad.text
+
+
+# ---- the server's array route, and the image/depth augmenter ------------------------------------------------
+
+def test_an_npy_upload_gets_the_datasets_features_and_a_wrong_one_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from fdkd.serving import protocol
+    from fdkd.serving.upload import preprocess
+
+    path = _manifest(tmp_path, 30, "array")
+    ds = load_dataset(build(ManifestDataConfig(path=path, student_modality="array"), tmp_path / "cache"))
+    m = SimpleNamespace(frontend=ds.frontends["array"])
+    np.testing.assert_array_equal(preprocess(m, (tmp_path / "s7.npy").read_bytes())[0], ds.x["array"][7])
+    for body, text in ((_npy(np.zeros((4, 31), np.float32)), r"shape \(4, 31\), expected \(4, 32\)"),
+                       (_npy(np.zeros((4, 32), np.int64)), "dtype int64, expected float32"),
+                       (b"\x89PNG\r\n\x1a\n", "not a .npy file")):
+        with pytest.raises(protocol.BadRequest, match=text):
+            preprocess(m, body)
+
+
+def _augmenter(fe, x, **cfg):
+    from types import SimpleNamespace
+
+    from fdkd.pipeline.augment import student_augmenter
+    from fdkd.pipeline.config import AudioAugmentConfig, ImageAugmentConfig
+
+    # rows 0..5 train; 6 and 7 (zeros) are the dataset's validation rows
+    full = np.concatenate([x, np.zeros((2, *x.shape[1:]), np.float32)])
+    ds = SimpleNamespace(frontends={"m": fe}, x={"m": full}, indices=lambda s: np.arange(len(x)))
+    return student_augmenter(AudioAugmentConfig(), ds, "m", 7, ImageAugmentConfig(enabled=True, **cfg))
+
+
+def test_image_augmentation_is_seeded_training_only_and_keeps_depth_levels():
+    import torch
+
+    from fdkd.serving.preprocess import DepthFrontend, ImageFrontend
+
+    rng = np.random.default_rng(0)
+    rgb = ImageFrontend(16, 16, 3, 255.0, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    x = rgb(rng.integers(0, 256, (6, 3, 16, 16)))
+    rows = torch.arange(6)
+    a, b = _augmenter(rgb, x), _augmenter(rgb, x)
+    first = a(rows)
+    assert torch.equal(first, b(rows)) and not torch.equal(first, a(rows))  # seeded; each batch draws anew
+    assert (first - torch.from_numpy(x)).abs().mean() > 0.1  # it changes the images
+    pixels = first * torch.tensor(rgb.std)[:, None, None] + torch.tensor(rgb.mean)[:, None, None]
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5  # jitter stays in the pixels' range
+    none = _augmenter(rgb, x, crop_p=0.0, jitter_p=0.0)(rows)
+    np.testing.assert_allclose(none.numpy(), x, atol=1e-4)  # nothing drawn: the images as they were
+    flipped = _augmenter(rgb, x, crop_p=0.0, jitter_p=0.0, hflip_p=1.0)(rows)
+    np.testing.assert_allclose(flipped.numpy(), x[..., ::-1], atol=1e-4)
+    with pytest.raises(KeyError, match="not a training row"):
+        a(torch.tensor([6]))
+    depth = DepthFrontend(16, 16, 0.001, 2.0, 1.5)
+    levels = rng.integers(0, 65536, (6, 1, 16, 16)).astype(np.uint16)
+    d = _augmenter(depth, depth(levels))(rows).numpy()
+    for i in range(6):  # nearest-neighbour: every output level is one of the map's own, no blend invented
+        got = np.round((d[i].astype(np.float64) * 1.5 + 2.0) / 0.001)
+        assert set(got.ravel().tolist()) <= set(levels[i].ravel().astype(float).tolist())
