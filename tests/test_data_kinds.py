@@ -278,6 +278,11 @@ def test_any_pair_of_kinds_builds(tmp_path):
                              "data.manifest.student_modality=audio", f"data.cache_dir={tmp_path}/c"])
     ds = data.load(cfg)
     assert ds.x["array"].shape[1:] == (1, 4, 32) and ds.x["audio"].shape[1:] == (1, 40, 101)
+    with pytest.raises(ManifestError) as e:  # depth files, the config left at image -> audio: one problem, the fix
+        build(ManifestDataConfig(path=depth), tmp_path / "c")
+    assert [str(p) for p in e.value.problems] == [
+        "line 1, student: the student column holds .png files, not audio; set data.manifest.student_modality to the "
+        "column's kind (depth/image)"]
     with pytest.raises(ConfigError, match="both read 'image'"):
         load_config(None, ["data.source=manifest", f"data.manifest.path={small}",
                            "data.manifest.student_modality=image"])

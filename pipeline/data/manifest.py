@@ -46,7 +46,7 @@ import numpy as np
 
 from fdkd import artifacts
 from fdkd.pipeline.data.dataset import SPLITS, encode_meta
-from fdkd.pipeline.data.kinds import ColumnSpec, decode, frontend, kind_of, kinds_of_file
+from fdkd.pipeline.data.kinds import EXTENSIONS, ColumnSpec, decode, frontend, kind_of, kinds_of_file
 from fdkd.pipeline.data.labels import UNLABELLED
 from fdkd.pipeline.data.splits import grouped_split, row_groups
 from fdkd.serving.array import read_npy
@@ -502,7 +502,16 @@ def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None
         problems.append(Problem(1, "", "", "manifest has no rows"))
     root = path.parent
     problems += _row_checks(rows, classes)
-    want = st.kinds or {}
+    want = dict(st.kinds or {})
+    for col, kind in list(want.items()):  # no file of the column can be the configured kind: one problem, not one a row
+        types = {Path(r[col]).suffix.lower() for _, r in rows if r.get(col) and kinds_of_file(r[col])}
+        if types and not any(kind in EXTENSIONS[t] for t in types):
+            setting = "teacher.modality and data.manifest.teacher_modality" if col == "teacher" else \
+                "data.manifest.student_modality"
+            problems.append(Problem(1, col, "", f"the {col} column holds {'/'.join(sorted(types))} files, not {kind}; "
+                                    f"set {setting} to the column's kind "
+                                    f"({'/'.join(sorted({k for t in types for k in EXTENSIONS[t]}))})"))
+            want.pop(col)
     files: dict[str, list[tuple[int, str, FileInfo]]] = {"teacher": [], "student": []}
     for line, row in rows:
         for col in ("teacher", "student"):
