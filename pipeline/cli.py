@@ -99,6 +99,23 @@ def _build_builtin(cfg) -> None:
                   f"{time.perf_counter() - t0:.1f} s)", highlight=False)
 
 
+@data_app.command("webdataset")
+@handles_errors
+def data_webdataset(shards: list[Path] = typer.Argument(..., help="WebDataset .tar shards, in order"),
+                    out: Path = typer.Option(..., help="New folder for the files and manifest.csv"),
+                    teacher: str = typer.Option(..., help="The teacher's member (extension), e.g. jpg"),
+                    student: str = typer.Option(..., help="The student's member (extension), e.g. wav"),
+                    label: str = typer.Option("cls", help="The member holding the class name as text"),
+                    split: str | None = typer.Option(None, help="A member holding train/val/test, if any")):
+    """Unpack a WebDataset shard set into files and a manifest (then check it with `fdkd data manifest`)."""
+    from fdkd.pipeline.data.webdataset import unpack
+
+    path = unpack(shards, out, teacher, student, label, split)
+    rows = len(path.read_text().splitlines()) - 1
+    console.print(f"[green]manifest[/] {escape(str(path))}: {rows} samples from {len(shards)} shard(s)",
+                  highlight=False)
+
+
 @data_app.command("manifest")
 @handles_errors
 def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest"),

@@ -419,3 +419,67 @@ def test_image_augmentation_is_seeded_training_only_and_keeps_depth_levels():
     for i in range(6):  # nearest-neighbour: every output level is one of the map's own, no blend invented
         got = np.round((d[i].astype(np.float64) * 1.5 + 2.0) / 0.001)
         assert set(got.ravel().tolist()) <= set(levels[i].ravel().astype(float).tolist())
+
+
+# ---- a WebDataset shard set as input ------------------------------------------------------------------------
+
+def _shards(folder, n: int = 30, per_shard: int = 12) -> list:
+    """The RGB + 22,050 Hz WAV pairs of ``_manifest`` packed as WebDataset shards: <key>.jpg, <key>.wav, <key>.cls."""
+    import tarfile
+
+    manifest = _manifest(folder / "src", n, "audio")
+    rows = [line.split(",") for line in manifest.read_text().splitlines()[1:]]
+    paths = []
+    for start in range(0, n, per_shard):
+        path = folder / f"shard-{start // per_shard:03d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for k in range(start, min(n, start + per_shard)):
+                t, s, label, split = rows[k]
+                for name, data in ((f"s/{k:04d}.jpg", (folder / "src" / t).read_bytes()),
+                                   (f"s/{k:04d}.wav", (folder / "src" / s).read_bytes()),
+                                   (f"s/{k:04d}.cls", label.encode()), (f"s/{k:04d}.split", split.encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        paths.append(path)
+    return paths
+
+
+def test_a_webdataset_shard_set_unpacks_into_a_manifest_that_builds(tmp_path):
+    shards = _shards(tmp_path)
+    result = CliRunner().invoke(app, ["data", "webdataset", *map(str, shards), "--out", str(tmp_path / "pairs"),
+                                      "--teacher", "jpg", "--student", "wav", "--split", "split"])
+    assert result.exit_code == 0 and "30 samples from 3 shard(s)" in " ".join(result.output.split()), result.output
+    path = tmp_path / "pairs" / "manifest.csv"
+    assert path.read_text().splitlines()[:2] == ["teacher,student,label,split", "s/0000.jpg,s/0000.wav,zero,train"]
+    ds = load_dataset(build(ManifestDataConfig(path=path), tmp_path / "cache"))
+    direct = load_dataset(build(ManifestDataConfig(path=tmp_path / "src" / "m.csv"), tmp_path / "cache"))
+    np.testing.assert_array_equal(ds.x["audio"], direct.x["audio"])  # the same samples as the files themselves
+    np.testing.assert_array_equal(ds.x["image"], direct.x["image"])
+
+
+def test_a_bad_shard_set_names_the_shard_and_sample_and_writes_nothing(tmp_path):
+    import tarfile
+
+    from fdkd.pipeline.data.webdataset import ShardError, unpack
+
+    shards = _shards(tmp_path)
+    raw = shards[1].read_bytes()
+    shards[1].write_bytes(raw[: len(raw) // 2])  # truncated
+    with tarfile.open(shards[2], "a") as tar:  # a sample without its audio, and a key escaping the folder
+        for name in ("s/0099.jpg", "s/0099.cls", "../evil.jpg", "../evil.wav", "../evil.cls", "../evil.split"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"one"))
+    with pytest.raises(ShardError) as e:
+        unpack([*shards, tmp_path / "gone.tar"], tmp_path / "out", "jpg", "wav", split="split")
+    text = str(e.value)
+    assert f"{shards[1]}: unreadable or truncated tar" in text, text
+    assert f"{shards[2]}: sample 's/0099': no student member 'wav', split member 'split' (it has cls, jpg)" in text
+    assert "sample '../evil': the key is not a relative path inside the output folder" in text, text
+    assert f"{tmp_path / 'gone.tar'}: shard not found" in text
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*")) and not (tmp_path.parent / "evil.jpg"
+                                                                                          ).exists()
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FileExistsError, match="nothing is overwritten"):
+        unpack(shards[:1], tmp_path / "out", "jpg", "wav")
