@@ -214,6 +214,7 @@ class FileInfo:
     frames: int = 0  # audio: samples per channel at the file's rate
     shape: tuple[int, ...] | None = None  # array
     dtype: str = ""  # array
+    sixteen_bit_grey: bool = False  # image: a single-channel 16-bit PNG (a depth map read as an image?)
 
 
 def _inspect(root: Path, line: int, column: str, rel: str, want: str | None,
@@ -276,7 +277,7 @@ def _inspect(root: Path, line: int, column: str, rel: str, want: str | None,
         with Image.open(io.BytesIO(raw)) as im:
             rgb = np.asarray(im.convert("RGB"), np.int16)
         grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
-    return FileInfo("image", size=pixels.shape[1:], channels=1 if grey else 3), []
+    return FileInfo("image", size=pixels.shape[1:], channels=1 if grey else 3, sixteen_bit_grey=is_depth_png(raw)), []
 
 
 def _counted(values: list, lines: list[int]) -> str:
@@ -343,6 +344,11 @@ def _column_spec(col: str, kind: str, files: list[tuple[int, str, FileInfo]], st
                          f"{_counted([s for s, _ in changed], [ln for _, ln in changed])}")
         if kind == "depth":
             return ColumnSpec("depth", size=tuple(size), depth_scale=st.depth_scale), []
+        deep = sum(i.sixteen_bit_grey for i in infos)
+        if deep:
+            setting = "data.manifest.student_modality" if col == "student" else "data.manifest.teacher_modality"
+            notes.append(f"{col}: {deep} 16-bit single-channel PNG(s) read as 8-bit images (level / 257); if they "
+                         f"are depth maps, set {setting}=depth to keep every level")
         colours = [i.channels for i in infos]
         channels = st.image_channels or max(colours)
         if channels == 1 and max(colours) == 3:
