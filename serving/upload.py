@@ -22,12 +22,15 @@ from fdkd.serving.preprocess import ArrayFrontend, AudioFrontend, DepthFrontend,
 from fdkd.serving.wav import WavError, read_wav, resample
 
 MAX_FLOAT_PEAK = 1000.0  # 60 dB above full scale: nothing real is louder
-# student modality -> the file types /v1/classify takes for it, as its OpenAPI document lists them
+# student modality's kind (a name's part before "_": image_small is an image) -> the file types /v1/classify takes
+# for it, as its OpenAPI document lists them
 # (fdkd.serving.openapi reads this table: a modality added here is documented there). The server reads the bytes
 # themselves (a WAV; an image in one of fdkd.serving.image.IMAGE_FORMATS), whatever the Content-Type says.
 MEDIA_TYPES = {
     "audio": ("audio/wav", "audio/x-wav", "audio/wave"),
     "image": ("image/png", "image/jpeg", "image/bmp", "image/gif"),
+    "depth": ("image/png",),  # a single-channel 16-bit PNG (fdkd.serving.image.decode_depth)
+    "array": ("application/x-npy", "application/octet-stream"),  # a .npy (fdkd.serving.array)
 }
 MAX_RESAMPLE_SECONDS = 60  # a longer clip at another rate is refused before the filter runs over it
 MESSAGE_LIMIT = 200

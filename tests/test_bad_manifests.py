@@ -354,7 +354,8 @@ def _invoke(args):
 def _run_args(root, manifest, name, *sets):
     base = [f"runs_dir={root}/runs", f"data.cache_dir={root}/data", f"name={name}", "data.source=manifest",
             f"data.manifest.path={manifest}", "data.manifest.image_size=[16,16]", "data.manifest.clip_seconds=1",
-            "threads=1", "teacher.optim.stop=epochs", "distill.optim.stop=epochs", *sets]  # fixed epochs (a manifest's: early)
+            "threads=1", "teacher.optim.stop=epochs", "distill.optim.stop=epochs",  # fixed epochs (a manifest's: early)
+            *sets]
     return ["run", *[a for s in base for a in ("--set", s)]]
 
 
