@@ -1,4 +1,5 @@
-"""On-the-fly audio augmentation for students, computed on the log-mel spectrogram of each batch.
+"""On-the-fly augmentation of a student's training inputs: audio on the log-mel spectrogram of each batch
+(``AudioAugmenter``), images and depth maps on their standardised pixels (``ImageAugmenter``, at the end).
 
 Stage: used by ``fdkd.pipeline.distill`` for an audio student's **training** rows only. Validation
 and test inputs, the teacher's input (so the teacher cache stays valid) and the dataset file are
@@ -38,8 +39,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fdkd.pipeline.config import AudioAugmentConfig
-from fdkd.serving.preprocess import AudioFrontend, hz_to_mel, mel_filterbank, mel_to_hz
+from fdkd.pipeline.config import AudioAugmentConfig, ImageAugmentConfig
+from fdkd.serving.preprocess import AudioFrontend, DepthFrontend, ImageFrontend, hz_to_mel, mel_filterbank, mel_to_hz
 
 
 def _uniform(gen: torch.Generator, n: int, bounds) -> torch.Tensor:
@@ -157,10 +158,87 @@ class AudioAugmenter:
         return x * keep.view(shape)
 
 
-def student_augmenter(cfg: AudioAugmentConfig, ds, modality: str, seed: int) -> AudioAugmenter | None:
-    """The augmenter for a student on ``modality`` of dataset ``ds``, or None (switched off, or not audio)."""
+class ImageAugmenter:
+    """Augmented, standardised image or depth inputs [B, C, H, W] for training rows.
+
+    Per image, from the augmenter's own seeded generator: a random resized crop (``crop_p``; the kept area a
+    fraction ``crop_scale`` of the image, its aspect ``crop_ratio``, placed uniformly, sampled back to the full
+    size), left-right and up-down flips (``hflip_p``, ``vflip_p``: off by default, since a mirrored digit or word
+    is another thing) and, for RGB only, colour jitter (``jitter_p``: brightness, contrast, saturation factors
+    drawn from 1 +- each, on the un-standardised [0, 1] pixels, clamped back into [0, 1]). Depth maps are
+    resampled nearest-neighbour (a blend of a near and a far level is a depth where nothing is), images bilinearly.
+    Rows are dataset row indices; any other row than a training row raises ``KeyError``.
+    """
+
+    def __init__(self, features: np.ndarray, rows: np.ndarray, fe: ImageFrontend | DepthFrontend,
+                 cfg: ImageAugmentConfig, seed: int) -> None:
+        self.x = torch.from_numpy(np.array(features, np.float32, copy=True))
+        self.local = {int(r): i for i, r in enumerate(np.asarray(rows))}
+        if len(self.local) != len(self.x):
+            raise ValueError(f"{len(self.x)} feature rows for {len(self.local)} distinct row indices")
+        self.fe, self.cfg = fe, cfg
+        self.mode = "nearest" if isinstance(fe, DepthFrontend) else "bilinear"
+        self.rgb = isinstance(fe, ImageFrontend) and fe.channels == 3
+        if self.rgb:
+            self.mean = torch.tensor(np.broadcast_to(np.asarray(fe.mean, np.float32).reshape(-1), (3,)).copy())
+            self.std = torch.tensor(np.broadcast_to(np.asarray(fe.std, np.float32).reshape(-1), (3,)).copy())
+        self.gen = torch.Generator().manual_seed(int(seed))
+
+    def _local(self, rows: torch.Tensor) -> torch.Tensor:
+        try:
+            return torch.tensor([self.local[int(r)] for r in rows], dtype=torch.long)
+        except KeyError as e:
+            raise KeyError(f"row {e.args[0]} is not a training row: the augmenter only sees training inputs") from None
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        c, g = self.cfg, self.gen
+        x = self.x[self._local(rows)]
+        n = len(x)
+        # crop: the kept area and aspect per image (log-uniform aspect), as half-extents in [-1, 1] coordinates
+        area = _uniform(g, n, c.crop_scale)
+        ratio = torch.exp(_uniform(g, n, (float(np.log(c.crop_ratio[0])), float(np.log(c.crop_ratio[1])))))
+        cropped = torch.rand(n, generator=g) < c.crop_p
+        sx = torch.where(cropped, torch.sqrt(area * ratio).clamp(max=1.0), torch.ones(n))
+        sy = torch.where(cropped, torch.sqrt(area / ratio).clamp(max=1.0), torch.ones(n))
+        cx = (2 * torch.rand(n, generator=g) - 1) * (1 - sx)
+        cy = (2 * torch.rand(n, generator=g) - 1) * (1 - sy)
+        hflip = torch.where(torch.rand(n, generator=g) < c.hflip_p, -1.0, 1.0)
+        vflip = torch.where(torch.rand(n, generator=g) < c.vflip_p, -1.0, 1.0)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 2] = sx * hflip, cx
+        theta[:, 1, 1], theta[:, 1, 2] = sy * vflip, cy
+        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        x = torch.nn.functional.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False)
+        if self.rgb:
+            x = self._jitter(x)
+        return x.float()
+
+    def _jitter(self, x: torch.Tensor) -> torch.Tensor:
+        c, g, n = self.cfg, self.gen, len(x)
+        on = (torch.rand(n, generator=g) < c.jitter_p)[:, None, None, None]
+        b = _uniform(g, n, (1 - c.brightness, 1 + c.brightness))[:, None, None, None]
+        k = _uniform(g, n, (1 - c.contrast, 1 + c.contrast))[:, None, None, None]
+        s = _uniform(g, n, (1 - c.saturation, 1 + c.saturation))[:, None, None, None]
+        mean, std = self.mean[None, :, None, None], self.std[None, :, None, None]
+        v = x * std + mean  # pixels in [0, 1]
+        j = (v * b).clamp(0, 1)
+        grey = (0.299 * j[:, 0] + 0.587 * j[:, 1] + 0.114 * j[:, 2])[:, None]  # ITU-R 601 luma, as Pillow's "L"
+        j = ((j - grey.mean((2, 3), keepdim=True)) * k + grey.mean((2, 3), keepdim=True)).clamp(0, 1)
+        grey = (0.299 * j[:, 0] + 0.587 * j[:, 1] + 0.114 * j[:, 2])[:, None]
+        j = ((j - grey) * s + grey).clamp(0, 1)
+        return torch.where(on, (j - mean) / std, x)
+
+
+def student_augmenter(cfg: AudioAugmentConfig, ds, modality: str, seed: int,
+                      image_cfg: ImageAugmentConfig | None = None) -> AudioAugmenter | ImageAugmenter | None:
+    """The augmenter for a student on ``modality`` of dataset ``ds``, or None (switched off, or a kind without
+    one: arrays). ``cfg`` is the audio students' settings, ``image_cfg`` the image and depth students'."""
     fe = ds.frontends.get(modality)
+    train = ds.indices("train")
+    if isinstance(fe, (ImageFrontend, DepthFrontend)):
+        if image_cfg is None or not image_cfg.enabled:
+            return None
+        return ImageAugmenter(ds.x[modality][train], train, fe, image_cfg, seed)
     if not cfg.enabled or not isinstance(fe, AudioFrontend):
         return None
-    train = ds.indices("train")
     return AudioAugmenter(ds.x[modality][train], train, fe, cfg, seed)

@@ -99,6 +99,23 @@ def _build_builtin(cfg) -> None:
                   f"{time.perf_counter() - t0:.1f} s)", highlight=False)
 
 
+@data_app.command("webdataset")
+@handles_errors
+def data_webdataset(shards: list[Path] = typer.Argument(..., help="WebDataset .tar shards, in order"),
+                    out: Path = typer.Option(..., help="New folder for the files and manifest.csv"),
+                    teacher: str = typer.Option(..., help="The teacher's member (extension), e.g. jpg"),
+                    student: str = typer.Option(..., help="The student's member (extension), e.g. wav"),
+                    label: str = typer.Option("cls", help="The member holding the class name as text"),
+                    split: str | None = typer.Option(None, help="A member holding train/val/test, if any")):
+    """Unpack a WebDataset shard set into files and a manifest (then check it with `fdkd data manifest`)."""
+    from fdkd.pipeline.data.webdataset import unpack
+
+    path = unpack(shards, out, teacher, student, label, split)
+    rows = len(path.read_text().splitlines()) - 1
+    console.print(f"[green]manifest[/] {escape(str(path))}: {rows} samples from {len(shards)} shard(s)",
+                  highlight=False)
+
+
 @data_app.command("manifest")
 @handles_errors
 def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest"),
@@ -115,7 +132,7 @@ def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest")
     rows, problems, counts = c.rows, c.problems, c.counts()
     if as_json:
         typer.echo(json.dumps({"rows": len(rows), "splits": counts, "problems": [p.__dict__ for p in problems],
-                               "warnings": c.warnings}, indent=2))
+                               "warnings": c.warnings, "notes": c.notes}, indent=2))
     elif problems:
         from rich.table import Table
 
@@ -133,6 +150,8 @@ def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest")
     if not as_json:
         for w in c.warnings:
             console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+        for n in c.notes:  # what a build at these settings changes: resizes, resampling, crops
+            console.print(f"note: {escape(n)}", highlight=False)
     if problems:
         raise typer.Exit(1)
 
@@ -148,14 +167,15 @@ def _run_to(cfg, stage: str | None, force: tuple[str, ...] = ()):
 @handles_errors
 def teacher(config: Path | None = ConfigOpt, sets: list[str] = SetOpt, name: str | None = NameOpt,
             modality: str | None = typer.Option(None, help="Train one more teacher, on this modality "
-                                                   "(image or audio), outside the run's stages")):
+                                                   "(the teacher's or the student's), outside the run's stages")):
     """Train the unimodal teacher on its modality (or check the one given by teacher.checkpoint)."""
     cfg = _config(config, sets, name=name)
     if modality is not None:
         from fdkd.pipeline import teacher as stage
 
-        if modality not in ("image", "audio"):
-            _fail(f"--modality must be image or audio, got {modality!r}")
+        if modality not in (cfg.teacher.modality, cfg.student_modality):
+            _fail(f"--modality must be {cfg.teacher.modality} or {cfg.student_modality} (the run's two inputs), "
+                  f"got {modality!r}")
         path, metrics = stage.run(cfg, modality)
         console.print(f"[green]teacher[/] {path}  {json.dumps(metrics)}", highlight=False)
         return

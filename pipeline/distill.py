@@ -197,7 +197,8 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
         for i, (name, sm, tm, _) in enumerate(plan):
             # a seed per rank and direction: ranks see different rows, and so draw different augmentations;
             # one augmenter per direction, shared by its candidates (each batch augmented once, the same for all)
-            aug = student_augmenter(cfg.distill.augment, ds, sm, seed=(cfg.seed * 100 + i) * 1000 + acc.rank)
+            aug = student_augmenter(cfg.distill.augment, ds, sm, seed=(cfg.seed * 100 + i) * 1000 + acc.rank,
+                                    image_cfg=cfg.distill.image_augment)
             shared = _SharedAugment(aug) if aug is not None else None
             for cname, dcfg in cfg.distill.runs():
                 d, arch, info = _direction(cfg, dcfg, ds, x, teachers, f"{name}:{cname}" if auto_mode else name, sm, tm)

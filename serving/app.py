@@ -270,7 +270,8 @@ def create_app(settings: ServeSettings, runtime_override=None) -> FastAPI:
 
     @app.post("/v1/classify", responses=api_doc.ok(api_doc.CLASSIFY_RESPONSE) | api_doc.errors(400, 415, 500, 503))
     async def classify(request: Request):
-        """Classify one raw student-modality file (WAV for audio students, PNG/JPEG for image students)."""
+        """Classify one raw student-modality file (WAV for audio students, PNG/JPEG for image students, a 16-bit
+        PNG for depth students, a .npy for array students)."""
         headers = _fallback_headers(request)
         body = await request.body()
         if is_multipart(headers.get(b"content-type", b"")):

@@ -106,7 +106,8 @@ def infer_request(facts: dict) -> dict:
 def classify_body(modality: str | None) -> dict:
     """``/v1/classify``'s request body: the served modality's file types (every modality's when unknown), raw or as
     a multipart form holding exactly one file."""
-    types = MEDIA_TYPES.get(modality) or tuple(t for ts in MEDIA_TYPES.values() for t in ts)
+    kind = modality.split("_", 1)[0] if modality else None  # image_small: an image (the two inputs' names differ)
+    types = MEDIA_TYPES.get(kind) or tuple(dict.fromkeys(t for ts in MEDIA_TYPES.values() for t in ts))
     content = {t: {"schema": BINARY} for t in types}
     content["multipart/form-data"] = {"schema": {"type": "object", "required": ["file"],
                                                  "properties": {"file": BINARY}}}

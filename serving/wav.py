@@ -2,7 +2,8 @@
 
 Used by the data manifest check, the dataset loader and the server's raw-audio route, so that
 float WAVs (which may hold NaN) are read the same way everywhere. Python's ``wave`` module
-cannot read float WAVs, hence this file.
+cannot read float WAVs, hence this file. ``resample`` brings a clip to another rate (scipy's polyphase
+filter; scipy is imported only there).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def read_wav(data: bytes) -> Wav:
                 tag = struct.unpack("<H", body[24:26])[0]
             fmt = (tag, channels, rate, bits)
         elif cid == b"data":
+            if len(body) < size and size not in (0, 0xFFFFFFFF):  # 0 / 0xFFFFFFFF: a streaming writer's placeholder
+                raise WavError(f"truncated: the data chunk declares {size} bytes but the file holds {len(body)}")
             payload = body
         pos += 8 + size + (size & 1)
     if fmt is None:
@@ -80,6 +83,21 @@ def read_wav(data: bytes) -> Wav:
         raise WavError(f"unsupported WAV encoding (format tag {tag}, {bits} bits)")
     name = f"pcm{bits}" if tag == 1 else f"float{bits}"
     return Wav(x.reshape(-1, channels), rate, channels, name)
+
+
+def resample(x: np.ndarray, rate_from: int, rate_to: int) -> np.ndarray:
+    """Mono float32 samples from ``rate_from`` to ``rate_to`` Hz with scipy's polyphase filter (``resample_poly``:
+    a Kaiser-windowed FIR anti-aliasing low-pass at the lower rate's Nyquist frequency, up by p, down by q with
+    p/q the reduced rate ratio). Same rate: returned as it is."""
+    x = np.asarray(x, np.float32).reshape(-1)
+    if rate_from == rate_to:
+        return x
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(int(rate_from), int(rate_to))
+    return resample_poly(x, int(rate_to) // g, int(rate_from) // g).astype(np.float32)
 
 
 def write_wav(samples: np.ndarray, sample_rate: int, *, float32: bool = False) -> bytes:

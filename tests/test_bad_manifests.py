@@ -81,7 +81,9 @@ def _audio_case(fmt, channels=1, seconds=1.0):
 
     def check(z, i):
         atol = {"pcm8": 0.01}.get(fmt, 1e-4)
-        np.testing.assert_allclose(z["audio_raw"][i], tone(1, seconds)[:16000], atol=atol)
+        x = tone(1, seconds)
+        start = (len(x) - 16000 + 1) // 2  # a longer clip keeps its centre (AudioFrontend.fit_clip)
+        np.testing.assert_allclose(z["audio_raw"][i], x[start : start + 16000], atol=atol)
     return setup, check
 
 
@@ -115,6 +117,20 @@ def _image_case(mode):
             assert np.abs(got - arr).mean() < 8
         else:
             np.testing.assert_array_equal(got, arr)
+    return setup, check
+
+
+def _resampled_case(rate: int):
+    """A 1 s clip at another rate: resampled to 16 kHz, its tone (450 Hz) kept."""
+    def setup(tmp, rows):
+        _img(tmp)
+        (tmp / "odd.wav").write_bytes(wav_bytes(tone(1, rate=rate), rate))
+        return _csv(tmp, rows, ["odd.png,odd.wav,one"])
+
+    def check(z, i):
+        clip = z["audio_raw"][i].astype(np.float64)
+        assert len(clip) == 16000
+        assert abs(np.argmax(np.abs(np.fft.rfft(clip))) - 450) <= 1  # 1 Hz bins over 1 s
     return setup, check
 
 
@@ -166,6 +182,8 @@ WORKS = {
     "float32-wav": _audio_case("float32"),
     "float64-wav": _audio_case("float64"),
     "long-wav-cropped": _audio_case("pcm16", seconds=30.0),
+    "wav-8khz-resampled": _resampled_case(8000),
+    "wav-44k1-resampled": _resampled_case(44100),
     "png-16bit": _image_case("I;16"),
     "png-rgba": _image_case("RGBA"),
     "png-gray-alpha": _image_case("LA"),
@@ -273,13 +291,12 @@ def _tiny(tmp, rows):
 
 FAILS = {
     "corrupt-wav": (_bad_wav(b"RIFF\x10\x00\x00\x00garbage!" * 3), ODD, "unreadable WAV"),
-    "truncated-wav-frames": (_bad_wav(wav_bytes(tone(1))[:-1]), ODD, "not a whole number of 16-bit frames"),
+    "truncated-wav-frames": (_bad_wav(wav_bytes(tone(1))[:-1]), ODD, "truncated: the data chunk declares 32000 "
+                             "bytes but the file holds 31999"),
     "empty-wav": (_bad_wav(b""), ODD, "empty file"),
     "header-only-wav": (_bad_wav(wav_bytes(np.zeros(0))), ODD, "WAV has no samples"),
     "mulaw-wav": (_bad_wav(wav_bytes(tone(1))[:20] + struct.pack("<H", 7) + wav_bytes(tone(1))[22:]), ODD,
                   "unsupported WAV encoding"),
-    "wav-8khz": (_bad_wav(wav_bytes(tone(1, rate=8000), 8000)), ODD, "sample rate 8000 Hz, expected 16000"),
-    "wav-44k1": (_bad_wav(wav_bytes(tone(1, rate=44100), 44100)), ODD, "sample rate 44100 Hz"),
     "float-wav-unscaled": (_bad_wav(wav_bytes(tone(1) * 32767, fmt="float32")), ODD, "looks unscaled"),
     "nan-wav": (_bad_wav(wav_bytes(np.full(16000, np.nan), fmt="float32")), ODD, "NaN or Inf"),
     "huge-wav": (_huge_wav, ODD, "over the 1 MB limit", ["--max-file-mb", "1"], ["data.manifest.max_file_mb=1"]),
@@ -336,8 +353,9 @@ def _invoke(args):
 
 def _run_args(root, manifest, name, *sets):
     base = [f"runs_dir={root}/runs", f"data.cache_dir={root}/data", f"name={name}", "data.source=manifest",
-            f"data.manifest.path={manifest}", "data.manifest.image_size=[16,16]", "threads=1",
-            "teacher.optim.stop=epochs", "distill.optim.stop=epochs", *sets]  # fixed epochs (a manifest's: early)
+            f"data.manifest.path={manifest}", "data.manifest.image_size=[16,16]", "data.manifest.clip_seconds=1",
+            "threads=1", "teacher.optim.stop=epochs", "distill.optim.stop=epochs",  # fixed epochs (a manifest's: early)
+            *sets]
     return ["run", *[a for s in base for a in ("--set", s)]]
 
 
@@ -372,13 +390,13 @@ def test_odd_but_valid_manifest_works_and_decodes_right(tmp_path, base, case):
     result, out = _invoke(["data", "manifest", path])
     assert result.exit_code == 0 and "no problems" in out, out
     assert ("warning: label 'solo' (1 row(s)) has no test row" in out) == (case == "class-with-one-pair"), out
-    z = np.load(build(ManifestDataConfig(path=path, image_size=(16, 16)), tmp_path / "cache"))
+    z = np.load(build(ManifestDataConfig(path=path, image_size=(16, 16), clip_seconds=1.0), tmp_path / "cache"))
     assert len(z["label"]) == BASE_ROWS + 1
     check(z, BASE_ROWS)
 
 
 def test_fdkd_run_over_every_working_case_at_once(tmp_path, base):
-    """31 pairs (a BOM + CRLF CSV): 16 baseline rows and every odd-but-valid row, one unlabelled; the run finishes."""
+    """33 pairs (a BOM + CRLF CSV): 16 baseline rows and every odd-but-valid row, one unlabelled; the run finishes."""
     rows = base[1][:16]
     extra = []
     for case, (setup, _) in sorted(WORKS.items()):
@@ -408,7 +426,7 @@ def test_fdkd_run_over_every_working_case_at_once(tmp_path, base):
     from fdkd.pipeline.data.dataset import load_dataset
 
     ds = load_dataset(manifest["artifacts"]["dataset"]["path"])
-    assert len(ds.y) == 31
+    assert len(ds.y) == 33
     calib = manifest["artifacts"]["calib.npz"]
     assert calib["samples"] == len(ds.indices("train"))  # fewer training rows than calib_samples: all of them
     assert set(calib["per_class"]) == {"0", "1", "2", "3"}  # the one-pair class is calibrated too

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fdkd.serving.runtime import load_runtime
-from fdkd.serving.wav import write_wav
+from fdkd.serving.wav import resample, write_wav
 from tests.serving_helpers import failed_gate_copy, metric, running_server
 
 SHAPE = [1, 40, 101]
@@ -91,8 +91,12 @@ def test_classify_route_applies_the_manifest_preprocessing(server, served_run, r
     kind = form.headers["content-type"].replace("multipart/form-data", "Multipart/Form-Data")
     r = httpx.post(f"{url}/v1/classify", content=form.read(), headers={"content-type": kind})
     assert r.status_code == 200, r.text
-    r = httpx.post(f"{url}/v1/classify", content=write_wav(np.zeros(8000), 8000))
-    assert r.status_code == 400 and "8000 Hz" in r.json()["error"]
+    # another rate is resampled as the training data was (polyphase filter), up to a length limit
+    wav8k = write_wav(resample(z["audio_raw"][0].astype(np.float32) / 32768.0, 16000, 8000), 8000)
+    r = httpx.post(f"{url}/v1/classify", content=wav8k)
+    assert r.status_code == 200 and r.json()["class_name"] in tiny_dataset.class_names, r.text
+    r = httpx.post(f"{url}/v1/classify", content=write_wav(np.zeros(8000 * 61), 8000))
+    assert r.status_code == 400 and "at most 60 s is resampled" in r.json()["error"]
 
 
 def test_concurrent_requests_get_their_own_rows_and_batches_form(server, runtime):

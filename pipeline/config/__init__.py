@@ -47,6 +47,7 @@ from fdkd.pipeline.config.distill import (
     DKDConfig,
     FDConfig,
     FeatConfig,
+    ImageAugmentConfig,
     KDConfig,
     LabelSmoothingConfig,
     MethodName,
@@ -83,6 +84,7 @@ __all__ = [
     "AutoCandidate",
     "AutoConfig",
     "AudioAugmentConfig",
+    "ImageAugmentConfig",
     "DistillConfig",
     "ExportConfig",
     "QuantizeConfig",
@@ -126,6 +128,13 @@ class RunConfig(_Strict):
         if self.data.source == "manifest" and m is not None and m.teacher_modality != self.teacher.modality:
             raise ValueError(f"teacher.modality is {self.teacher.modality!r} but data.manifest.teacher_modality is "
                              f"{m.teacher_modality!r}; set both to the modality of the manifest's teacher column")
+        if self.data.source != "manifest" and self.teacher.modality not in ("image", "audio"):
+            raise ValueError(f"teacher.modality is {self.teacher.modality!r}, but the built-in data "
+                             f"({self.data.source}) holds image and audio only")
+        if self.student_modality == self.teacher.modality:
+            raise ValueError(f"the teacher and the student both read {self.teacher.modality!r}; give the student's "
+                             "input its own name in data.manifest.student_modality (a kind with a suffix, e.g. "
+                             f"{self.teacher.modality.split('_')[0]}_student)")
         return self
 
     @property
@@ -134,6 +143,10 @@ class RunConfig(_Strict):
 
     @property
     def student_modality(self) -> Modality:
+        """The manifest's ``student_modality`` where it names one, else the other of image and audio."""
+        m = self.data.manifest
+        if self.data.source == "manifest" and m is not None and m.student_modality is not None:
+            return m.student_modality
         return "audio" if self.teacher.modality == "image" else "image"
 
 
@@ -181,6 +194,7 @@ def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...]
     for o in overrides:
         apply_override(tree, o)
     _drop_simulated_labels(tree, file_source, overrides)
+    _manifest_run_name(tree, file_source, overrides)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
@@ -204,6 +218,20 @@ def _drop_simulated_labels(tree: dict, file_source, overrides) -> None:
     for key in SOURCE_BOUND_KEYS:
         if f"data.{key}" not in set_by_override:
             data.pop(key, None)
+
+
+def _manifest_run_name(tree: dict, file_source, overrides) -> None:
+    """A run switched to a manifest by an override gets its own name, ``manifest-<manifest file stem>``, unless
+    ``name`` is set too: the config file's name belongs to its own data, and keeping it would put the user's run
+    in (and overwrite) the built-in run's directory."""
+    data = tree.get("data")
+    if not isinstance(data, dict) or data.get("source") != "manifest" or file_source == "manifest":
+        return
+    if "name" in {o.split("=", 1)[0].strip() for o in overrides}:
+        return
+    path = data.get("manifest", {}).get("path") if isinstance(data.get("manifest"), dict) else None
+    if isinstance(path, str) and path:
+        tree["name"] = f"manifest-{Path(path).stem}"
 
 
 def config_to_dict(cfg: BaseModel) -> dict:

@@ -6,11 +6,24 @@ that names the key (``ConfigError``, raised by ``fdkd.pipeline.config.load_confi
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
-Modality = Literal["image", "audio"]
+KINDS = ("image", "depth", "audio", "array")  # the kinds of data (fdkd.pipeline.data.kinds)
+
+
+def _modality(v: str) -> str:
+    """A kind, optionally with ``_suffix`` to tell two inputs of one kind apart (``image_small``)."""
+    if not re.fullmatch(r"[a-z]+(_[a-z0-9]+)?", v) or v.split("_", 1)[0] not in KINDS:
+        raise ValueError(f"a modality is one of {', '.join(KINDS)}, optionally with a suffix that tells two inputs "
+                         f"of one kind apart (image_small); got {v!r}")
+    return v
+
+
+# the name of one input of a pair: the key of its features in the dataset and of its teacher file
+Modality = Annotated[str, AfterValidator(_modality)]
 
 
 class ConfigError(ValueError):

@@ -83,14 +83,23 @@ class AVBlendConfig(_SpokenDigitsConfig):
 
 
 class ManifestDataConfig(_Strict):
-    """User data: a CSV/JSONL manifest of paired files (see ``fdkd data manifest``)."""
+    """User data: a CSV/JSONL manifest of paired files (see ``fdkd data manifest``).
+
+    The modalities name the kind each column holds (``image``, ``depth``, ``audio``, ``array``; a suffix tells two
+    columns of one kind apart: ``image_small``); the files must agree. Sizes left unset (None) are the files' own
+    when every file of the column agrees; when they do not, the data check names the sizes found and asks for
+    the setting. A resize, crop or pad that changes the data is logged with its numbers.
+    """
 
     path: Path
     teacher_modality: Modality = "image"
-    image_size: tuple[int, int] = (32, 32)
-    image_channels: Literal[1, 3] = 1
-    sample_rate: int = 16000
-    clip_seconds: float = 1.0
+    student_modality: Modality | None = None  # None: audio for an image teacher, else image
+    image_size: tuple[int, int] | None = None  # (height, width) of every image and depth column; None: the files'
+    student_image_size: tuple[int, int] | None = None  # the student column's own, where it differs (image -> image)
+    image_channels: Literal[1, 3] | None = None  # None: 1 if every image is grey, else 3 (grey files repeated)
+    sample_rate: int = Field(16000, ge=1000)  # every WAV is resampled to it (polyphase filter)
+    clip_seconds: float | None = Field(None, gt=0)  # None: the clips' own length when they all agree
+    depth_scale: float = Field(0.001, gt=0)  # metres per 16-bit depth level (0.001: millimetres)
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # when the manifest has no split column
     seed: int = 0
     max_file_mb: float = Field(64.0, gt=0)  # larger files are a manifest problem, never read

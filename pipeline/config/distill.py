@@ -190,6 +190,34 @@ class AudioAugmentConfig(_Strict):
         return v
 
 
+class ImageAugmentConfig(_Strict):
+    """On-the-fly augmentation of an image or depth student's training inputs (pipeline/augment.py): a random
+    resized crop, flips, and (RGB only) colour jitter. Off by default: the built-in image students (digits, where
+    a mirror changes the class) have not been measured with it. Never applied to validation/test inputs or to the
+    teacher.
+    """
+
+    enabled: bool = False
+    crop_p: float = Field(0.8, ge=0, le=1)
+    crop_scale: tuple[float, float] = (0.6, 1.0)  # fraction of the image's area the crop keeps
+    crop_ratio: tuple[float, float] = (0.75, 1.3333)  # width / height of the crop (relative to the image's)
+    hflip_p: float = Field(0.0, ge=0, le=1)  # left-right mirror: only where the data allows it (not digits, text)
+    vflip_p: float = Field(0.0, ge=0, le=1)
+    jitter_p: float = Field(0.8, ge=0, le=1)  # RGB only: depth and grey inputs get crops and flips alone
+    brightness: float = Field(0.2, ge=0, lt=1)  # factor drawn from 1 +- this
+    contrast: float = Field(0.2, ge=0, lt=1)
+    saturation: float = Field(0.2, ge=0, lt=1)
+
+    _ranges = field_validator("crop_scale", "crop_ratio")(staticmethod(_ordered))
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _positive(cls, v):
+        if v[0] <= 0:
+            raise ValueError(f"must be positive, got {v}")
+        return v
+
+
 class DistillConfig(_Strict):
     method: DistillMethod = "auto"  # auto: the best of auto.candidates on validation (see AutoConfig)
     bidirectional: bool = False
@@ -212,6 +240,7 @@ class DistillConfig(_Strict):
     pseudo: PseudoConfig = PseudoConfig()
     self_training: SelfTrainingConfig = SelfTrainingConfig()
     augment: AudioAugmentConfig = AudioAugmentConfig()  # audio students only
+    image_augment: ImageAugmentConfig = ImageAugmentConfig()  # image and depth students only
 
     @model_validator(mode="after")
     def _candidates_valid(self):

@@ -22,7 +22,7 @@ def prepare(cfg: RunConfig, progress=None) -> Path:
         return avblend.build(cfg.data.avblend, cfg.data.cache_dir, progress=progress)
     from fdkd.pipeline.data import manifest
 
-    path = manifest.build(cfg.data.manifest, cfg.data.cache_dir)
+    path = manifest.build(cfg.data.manifest, cfg.data.cache_dir, cfg.student_modality)
     require_labels(cfg, path)
     return path
 

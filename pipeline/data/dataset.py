@@ -1,7 +1,8 @@
 """The in-memory paired dataset every training stage consumes, and its on-disk form.
 
 A dataset file (``.npz``, written by ``fdkd.pipeline.data.avdigits`` or ``fdkd.pipeline.data.manifest``)
-holds raw pixels and raw waveforms, labels, splits and a JSON ``meta`` record. Loading fits the
+holds ``<modality>_raw`` per input (raw pixels, depth levels, waveforms or arrays: one per key of
+``meta["frontends"]``), labels, splits and a JSON ``meta`` record. Loading fits the
 frontends' standardisation on the training split and computes the features with
 ``fdkd.serving.preprocess`` (the exact numpy code the server runs).
 
@@ -19,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fdkd.serving.preprocess import AudioFrontend, ImageFrontend, frontend_from_dict
+from fdkd.serving.preprocess import AudioFrontend, Frontend, frontend_from_dict
 
 SPLITS = ("train", "val", "test")
 EXTRA_SPLITS = ("test_unseen_accent",)  # split id 3 onwards: extra evaluation-only splits
 ALL_SPLITS = SPLITS + EXTRA_SPLITS
-MODALITIES = ("image", "audio")
+MODALITIES = ("image", "audio")  # the built-in sources' two inputs; a manifest's are its config's modalities
 
 
 @dataclass
@@ -40,7 +41,7 @@ class PairedDataset:
     y: np.ndarray
     split: np.ndarray
     class_names: list[str]
-    frontends: dict[str, AudioFrontend | ImageFrontend]
+    frontends: dict[str, Frontend]
     meta: dict
     path: Path | None = None
     teacher_y: np.ndarray | None = None
@@ -136,7 +137,7 @@ def _read(path: Path) -> PairedDataset:
     try:
         z = np.load(path, allow_pickle=False)
         meta = json.loads(bytes(z["meta"]).decode())
-        raw = {"image": z["image_raw"], "audio": z["audio_raw"]}
+        raw = {m: z[f"{m}_raw"] for m in meta["frontends"]}
         y, split = z["label"].astype(np.int64), z["split"].astype(np.int8)
     except (OSError, KeyError, ValueError) as e:
         raise ValueError(f"dataset file {path} is unreadable or incomplete: {e}") from None
@@ -144,18 +145,17 @@ def _read(path: Path) -> PairedDataset:
     if not train.any():
         raise ValueError(f"dataset file {path} has no training rows")
     x, frontends = {}, {}
-    for m in MODALITIES:
+    for m in meta["frontends"]:
         fe = frontend_from_dict(meta["frontends"][m])
         if isinstance(fe, AudioFrontend):
             waves = raw[m].astype(np.float32)
             if raw[m].dtype == np.int16:
                 waves /= 32768.0
-            logmel = fe.logmel(waves)
+            logmel = fe.logmel(waves)  # once for every row: the training rows' statistics come from the same array
             fe = dataclasses.replace(fe, mean=float(logmel[train].mean()), std=float(logmel[train].std() + 1e-8))
             x[m] = ((logmel - fe.mean) / fe.std)[:, None].astype(np.float32)
-        else:
-            scaled = raw[m].astype(np.float32) / fe.max_value
-            fe = dataclasses.replace(fe, mean=float(scaled[train].mean()), std=float(scaled[train].std() + 1e-8))
+        else:  # image (per channel), depth (metres), array (per channel)
+            fe = fe.fitted(raw[m][train])
             x[m] = fe(raw[m])
         frontends[m] = fe
     return PairedDataset(x, y, split, list(meta["class_names"]), frontends, meta, path)

@@ -3,9 +3,18 @@
 A manifest has one row per pair with columns ``teacher`` (file of the teacher's modality),
 ``student`` (file of the student's modality), ``label`` (a class name) and optionally ``split``
 (train/val/test, on every row or on none) and ``group`` (rows with one group value stay in one
-split). Paths are relative to the manifest's folder. Files: WAV audio (PCM 8/16/24/32-bit or
-float, any channel count: mixed to mono), PNG/JPEG images (any mode: ``fdkd.serving.image``).
-CSV may carry a UTF-8 byte-order mark and CRLF line ends.
+split). Paths are relative to the manifest's folder. CSV may carry a UTF-8 byte-order mark and CRLF
+line ends; a header without the required columns is reported with what was read and the delimiter.
+
+Each column holds one kind of data (``fdkd.pipeline.data.kinds``): ``image`` (PNG/JPEG, any mode: grey, or RGB
+when any file has colour), ``depth`` (single-channel 16-bit PNG, every level kept), ``audio`` (WAV, PCM
+8/16/24/32-bit or float, any channel count: mixed to mono, resampled to ``sample_rate``) or ``array``
+(``.npy``, one shape and dtype per column). The config names each column's kind (``teacher_modality``,
+``student_modality``); without a config (``fdkd data manifest``) the files say it (a column of 16-bit grey PNGs
+is depth). Image size and clip length are the files' own when they agree; when they do not, the check names the
+sizes found, with row counts and example lines, and asks for ``image_size`` / ``clip_seconds`` (a problem for a
+run, a warning for the bare check). What the build changes (resizes, resampling, crops, pads) is logged with its
+numbers (``Checked.notes``).
 
 An empty ``label`` cell (JSONL: ``""`` or ``null``) marks an unlabelled pair: allowed in the training
 split only (a val/test row needs its label; without a ``split`` column every unlabelled row, and every
@@ -13,18 +22,21 @@ row sharing a file or group with it, goes to train). Class names come from the l
 dataset file holds -1 (``fdkd.pipeline.data.labels.UNLABELLED``) for an unlabelled row. The teacher trains
 on the labelled training rows, so a manifest with none needs ``teacher.checkpoint`` (``require_labels``).
 
-``check_manifest`` reads every row and every file and returns **all** problems at once, each
-naming the row (the line in the file), the column and the path: missing, unreadable, empty or
-oversized files, unsupported types, wrong sample rates, NaN/Inf samples, wrong JSON types,
-unknown labels, empty labels outside the training split, duplicate rows (a pair given labelled and
+``check_manifest`` reads every row and fully decodes every file and returns **all** problems at once, each
+naming the row (the line in the file), the column and the path: missing, unreadable, corrupt, truncated,
+empty or oversized files, unsupported types, an 8-bit or colour PNG in a depth column, arrays of another
+shape or dtype than the column's, NaN/Inf samples, wrong JSON types, unknown labels, labels differing only
+in case or spacing, empty labels outside the training split, duplicate rows (a pair given labelled and
 unlabelled too), a file given two labels, a partly filled ``split`` column, rows sharing a file split
-apart, splits left empty, classes with no labelled training row, and modality mixes within a column.
+apart, splits left empty, classes with no labelled training row, and kinds mixed within a column.
 ``build`` runs the same checks and writes nothing unless there is no problem.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -34,22 +46,23 @@ import numpy as np
 
 from fdkd import artifacts
 from fdkd.pipeline.data.dataset import SPLITS, encode_meta
+from fdkd.pipeline.data.kinds import EXTENSIONS, ColumnSpec, decode, frontend, kind_of, kinds_of_file
 from fdkd.pipeline.data.labels import UNLABELLED
 from fdkd.pipeline.data.splits import grouped_split, row_groups
-from fdkd.serving.image import ImageError, decode_image
-from fdkd.serving.preprocess import AudioFrontend, ImageFrontend
+from fdkd.serving.array import read_npy
+from fdkd.serving.image import ImageError, decode_depth, decode_image, image_info, is_depth_png
+from fdkd.serving.preprocess import array_feature_shape
 from fdkd.serving.wav import WavError, read_wav
 
 log = logging.getLogger(__name__)
-BUILDER_VERSION = 3  # 2: grouped splits, shared image decoder; 3: empty label cells are unlabelled (-1)
+BUILDER_VERSION = 4  # 2: grouped splits, shared image decoder; 3: empty label cells are unlabelled (-1); 4: kinds
 COLUMNS = ("teacher", "student", "label")
 OPTIONAL = ("split", "group")
-AUDIO_EXT = {".wav"}
-IMAGE_EXT = {".png", ".jpg", ".jpeg"}
 DEFAULT_MAX_FILE_MB = 64.0
 FLOAT_WAV_LIMIT = 4.0  # float WAVs are [-1, 1]; a little overshoot is normal, thousands mean unscaled PCM values
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 NO_TRAINING_LABEL = "no training row is labelled"
+SETTING = "setting"
 
 
 class ManifestError(ValueError):
@@ -67,6 +80,7 @@ class Problem:
     column: str
     path: str
     message: str
+    needs: str = ""  # SETTING: the files are fine, the run needs a setting (a warning where no config is at hand)
 
     def __str__(self) -> str:
         where = f"line {self.line}" + (f", {self.column}" if self.column else "")
@@ -75,11 +89,12 @@ class Problem:
 
 @dataclass
 class Checked:
-    """What ``check`` found: rows, problems, and (with ``decode``) every row's decoded files and split."""
+    """What ``check`` found: rows, problems, each column's decoding settings, the split."""
 
     rows: list[tuple[int, dict]]
     problems: list[Problem]
-    values: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)  # (row index, column) -> array
+    specs: dict[str, ColumnSpec] = field(default_factory=dict)  # column -> its kind and sizes
+    notes: list[str] = field(default_factory=list)  # resizes, resampling, crops: what the build changes, in numbers
     split: np.ndarray | None = None
     class_names: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # fine to run, but worth knowing
@@ -95,11 +110,6 @@ class Checked:
             lab = int((idx & (self.labels >= 0)).sum())
             out[name] = {"rows": int(idx.sum()), "labelled": lab, "unlabelled": int(idx.sum()) - lab}
         return out
-
-
-def modality_of(path: str) -> str | None:
-    ext = Path(path).suffix.lower()
-    return "audio" if ext in AUDIO_EXT else "image" if ext in IMAGE_EXT else None
 
 
 def _lines_text(lines: list[int], limit: int = 8) -> str:
@@ -121,6 +131,21 @@ def _jsonl_row(line: int, obj: dict) -> tuple[dict, list[Problem]]:
             problems.append(Problem(line, k, "", f"must be {want}, got {type(v).__name__} {json.dumps(v)[:40]}"))
             row[k] = ""
     return row, problems
+
+
+def _header_hint(header: list[str]) -> str:
+    """What was read as the header, and the likely cause: another delimiter, or columns of other names."""
+    read = ", ".join(repr(h) for h in header[:8]) + (" ..." if len(header) > 8 else "")
+    hint = f" (read {len(header)} column(s) with the delimiter ',': {read}"
+    others = [d for d in (";", "\t", "|") if any(d in h for h in header)]
+    if others:
+        return hint + f"; the header holds {others[0]!r}: fdkd reads comma-separated CSV, so save it with commas)"
+    return hint + f"; the columns must be named {', '.join(COLUMNS)}, with optional {', '.join(OPTIONAL)})"
+
+
+def label_key(label: str) -> str:
+    """Labels equal up to case and spacing share a key (``' Zero'``, ``'zero'``, ``'ZERO '``)."""
+    return " ".join(label.split()).casefold()
 
 
 def read_rows(path: Path) -> tuple[list[tuple[int, dict]], list[Problem]]:
@@ -163,7 +188,8 @@ def read_rows(path: Path) -> tuple[list[tuple[int, dict]], list[Problem]]:
         header = [h.strip() for h in next(reader, [])]
         missing = [c for c in COLUMNS if c not in header]
         if missing:
-            return [], [Problem(1, c, "", "required column is missing from the header") for c in missing]
+            return [], [Problem(1, c, "", f"required column is missing from the header{_header_hint(header)}")
+                        for c in missing]
         for fields in reader:
             line = reader.line_num
             if not any(f.strip() for f in fields):
@@ -177,35 +203,51 @@ def read_rows(path: Path) -> tuple[list[tuple[int, dict]], list[Problem]]:
     return rows, problems
 
 
-def _check_file(root: Path, line: int, column: str, rel: str, sample_rate: int, max_bytes: float,
-                decode: tuple[AudioFrontend, ImageFrontend] | None) -> tuple[str | None, list[Problem], object]:
+@dataclass(frozen=True)
+class FileInfo:
+    """What reading one file found: its kind and the sizes the column must agree on."""
+
+    kind: str  # image, depth (a single-channel 16-bit PNG), audio, array
+    size: tuple[int, int] | None = None  # image/depth (height, width), after EXIF orientation
+    channels: int = 1  # image: 1 grey, 3 colour
+    rate: int = 0  # audio: the file's sample rate
+    frames: int = 0  # audio: samples per channel at the file's rate
+    shape: tuple[int, ...] | None = None  # array
+    dtype: str = ""  # array
+    sixteen_bit_grey: bool = False  # image: a single-channel 16-bit PNG (a depth map read as an image?)
+
+
+def _inspect(root: Path, line: int, column: str, rel: str, want: str | None,
+             max_bytes: float) -> tuple[FileInfo | None, list[Problem]]:
+    """Read and fully decode one file (so a corrupt one is found here, by row); ``want`` is the column's kind
+    when the config names it (an image column wanting depth decodes as depth)."""
     if not rel:
-        return None, [Problem(line, column, "", "no file given")], None
+        return None, [Problem(line, column, "", "no file given")]
     path = root / rel
-    kind = modality_of(rel)
-    if kind is None:
-        return None, [Problem(line, column, rel, "unsupported file type (want .wav, .png, .jpg, .jpeg)")], None
+    can = kinds_of_file(rel)
+    if not can:
+        return None, [Problem(line, column, rel, "unsupported file type (want .wav, .png, .jpg, .jpeg, .npy)")]
+    if want is not None and want not in can:
+        return None, [Problem(line, column, rel, f"column mixes modalities: a {Path(rel).suffix} file "
+                              f"({'/'.join(can)}) in the {want} column; every file of a column is of its kind")]
     if not path.is_file():
-        return kind, [Problem(line, column, rel, "file not found")], None
+        return None, [Problem(line, column, rel, "file not found")]
     try:
         size = path.stat().st_size
         if size > max_bytes:
-            return kind, [Problem(line, column, rel, f"file is {size / 2**20:.1f} MB, over the "
-                                  f"{max_bytes / 2**20:g} MB limit (data.manifest.max_file_mb)")], None
+            return None, [Problem(line, column, rel, f"file is {size / 2**20:.1f} MB, over the "
+                                  f"{max_bytes / 2**20:g} MB limit (data.manifest.max_file_mb)")]
         raw = path.read_bytes()
     except OSError as e:
-        return kind, [Problem(line, column, rel, f"unreadable: {e.strerror}")], None
+        return None, [Problem(line, column, rel, f"unreadable: {e.strerror}")]
     if not raw:
-        return kind, [Problem(line, column, rel, "empty file")], None
-    if kind == "audio":
+        return None, [Problem(line, column, rel, "empty file")]
+    if can == ("audio",):
         try:
             wav = read_wav(raw)
         except WavError as e:
-            return kind, [Problem(line, column, rel, f"unreadable WAV: {e}")], None
+            return None, [Problem(line, column, rel, f"unreadable WAV: {e}")]
         problems = []
-        if wav.sample_rate != sample_rate:
-            problems.append(Problem(line, column, rel, f"sample rate {wav.sample_rate} Hz, expected {sample_rate} "
-                                    "(resample the file or set data.manifest.sample_rate)"))
         if wav.samples.size == 0:
             problems.append(Problem(line, column, rel, "WAV has no samples"))
         elif not np.isfinite(wav.samples).all():
@@ -213,16 +255,144 @@ def _check_file(root: Path, line: int, column: str, rel: str, sample_rate: int, 
         elif wav.format.startswith("float") and np.abs(wav.samples).max() > FLOAT_WAV_LIMIT:
             problems.append(Problem(line, column, rel, f"float WAV samples reach {np.abs(wav.samples).max():.4g}; "
                                     "float WAVs hold samples in [-1, 1] (this one looks unscaled)"))
-        value = decode[0].fit_clip(wav.mono()) if decode and not problems else None
-        return kind, problems, value
+        return (None if problems else FileInfo("audio", rate=wav.sample_rate, frames=len(wav.samples))), problems
+    if can == ("array",):
+        try:
+            arr = read_npy(raw)
+            array_feature_shape(arr.shape)
+        except ValueError as e:  # ArrayError, or more axes than the encoders take
+            return None, [Problem(line, column, rel, str(e))]
+        return FileInfo("array", shape=tuple(arr.shape), dtype=arr.dtype.name), []
     try:
-        if decode:
-            ife = decode[1]
-            return kind, [], decode_image(raw, ife.channels, (ife.height, ife.width))
-        decode_image(raw)
+        if want == "depth" or (want is None and is_depth_png(raw)):
+            return FileInfo("depth", size=decode_depth(raw).shape[1:]), []
+        pixels = decode_image(raw, 1)  # first: the decoder's limits (pixels, PNG metadata) before anything else
+        mode, _, _ = image_info(raw)
     except ImageError as e:
-        return kind, [Problem(line, column, rel, str(e))], None
-    return kind, [], None
+        return None, [Problem(line, column, rel, str(e))]
+    grey = mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
+    if mode == "P":  # a palette of greys is grey
+        from PIL import Image
+
+        with Image.open(io.BytesIO(raw)) as im:
+            rgb = np.asarray(im.convert("RGB"), np.int16)
+        grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+    return FileInfo("image", size=pixels.shape[1:], channels=1 if grey else 3, sixteen_bit_grey=is_depth_png(raw)), []
+
+
+def _counted(values: list, lines: list[int]) -> str:
+    """'32x32 (40 rows, e.g. lines 2, 3, 5), 48x64 (3 rows, e.g. line 7)': each value, its rows and examples."""
+    by: dict = {}
+    for v, line in zip(values, lines, strict=True):
+        by.setdefault(v, []).append(line)
+    parts = []
+    for v, ls in sorted(by.items(), key=lambda kv: -len(kv[1])):
+        shown = f"line{'s' if len(ls) > 1 else ''} {_lines_text(ls, 3)}"
+        parts.append(f"{_fmt(v)} ({len(ls)} row{'s' if len(ls) > 1 else ''}, e.g. {shown})")
+    return ", ".join(parts)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, tuple) and len(v) == 2 and all(isinstance(i, int) for i in v):
+        return f"{v[0]}x{v[1]}"
+    return str(v)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The manifest settings the data check resolves against the files (None: take the files' own)."""
+
+    sample_rate: int = 16000
+    image_size: tuple[int, int] | None = None
+    student_image_size: tuple[int, int] | None = None
+    image_channels: int | None = None
+    clip_seconds: float | None = None
+    depth_scale: float = 0.001
+    kinds: dict[str, str] | None = None  # column -> kind, when the config names them
+
+    @classmethod
+    def of(cls, mcfg, student_modality: str | None = None) -> Settings:
+        sm = student_modality or mcfg.student_modality or ("audio" if mcfg.teacher_modality == "image" else "image")
+        return cls(mcfg.sample_rate, mcfg.image_size, mcfg.student_image_size, mcfg.image_channels,
+                   mcfg.clip_seconds, mcfg.depth_scale, {"teacher": kind_of(mcfg.teacher_modality),
+                                                         "student": kind_of(sm)})
+
+
+def _column_spec(col: str, kind: str, files: list[tuple[int, str, FileInfo]], st: Settings,
+                 notes: list[str]) -> tuple[ColumnSpec | None, list[Problem]]:
+    """One column's decoding settings from its files (line, path, info) and the config; problems where they do not
+    agree."""
+    if not files:
+        return None, []
+    lines = [ln for ln, _, _ in files]
+    infos = [i for _, _, i in files]
+    first = lines[0]
+    if kind in ("image", "depth"):
+        size = st.student_image_size if col == "student" and st.student_image_size else st.image_size
+        sizes = [i.size for i in infos]
+        setting = "data.manifest.student_image_size" if col == "student" else "data.manifest.image_size"
+        if size is None:
+            if len(set(sizes)) > 1:
+                return None, [Problem(first, col, "", f"{kind} files differ in size (height x width): "
+                                      f"{_counted(sizes, lines)}; set {setting} to [height, width] to resize every "
+                                      "file to one size", SETTING)]
+            size = sizes[0]
+        changed = [(s, ln) for s, ln in zip(sizes, lines, strict=True) if s != tuple(size)]
+        if changed:
+            notes.append(f"{col}: {len(changed)} of {len(sizes)} {kind} files resized to {_fmt(tuple(size))} "
+                         f"({'nearest-neighbour' if kind == 'depth' else 'bilinear'}): "
+                         f"{_counted([s for s, _ in changed], [ln for _, ln in changed])}")
+        if kind == "depth":
+            return ColumnSpec("depth", size=tuple(size), depth_scale=st.depth_scale), []
+        deep = sum(i.sixteen_bit_grey for i in infos)
+        if deep:
+            setting = "data.manifest.student_modality" if col == "student" else "data.manifest.teacher_modality"
+            notes.append(f"{col}: {deep} 16-bit single-channel PNG(s) read as 8-bit images (level / 257); if they "
+                         f"are depth maps, set {setting}=depth to keep every level")
+        colours = [i.channels for i in infos]
+        channels = st.image_channels or max(colours)
+        if channels == 1 and max(colours) == 3:
+            notes.append(f"{col}: {colours.count(3)} colour image(s) become grey (data.manifest.image_channels=1)")
+        elif channels == 3 and min(colours) == 1:
+            notes.append(f"{col}: {colours.count(1)} grey image(s) repeated into 3 channels (the column also holds "
+                         "colour images)")
+        return ColumnSpec("image", size=tuple(size), channels=channels), []
+    if kind == "audio":
+        rates = [i.rate for i in infos]
+        lengths = [int(np.ceil(i.frames * st.sample_rate / i.rate)) for i in infos]  # resample_poly's length
+        if st.clip_seconds is None:
+            if len(set(lengths)) > 1:
+                secs = [f"{n / st.sample_rate:.3f} s" for n in lengths]
+                return None, [Problem(first, col, "", f"clips differ in length at {st.sample_rate} Hz: "
+                                      f"{_counted(secs, lines)}; set data.manifest.clip_seconds (longer clips keep "
+                                      "their centre, shorter ones are zero-padded at the end)", SETTING)]
+            clip = lengths[0]
+        else:
+            clip = int(round(st.clip_seconds * st.sample_rate))
+        other = [(r, ln) for r, ln in zip(rates, lines, strict=True) if r != st.sample_rate]
+        if other:
+            notes.append(f"{col}: {len(other)} of {len(rates)} clips resampled to {st.sample_rate} Hz (polyphase "
+                         f"filter) from {_counted([r for r, _ in other], [ln for _, ln in other])}")
+        longer, shorter = sum(n > clip for n in lengths), sum(n < clip for n in lengths)
+        if longer or shorter:
+            notes.append(f"{col}: clip length {clip / st.sample_rate:g} s ({clip} samples): {longer} longer clip(s) "
+                         f"cut to their centre, {shorter} shorter one(s) zero-padded at the end")
+        return ColumnSpec("audio", sample_rate=st.sample_rate, clip_samples=clip), []
+    shapes = [i.shape for i in infos]
+    dtypes = [i.dtype for i in infos]
+    problems = []
+    for name, values in (("shape", shapes), ("dtype", dtypes)):
+        want = max(set(values), key=lambda v: (values.count(v), -values.index(v)))
+        for v, (line, rel, _) in zip(values, files, strict=True):
+            if v != want:
+                problems.append(Problem(line, col, rel, f"array {name} {v}, but {values.count(want)} other "
+                                        f"row(s) of the column hold {want}; every array of a column has one "
+                                        f"{name}"))
+        if name == "shape":
+            shape = want
+        else:
+            dtype = want
+    return (None if problems else ColumnSpec("array", shape=shape, dtype=dtype)), problems
 
 
 def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None) -> list[Problem]:
@@ -262,6 +432,15 @@ def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None) -> list
             first = file_labels.setdefault((col, f), (label, line))
             if first[0] != label:
                 problems.append(Problem(line, col, f, f"labelled {label!r} here but {first[0]!r} on line {first[1]}"))
+    spelled: dict[str, tuple[str, int]] = {}  # label_key -> (first spelling, its line)
+    for line, row in rows:
+        label = row.get("label", "")
+        if not label:
+            continue
+        first, first_line = spelled.setdefault(label_key(label), (label, line))
+        if first != label:
+            problems.append(Problem(line, "label", "", f"label {label!r} differs from {first!r} (line {first_line}) "
+                                    "only in case or spacing; write one spelling (they would be two classes)"))
     given = [line for line, r in rows if r.get("split")]
     blank = [line for line, r in rows if not r.get("split")]
     train_labels = {r.get("label", "") for _, r in rows if r.get("split") == "train"} - {""}
@@ -319,33 +498,57 @@ def _split_checks(rows: list[tuple[int, dict]], labels: np.ndarray, class_names:
 
 def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None, *,
           fractions=DEFAULT_FRACTIONS, seed: int = 0, max_file_mb: float = DEFAULT_MAX_FILE_MB,
-          decode: tuple[AudioFrontend, ImageFrontend] | None = None) -> Checked:
-    """Validate every row and file; with ``decode`` also keep the decoded arrays."""
+          settings: Settings | None = None) -> Checked:
+    """Validate every row and file, and resolve each column's kind and sizes (``Checked.specs``) against
+    ``settings`` (default: the files' own, at ``sample_rate``)."""
     path = Path(path)
+    st = settings or Settings(sample_rate=sample_rate)
     rows, problems = read_rows(path)
     if not rows and not problems:
         problems.append(Problem(1, "", "", "manifest has no rows"))
     root = path.parent
     problems += _row_checks(rows, classes)
-    kinds: dict[str, dict[str, int]] = {"teacher": {}, "student": {}}
-    values = {}
-    for i, (line, row) in enumerate(rows):
+    want = dict(st.kinds or {})
+    for col, kind in list(want.items()):  # no file of the column can be the configured kind: one problem, not one a row
+        types = {Path(r[col]).suffix.lower() for _, r in rows if r.get(col) and kinds_of_file(r[col])}
+        if types and not any(kind in EXTENSIONS[t] for t in types):
+            setting = "teacher.modality and data.manifest.teacher_modality" if col == "teacher" else \
+                "data.manifest.student_modality"
+            problems.append(Problem(1, col, "", f"the {col} column holds {'/'.join(sorted(types))} files, not {kind}; "
+                                    f"set {setting} to the column's kind "
+                                    f"({'/'.join(sorted({k for t in types for k in EXTENSIONS[t]}))})"))
+            want.pop(col)
+    files: dict[str, list[tuple[int, str, FileInfo]]] = {"teacher": [], "student": []}
+    for line, row in rows:
         for col in ("teacher", "student"):
             if col in row:
-                kind, found, value = _check_file(root, line, col, row[col], sample_rate, max_file_mb * 2**20, decode)
+                info, found = _inspect(root, line, col, row[col], want.get(col), max_file_mb * 2**20)
                 problems.extend(found)
-                if kind:
-                    kinds[col].setdefault(kind, line)
-                if value is not None:
-                    values[(i, col)] = value
-    for col, seen in kinds.items():
-        if len(seen) > 1:
-            problems.append(Problem(max(seen.values()), col, "",
-                                    f"column mixes modalities {sorted(seen)}; one modality per column"))
-    if all(len(s) == 1 for s in kinds.values()) and kinds["teacher"].keys() == kinds["student"].keys():
-        problems.append(Problem(1, "", "", "teacher and student columns hold the same modality; "
-                                "fdkd pairs an image column with an audio column"))
-    out = Checked(rows, problems, values)
+                if info is not None:
+                    files[col].append((line, row[col], info))
+    specs, notes, warnings = {}, [], []
+    for col, found in files.items():
+        kinds = {}
+        for line, _, info in found:
+            kinds.setdefault(info.kind, line)
+        if not want.get(col) and {"image", "depth"} == set(kinds):  # some 16-bit grey PNGs among images: images
+            found = [(ln, rel, dataclasses.replace(i, kind="image", channels=1) if i.kind == "depth" else i)
+                     for ln, rel, i in found]
+            kinds.pop("depth")
+        if len(kinds) > 1:
+            problems.append(Problem(max(kinds.values()), col, "",
+                                    f"column mixes modalities {sorted(kinds)}; one modality per column"))
+            continue
+        if found:  # the sizes of the files read agree (or are named); the others are problems already
+            spec, found_problems = _column_spec(col, want.get(col) or next(iter(kinds)), found, st, notes)
+            if settings is None:  # `fdkd data manifest`: no config to set; the run will ask for it
+                warnings += [f"line {p.line}, {p.column}: {p.message}" for p in found_problems if p.needs]
+                found_problems = [p for p in found_problems if not p.needs]
+            problems.extend(found_problems)
+            if spec is not None:
+                specs[col] = spec
+    out = Checked(rows, problems)
+    out.specs, out.notes, out.warnings = specs, notes, warnings
     if rows and not any(p.column == "split" for p in problems):
         out.class_names = sorted({r["label"] for _, r in rows if r.get("label")})
         labels = np.array([out.class_names.index(r["label"]) if r.get("label") else UNLABELLED for _, r in rows],
@@ -372,38 +575,48 @@ def check_manifest(path: Path, sample_rate: int = 16000, classes: list[str] | No
     return c.rows, c.problems
 
 
-def build(mcfg, cache_dir: Path) -> Path:
-    """Validate the manifest and write it as a dataset file (cached by content); nothing is written on a problem."""
+def build(mcfg, cache_dir: Path, student_modality: str | None = None) -> Path:
+    """Validate the manifest and write it as a dataset file (cached by content); nothing is written on a problem.
+
+    ``student_modality``: the run's (``RunConfig.student_modality``); default ``mcfg.student_modality`` or the
+    other of image and audio. The file holds ``<modality>_raw`` per column (uint8 images, uint16 depth levels,
+    float32 clips and arrays) and the frontends, unfitted, in ``meta``."""
     root = Path(mcfg.path).parent
+    st = Settings.of(mcfg, student_modality)
+    tm = mcfg.teacher_modality
+    sm = student_modality or mcfg.student_modality or ("audio" if tm == "image" else "image")
     rows, _ = read_rows(mcfg.path)
     stamp = [(f, (root / f).stat().st_size, (root / f).stat().st_mtime_ns)
              for _, r in rows for f in (r.get("teacher", ""), r.get("student", "")) if f and (root / f).is_file()]
     key = artifacts.digest({"builder": BUILDER_VERSION, "manifest": artifacts.sha256_file(mcfg.path),
-                            "cfg": mcfg.model_dump(mode="json"), "files": stamp})
+                            "cfg": mcfg.model_dump(mode="json"), "student": sm, "files": stamp})
     out = Path(cache_dir) / artifacts.DATASET.format(preset="manifest", digest=key)
     if out.exists():
         return out
-    afe = AudioFrontend(sample_rate=mcfg.sample_rate, clip_samples=int(mcfg.sample_rate * mcfg.clip_seconds))
-    h, w = mcfg.image_size
-    ife = ImageFrontend(h, w, mcfg.image_channels, 255.0)
     c = check(mcfg.path, mcfg.sample_rate, fractions=mcfg.split_fractions, seed=mcfg.seed,
-              max_file_mb=mcfg.max_file_mb, decode=(afe, ife))
-    teacher_kind = modality_of(c.rows[0][1].get("teacher", "")) if c.rows else None
-    if not c.problems and teacher_kind != mcfg.teacher_modality:
-        c.problems.append(Problem(1, "teacher", "", f"the teacher column holds {teacher_kind} files but "
-                                  f"data.manifest.teacher_modality is {mcfg.teacher_modality!r}"))
+              max_file_mb=mcfg.max_file_mb, settings=st)
     if c.problems:
         raise ManifestError(mcfg.path, c.problems)
     for w in c.warnings:
         if not w.startswith(NO_TRAINING_LABEL):  # fdkd.pipeline.data.require_labels decides, knowing the config
             log.warning("%s: %s", mcfg.path, w)
-    audio_col = "teacher" if teacher_kind == "audio" else "student"
-    image_col = "student" if audio_col == "teacher" else "teacher"
-    images = np.stack([c.values[(i, image_col)] for i in range(len(c.rows))])
-    audio = np.stack([c.values[(i, audio_col)] for i in range(len(c.rows))]).astype(np.float32)
-    labels = c.labels
+    for n in c.notes:
+        log.warning("%s: %s", mcfg.path, n)
+    raw, frontends, problems = {}, {}, []
+    for col, modality in (("teacher", tm), ("student", sm)):
+        spec = c.specs[col]
+        samples = []
+        for line, row in c.rows:
+            try:  # check decoded every file already; a file changed since is still named, by row
+                samples.append(decode(spec, (root / row[col]).read_bytes()))
+            except (OSError, ValueError) as e:
+                problems.append(Problem(line, col, row[col], f"unreadable since the check: {e}"))
+        if not problems:
+            raw[f"{modality}_raw"] = np.stack(samples)
+        frontends[modality] = frontend(spec).to_dict()
+    if problems:
+        raise ManifestError(mcfg.path, problems)
     meta = {"name": Path(mcfg.path).stem, "class_names": c.class_names, "build": {"manifest": str(mcfg.path)},
-            "frontends": {"image": ife.to_dict(), "audio": afe.to_dict()}}
-    artifacts.save_npz(out, {"image_raw": images, "audio_raw": audio, "label": labels, "split": c.split,
-                             "meta": encode_meta(meta)})
+            "frontends": frontends, "modalities": {"teacher": tm, "student": sm}}
+    artifacts.save_npz(out, {**raw, "label": c.labels, "split": c.split, "meta": encode_meta(meta)})
     return out
