@@ -342,8 +342,13 @@ def sign(run_dir: Path = typer.Argument(..., help="A finished run directory (man
 @handles_errors
 def run_all(config: Path | None = typer.Argument(None, help="Run config YAML (default: built-in avdigits)"),
             sets: list[str] = SetOpt, name: str | None = NameOpt,
-            force: list[str] = typer.Option([], "--force", help="Redo this stage even if up to date (repeatable)")):
-    """Run every stage into runs/<name>/, resuming where a previous run stopped."""
+            force: list[str] = typer.Option([], "--force", help="Redo this stage even if up to date (repeatable)"),
+            strict: bool = typer.Option(False, "--strict", help="Exit 1 when any artifact fails its gate (default: "
+                                                                "only when student.onnx does; the rest ships)")):
+    """Run every stage into runs/<name>/, resuming where a previous run stopped.
+
+    Exit 0 when student.onnx and at least one artifact per target passed (a graph that failed is reported and never
+    served); exit 1 when student.onnx fails, or with --strict when anything fails."""
     from fdkd.pipeline.validate import ValidationFailed
 
     cfg = _config(config, sets, name=name)
@@ -354,7 +359,24 @@ def run_all(config: Path | None = typer.Argument(None, help="Run config YAML (de
         _fail(str(e), 1)
     _print_report(cfg.run_dir)
     console.print(f"\nrun directory: {cfg.run_dir}  (manifest.json, report.md)", highlight=False)
+    result = json.loads((cfg.run_dir / "validation.json").read_text())
+    line, code = run_verdict(result, strict)
+    console.print(("[green]" if code == 0 else "[red]") + escape(line) + "[/]", highlight=False)
+    if code:
+        raise typer.Exit(code)
     console.print("serve the validated student with:  [bold]" + _serve_hint(cfg.run_dir) + "[/]", highlight=False)
+
+
+def run_verdict(result: dict, strict: bool = False) -> tuple[str, int]:
+    """The run's last word: one line and its exit status (1 only for --strict with a failed artifact; a failed
+    student.onnx raised before this)."""
+    failed = result.get("failed", [])
+    targets = result.get("targets", {})
+    ships = "; ".join(f"{t}: {', '.join(n)}" for t, n in targets.items() if n)
+    if not failed:
+        return f"run passed: every artifact passed its gate; ships {ships}", 0
+    text = f"run shipped what passed ({ships}); failed, never served: {', '.join(failed)} (report.md says why)"
+    return ("--strict: " + text, 1) if strict else (text, 0)
 
 
 @app.command()
