@@ -115,18 +115,6 @@ def _copy_metadata(src: Path, dst: Path, extra: dict) -> None:
     onnx.save(model, str(dst))
 
 
-def weighted_layers(path: Path) -> list[str]:
-    """Names of the Conv, MatMul and Gemm nodes of ``path`` after ``quant_pre_process`` (the graph ``exclude``
-    names nodes of): the layers the gate search may keep in float."""
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
-        return [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
-
-
 def zero_points(path: Path) -> dict[str, list[int]]:
     """Every Q/DQ node's zero point values, by node name (for the symmetry check)."""
     import onnx

@@ -10,15 +10,17 @@ the test split is never looked at, and validation then gates the graph that pass
 The order, stopping at the first graph that passes:
 
 1. the plain graph (``quantize.calib_methods`` / the build's method, ``quantize.exclude`` in float);
-2. every other calibrator: minmax, entropy, percentile at ``quantize.percentile`` and at
-   ``quantize.search_percentile``;
-3. from the calibrator that scored best (least drop, then most agreement), the Conv/MatMul/Gemm layers
-   ``sensitivity.json`` ranks worst kept in float, one more at a time. In the TensorRT graph a layer kept in float
+2. every other calibrator (``quantize.search_calibrators``): minmax, entropy, percentile at ``quantize.percentile``
+   and at ``quantize.search_percentile``;
+3. from the calibrator that scored best (least drop, then most agreement), the layers ``sensitivity.json`` ranks
+   worst kept in float, one more at a time (``ranked_layers``: every quantized node it names, not only
+   Conv/MatMul/Gemm). In the TensorRT graph a layer kept in float
    has no Q/DQ around it: TensorRT runs it in FP16 where the build enables FP16 tactics, else FP32; in the CPU
    graph it runs in FP32.
 
-The budget (documented in the README): at most ``quantize.search_max_float_frac`` of the graph's Conv/MatMul/Gemm
-layers in float (rounded down) and at most ``quantize.search_max_passes`` validation passes per graph.
+The budget (documented in the README): at most ``quantize.search_max_float_frac`` of the quantized layers
+``sensitivity.json`` names in float (rounded down) and at most ``quantize.search_max_passes`` validation passes per
+graph.
 
 What passed is written where the build and the server look: a TensorRT graph that is not one of the plain
 per-calibrator files becomes ``student.int8.search.onnx`` (its calibration and float layers in its metadata),
@@ -42,16 +44,19 @@ from fdkd.pipeline.validate import CPU_FUSED, REFERENCE, gate, gate_text
 
 SEARCH = "int8_search.json"
 SEARCHED = "student.int8.search.onnx"  # a TensorRT graph the search made (not one of the plain ones)
-WEIGHTED = ("Conv", "MatMul", "Gemm")
 # target -> (runtime options it is judged with, the validation role whose gate it must pass)
 TARGETS = {"tensorrt": ({"emulate_qdq": True}, REFERENCE), "cpu": ({}, CPU_FUSED)}
 
 
 def ranked_layers(sensitivity: list[dict]) -> list[str]:
-    """Conv/MatMul/Gemm node names, worst SQNR first, each once (``sensitivity.json``'s ``layers``)."""
+    """The quantized nodes ``sensitivity.json`` names (its ``layers``), worst SQNR first, each once.
+
+    Every op type, not only Conv/MatMul/Gemm: a node kept in float keeps its *inputs* unquantized, and the
+    activations that clip are as often an Add's or a pooling's as a convolution's (on the tiny test student, keeping
+    the three worst convolutions in float changed nothing; the Add after them did)."""
     out: list[str] = []
     for row in sensitivity:
-        if row.get("op_type") in WEIGHTED and row.get("node") and row["node"] not in out:
+        if row.get("node") and row["node"] not in out:
             out.append(row["node"])
     return out
 
@@ -83,14 +88,14 @@ class _Judge:
 
 
 def search(cfg: RunConfig, target: str, plain: Path, judge: _Judge, calib: Path, input_name: str,
-           layers: list[str], n_weighted: int) -> dict:
+           layers: list[str], n_layers: int) -> dict:
     """Search one graph (``plain``, already written); returns its record for ``int8_search.json``."""
     from fdkd.calibration.quantize import quantize_int8
 
     q, rd, fp32 = cfg.quantize, plain.parent, plain.parent / artifacts.ONNX_FP32
     method = cfg.build.int8_method
-    budget = {"max_passes": q.search_max_passes, "weighted_layers": n_weighted,
-              "max_float_layers": math.floor(q.search_max_float_frac * n_weighted)}
+    budget = {"max_passes": q.search_max_passes, "quantized_layers": n_layers,
+              "max_float_layers": math.floor(q.search_max_float_frac * n_layers)}
     gates = cfg.validate_.gates
     limit = gates.int8_cpu_max_acc_drop_pt if target == "cpu" else gates.int8_max_acc_drop_pt
     rec = {"target": target, "graph": plain.name, "split": "val", "rows": int(len(judge.y)),
@@ -121,8 +126,9 @@ def search(cfg: RunConfig, target: str, plain: Path, judge: _Judge, calib: Path,
 
         if not stopped:
             tried = {(method, pct_of(method))}
-            for m, pct in (("minmax", None), ("entropy", None), ("percentile", q.percentile),
-                           ("percentile", q.search_percentile)):
+            named = {"minmax": ("minmax", None), "entropy": ("entropy", None),
+                     "percentile": ("percentile", q.percentile), "percentile2": ("percentile", q.search_percentile)}
+            for m, pct in (named[c] for c in q.search_calibrators):
                 if (m, pct) in tried:
                     continue
                 if len(rec["attempts"]) >= budget["max_passes"]:
@@ -141,7 +147,7 @@ def search(cfg: RunConfig, target: str, plain: Path, judge: _Judge, calib: Path,
             floats: tuple[str, ...] = ()
             for layer in (x for x in layers if x not in q.exclude):
                 if len(floats) >= budget["max_float_layers"]:
-                    stopped = f"float-layer budget spent ({budget['max_float_layers']} of {n_weighted} layers)"
+                    stopped = f"float-layer budget spent ({budget['max_float_layers']} of {n_layers} layers)"
                     break
                 if len(rec["attempts"]) >= budget["max_passes"]:
                     stopped = "validation passes spent"
@@ -152,7 +158,7 @@ def search(cfg: RunConfig, target: str, plain: Path, judge: _Judge, calib: Path,
                 if r["passed"]:
                     won, stopped = r, "passed"
                     break
-            stopped = stopped or (f"float-layer budget spent ({budget['max_float_layers']} of {n_weighted} layers)"
+            stopped = stopped or (f"float-layer budget spent ({budget['max_float_layers']} of {n_layers} layers)"
                                   if len(floats) >= budget["max_float_layers"] else "no layers left to keep in float")
         if won is not None:
             rec |= {"passed": True, "calibration": won["calibration"], "percentile": won["percentile"],
@@ -161,7 +167,8 @@ def search(cfg: RunConfig, target: str, plain: Path, judge: _Judge, calib: Path,
         (rd / SEARCHED).unlink(missing_ok=True)  # a stale search graph is not this run's
     rec["stopped"] = stopped
     for a in rec["attempts"]:
-        a["graph"] = a.pop("path").name if a["path"].parent == rd else "(temporary)"
+        path = a.pop("path")
+        a["graph"] = path.name if path.parent == rd else "(temporary)"
     return rec
 
 
@@ -177,7 +184,6 @@ def _place(path: Path, target: str, rd: Path) -> str:
 
 def run(cfg: RunConfig, ds, sensitivity: list[dict] | None) -> dict:
     """Judge (and where they fail, search) the build's TensorRT INT8 graph and the CPU INT8 graph."""
-    from fdkd.calibration.quantize import weighted_layers
     from fdkd.calibration.sensitivity import layer_errors
     from fdkd.pipeline.export import INPUT_NAME
 
@@ -188,15 +194,16 @@ def run(cfg: RunConfig, ds, sensitivity: list[dict] | None) -> dict:
     trt = rd / artifacts.ONNX_INT8.format(method=cfg.build.int8_method)
     if sensitivity is None:
         sensitivity = layer_errors(fp32, rd / artifacts.ONNX_INT8_CPU, calib, INPUT_NAME)
-    layers, n_weighted = ranked_layers(sensitivity), len(weighted_layers(fp32))
+    layers = ranked_layers(sensitivity)
+    n_layers = len(layers)
     out = {"split": "val", "rows": int(len(y)), "reference": artifacts.ONNX_FP32, "ref_val_accuracy": judge.ref_acc,
            "graphs": []}
     if trt.exists():
-        out["graphs"].append(search(cfg, "tensorrt", trt, judge, calib, INPUT_NAME, layers, n_weighted))
+        out["graphs"].append(search(cfg, "tensorrt", trt, judge, calib, INPUT_NAME, layers, n_layers))
     else:
         (rd / SEARCHED).unlink(missing_ok=True)
     out["graphs"].append(search(cfg, "cpu", rd / artifacts.ONNX_INT8_CPU, judge, calib, INPUT_NAME, layers,
-                                n_weighted))
+                                n_layers))
     return out
 
 

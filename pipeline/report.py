@@ -270,7 +270,7 @@ def search_text(search: dict) -> list[str]:
         text += [f"### {g['target']}: {g['graph']}", "",
                  f"Bar: accuracy drop <= {g['bar']['max_acc_drop_pt']:g} points, agreement >= "
                  f"{g['bar']['min_agree_pct']:g} % ({g['bar']['decide']}); budget {b['max_float_layers']} of "
-                 f"{b['weighted_layers']} layers in float, {b['max_passes']} passes. Result: {verdict}.", "",
+                 f"{b['quantized_layers']} layers in float, {b['max_passes']} passes. Result: {verdict}.", "",
                  "| # | step | calibration | layers in float | val acc % | drop pt | agree % | rows lost / gained "
                  "| gate |", "|---|---|---|---|---|---|---|---|---|"]
         for k, a in enumerate(g["attempts"], 1):

@@ -32,10 +32,14 @@ class QuantizeConfig(_Strict):
     sensitivity_top: int = Field(5, ge=1)
     # the INT8 gate search (fdkd.pipeline.int8_search): when the build's INT8 graph or the CPU INT8 graph fails its
     # gate on the validation split, try every calibrator (percentile at ``percentile`` and ``search_percentile``),
-    # then keep the conv/matmul layers sensitivity.json ranks worst in float, one more at a time
+    # then keep the layers sensitivity.json ranks worst in float, one more at a time
     search: bool = True
+    # the calibrators tried after the plain graph fails ("percentile" at ``percentile``, "percentile2" at
+    # ``search_percentile``); [] goes straight to keeping layers in float
+    search_calibrators: tuple[Literal["minmax", "entropy", "percentile", "percentile2"], ...] = (
+        "minmax", "entropy", "percentile", "percentile2")
     search_percentile: float = Field(99.99, gt=90, le=100)
-    search_max_float_frac: float = Field(0.2, ge=0, le=1)  # of the graph's Conv/MatMul/Gemm nodes, at most
+    search_max_float_frac: float = Field(0.2, ge=0, le=1)  # of the quantized nodes sensitivity.json names
     search_max_passes: int = Field(12, ge=1)  # validation-split passes per graph searched, at most
 
 
