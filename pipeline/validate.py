@@ -17,9 +17,14 @@ with Q/DQ fused by ONNX Runtime's CPU kernels (how the CPU would serve it; gated
 only makes that mode unservable). Engines that cannot run here, and engines the build stage could
 not make, are listed under ``not_validated`` and the result says ``complete: false``.
 
+FP16 and INT8 checks decide on the rows that changed (``validate.gates.decide``, ``fdkd.pipeline.gate_stats``);
+INT8 served by ONNX Runtime's CPU kernels is held to the CPU bar. A graph whose INT8 gate search
+(``fdkd.pipeline.int8_search``, on the validation split) found nothing that passed is failed here too.
+
 Writes ``validation.json``, ``report.md`` (+ PNG plots) and ``validation.testset.npz`` (test inputs,
-labels, ``student.pt``'s logits) even when a gate fails, then raises ``ValidationFailed`` naming
-each failing artifact and metric. ``validate_engine`` gates an engine built later (``fdkd engine``,
+labels, ``student.pt``'s logits) even when a gate fails. Only a failed ``student.onnx`` raises
+``ValidationFailed`` (naming each failing artifact and metric); another failed artifact is listed under
+``failed``, never served, and the run ships what passed (``shipped``, ``targets``). ``validate_engine`` gates an engine built later (``fdkd engine``,
 a container's first start) on that test set, without torch, into ``validation.json`` beside the
 engine, which is where the server looks for the engine's own entry.
 
