@@ -451,7 +451,7 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
            out: Path = typer.Option(..., help="Engine folder (a volume keyed by GPU and TensorRT version)"),
            precision: str = typer.Option("fp16", help="fp32 | fp16 | int8"),
            int8_method: str | None = typer.Option(None, help="Which INT8 Q/DQ graph to build (default: the "
-                                                  "run's build.int8_method)")):
+                                                  "one the run's INT8 gate search passed)")):
     """Build a TensorRT engine from a run's ONNX on this machine (containers: first start), then gate it on the
     run's test set into validation.json beside it (the server serves an engine only on its own entry). No torch."""
     from fdkd import artifacts
@@ -464,8 +464,16 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
         _fail(f"{manifest_path} not found: not a run directory of `fdkd run`")
     # the run's build config (batch profile, workspace, INT8 graph), as validate_engine takes the run's gates
     bcfg = BuildConfig.model_validate(json.loads(manifest_path.read_text())["config"]["build"])
-    int8_method = int8_method or bcfg.int8_method
-    sources = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": f"student.int8.{int8_method}.onnx"}
+    if int8_method is None:  # the graph the run's INT8 gate search passed (int8_search.json), as the build stage
+        from fdkd.pipeline.int8_search import build_source
+
+        int8_graph = build_source(run_dir, bcfg.int8_method)
+        if int8_graph is None and precision == "int8":
+            _fail("no INT8 graph of this run passed its gate search (int8_search.json, report.md): no INT8 engine; "
+                  "--int8-method builds one of the plain graphs anyway", 1)
+    else:
+        int8_graph = f"student.int8.{int8_method}.onnx"
+    sources = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": int8_graph}
     if precision not in sources:
         _fail(f"--precision must be one of {sorted(sources)}, got {precision!r}")
     out.mkdir(parents=True, exist_ok=True)

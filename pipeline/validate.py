@@ -24,9 +24,9 @@ INT8 served by ONNX Runtime's CPU kernels is held to the CPU bar. A graph whose 
 Writes ``validation.json``, ``report.md`` (+ PNG plots) and ``validation.testset.npz`` (test inputs,
 labels, ``student.pt``'s logits) even when a gate fails. Only a failed ``student.onnx`` raises
 ``ValidationFailed`` (naming each failing artifact and metric); another failed artifact is listed under
-``failed``, never served, and the run ships what passed (``shipped``, ``targets``). ``validate_engine`` gates an engine built later (``fdkd engine``,
-a container's first start) on that test set, without torch, into ``validation.json`` beside the
-engine, which is where the server looks for the engine's own entry.
+``failed``, never served, and the run ships what passed (``shipped``, ``targets``). ``validate_engine`` gates an
+engine built later (``fdkd engine``, a container's first start) on that test set, without torch, into
+``validation.json`` beside the engine, which is where the server looks for the engine's own entry.
 
 Where the dataset holds out whole accents (split ``test_unseen_accent``), ``student.pt``'s accuracy
 on it is reported beside the in-domain test accuracy (``unseen_accent`` in ``validation.json``).
