@@ -465,7 +465,7 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
     # the run's build config (batch profile, workspace, INT8 graph), as validate_engine takes the run's gates
     bcfg = BuildConfig.model_validate(json.loads(manifest_path.read_text())["config"]["build"])
     if int8_method is None:  # the graph the run's INT8 gate search passed (int8_search.json), as the build stage
-        from fdkd.pipeline.int8_search import build_source
+        from fdkd.pipeline.search_record import build_source
 
         int8_graph = build_source(run_dir, bcfg.int8_method)
         if int8_graph is None and precision == "int8":

@@ -40,10 +40,9 @@ import numpy as np
 
 from fdkd import artifacts
 from fdkd.pipeline.config import RunConfig
+from fdkd.pipeline.search_record import SEARCHED
 from fdkd.pipeline.validate import CPU_FUSED, REFERENCE, gate, gate_text
 
-SEARCH = "int8_search.json"
-SEARCHED = "student.int8.search.onnx"  # a TensorRT graph the search made (not one of the plain ones)
 # target -> (runtime options it is judged with, the validation role whose gate it must pass)
 TARGETS = {"tensorrt": ({"emulate_qdq": True}, REFERENCE), "cpu": ({}, CPU_FUSED)}
 
@@ -205,21 +204,3 @@ def run(cfg: RunConfig, ds, sensitivity: list[dict] | None) -> dict:
     out["graphs"].append(search(cfg, "cpu", rd / artifacts.ONNX_INT8_CPU, judge, calib, INPUT_NAME, layers,
                                 n_layers))
     return out
-
-
-def failed_graphs(search_record: dict | None) -> dict[str, dict]:
-    """File name -> its search record, for every graph whose search found nothing that passed."""
-    return {g["graph"]: g for g in (search_record or {}).get("graphs", []) if not g["passed"]}
-
-
-def build_source(run_dir: Path, method: str) -> str | None:
-    """The INT8 graph the build uses: the search's pick; None when the search found nothing (no INT8 engine)."""
-    import json
-
-    path = run_dir / SEARCH
-    if not path.exists():
-        return artifacts.ONNX_INT8.format(method=method)
-    for g in json.loads(path.read_text()).get("graphs", []):
-        if g["target"] == "tensorrt":
-            return g["chosen"]
-    return artifacts.ONNX_INT8.format(method=method)

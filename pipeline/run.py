@@ -133,7 +133,7 @@ def stage_quantize(ctx: Ctx) -> list[Output]:
 
     from fdkd.calibration.quantize import convert_fp16, quantize_int8
     from fdkd.calibration.sensitivity import layer_errors
-    from fdkd.pipeline import int8_search
+    from fdkd.pipeline import int8_search, search_record
     from fdkd.pipeline.export import INPUT_NAME
 
     q = ctx.cfg.quantize
@@ -160,13 +160,13 @@ def stage_quantize(ctx: Ctx) -> list[Output]:
                            {"worst": errors[: q.sensitivity_top]}))
     # judged on the validation split (never test); a graph that fails there is searched for one that passes
     record = int8_search.run(ctx.cfg, ctx.dataset, errors)
-    artifacts.write_json(rd / int8_search.SEARCH, record)
+    artifacts.write_json(rd / search_record.SEARCH, record)
     for g in record["graphs"]:
         console.print(f"INT8 {g['target']} graph: " + _search_line(g), highlight=False)
-    if (rd / int8_search.SEARCHED).exists():
-        outs.append(Output(int8_search.SEARCHED, rd / int8_search.SEARCHED, inputs,
+    if (rd / search_record.SEARCHED).exists():
+        outs.append(Output(search_record.SEARCHED, rd / search_record.SEARCHED, inputs,
                            {"precision": "int8", "target": "tensorrt", "search": True}))
-    outs.append(Output(int8_search.SEARCH, rd / int8_search.SEARCH, inputs))
+    outs.append(Output(search_record.SEARCH, rd / search_record.SEARCH, inputs))
     return outs
 
 
@@ -184,7 +184,7 @@ def _search_line(g: dict) -> str:
 
 def stage_build(ctx: Ctx) -> list[Output]:
     from fdkd.pipeline.build import build_engine
-    from fdkd.pipeline.int8_search import build_source
+    from fdkd.pipeline.search_record import build_source
 
     b = ctx.cfg.build
     sources = {"fp32": artifacts.ONNX_FP32, "fp16": artifacts.ONNX_FP16,

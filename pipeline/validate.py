@@ -207,7 +207,7 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
     ref_acc = entries[1]["metrics"]["accuracy"]
     artifacts.save_npz(run_dir / artifacts.TESTSET, {"x": x, "y": y, "ref_logits": ref, "teacher_pred": teacher_pred})
     not_validated = _not_built(run_dir, cfg)
-    from fdkd.pipeline.int8_search import SEARCH, failed_graphs
+    from fdkd.pipeline.search_record import SEARCH, failed_graphs
 
     search = json.loads((run_dir / SEARCH).read_text()) if (run_dir / SEARCH).exists() else None
     searched_out = failed_graphs(search)

@@ -65,7 +65,8 @@ def test_agreement_test_and_the_small_split_warning():
 
 
 def test_rigged_gate_keeps_the_worst_layers_in_float_and_passes(rigged):
-    from fdkd.pipeline.int8_search import SEARCHED, build_source, ranked_layers
+    from fdkd.pipeline.int8_search import ranked_layers
+    from fdkd.pipeline.search_record import SEARCHED, build_source
 
     root, run_dir, proc = rigged
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -101,7 +102,7 @@ def test_rigged_gate_keeps_the_worst_layers_in_float_and_passes(rigged):
 
 
 def test_nothing_passes_within_budget_ships_the_rest_and_refuses_the_int8_graphs(rigged):
-    from fdkd.pipeline.int8_search import SEARCHED, build_source
+    from fdkd.pipeline.search_record import SEARCHED, build_source
     from fdkd.serving.model import NotServable, load_model
 
     root, run_dir, _ = rigged
