@@ -360,6 +360,8 @@ def run_all(config: Path | None = typer.Argument(None, help="Run config YAML (de
     _print_report(cfg.run_dir)
     console.print(f"\nrun directory: {cfg.run_dir}  (manifest.json, report.md)", highlight=False)
     result = json.loads((cfg.run_dir / "validation.json").read_text())
+    for w in result.get("warnings", []):  # a test split too small for its gates to decide at a point's resolution
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     line, code = run_verdict(result, strict)
     console.print(("[green]" if code == 0 else "[red]") + escape(line) + "[/]", highlight=False)
     if code:
