@@ -77,6 +77,6 @@ def resolution_warning(n: int, limit_pt: float, alpha: float, what: str) -> str 
     least = smallest_failing_drop_pt(n, limit_pt, alpha)
     if least is not None and least <= limit_pt + 1.0:
         return None
-    can = f"the smallest drop it can fail is {least:.1f} points" if least is not None else "no drop can fail it"
+    can = f"the smallest drop it can fail is {least:.2f} points" if least is not None else "no drop can fail it"
     return (f"{what}: {n} rows (one row = {100 / n:.2g} points) cannot tell a drop of {limit_pt + 1:g} points from "
             f"noise at alpha={alpha:g} (limit {limit_pt:g}; {can}); a larger test split decides finer")
