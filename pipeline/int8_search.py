@@ -81,9 +81,10 @@ class _Judge:
                              "agree_student_pt": float((pred == self.ref).mean())}}
         g = gate(entry, self.cfg.validate_.gates, self.ref_acc, {"y": self.y, "ref_pred": self.ref, "pred": pred})
         drop, agree = g["checks"]
+        ref_ok, ok = self.ref == self.y, pred == self.y
         return {"val_accuracy": entry["metrics"]["accuracy"], "drop_pt": drop["value"], "agree_pct": agree["value"],
-                "rows_lost": drop.get("rows_lost"), "rows_gained": drop.get("rows_gained"),
-                "rows_changed": agree.get("rows_changed"), "passed": g["passed"], "gate": gate_text(g)}
+                "rows_lost": int((ref_ok & ~ok).sum()), "rows_gained": int((~ref_ok & ok).sum()),
+                "rows_changed": int((pred != self.ref).sum()), "passed": g["passed"], "gate": gate_text(g)}
 
 
 def search(cfg: RunConfig, target: str, plain: Path, judge: _Judge, calib: Path, input_name: str,
