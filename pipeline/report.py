@@ -258,7 +258,7 @@ def search_text(search: dict) -> list[str]:
     text = ["## INT8 gate search (validation split)", "",
             f"Each INT8 graph is judged first on the **validation** split ({search['rows']} rows, against "
             f"`{search['reference']}` there; never the test split). One that fails is searched: every calibrator, "
-            "then the Conv/MatMul/Gemm layers `sensitivity.json` ranks worst kept in float, one more at a time, "
+            "then the layers `sensitivity.json` ranks worst kept in float, one more at a time, "
             "within a budget. The graph that passed is what the build and the server use; it is then gated on "
             "test above like every artifact.", ""]
     for g in search["graphs"]:
