@@ -38,12 +38,14 @@ def check_tensorrt_lint(model, name: str) -> None:
 
 
 def quantize_int8(fp32: Path, out: Path, calib: Path, input_name: str, method: str = "minmax", *,
-                  exclude: tuple[str, ...] = (), percentile: float = 99.999, target: str = "tensorrt") -> None:
+                  exclude: tuple[str, ...] = (), percentile: float = 99.999, target: str = "tensorrt",
+                  metadata: dict | None = None) -> None:
     """Write an explicitly quantized (QuantizeLinear/DequantizeLinear) INT8 graph to ``out``.
 
     ``target="tensorrt"``: signed INT8 activations and weights, symmetric (zero points 0).
     ``target="cpu"``: unsigned asymmetric activations with reduced-range weights, the variant ONNX
     Runtime's CPU kernels compute without saturation on machines without VNNI; not TensorRT-legal.
+    ``metadata``: more ``metadata_props`` (the gate search records its calibration and float layers there).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -69,7 +71,8 @@ def quantize_int8(fp32: Path, out: Path, calib: Path, input_name: str, method: s
                         weight_type=QuantType.QInt8, per_channel=True, reduce_range=not trt,
                         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
                         nodes_to_exclude=list(exclude), extra_options=extra)
-        _copy_metadata(fp32, q, {"fdkd.precision": "int8", "fdkd.calibration": method, "fdkd.target": target})
+        _copy_metadata(fp32, q, {"fdkd.precision": "int8", "fdkd.calibration": method, "fdkd.target": target}
+                       | (metadata or {}))
         if trt:
             import onnx
 

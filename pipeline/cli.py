@@ -342,8 +342,13 @@ def sign(run_dir: Path = typer.Argument(..., help="A finished run directory (man
 @handles_errors
 def run_all(config: Path | None = typer.Argument(None, help="Run config YAML (default: built-in avdigits)"),
             sets: list[str] = SetOpt, name: str | None = NameOpt,
-            force: list[str] = typer.Option([], "--force", help="Redo this stage even if up to date (repeatable)")):
-    """Run every stage into runs/<name>/, resuming where a previous run stopped."""
+            force: list[str] = typer.Option([], "--force", help="Redo this stage even if up to date (repeatable)"),
+            strict: bool = typer.Option(False, "--strict", help="Exit 1 when any artifact fails its gate (default: "
+                                                                "only when student.onnx does; the rest ships)")):
+    """Run every stage into runs/<name>/, resuming where a previous run stopped.
+
+    Exit 0 when student.onnx and at least one artifact per target passed (a graph that failed is reported and never
+    served); exit 1 when student.onnx fails, or with --strict when anything fails."""
     from fdkd.pipeline.validate import ValidationFailed
 
     cfg = _config(config, sets, name=name)
@@ -354,7 +359,26 @@ def run_all(config: Path | None = typer.Argument(None, help="Run config YAML (de
         _fail(str(e), 1)
     _print_report(cfg.run_dir)
     console.print(f"\nrun directory: {cfg.run_dir}  (manifest.json, report.md)", highlight=False)
+    result = json.loads((cfg.run_dir / "validation.json").read_text())
+    for w in result.get("warnings", []):  # a test split too small for its gates to decide at a point's resolution
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+    line, code = run_verdict(result, strict)
+    console.print(("[green]" if code == 0 else "[red]") + escape(line) + "[/]", highlight=False)
+    if code:
+        raise typer.Exit(code)
     console.print("serve the validated student with:  [bold]" + _serve_hint(cfg.run_dir) + "[/]", highlight=False)
+
+
+def run_verdict(result: dict, strict: bool = False) -> tuple[str, int]:
+    """The run's last word: one line and its exit status (1 only for --strict with a failed artifact; a failed
+    student.onnx raised before this)."""
+    failed = result.get("failed", [])
+    targets = result.get("targets", {})
+    ships = "; ".join(f"{t}: {', '.join(n)}" for t, n in targets.items() if n)
+    if not failed:
+        return f"run passed: every artifact passed its gate; ships {ships}", 0
+    text = f"run shipped what passed ({ships}); failed, never served: {', '.join(failed)} (report.md says why)"
+    return ("--strict: " + text, 1) if strict else (text, 0)
 
 
 @app.command()
@@ -429,7 +453,7 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
            out: Path = typer.Option(..., help="Engine folder (a volume keyed by GPU and TensorRT version)"),
            precision: str = typer.Option("fp16", help="fp32 | fp16 | int8"),
            int8_method: str | None = typer.Option(None, help="Which INT8 Q/DQ graph to build (default: the "
-                                                  "run's build.int8_method)")):
+                                                  "one the run's INT8 gate search passed)")):
     """Build a TensorRT engine from a run's ONNX on this machine (containers: first start), then gate it on the
     run's test set into validation.json beside it (the server serves an engine only on its own entry). No torch."""
     from fdkd import artifacts
@@ -442,8 +466,16 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
         _fail(f"{manifest_path} not found: not a run directory of `fdkd run`")
     # the run's build config (batch profile, workspace, INT8 graph), as validate_engine takes the run's gates
     bcfg = BuildConfig.model_validate(json.loads(manifest_path.read_text())["config"]["build"])
-    int8_method = int8_method or bcfg.int8_method
-    sources = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": f"student.int8.{int8_method}.onnx"}
+    if int8_method is None:  # the graph the run's INT8 gate search passed (int8_search.json), as the build stage
+        from fdkd.pipeline.search_record import build_source
+
+        int8_graph = build_source(run_dir, bcfg.int8_method)
+        if int8_graph is None and precision == "int8":
+            _fail("no INT8 graph of this run passed its gate search (int8_search.json, report.md): no INT8 engine; "
+                  "--int8-method builds one of the plain graphs anyway", 1)
+    else:
+        int8_graph = f"student.int8.{int8_method}.onnx"
+    sources = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": int8_graph}
     if precision not in sources:
         _fail(f"--precision must be one of {sorted(sources)}, got {precision!r}")
     out.mkdir(parents=True, exist_ok=True)

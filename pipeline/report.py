@@ -74,12 +74,22 @@ def _plots(result: dict, run_dir: Path) -> list[str]:
     return files
 
 
+def _check_text(c: dict) -> str:
+    text = (f"{c['metric']} {c['value']:.3g} {c['op']} {c['limit']}" if isinstance(c["value"], float)
+            else f"{c['metric']} {c['value']} {c['op']} {c['limit']}")
+    if c.get("decide") == "paired":  # decided on the rows that changed, with the sampling error in view
+        rows = (f"{c['rows_lost']} rows lost, {c['rows_gained']} gained" if "rows_lost" in c
+                else f"{c['rows_changed']} rows changed")
+        text += f" [{rows}, p={c['p_value']:.2g}" + ("; beyond the limit by chance" if not c["point_passed"]
+                                                     and c["passed"] else "") + "]"
+    return text
+
+
 def _gate_cell(g: dict | None) -> str:
     if g is None:
         return "-"
     checks = g.get("checks") or [g | {"op": "<="}]
-    detail = "; ".join(f"{c['metric']} {c['value']:.3g} {c['op']} {c['limit']}" if isinstance(c["value"], float)
-                       else f"{c['metric']} {c['value']} {c['op']} {c['limit']}" for c in checks)
+    detail = "; ".join(_check_text(c) for c in checks)
     return ("pass" if g["passed"] else "**FAIL**") + f" ({detail})"
 
 
@@ -118,7 +128,12 @@ def summary_table(result: dict) -> str:
 
 def headline(result: dict) -> str:
     """``PASSED``, ``FAILED``, plus ``(incomplete: N not validated here)`` when something could not run."""
-    verdict = "PASSED" if result["passed"] else "FAILED"
+    if result["passed"]:
+        verdict = "PASSED"
+    elif result.get("shipped"):
+        verdict = f"SHIPPED WHAT PASSED ({len(result.get('failed', []))} artifact(s) failed, never served)"
+    else:
+        verdict = "FAILED"
     missing = result.get("not_validated", [])
     return verdict + (f" (incomplete: {len(missing)} not validated here)" if missing else "")
 
@@ -223,6 +238,51 @@ def models_line(models: dict) -> str:
     return "Models: " + "; ".join(parts) + "."
 
 
+def gates_text(result: dict) -> list[str]:
+    """How the gates decide, the failed artifacts, and the test split's resolution warnings."""
+    text = ["FP16 and INT8 checks decide on the rows that changed (`validate.gates.decide: paired`): a check fails "
+            "only when those rows show, at one-sided level `validate.gates.alpha`, that the accuracy drop or the "
+            "disagreement is beyond its limit (an exact binomial test; the README's *Gates* section). INT8 served "
+            "by ONNX Runtime's CPU kernels is held to `int8_cpu_max_acc_drop_pt`.", ""]
+    if result.get("failed"):
+        text += [f"**Failed, never served or built:** {', '.join(result['failed'])}. "
+                 + ("The run ships what passed: " + "; ".join(f"{t}: {', '.join(n)}" for t, n in
+                                                               result.get("targets", {}).items() if n) + "."
+                    if result.get("shipped") else ""), ""]
+    text += [f"- warning: {w}" for w in result.get("warnings", [])] + ([""] if result.get("warnings") else [])
+    return text
+
+
+def search_text(search: dict) -> list[str]:
+    """The INT8 gate search: per graph, every attempt on the validation split and what it scored."""
+    text = ["## INT8 gate search (validation split)", "",
+            f"Each INT8 graph is judged first on the **validation** split ({search['rows']} rows, against "
+            f"`{search['reference']}` there; never the test split). One that fails is searched: every calibrator, "
+            "then the layers `sensitivity.json` ranks worst kept in float, one more at a time, "
+            "within a budget. The graph that passed is what the build and the server use; it is then gated on "
+            "test above like every artifact.", ""]
+    for g in search["graphs"]:
+        b = g["budget"]
+        verdict = (f"passed: **{g['chosen']}** ({g['calibration']}"
+                   + (f" {g['percentile']:g}" if g.get("percentile") is not None else "")
+                   + (f", in float: {', '.join(g['float_layers'])}" if g["float_layers"] else "") + ")"
+                   if g["passed"] else f"**no passing graph** ({g['stopped']}): this precision failed, never served")
+        text += [f"### {g['target']}: {g['graph']}", "",
+                 f"Bar: accuracy drop <= {g['bar']['max_acc_drop_pt']:g} points, agreement >= "
+                 f"{g['bar']['min_agree_pct']:g} % ({g['bar']['decide']}); budget {b['max_float_layers']} of "
+                 f"{b['quantized_layers']} layers in float, {b['max_passes']} passes. Result: {verdict}.", "",
+                 "| # | step | calibration | layers in float | val acc % | drop pt | agree % | rows lost / gained "
+                 "| gate |", "|---|---|---|---|---|---|---|---|---|"]
+        for k, a in enumerate(g["attempts"], 1):
+            cal = a["calibration"] + (f" {a['percentile']:g}" if a.get("percentile") is not None else "")
+            lost = "-" if a.get("rows_lost") is None else f"{a['rows_lost']} / {a['rows_gained']}"
+            text.append(f"| {k} | {a['step']} | {cal} | {', '.join(a['float_layers']) or '-'} | "
+                        f"{100 * a['val_accuracy']:.1f} | {a['drop_pt']:.2f} | {a['agree_pct']:.1f} | {lost} | "
+                        f"{'pass' if a['passed'] else 'FAIL'} |")
+        text.append("")
+    return text
+
+
 def write_report(result: dict, run_dir: Path) -> None:
     pngs = _plots(result, run_dir)
     text = [f"# Validation report: {headline(result)}", "",
@@ -239,6 +299,11 @@ def write_report(result: dict, run_dir: Path) -> None:
             summary_table(result), ""]
     if result.get("models"):
         text += [models_line(result["models"]), ""]
+
+
+    text += gates_text(result)
+    if result.get("int8_search"):
+        text += search_text(result["int8_search"])
     missing = result.get("not_validated", [])
     if missing:
         text += ["## Not validated here", "", "These were **not** validated on this machine and are not "

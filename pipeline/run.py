@@ -133,6 +133,7 @@ def stage_quantize(ctx: Ctx) -> list[Output]:
 
     from fdkd.calibration.quantize import convert_fp16, quantize_int8
     from fdkd.calibration.sensitivity import layer_errors
+    from fdkd.pipeline import int8_search, search_record
     from fdkd.pipeline.export import INPUT_NAME
 
     q = ctx.cfg.quantize
@@ -151,22 +152,48 @@ def stage_quantize(ctx: Ctx) -> list[Output]:
                   percentile=q.percentile, target="cpu")
     outs.append(Output(artifacts.ONNX_INT8_CPU, rd / artifacts.ONNX_INT8_CPU, inputs,
                        {"precision": "int8", "calibration": chosen, "target": "cpu"}))
+    errors = None
     if chosen in q.calib_methods:
         errors = layer_errors(fp32, rd / artifacts.ONNX_INT8.format(method=chosen), calib, INPUT_NAME)
         artifacts.write_text(rd / artifacts.SENSITIVITY, json.dumps({"int8": chosen, "layers": errors}, indent=2))
         outs.append(Output(artifacts.SENSITIVITY, rd / artifacts.SENSITIVITY, inputs,
                            {"worst": errors[: q.sensitivity_top]}))
+    # judged on the validation split (never test); a graph that fails there is searched for one that passes
+    record = int8_search.run(ctx.cfg, ctx.dataset, errors)
+    artifacts.write_json(rd / search_record.SEARCH, record)
+    for g in record["graphs"]:
+        console.print(f"INT8 {g['target']} graph: " + _search_line(g), highlight=False)
+    if (rd / search_record.SEARCHED).exists():
+        outs.append(Output(search_record.SEARCHED, rd / search_record.SEARCHED, inputs,
+                           {"precision": "int8", "target": "tensorrt", "search": True}))
+    outs.append(Output(search_record.SEARCH, rd / search_record.SEARCH, inputs))
     return outs
+
+
+def _search_line(g: dict) -> str:
+    last = g["attempts"][-1]
+    if g["passed"] and len(g["attempts"]) == 1:
+        return f"{g['chosen']} passed on the validation split ({last['gate']})"
+    if g["passed"]:
+        floats = f", {len(g['float_layers'])} layer(s) in float" if g["float_layers"] else ""
+        return (f"{g['graph']} failed on the validation split; the search passed with {g['calibration']}{floats} "
+                f"after {len(g['attempts'])} attempts: {g['chosen']} ({last['gate']})")
+    return (f"{g['graph']} failed on the validation split and the search found no passing graph in "
+            f"{len(g['attempts'])} attempts ({g['stopped']}): not built, not served")
 
 
 def stage_build(ctx: Ctx) -> list[Output]:
     from fdkd.pipeline.build import build_engine
+    from fdkd.pipeline.search_record import build_source
 
     b = ctx.cfg.build
     sources = {"fp32": artifacts.ONNX_FP32, "fp16": artifacts.ONNX_FP16,
-               "int8": artifacts.ONNX_INT8.format(method=b.int8_method)}
+               "int8": build_source(ctx.run_dir, b.int8_method)}  # the INT8 graph that passed its search
     outs = []
     for precision in b.precisions:
+        if sources[precision] is None:
+            console.print("[yellow]no INT8 engine:[/] no INT8 graph passed its gate search (int8_search.json)")
+            continue
         plan = build_engine(ctx.run_dir / sources[precision], precision, ctx.run_dir, b)
         outs.append(Output(plan.name, plan, [sources[precision]], {"precision": precision}))
         info = plan.with_name(plan.stem + ".build.json")
@@ -192,7 +219,9 @@ STAGES: dict[str, tuple[Callable[[Ctx], list[Output]], tuple[str, ...], Callable
                 lambda c: ["dataset", *[artifacts.TEACHER.format(modality=m) for m in _teacher_modalities(c.cfg)]]),
     "export": (stage_export, ("export",), lambda c: [artifacts.STUDENT]),
     "calibrate": (stage_calibrate, ("seed", "quantize"), lambda c: ["dataset", artifacts.ONNX_FP32]),
-    "quantize": (stage_quantize, ("quantize", "build"), lambda c: [artifacts.ONNX_FP32, artifacts.CALIB]),
+    # validate: the gate search judges with validate.gates and validate.threads
+    "quantize": (stage_quantize, ("quantize", "build", "validate", "threads"),
+                 lambda c: ["dataset", artifacts.ONNX_FP32, artifacts.CALIB]),
     "build": (stage_build, ("build",), lambda c: [n for n in c.manifest.data["artifacts"] if n.endswith(".onnx")]),
     # "threads": the default of validate.threads
     "validate": (stage_validate, ("validate", "teacher", "threads"),

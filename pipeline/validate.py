@@ -17,11 +17,16 @@ with Q/DQ fused by ONNX Runtime's CPU kernels (how the CPU would serve it; gated
 only makes that mode unservable). Engines that cannot run here, and engines the build stage could
 not make, are listed under ``not_validated`` and the result says ``complete: false``.
 
+FP16 and INT8 checks decide on the rows that changed (``validate.gates.decide``, ``fdkd.pipeline.gate_stats``);
+INT8 served by ONNX Runtime's CPU kernels is held to the CPU bar. A graph whose INT8 gate search
+(``fdkd.pipeline.int8_search``, on the validation split) found nothing that passed is failed here too.
+
 Writes ``validation.json``, ``report.md`` (+ PNG plots) and ``validation.testset.npz`` (test inputs,
-labels, ``student.pt``'s logits) even when a gate fails, then raises ``ValidationFailed`` naming
-each failing artifact and metric. ``validate_engine`` gates an engine built later (``fdkd engine``,
-a container's first start) on that test set, without torch, into ``validation.json`` beside the
-engine, which is where the server looks for the engine's own entry.
+labels, ``student.pt``'s logits) even when a gate fails. Only a failed ``student.onnx`` raises
+``ValidationFailed`` (naming each failing artifact and metric); another failed artifact is listed under
+``failed``, never served, and the run ships what passed (``shipped``, ``targets``). ``validate_engine`` gates an
+engine built later (``fdkd engine``, a container's first start) on that test set, without torch, into
+``validation.json`` beside the engine, which is where the server looks for the engine's own entry.
 
 Where the dataset holds out whole accents (split ``test_unseen_accent``), ``student.pt``'s accuracy
 on it is reported beside the in-domain test accuracy (``unseen_accent`` in ``validation.json``).
@@ -105,19 +110,40 @@ def _check(metric: str, value: float, op: str, limit: float) -> dict:
     return {"metric": metric, "value": value, "op": op, "limit": limit, "passed": bool(ok)}
 
 
-def gate(entry: dict, gates: GateConfig, ref_acc: float) -> dict:
+def _limits(entry: dict, gates: GateConfig) -> tuple[float, float]:
+    """(max accuracy drop, min agreement) of a FP16 or INT8 entry; INT8 served by ONNX Runtime's CPU kernels is
+    held to the CPU bar (``int8_cpu_max_acc_drop_pt``), the bar ``fdkd serve``'s auto stays within."""
+    if entry["precision"] == "fp16":
+        return gates.fp16_max_acc_drop_pt, gates.fp16_min_agree_pct
+    cpu = entry.get("target") == CPU_FUSED
+    return (gates.int8_cpu_max_acc_drop_pt if cpu else gates.int8_max_acc_drop_pt), gates.int8_min_agree_pct
+
+
+def gate(entry: dict, gates: GateConfig, ref_acc: float, rows: dict | None = None) -> dict:
     """Every check of ``entry``'s precision; ``passed`` only if all pass. ``metric``/``value``/``limit``
-    repeat the first failing check (or the first check when all pass) for one-line messages."""
+    repeat the first failing check (or the first check when all pass) for one-line messages.
+
+    ``rows`` (``{"y", "ref_pred", "pred"}``: labels, the reference's and the artifact's top-1 per row) lets FP16
+    and INT8 checks decide on the rows that changed (``gates.decide="paired"``, ``fdkd.pipeline.gate_stats``);
+    each such check also reports the rows lost, gained and changed and its p-value."""
+    from fdkd.pipeline import gate_stats
+
     m = entry["metrics"]
     agree = 100.0 * m["agree_student_pt"]
     if entry["precision"] == "fp32":
         checks = [_check("max_abs_logit", m["max_abs_logit"], "<=", gates.fp32_max_abs_logit),
                   _check("agree_student_pt_pct", agree, ">=", 100.0)]
     elif entry["precision"] in ("fp16", "int8"):
-        drop_limit, agree_limit = {"fp16": (gates.fp16_max_acc_drop_pt, gates.fp16_min_agree_pct),
-                                   "int8": (gates.int8_max_acc_drop_pt, gates.int8_min_agree_pct)}[entry["precision"]]
+        drop_limit, agree_limit = _limits(entry, gates)
         checks = [_check("accuracy_drop_pt", 100.0 * (ref_acc - m["accuracy"]), "<=", drop_limit),
                   _check("agree_student_pt_pct", agree, ">=", agree_limit)]
+        if rows is not None and gates.decide == "paired":
+            y, ref, pred = (np.asarray(rows[k]) for k in ("y", "ref_pred", "pred"))
+            d = gate_stats.drop_test(ref == y, pred == y, drop_limit, gates.alpha)
+            a = gate_stats.agree_test(int((pred != ref).sum()), len(y), agree_limit, gates.alpha)
+            for c, t in zip(checks, (d, a), strict=True):
+                c.update({k: v for k, v in t.items() if k != "value"}, decide="paired", alpha=gates.alpha,
+                         point_passed=c["passed"])
     else:
         checks = [{"metric": "precision", "value": entry["precision"], "op": "in", "limit": ["fp32", "fp16", "int8"],
                    "passed": False}]
@@ -144,7 +170,9 @@ def _not_built(run_dir: Path, cfg: RunConfig) -> list[dict]:
 
 
 def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
-    """Validate everything in ``run_dir``; write validation.json and report.md; raise on a failed gate."""
+    """Validate everything in ``run_dir``; write validation.json and report.md. Raise only when ``student.onnx``
+    fails its gate (every other graph comes from it); any other failed graph is recorded as failed (never served)
+    and the run ships what passed (``fdkd run --strict`` exits 1 on those too)."""
     import torch
 
     from fdkd.pipeline.models.checkpoint import describe, load_model
@@ -179,6 +207,10 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
     ref_acc = entries[1]["metrics"]["accuracy"]
     artifacts.save_npz(run_dir / artifacts.TESTSET, {"x": x, "y": y, "ref_logits": ref, "teacher_pred": teacher_pred})
     not_validated = _not_built(run_dir, cfg)
+    from fdkd.pipeline.search_record import SEARCH, failed_graphs
+
+    search = json.loads((run_dir / SEARCH).read_text()) if (run_dir / SEARCH).exists() else None
+    searched_out = failed_graphs(search)
     hashes: dict[Path, str] = {}
     for art in discover(run_dir):
         sha = hashes.setdefault(art["path"], artifacts.sha256_file(art["path"]))
@@ -198,11 +230,17 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
         entry["runtime"] = rt.describe()
         entry["metrics"] = compare(logits, ref, teacher_pred, y) | latency(rt, x, v.latency_batch, v.latency_repeats)
         entry["predictions"] = logits.argmax(1).tolist()
-        entry["gate"] = gate(entry, v.gates, ref_acc)
+        entry["gate"] = gate(entry, v.gates, ref_acc, {"y": y, "ref_pred": ref.argmax(1), "pred": logits.argmax(1)})
+        if art["name"] in searched_out:  # its search found no graph that passed on validation: never served
+            entry["gate"] = _search_failed(entry["gate"], searched_out[art["name"]])
         entries.append(entry)
     failed = [e for e in entries if e.get("required") and "gate" in e and not e["gate"]["passed"]]
+    fp32_failed = [e for e in failed if e["name"] == artifacts.ONNX_FP32]
     result = {"split": "test", "rows": int(len(y)), "class_names": ds.class_names, "labels": y.tolist(),
               "student_modality": s_mod, "teacher_modality": t_mod, "passed": not failed,
+              "shipped": not fp32_failed and any(e["name"] == artifacts.ONNX_FP32 for e in entries),
+              "failed": sorted({e["name"] for e in failed}), "targets": _targets(entries),
+              "warnings": _resolution_warnings(len(y), v.gates), "int8_search": search,
               "complete": not not_validated, "not_validated": not_validated, "artifacts": entries,
               "models": {"teacher": describe(tpath), "student": describe(run_dir / artifacts.STUDENT)},
               "distill": {"method": ckpt.get("metrics", {}).get("method"),
@@ -219,7 +257,7 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
                                                                     .argmax(1) == yu).mean())}
     artifacts.write_json(run_dir / artifacts.VALIDATION, result)
     write_report(result, run_dir)
-    if failed:
+    if fp32_failed:
         raise ValidationFailed("validation gate failed: " + "; ".join(
             f"{e['name']} {gate_text(e['gate'])} in mode [{_mode_text(e)}]" for e in failed))
     return result
@@ -236,6 +274,44 @@ def _teacher_training(path: Path) -> dict | None:
     except ValueError:
         return None
     return ckpt.get("metrics", {}).get("training") if ckpt.get("format") == FORMAT else None
+
+
+def _search_failed(g: dict, rec: dict) -> dict:
+    """``g`` with a failing ``int8_search`` check: the graph's search (on validation) found nothing that passed."""
+    check = {"metric": "int8_search", "value": f"no passing graph in {len(rec['attempts'])} attempts on val",
+             "op": "==", "limit": "a graph that passed", "passed": False}
+    return g | {"passed": False, "checks": [*g["checks"], check]} | (
+        {k: check[k] for k in ("metric", "value", "limit")} if g["passed"] else {})
+
+
+def _targets(entries: list[dict]) -> dict[str, list[str]]:
+    """Per target (TensorRT, the CPU): the artifacts whose required entry passed. student.onnx is in both: it is
+    served on the CPU and is the source of a TensorRT FP32 engine."""
+    out: dict[str, list[str]] = {"cpu": [], "tensorrt": []}
+    for e in entries:
+        if not e.get("required") or not e.get("gate", {}).get("passed"):
+            continue
+        if e["name"] == artifacts.ONNX_FP32:
+            out["cpu"].append(e["name"])
+            out["tensorrt"].append(e["name"])
+        else:
+            out["cpu" if e["name"] == artifacts.ONNX_INT8_CPU else "tensorrt"].append(e["name"])
+    return out
+
+
+def _resolution_warnings(n: int, gates: GateConfig) -> list[str]:
+    """Gates this test split is too small to decide at a 1-point resolution (paired decisions only)."""
+    from fdkd.pipeline.gate_stats import resolution_warning
+
+    if gates.decide != "paired" or n == 0:
+        return []
+    out = []
+    for what, limit in (("INT8 gate", gates.int8_max_acc_drop_pt), ("CPU INT8 gate", gates.int8_cpu_max_acc_drop_pt),
+                        ("FP16 gate", gates.fp16_max_acc_drop_pt)):
+        w = resolution_warning(n, limit, gates.alpha, f"{what} on the test split")
+        if w:
+            out.append(w)
+    return out
 
 
 def _mode_text(entry: dict) -> str:
@@ -273,7 +349,8 @@ def validate_engine(run_dir: Path, plan: Path) -> dict:
              "metrics": compare(logits, ref, teacher_pred, y)
              | latency(rt, x, v["latency_batch"], v["latency_repeats"]),
              "predictions": logits.argmax(1).tolist()}
-    entry["gate"] = gate(entry, gates, float((ref.argmax(1) == y).mean()))
+    entry["gate"] = gate(entry, gates, float((ref.argmax(1) == y).mean()),
+                         {"y": y, "ref_pred": ref.argmax(1), "pred": logits.argmax(1)})
     out = plan.parent / artifacts.VALIDATION
     existing = json.loads(out.read_text()) if out.exists() else {"artifacts": []}
     existing["artifacts"] = [a for a in existing.get("artifacts", []) if a.get("name") != plan.name] + [entry]

@@ -29,10 +29,11 @@ Every refusal raises ``NotServable`` with the reason, which ``/v2/health/ready``
 
 ``artifact="auto"`` on the CPU (no engine) serves ``student.onnx`` unless an INT8 graph of the run
 is faster *and* servable here: its file matches the manifest, an entry with its sha256 passed its
-gate in the mode this server would run it in (Q/DQ fused, **this CPU's INT8 kernel family**, the
-same threads), and that entry's validation throughput is at least ``INT8_MIN_SPEEDUP`` times
-``student.onnx``'s at the same batch (``cpu_choice``). The FP32 graph must itself be servable
-first: its refusal is the run's refusal (a failed FP32 gate or a stale validation says something is
+gate (for INT8 fused on the CPU that gate is the CPU bar ``validate.gates.int8_cpu_max_acc_drop_pt``, 0.5 points,
+and a graph whose INT8 gate search found nothing is failed whatever it scored) in the mode this server would run it
+in (Q/DQ fused, **this CPU's INT8 kernel family**, the same threads), and that entry's validation throughput is at
+least ``INT8_MIN_SPEEDUP`` times ``student.onnx``'s at the same batch (``cpu_choice``). The FP32 graph must itself
+be servable first: its refusal is the run's refusal (a failed FP32 gate or a stale validation says something is
 wrong with the export every other graph comes from). So one run directory copied between an AVX2
 machine and a VNNI one serves FP32 on the first and, where INT8 was validated on that family and
 measured faster, INT8 on the second.

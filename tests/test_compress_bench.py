@@ -59,6 +59,6 @@ def test_each_family_gets_its_own_table_and_verdict():
 def test_candidates_cover_every_graph_kind_in_table_order(tmp_path):
     for n in ("student.onnx", "student.fp16.onnx", "student.int8.minmax.onnx", "student.int8cpu.onnx"):
         (tmp_path / n).write_bytes(b"")
-    got = [(name, opts) for _, name, opts in compress.candidate_graphs(tmp_path)]
+    got = [(path.name, opts) for _, path, opts in compress.candidate_graphs(tmp_path)]
     assert got == [("student.onnx", {}), ("student.fp16.onnx", {}), ("student.int8.minmax.onnx", {}),
                    ("student.int8.minmax.onnx", {"emulate_qdq": True}), ("student.int8cpu.onnx", {})]

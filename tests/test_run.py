@@ -201,28 +201,40 @@ def test_default_gates_end_to_end_on_a_student_that_learns(tmp_path):
     ref = np.array(next(a for a in entries if a["name"] == "student.pt")["predictions"])
     ref_acc = float((ref == y).mean())
     assert ref_acc >= 0.5 and len(set(ref.tolist())) >= 6, "the student must learn, or agreement means nothing"
+    from scipy.stats import binomtest
+
     g = GateConfig()
     limits = {"fp16": (g.fp16_max_acc_drop_pt, g.fp16_min_agree_pct), "int8": (g.int8_max_acc_drop_pt,
                                                                                 g.int8_min_agree_pct)}
+    search_failed = {s["graph"] for s in result["int8_search"]["graphs"] if not s["passed"]}
     failing, judged = [], set()
     for a in entries:
         if a.get("precision") not in limits or "gate" not in a:
             continue
         pred = np.array(a["predictions"])
-        drop = 100 * (ref_acc - float((pred == y).mean()))
-        agree = 100 * float((pred == ref).mean())
+        lost, gained = int(((ref == y) & (pred != y)).sum()), int(((ref != y) & (pred == y)).sum())
+        disagree, n = int((pred != ref).sum()), len(y)
         max_drop, min_agree = limits[a["precision"]]
-        ok = drop <= max_drop + 1e-9 and agree >= min_agree - 1e-9
-        assert a["gate"]["passed"] == ok, (a["name"], a["mode"], drop, agree)
-        assert [c["limit"] for c in a["gate"]["checks"]] == [max_drop, min_agree]  # the defaults, not loosened
+        if a["precision"] == "int8" and a["mode"]["qdq"] == "fused":  # served by the CPU: the CPU bar
+            max_drop = g.int8_cpu_max_acc_drop_pt
+        # paired: fail only when the changed rows show the drop / the disagreement beyond the limit (alpha 0.05)
+        p0 = min(1.0, 0.5 * (1 + max_drop / 100 * n / (lost + gained))) if lost + gained else 1.0
+        drop_ok = lost + gained == 0 or binomtest(lost, lost + gained, p0, alternative="greater").pvalue >= 0.05
+        agree_ok = binomtest(disagree, n, 1 - min_agree / 100, alternative="greater").pvalue >= 0.05
+        ok = drop_ok and agree_ok and a["name"] not in search_failed
+        assert a["gate"]["passed"] == ok, (a["name"], a["mode"], lost, gained, disagree)
+        assert [c["limit"] for c in a["gate"]["checks"][:2]] == [max_drop, min_agree]  # the defaults, not loosened
         judged.add((a["name"], a["mode"]["qdq"]))
         if not ok and a["required"]:
             failing.append(a["name"])
-    assert judged == {("student.fp16.onnx", None), ("student.int8.minmax.onnx", "emulated"),
-                      ("student.int8.minmax.onnx", "fused"), ("student.int8cpu.onnx", "fused")}
+    searched = {("student.int8.search.onnx", q) for q in ("emulated", "fused")}  # where the search made one
+    assert judged - searched == {("student.fp16.onnx", None), ("student.int8.minmax.onnx", "emulated"),
+                                 ("student.int8.minmax.onnx", "fused"), ("student.int8cpu.onnx", "fused")}
     fp16 = next(a for a in entries if a["name"] == "student.fp16.onnx")
     assert fp16["gate"]["passed"] and fp16["metrics"]["agree_student_pt"] >= 0.99
-    assert result["passed"] == (not failing) and proc.returncode == (1 if failing else 0), proc.stderr[-2000:]
+    # a failed INT8 graph is reported and never served; the run still ships student.onnx and exits 0
+    assert result["passed"] == (not failing) and proc.returncode == 0, proc.stderr[-2000:]
+    assert set(failing) == set(result["failed"])
     if failing:
         err = " ".join(proc.stderr.split())
-        assert "validation gate failed" in err and all(name in err for name in failing)
+        assert "run shipped what passed" in err and all(name in err for name in failing)

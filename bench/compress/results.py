@@ -73,6 +73,8 @@ def render_run(records: list[dict]) -> str:
     lines = [head + ".", ""]
     if r0.get("source"):
         lines += [f"Source: {r0['source']}.", ""]
+    if r0.get("note"):  # the conditions the run was measured in (a short-trained student, a loaded machine)
+        lines += [f"Conditions: {r0['note']}.", ""]
     lines += [f"Reproduce: `{r0['command']}`", ""]
     cols = ["artifact", "test acc %", "delta pt"]
     for b in batches:

@@ -7,7 +7,10 @@
 torch eager FP32 vs ONNX Runtime FP32, the FP16 graph, each TensorRT-legal INT8 Q/DQ graph (S8S8,
 symmetric) as ONNX Runtime's CPU kernels run it (Q/DQ fused) and as written (Q/DQ emulated: the
 graph's reference semantics, which TensorRT approximates with its own fused INT8 kernels), and the
-CPU INT8 variant ``student.int8cpu.onnx`` (U8S8, reduced range), at batch 1, 8 and 64: throughput,
+CPU INT8 variant ``student.int8cpu.onnx`` (U8S8, reduced range), at batch 1, 8 and 64. A graph the INT8 gate
+search made (``student.int8.search.onnx``, or a searched ``student.int8cpu.onnx``, named by its metadata) is
+labelled ``[gate-searched: ...]`` and, for the CPU graph, timed beside the plain one the bench quantizes again:
+throughput,
 p50/p99 latency, test accuracy. Then the model's FLOPs against a measured FP32 matmul ceiling of
 this machine, the CPU model and SIMD flags, its INT8 kernel family (``fdkd.serving.runtime.cpu_isa``:
 fused INT8 results differ between families), which graph ``fdkd serve`` picks here, and the
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -74,17 +78,52 @@ def matmul_ceiling() -> float:
     return 2 * 1024**3 / np.median(t) / 1e9
 
 
-def candidate_graphs(run_dir: Path) -> list[tuple[str, str, dict]]:
-    """(label, file name, OnnxRuntime options) of every ONNX graph of ``run_dir`` this bench times, in table order."""
+def searched_as(path: Path) -> str:
+    """`` [gate-searched: entropy, 2 layers in float]`` for a graph the INT8 gate search made, else ``""``."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if "fdkd.search.float_layers" not in meta:
+        return ""
+    floats = [x for x in meta["fdkd.search.float_layers"].split(",") if x]
+    cal = meta.get("fdkd.calibration", "?") + (f" {meta['fdkd.search.percentile']}" if "fdkd.search.percentile"
+                                               in meta else "")
+    return f" [gate-searched: {cal}, {len(floats)} layer(s) in float]"
+
+
+def plain_cpu_graph(run_dir: Path, out: Path) -> Path | None:
+    """The plain CPU INT8 graph (the build's calibrator, nothing searched) written to ``out`` when the run's
+    ``student.int8cpu.onnx`` is a gate-searched one, so the table shows both; None when the run's is the plain one."""
+    if not searched_as(run_dir / "student.int8cpu.onnx"):
+        return None
+    from fdkd.calibration.quantize import quantize_int8
+    from fdkd.pipeline.export import INPUT_NAME
+
+    cfg = json.loads((run_dir / "manifest.json").read_text())["config"]
+    q = cfg["quantize"]
+    quantize_int8(run_dir / "student.onnx", out, run_dir / "calib.npz", INPUT_NAME, cfg["build"]["int8_method"],
+                  exclude=tuple(q["exclude"]), percentile=q["percentile"], target="cpu")
+    return out
+
+
+def candidate_graphs(run_dir: Path, extra_dir: Path | None = None) -> list[tuple[str, Path, dict]]:
+    """(label, path, OnnxRuntime options) of every ONNX graph of ``run_dir`` this bench times, in table order; a
+    gate-searched graph is labelled so and, for the CPU graph, timed beside the plain one (made in ``extra_dir``)."""
     out = []
     for name, kind in [("student.onnx", "FP32"), ("student.fp16.onnx", "FP16 graph")]:
         if (run_dir / name).exists():
-            out.append((f"ORT {name} ({kind})", name, {}))
+            out.append((f"ORT {name} ({kind})", run_dir / name, {}))
     for p in sorted(run_dir.glob("student.int8.*.onnx")):
-        out.append((f"ORT {p.name} (S8S8, Q/DQ fused: CPU kernels)", p.name, {}))
-        out.append((f"ORT {p.name} (S8S8, Q/DQ emulated: as written)", p.name, {"emulate_qdq": True}))
-    if (run_dir / "student.int8cpu.onnx").exists():
-        out.append(("ORT student.int8cpu.onnx (U8S8 reduced range, Q/DQ fused)", "student.int8cpu.onnx", {}))
+        tag = searched_as(p)
+        out.append((f"ORT {p.name} (S8S8, Q/DQ fused: CPU kernels){tag}", p, {}))
+        out.append((f"ORT {p.name} (S8S8, Q/DQ emulated: as written){tag}", p, {"emulate_qdq": True}))
+    cpu = run_dir / "student.int8cpu.onnx"
+    if cpu.exists():
+        plain = plain_cpu_graph(run_dir, extra_dir / "student.int8cpu.plain.onnx") if extra_dir else None
+        if plain is not None:
+            out.append(("ORT student.int8cpu.onnx as quantized before the search (U8S8 reduced range, Q/DQ fused) "
+                        "[plain]", plain, {}))
+        out.append((f"ORT student.int8cpu.onnx (U8S8 reduced range, Q/DQ fused){searched_as(cpu)}", cpu, {}))
     return out
 
 
@@ -142,8 +181,10 @@ def main(argv: list[str] | None = None) -> None:
             return student(torch.from_numpy(b)).numpy()
 
     candidates = [("torch eager fp32", "student.pt", eager, {"runtime": "pytorch", "threads": threads})]
-    for label, name, opts in candidate_graphs(args.run_dir):
-        rt = OnnxRuntime(args.run_dir / name, threads=threads, **opts)
+    tmp = tempfile.TemporaryDirectory()  # the plain CPU graph, when the run's is a gate-searched one
+    for label, path, opts in candidate_graphs(args.run_dir, Path(tmp.name)):
+        rt = OnnxRuntime(path, threads=threads, **opts)
+        name = path.name if path.parent == args.run_dir else f"{path.name} (made by the bench)"
         candidates.append((label, name, rt, rt.mode()))
     acc = {label: float((np.concatenate([fn(x[i : i + 64]) for i in range(0, len(x), 64)]).argmax(1) == y).mean())
            for label, _, fn, _ in candidates}

@@ -30,6 +30,17 @@ class QuantizeConfig(_Strict):
     fp16_keep_fp32: tuple[str, ...] = ()  # ONNX node names kept in FP32 in the FP16 graph
     exclude: tuple[str, ...] = ()  # ONNX node names kept in float in the INT8 graphs
     sensitivity_top: int = Field(5, ge=1)
+    # the INT8 gate search (fdkd.pipeline.int8_search): when the build's INT8 graph or the CPU INT8 graph fails its
+    # gate on the validation split, try every calibrator (percentile at ``percentile`` and ``search_percentile``),
+    # then keep the layers sensitivity.json ranks worst in float, one more at a time
+    search: bool = True
+    # the calibrators tried after the plain graph fails ("percentile" at ``percentile``, "percentile2" at
+    # ``search_percentile``); [] goes straight to keeping layers in float
+    search_calibrators: tuple[Literal["minmax", "entropy", "percentile", "percentile2"], ...] = (
+        "minmax", "entropy", "percentile", "percentile2")
+    search_percentile: float = Field(99.99, gt=90, le=100)
+    search_max_float_frac: float = Field(0.2, ge=0, le=1)  # of the quantized nodes sensitivity.json names
+    search_max_passes: int = Field(12, ge=1)  # validation-split passes per graph searched, at most
 
 
 class BuildConfig(_Strict):
@@ -56,6 +67,13 @@ class GateConfig(_Strict):
     # top-1 agreement with student.pt, percent of test rows (catches flips that cancel in accuracy)
     fp16_min_agree_pct: float = Field(99.0, ge=0, le=100)
     int8_min_agree_pct: float = Field(97.0, ge=0, le=100)
+    # an INT8 graph served by ONNX Runtime's CPU kernels (student.int8cpu.onnx, and any INT8 graph's fused mode):
+    # the bar `fdkd serve`'s auto must stay within to pick INT8 on the CPU
+    int8_cpu_max_acc_drop_pt: float = Field(0.5, ge=0)
+    # "paired": a check fails only when its rows show, at one-sided level alpha, that the value is beyond the limit
+    # (fdkd.pipeline.gate_stats); "point": the value itself against the limit, whatever the split's size
+    decide: Literal["paired", "point"] = "paired"
+    alpha: float = Field(0.05, gt=0, lt=0.5)
 
 
 class ValidateConfig(_Strict):
