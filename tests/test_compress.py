@@ -254,6 +254,11 @@ def test_gates_per_precision():
     fp32 = {"precision": "fp32", "metrics": {"max_abs_logit": 5e-5, "agree_student_pt": 1.0}}
     assert gate(fp32, gates, 0.9)["passed"]
     assert not gate(fp32 | {"metrics": {"max_abs_logit": 2e-4, "agree_student_pt": 1.0}}, gates, 0.9)["passed"]
+    # the limit is per unit of student.pt's largest |logit|: 2e-4 on logits near 9 is float rounding
+    big = gate(fp32 | {"metrics": {"max_abs_logit": 2e-4, "agree_student_pt": 1.0, "logit_scale": 9.0}}, gates, 0.9)
+    assert big["passed"] and big["limit"] == pytest.approx(9e-4)
+    assert not gate(fp32 | {"metrics": {"max_abs_logit": 1e-3, "agree_student_pt": 1.0, "logit_scale": 9.0}},
+                    gates, 0.9)["passed"]
     flipped = gate(fp32 | {"metrics": {"max_abs_logit": 5e-5, "agree_student_pt": 0.99}}, gates, 0.9)
     assert not flipped["passed"] and flipped["metric"] == "agree_student_pt_pct"
     fp16 = {"precision": "fp16", "metrics": {"accuracy": 0.898, "agree_student_pt": 0.995}}
