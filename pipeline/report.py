@@ -145,14 +145,13 @@ def _fmt(metrics: dict, key: str, fmt: str) -> str:
 
 
 def candidates_table(auto: dict) -> str:
-    """``method: auto``: every candidate's accuracies, its lead over ``none`` on the judge half, and which shipped.
+    """``method: auto``: every candidate's accuracies, its lead over ``none`` on the judged rows, and which shipped.
 
     Results written before the judge half (no ``judge_acc``) show the columns they have."""
     judged = all("judge_acc" in c for c in auto["candidates"])
     crossfit = auto.get("judge") == "crossfit"
     head = f"| candidate | method | val acc % ({'all, shipped epoch' if crossfit else 'select half'}) | "
-    head += (f"{'cross-fitted judge' if crossfit else 'judge'} acc % | lead over none, pt (SE) | passes margin | "
-             if judged else "")
+    head += "judge acc % | lead over none, pt (SE) | passes margin | " if judged else ""
     head += "test acc % | best epoch | shipped |"
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in auto["candidates"]:
