@@ -233,3 +233,22 @@ def test_tables_say_where_the_40_epoch_rule_was_not_applied():
              **_run_rec(rows, dict.fromkeys(rows, 0.9), 0.9, flat=s != 1), "machine": _machine()} for s in range(3)]
     text = science_v3_tables.render(recs, None)
     assert "**the 40-epoch rule was not applied**: seed(s) 1 had a curve not flat at 20 epochs" in text
+
+
+def test_prototype_table_splits_kd_into_instance_and_label_correction():
+    rows = science_v3.PROTOTYPE_ROWS
+    recs = []
+    for seed in range(3):
+        test = {"none": 0.8, "kd": 0.94 + 0.01 * seed, "kd prototype teacher": 0.93 + 0.01 * seed,
+                "kd shuffled teacher": 0.70}
+        recs.append({"kind": "run", "part": "prototype", "preset": "avdigits", "axis": "noise", "level": 0.4,
+                     "seed": seed, "epochs": 40, **_run_rec(rows, test, 0.9), "machine": _machine()})
+    rec = science_v3_tables.Records(recs, part="prototype")
+    (row,) = [r for r in science_v3_tables.prototype_table(rec) if r.startswith("| avdigits")]
+    # kd minus prototype: +1 every seed; prototype minus shuffled: 23, 24, 25
+    assert "| **+1.0 [+1.0, +1.0]** | **+24.0 [+21.5, +26.5]** | 0/12 |" in row
+    one = science_v3_tables.Records(recs[:1], part="prototype")
+    assert "| +1.0 (n=1) | +23.0 (n=1) |" in science_v3_tables.prototype_table(one)[2]
+    assert science_v3_tables.Records(recs).runs == {}  # the main part's tables never read them
+    budget = science_v3_tables.budget_table(rec, [("kd", "kd prototype teacher")])
+    assert budget[2] == "| 40 % | 40 | 3 | **+1.0 [+1.0, +1.0]** | 0/3 | 0/3 |"

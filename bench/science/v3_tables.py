@@ -265,13 +265,22 @@ def budget_table(rec: Records, pairs: list[tuple[str, str]]) -> list[str]:
                 return {s: 100 * c["test_acc"] for s, r in runs.items() for c in r["candidates"] if c["name"] == name}
 
             cols = [f"{100 * level:g} %", str(epochs), str(len(runs))]
-            cols += [fmt_diff(paired(acc(a), acc(b))) for a, b in pairs]
+            cols += [diff_or_one(acc(a), acc(b)) for a, b in pairs]
             for name in dict.fromkeys(r for p in pairs for r in p):
                 flats = [c["flat"] for r in runs.values() for c in r["candidates"] if c["name"] == name]
                 cols.append(f"{sum(not f for f in flats)}/{len(flats)}")
             out.append("| " + " | ".join(cols) + " |")
         out.append("")
     return out
+
+
+def diff_or_one(a: dict[int, float], b: dict[int, float]) -> str:
+    """``fmt_diff`` of the paired difference; with one common seed, that seed's difference marked n=1 (no
+    interval: a single run says nothing about its spread)."""
+    common = sorted(set(a) & set(b))
+    if len(common) == 1:
+        return f"{a[common[0]] - b[common[0]]:+.1f} (n=1)"
+    return fmt_diff(paired(a, b))
 
 
 def prototype_table(rec: Records) -> list[str]:
@@ -288,7 +297,7 @@ def prototype_table(rec: Records) -> list[str]:
         not_flat = sum(1 for r in runs.values() for c in r["candidates"] if not c["flat"])
         n_curves = sum(len(r["candidates"]) for r in runs.values())
         out.append(f"| {_label(cell)} | {epochs} | {fmt_acc(kd)} | {fmt_acc(proto)} | {fmt_acc(shuf)} | "
-                   f"{fmt_diff(paired(kd, proto))} | {fmt_diff(paired(proto, shuf))} | {not_flat}/{n_curves} |")
+                   f"{diff_or_one(kd, proto)} | {diff_or_one(proto, shuf)} | {not_flat}/{n_curves} |")
     return out
 
 
