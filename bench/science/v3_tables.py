@@ -8,7 +8,12 @@ Per (preset, axis, level) cell: each row's test accuracy (mean ± sd over seeds)
 rows at a labelled fraction below 1; the shuffled teacher for ``kd`` and ``fd``), each with a 95 % t-interval,
 bold where it excludes 0. ``fd (val-picked w)`` is the sweep weight with the best mean select-half validation
 accuracy over the cell's seeds. ``shipped`` is what ``method: auto`` shipped from the same candidates (its margin
-rule on the judge half). Where a seed was run twice (the doubled budget), the longer run stands.
+rule on the judge half). Where a seed was run twice (the doubled budget), the longer run stands; a cell whose runs
+had a curve not flat and no 40-epoch rerun says so in its caption.
+
+Also: the noise axis against the budget (every run, 20 and 40 epochs, and how many curves were still not flat),
+the class-prototype control (``--part prototype`` records, never mixed into the main part's cells) and the replay
+of ``auto``'s old and new rules on every record (``bench.science.v3_replay``).
 """
 
 from __future__ import annotations
