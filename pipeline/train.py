@@ -659,7 +659,8 @@ def capture(loop: _Loop, records: list[dict]) -> dict:
         ranks = [rng]
     return {"step": loop.step, "records": records,
             "directions": [{"name": d.name, "student": d.student.state_dict(), "objective": d.objective.state_dict(),
-                            "best_state": d.best_state, "best": d.best, "tracked": d.tracked,
+                            "best_state": d.best_state, "best": d.best,
+                            "tracked": [torch.from_numpy(t) for t in d.tracked],  # weights_only loads tensors
                             "ema": avg.state_dict() if avg is not None else None}
                            for d, avg in zip(loop.directions, loop.averages, strict=True)],
             "optimizers": [o.state_dict() for o in loop.sgds],
@@ -678,7 +679,7 @@ def restore(loop: _Loop, saved: dict) -> list[dict]:
         d.student.load_state_dict(s["student"])
         d.objective.load_state_dict(s["objective"])
         d.best_state, d.best = s["best_state"], s["best"]
-        d.tracked = list(s.get("tracked", []))  # auto's per-epoch correctness: the cross-fit needs every epoch
+        d.tracked = [t.numpy() for t in s.get("tracked", [])]  # auto's per-epoch correctness: the cross-fit needs all
         if avg is not None:
             avg.load_state_dict(s["ema"])
     for o, s in zip(loop.sgds, saved["optimizers"], strict=True):
