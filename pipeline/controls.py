@@ -8,7 +8,13 @@
   derangement within each class (the student's label, noisy labels included; on an unlabelled pair,
   the class the teacher predicts from the pair's own input). Class-level knowledge survives,
   instance-level knowledge does not; a method that only beats ``none`` with the real teacher, not
-  with this one, transfers instances.
+  with this one, transfers instances. With noisy labels it also loses the teacher's label correction (the
+  swapped-in pair shares the *noisy* label, not the teacher's verdict on this pair).
+- Class-prototype teacher (``distill.teacher_prototype: true``): every training pair is given the mean teacher
+  output (features and logits) over the training pairs of the class the teacher predicts for this pair
+  (``class_prototypes``). The teacher's verdict on the pair survives (label correction), everything else the
+  teacher knows about this pair does not: real teacher minus prototype is knowledge of the instance, prototype
+  minus shuffled teacher is label correction.
 """
 
 from __future__ import annotations
@@ -94,3 +100,19 @@ def shuffled_teacher_rows(y: np.ndarray, split: np.ndarray, seed: int) -> np.nda
     train = np.flatnonzero(split == 0)
     row_map[train] = shuffle_within_class(y, train, seed)
     return row_map
+
+
+def class_prototypes(features: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """(features, logits, predicted class) per training row, each row's outputs replaced by the mean over the rows
+    the teacher predicts the same class for (argmax of its own logits; the first class on ties). Means are taken in
+    float64 and returned in the inputs' dtype; a predicted class's prototype argmax can differ from the class where
+    the mean is flat, and that is kept as it is (the control is the mean, not a relabelling)."""
+    if len(features) != len(logits):
+        raise ValueError(f"class_prototypes: {len(features)} feature rows but {len(logits)} logit rows")
+    predicted = logits.argmax(1)
+    f_out, z_out = torch.empty_like(features), torch.empty_like(logits)
+    for c in torch.unique(predicted):
+        rows = predicted == c
+        f_out[rows] = features[rows].double().mean(0).to(features.dtype)
+        z_out[rows] = logits[rows].double().mean(0).to(logits.dtype)
+    return f_out, z_out, predicted.cpu().numpy()

@@ -10,11 +10,13 @@ reverse student (modality A, taught by the teacher on B) is trained in the same 
 optimizer and summed losses, and saved as ``student.reverse.pt``.
 
 ``method: auto`` (the default) trains every candidate of ``distill.auto.candidates`` per direction
-and ships one only where it beats ``none`` (training alone) on half of the validation split by more
-than the margin (``fdkd.pipeline.auto``; the other half picks the epochs); every candidate's validation,
+and ships one only where it beats ``none`` (training alone) by more than the margin on all of validation,
+cross-fitted (``fdkd.pipeline.auto``: each half of validation judged at the epoch the other half picked); every
+candidate's validation,
 judge and test accuracy, the winner and its margin over ``none`` go into the student's metrics (hence
 ``manifest.json`` and ``report.md``). In ``metrics.jsonl`` each candidate's direction is named
-``student:<candidate>``.
+``student:<candidate>``; ``auto.rows.<direction>.npz`` keeps every candidate's per-epoch correctness on every
+validation and test row (``fdkd.pipeline.auto.save_rows``: what lets a later rule be replayed without retraining).
 
 Training follows ``distill.optim`` (``fdkd.pipeline.train.fit``: optimizer, schedule, budget; early stopping by
 default on a manifest; why it stopped goes into the student's metrics as ``training``). A stage killed mid-training
@@ -23,7 +25,9 @@ and read by every rank); its epochs also go to TensorBoard where ``tracking.tens
 
 Partly labelled data (``data.labelled``, or a manifest's empty labels): every teacher term applies to every
 training pair, the cross-entropy to the labelled ones only (``fdkd.pipeline.objectives``); ``none`` trains on the
-labelled pairs alone; the shuffled teacher deranges unlabelled pairs within the teacher's predicted class.
+labelled pairs alone; the shuffled teacher deranges unlabelled pairs within the teacher's predicted class; the
+class-prototype teacher (``distill.teacher_prototype``) gives every training pair its teacher-predicted class's mean
+teacher output.
 """
 
 from __future__ import annotations
@@ -101,13 +105,18 @@ class _Teachers:
             self.inputs[key] = x
         return self.inputs[key]
 
-    def train_outputs(self, modality: str, shuffled: bool, tap: str = "post"):
-        """(features, logits) of the teacher on the training rows of its (possibly shuffled) input."""
-        key = (modality, shuffled, tap)
+    def train_outputs(self, modality: str, shuffled: bool, tap: str = "post", prototype: bool = False):
+        """(features, logits) of the teacher on the training rows of its (possibly shuffled) input; ``prototype``:
+        each row's replaced by its teacher-predicted class's mean (``controls.class_prototypes``)."""
+        key = (modality, shuffled, tap, prototype)
         if key not in self.outputs:
-            train = self.ds.indices("train")
-            self.outputs[key] = teacher_outputs(self.model(modality), self.input(modality, shuffled)[train],
-                                                self.acc, tap)
+            if prototype:
+                f, z, _ = controls.class_prototypes(*self.train_outputs(modality, shuffled, tap))
+                self.outputs[key] = (f, z)
+            else:
+                train = self.ds.indices("train")
+                self.outputs[key] = teacher_outputs(self.model(modality), self.input(modality, shuffled)[train],
+                                                    self.acc, tap)
         return self.outputs[key]
 
 
@@ -138,7 +147,7 @@ def _direction(cfg: RunConfig, dcfg: DistillConfig, ds, x, teachers: _Teachers, 
     objective = build_objective(dcfg.method, student.num_features, d_teacher, ds.num_classes, dcfg)
     cache = None
     if needs_teacher and dcfg.teacher_cache:
-        cache = teachers.train_outputs(teacher_mod, dcfg.teacher_shuffle, dcfg.feature_tap)
+        cache = teachers.train_outputs(teacher_mod, dcfg.teacher_shuffle, dcfg.feature_tap, dcfg.teacher_prototype)
     if ls_teacher:
         _, z_t = teachers.train_outputs(teacher_mod, dcfg.teacher_shuffle)
         temperature = dcfg.label_smoothing.temperature or dcfg.kd.temperature
@@ -149,6 +158,8 @@ def _direction(cfg: RunConfig, dcfg: DistillConfig, ds, x, teachers: _Teachers, 
         info["label_smoothing"] = objective.label_smoothing
     if dcfg.teacher_shuffle and needs_teacher:
         info["teacher_shuffle"] = True
+    if dcfg.teacher_prototype and needs_teacher:
+        info["teacher_prototype"] = True
     if dcfg.feature_tap == "pre":
         if not hasattr(student, "forward_taps") or getattr(student, "tap_module", "") is None:
             raise ValueError(f"distill.feature_tap=pre needs the built-in conv encoder, or distill.student.tap_module "
@@ -159,9 +170,11 @@ def _direction(cfg: RunConfig, dcfg: DistillConfig, ds, x, teachers: _Teachers, 
     return d, arch, info
 
 
-def _judge_right(student, x: torch.Tensor, y: torch.Tensor, rows) -> np.ndarray:
-    """Per judge row, whether the candidate's best-epoch student is right: what ``auto.select`` compares."""
-    return (predict(student, x[rows]).argmax(1) == y[rows]).numpy()
+def _judge_right(d, val: np.ndarray, halves: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """Per validation row, whether the candidate is right at the epoch the other half picked, and the two epochs:
+    what ``auto.select`` compares (``auto.crossfit`` on the per-epoch correctness ``fit`` kept)."""
+    right = np.stack([t[: len(val)] for t in d.tracked])
+    return auto.crossfit(right, halves)
 
 
 def run(cfg: RunConfig) -> tuple[Path, dict]:
@@ -213,19 +226,21 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
             if hasattr(d.objective, "use_band_split"):
                 band_split = d.objective.use_band_split(cfg.accel.band_split, acc.device)
         log = StageLog(cfg, "distill", cfg.run_dir / artifacts.METRICS, state.records) if acc.is_main else None
-        select_rows = judge_rows = None
-        if auto_mode:  # one half of validation picks the epochs, the other the candidate (fdkd.pipeline.auto)
-            select_rows, judge_rows = auto.halve_validation(ds.y, ds.indices("val"), cfg.seed)
+        val, test = ds.indices("val"), ds.indices("test")
+        track = halves = None
+        if auto_mode:  # every validation row's correctness per epoch, for the cross-fitted judgement; test's beside
+            track = np.concatenate([val, test])
+            a, b = auto.halve_validation(ds.y, val, cfg.seed)
+            halves = (np.searchsorted(val, a), np.searchsorted(val, b))
         try:
             with progress_bar() as p:
                 fit([b[3] for b in built], y, ds.split, cfg.distill.optim, seed=cfg.seed,
                     teacher_cache=cfg.distill.teacher_cache, grad_norm_every=cfg.distill.grad_norm_every, log=log,
-                    progress=p, description=f"distill ({cfg.distill.method})", acc=acc, select_rows=select_rows,
+                    progress=p, description=f"distill ({cfg.distill.method})", acc=acc, track_rows=track,
                     early=cfg.distill.optim.early(cfg.data.source == "manifest"), state=state)
         finally:
             if log is not None:
                 log.close()
-        test = ds.indices("test")
         # the training-alone baseline, from the candidates' definitions: method none and no overrides
         plain = {c.name for c in cfg.distill.auto.candidates if c.method == "none" and not c.set}
         results = {}
@@ -236,11 +251,16 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
                 if "_unseen" in info:
                     unseen = info["_unseen"]
                     extra["test_unseen_accent_acc"] = accuracy(predict(d.student, x[sm][unseen]), y[unseen])
-                if judge_rows is not None:
-                    extra["judge_right"] = _judge_right(d.student, x[sm], y, judge_rows)
+                if halves is not None:
+                    extra["judge_right"], extra["fold_epochs"] = _judge_right(d, val, halves)
+                    # test accuracy at each epoch, reported beside (the replay of auto's rules); never chosen on
+                    extra["test_curve"] = [round(float(t[len(val):].mean()), 5) for t in d.tracked]
                 cands.append({"name": cname, "method": dcfg.method, "plain": cname in plain, **d.best,
                               "test_acc": accuracy(predict(d.student, x[sm][test]), y[test]), **extra,
                               "_d": d, "_arch": arch})
+            if auto_mode and acc.is_main:
+                auto.save_rows(cfg.run_dir / auto.ROWS_FILE.format(direction=name), val, test, halves,
+                               {c["name"]: np.stack(c["_d"].tracked) for c in cands})
             if auto_mode:
                 chosen = auto.select([{k: v for k, v in c.items() if not k.startswith("_")} for c in cands],
                                      cfg.distill.auto.margin_se)

@@ -145,11 +145,12 @@ def _fmt(metrics: dict, key: str, fmt: str) -> str:
 
 
 def candidates_table(auto: dict) -> str:
-    """``method: auto``: every candidate's accuracies, its lead over ``none`` on the judge half, and which shipped.
+    """``method: auto``: every candidate's accuracies, its lead over ``none`` on the judged rows, and which shipped.
 
     Results written before the judge half (no ``judge_acc``) show the columns they have."""
     judged = all("judge_acc" in c for c in auto["candidates"])
-    head = "| candidate | method | val acc % (select half) | "
+    crossfit = auto.get("judge") == "crossfit"
+    head = f"| candidate | method | val acc % ({'all, shipped epoch' if crossfit else 'select half'}) | "
     head += "judge acc % | lead over none, pt (SE) | passes margin | " if judged else ""
     head += "test acc % | best epoch | shipped |"
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -183,7 +184,9 @@ def labels_line(labels: dict) -> str:
 def selection_text(auto: dict) -> list[str]:
     w, mv, mt = auto["winner"], auto["margin_val_pt"], auto["margin_test_pt"]
     judged = "margin_se" in auto
-    where = "on the judge half of validation" if judged else "on validation"
+    crossfit = auto.get("judge") == "crossfit"
+    where = ("on validation, cross-fitted" if crossfit else "on the judge half of validation") if judged \
+        else "on validation"
     if auto.get("winner_plain", auto["winner_method"] == "none"):  # results written before winner_plain
         verdict = (f"No distillation candidate beat training alone {where}"
                    + (f" by more than {auto['margin_se']:g} standard errors" if judged else "")
@@ -195,7 +198,14 @@ def selection_text(auto: dict) -> list[str]:
     else:
         verdict = (f"`{w}` ships: {mv:+.1f} points over training alone (`none`) {where}, "
                    f"{mt:+.1f} on test (test is reported, never used to choose).")
-    if judged:
+    if crossfit:
+        rule = (f"Every candidate trained with the same initial weights and batches on one shared teacher cache. "
+                f"Validation is halved, stratified by class; each half picks every candidate's epoch for judging the "
+                f"other half, so all {auto['judge_rows']} validation rows are judged by an epoch they did not pick, "
+                f"compared with `{auto['baseline']}` row by row; a candidate ships (at its best epoch on all of "
+                f"validation) only when its lead exceeds {auto['margin_se']:g} paired standard errors "
+                "(`distill.auto.margin_se`), else training alone ships.")
+    elif judged:
         rule = (f"Every candidate trained with the same initial weights and batches on one shared teacher cache. "
                 f"Validation is halved, stratified by class: the select half picks each candidate's best epoch, "
                 f"the judge half ({auto['judge_rows']} rows) compares it with `{auto['baseline']}` row by row; "

@@ -85,6 +85,9 @@ class Direction:
     best_state: dict | None = None
     best: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)  # how long it trained and why it stopped (``Budget.record``)
+    # per epoch, whether the student (its weight average where there is one) is right on each of fit's
+    # ``track_rows``: what ``method: auto`` cross-fits its judgement from (fdkd.pipeline.auto.crossfit)
+    tracked: list = field(default_factory=list)
 
 
 def features(model: nn.Module, x: torch.Tensor, tap: str = "post") -> tuple[torch.Tensor, torch.Tensor]:
@@ -576,12 +579,16 @@ def _train_epoch(loop: _Loop, epoch: int) -> _EpochSums:
 
 
 def _evaluate(d: Direction, average: WeightAverage | None, val_idx: torch.Tensor, y: torch.Tensor, acc: Accel,
-              epoch: int) -> float:
+              epoch: int, track_idx: torch.Tensor | None = None) -> float:
     """The student's validation accuracy (of its weight average, swapped in, where there is one); its state is kept
-    if this epoch is its best so far (``_keep_best``)."""
+    if this epoch is its best so far (``_keep_best``); with ``track_idx``, its per-row correctness there appended to
+    ``d.tracked`` (every rank predicts every tracked row: a few hundred rows)."""
     with average.swapped_in(d.student) if average is not None else nullcontext():
         val_acc = _val_accuracy(d.student, d.x_student[val_idx], y[val_idx], acc)
         _keep_best(d, epoch, val_acc)
+        if track_idx is not None:
+            right = predict(d.student, d.x_student[track_idx]).argmax(1).cpu() == y[track_idx]
+            d.tracked.append(right.numpy())
     return val_acc
 
 
@@ -653,6 +660,7 @@ def capture(loop: _Loop, records: list[dict]) -> dict:
     return {"step": loop.step, "records": records,
             "directions": [{"name": d.name, "student": d.student.state_dict(), "objective": d.objective.state_dict(),
                             "best_state": d.best_state, "best": d.best,
+                            "tracked": [torch.from_numpy(t) for t in d.tracked],  # weights_only loads tensors
                             "ema": avg.state_dict() if avg is not None else None}
                            for d, avg in zip(loop.directions, loop.averages, strict=True)],
             "optimizers": [o.state_dict() for o in loop.sgds],
@@ -671,6 +679,7 @@ def restore(loop: _Loop, saved: dict) -> list[dict]:
         d.student.load_state_dict(s["student"])
         d.objective.load_state_dict(s["objective"])
         d.best_state, d.best = s["best_state"], s["best"]
+        d.tracked = [t.numpy() for t in s.get("tracked", [])]  # auto's per-epoch correctness: the cross-fit needs all
         if avg is not None:
             avg.load_state_dict(s["ema"])
     for o, s in zip(loop.sgds, saved["optimizers"], strict=True):
@@ -687,13 +696,14 @@ def restore(loop: _Loop, saved: dict) -> list[dict]:
 def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: OptimConfig, *, seed: int,
         teacher_cache: bool = True, grad_norm_every: int = 10, log=None, progress=None,
         description: str = "train", acc: Accel | None = None, select_rows: np.ndarray | None = None,
-        early: bool = False, state=None) -> list[dict]:
+        track_rows: np.ndarray | None = None, early: bool = False, state=None) -> list[dict]:
     """Train every direction jointly (one optimizer, summed losses; under fp16 AMP one optimizer and
     loss scaler per direction); returns per-epoch records.
 
     ``y`` are the student's labels, -1 on an unlabelled training pair (``fdkd.pipeline.data.labels``); training
     accuracy counts labelled rows only. ``select_rows``: the validation rows that pick each direction's best
-    epoch (default: every validation row; ``method: auto`` keeps the other half to choose among candidates).
+    epoch (default: every validation row). ``track_rows``: rows whose per-epoch correctness each direction keeps in
+    ``direction.tracked`` (``method: auto`` cross-fits its judgement from them; never used to pick an epoch here).
     ``early``: the step budget and early stopping of ``Budget`` instead of ``opt.epochs`` (the caller resolves
     ``optim.stop``). ``state``: a ``fdkd.pipeline.resume.TrainState``; its saved epochs are restored before the
     first epoch, and it is written after every epoch. Each direction's ``training`` says how long it trained and why
@@ -714,6 +724,7 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     gen = torch.Generator().manual_seed(seed)
     train_idx = torch.from_numpy(np.flatnonzero(split == 0))
     val_idx = torch.from_numpy(np.flatnonzero(split == 1) if select_rows is None else np.sort(select_rows))
+    track_idx = None if track_rows is None else torch.from_numpy(np.asarray(track_rows, np.int64))
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError("training needs non-empty train and val splits")
     loop = _prepare(directions, y, train_idx, opt, gen, seed=seed, teacher_cache=teacher_cache,
@@ -733,7 +744,7 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     while epoch < budget.epochs and not stalled:
         ep = _train_epoch(loop, epoch)
         for d, avg in zip(directions, loop.averages, strict=True):
-            val_acc = _evaluate(d, avg, val_idx, y, acc, epoch)
+            val_acc = _evaluate(d, avg, val_idx, y, acc, epoch, track_idx)
             records.append(ep.record(d, epoch, val_acc, acc.world, ema=avg is not None))
             if log and acc.is_main:
                 log(records[-1])

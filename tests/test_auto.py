@@ -15,28 +15,21 @@ CANDIDATES = "[{name: none, method: none}, {name: kd, method: kd}, {name: rigged
 
 
 def _rigged_judge(monkeypatch, right_of):
-    """Real training; then each candidate's judge-half correctness replaced by ``right_of(name, n_rows)``."""
+    """Real training; then each candidate's cross-fitted correctness (one per validation row) replaced by
+    ``right_of(name, n_rows)``."""
     trained = {}
 
-    def judge(student, x, y, rows):
-        d = next(d for d in trained_now if d.student is student)
+    def judge(d, val, halves):
         trained[d.name] = d
-        return np.asarray(right_of(d.name.split(":")[1], len(rows)), bool)
+        return np.asarray(right_of(d.name.split(":")[1], len(val)), bool), [0, 0]
 
-    real_fit = distill.fit
-    trained_now = []
-
-    def fit(directions, *args, **kwargs):
-        trained_now.extend(directions)
-        return real_fit(directions, *args, **kwargs)
-
-    monkeypatch.setattr(distill, "fit", fit)
     monkeypatch.setattr(distill, "_judge_right", judge)
     return trained
 
 
 def _assert_ships(cfg, res, trained, name):
     m = res["student"]
+    assert m["auto"]["judge"] == "crossfit"
     assert m["method"] == "auto" and m["auto"]["winner"] == name
     judge = {c["name"]: c["judge_acc"] for c in m["auto"]["candidates"]}
     vals = {c["name"]: c["val_acc"] for c in m["auto"]["candidates"]}
@@ -100,30 +93,59 @@ def test_auto_never_ships_a_student_that_tied_or_lost_to_training_alone(tiny_cfg
     assert res["student"]["auto"]["margin_val_pt"] == 0
 
 
-def test_the_select_half_picks_epochs_and_the_judge_half_the_candidate(tiny_cfg, tiny_teachers, tiny_dataset,
-                                                                       monkeypatch):
-    """fit is handed the select half only; the judge half is the rest of validation, disjoint, stratified."""
+def test_auto_judges_every_validation_row_at_the_epoch_the_other_half_picked(tiny_cfg, tiny_teachers, tiny_dataset,
+                                                                            monkeypatch):
+    """fit picks the shipped epoch on all of validation and keeps each epoch's per-row correctness on validation and
+    test; the judgement is auto.crossfit of the validation part (the rows file lets anyone replay it); test never
+    enters a choice."""
+    from fdkd.pipeline import auto
+
     seen = {}
     real_fit = distill.fit
 
     def fit(directions, *args, **kwargs):
-        seen["select"] = kwargs["select_rows"]
+        seen.update(kwargs)
         return real_fit(directions, *args, **kwargs)
 
-    def judge(student, x, y, rows):
-        seen["judge"] = rows
-        return (predict(student, x[rows]).argmax(1) == y[rows]).numpy()
-
     monkeypatch.setattr(distill, "fit", fit)
-    monkeypatch.setattr(distill, "_judge_right", judge)
-    distill.run(_cfg(tiny_cfg, "auto-halves", **{"distill.method": "auto", "distill.auto.candidates": CANDIDATES}))
-    val = tiny_dataset.indices("val")
-    sel, jud = set(seen["select"].tolist()), set(seen["judge"].tolist())
-    assert sel and jud and not (sel & jud) and sel | jud == set(val.tolist())
-    for c in np.unique(tiny_dataset.y[val]):
-        n_sel = int((tiny_dataset.y[seen["select"]] == c).sum())
-        n_jud = int((tiny_dataset.y[seen["judge"]] == c).sum())
-        assert abs(n_sel - n_jud) <= 1
+    cfg = _cfg(tiny_cfg, "auto-crossfit", **{"distill.method": "auto", "distill.auto.candidates": CANDIDATES})
+    _, res = distill.run(cfg)
+    val, test = tiny_dataset.indices("val"), tiny_dataset.indices("test")
+    assert seen.get("select_rows") is None and np.array_equal(seen["track_rows"], np.concatenate([val, test]))
+    a = res["student"]["auto"]
+    assert a["judge"] == "crossfit" and a["judge_rows"] == len(val)
+    rows = auto.load_rows(cfg.run_dir / auto.ROWS_FILE.format(direction="student"))
+    h0, h1 = rows["halves"]
+    assert np.array_equal(np.sort(np.concatenate([h0, h1])), np.arange(len(val))) and not set(h0) & set(h1)
+    for c in a["candidates"]:
+        right = rows["candidates"][c["name"]]
+        assert right.shape == (cfg.distill.optim.epochs, len(val) + len(test))
+        vr = right[:, : len(val)]
+        # the shipped epoch: the best on all of validation (the first on ties), as fit's own choice
+        assert c["epoch"] == int(np.argmax(vr.mean(1))) and c["val_acc"] == pytest.approx(vr.mean(1).max())
+        judged, picked = auto.crossfit(vr, (h0, h1))
+        assert picked == c["fold_epochs"] and c["judge_acc"] == pytest.approx(judged.mean())
+        assert picked[0] == int(np.argmax(vr[:, h0].mean(1))) and picked[1] == int(np.argmax(vr[:, h1].mean(1)))
+        assert c["test_curve"] == pytest.approx(right[:, len(val):].mean(1), abs=1e-5)
+        assert c["test_acc"] == pytest.approx(c["test_curve"][c["epoch"]], abs=1e-5)
+
+
+def test_crossfit_judges_each_half_at_the_other_halfs_epoch():
+    from fdkd.pipeline import auto
+
+    # 3 epochs x 6 rows; half 0 = rows 0-2 peaks at epoch 1, half 1 = rows 3-5 peaks at epoch 2
+    right = np.array([[0, 0, 0, 1, 0, 0],
+                      [1, 1, 1, 0, 0, 0],
+                      [0, 1, 0, 1, 1, 1]], bool)
+    judged, picked = auto.crossfit(right, (np.array([0, 1, 2]), np.array([3, 4, 5])))
+    assert picked == [1, 2]
+    assert judged.tolist() == [False, True, False, False, False, False]  # rows 0-2 at epoch 2, rows 3-5 at epoch 1
+    # a lucky epoch on the rows that picked it is not what they are judged by
+    assert judged.mean() < max(right[1, :3].mean(), right[2, 3:].mean())
+    tie = np.array([[1, 0], [1, 1]], bool)
+    assert auto.crossfit(tie, (np.array([0]), np.array([1])))[1] == [0, 1]  # ties: the earliest epoch
+    with pytest.raises(ValueError, match="epochs, rows"):
+        auto.crossfit(np.zeros((0, 4), bool), (np.array([0, 1]), np.array([2, 3])))
 
 
 def test_auto_candidates_share_initial_weights_and_the_teacher_cache(tiny_cfg, tiny_teachers, tiny_dataset,

@@ -130,3 +130,58 @@ def test_pre_activation_tap_feeds_the_objective_the_last_block_before_its_relu(t
         assert res["student"]["test_acc"] == pytest.approx(_test_accuracy(cfg.run_dir / "student.pt", tiny_dataset))
         states[tap] = read_checkpoint(cfg.run_dir / "student.pt")["state_dict"]
     assert any(not torch.equal(states["pre"][k], states["post"][k]) for k in states["pre"])  # the tap was used
+
+
+def test_class_prototypes_are_the_means_over_the_teacher_predicted_class():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(60, 4, generator=g)
+    f = torch.randn(60, 6, generator=g)
+    pf, pz, predicted = controls.class_prototypes(f, z)
+    assert (predicted == z.argmax(1).numpy()).all()
+    for c in range(4):
+        rows = torch.from_numpy(predicted == c)
+        assert rows.any()
+        torch.testing.assert_close(pz[rows], z[rows].mean(0).expand(int(rows.sum()), -1))
+        torch.testing.assert_close(pf[rows], f[rows].mean(0).expand(int(rows.sum()), -1))
+    # per-pair information is gone: two rows the teacher puts in one class get identical outputs
+    assert len(torch.unique(pz, dim=0)) == 4 and len(torch.unique(pf, dim=0)) == 4
+    with pytest.raises(ValueError, match="feature rows"):
+        controls.class_prototypes(f[:5], z)
+
+
+def test_prototype_teacher_cache_keeps_the_teachers_verdict_and_drops_the_pair(tiny_cfg, tiny_teachers,
+                                                                              tiny_dataset):
+    from fdkd.pipeline import accel
+    from fdkd.pipeline.train import tensors
+
+    x, _ = tensors(tiny_dataset)
+    cfg = _cfg(tiny_cfg, "proto-cache", **{"distill.method": "kd", "distill.teacher_prototype": "true"})
+    teachers = distill._Teachers(cfg, tiny_dataset, x, accel.setup(cfg.accel))
+    real_f, real_z = teachers.train_outputs("image", False)
+    d, _, info = distill._direction(cfg, cfg.distill, tiny_dataset, x, teachers, "student", "audio", "image")
+    proto_f, proto_z = d.cache
+    predicted = real_z.argmax(1)
+    for c in torch.unique(predicted):
+        rows = predicted == c
+        torch.testing.assert_close(proto_z[rows], real_z[rows].double().mean(0).float().expand(int(rows.sum()), -1))
+        torch.testing.assert_close(proto_f[rows], real_f[rows].double().mean(0).float().expand(int(rows.sum()), -1))
+    # the verdict survives wherever the mean keeps it (label correction); the pair's own logits do not
+    assert (proto_z.argmax(1) == predicted).float().mean() > 0.9
+    assert not torch.equal(proto_z, real_z) and info["teacher_prototype"] is True
+    _, res = distill.run(cfg)
+    assert res["student"]["teacher_prototype"] is True
+    assert res["student"]["test_acc"] == pytest.approx(_test_accuracy(cfg.run_dir / "student.pt", tiny_dataset))
+
+
+def test_prototype_teacher_is_refused_where_it_cannot_apply():
+    from fdkd.pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="teacher_prototype and distill.teacher_shuffle"):
+        load_config(None, ["distill.method=kd", "distill.teacher_prototype=true", "distill.teacher_shuffle=true"])
+    with pytest.raises(ConfigError, match="needs distill.teacher_cache"):
+        load_config(None, ["distill.method=kd", "distill.teacher_prototype=true", "distill.teacher_cache=false"])
+    with pytest.raises(ConfigError, match="put controls in a candidate's `set`"):
+        load_config(None, ["distill.teacher_prototype=true"])
+    cfg = load_config(None, ["distill.auto.candidates=[{name: none, method: none}, "
+                             "{name: p, method: kd, set: {teacher_prototype: true}}]"])
+    assert cfg.distill.candidate(cfg.distill.auto.candidates[1]).teacher_prototype is True

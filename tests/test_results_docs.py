@@ -64,6 +64,36 @@ def test_results_md_opens_with_findings_then_contents_and_reaches_every_table_fi
         assert f"](results/{table.name})" in text, f"results.md does not link {table.name}"
 
 
+VERDICT = re.compile(r"\b(met|not met|undecided|shown|not shown|not separated|not supported)\b")
+
+
+def findings_lines(text: str) -> list[str]:
+    """The bullets of results.md's Findings."""
+    block = text.split("## Findings", 1)[1].split("## Contents", 1)[0]
+    return [line for line in block.split("\n") if line.startswith("- ")]
+
+
+def test_every_finding_carries_a_verdict_word_and_a_link_that_resolves():
+    text = MAIN.read_text()
+    refs = dict(re.findall(r"^\[(\w+)\]:\s*(\S+)$", text, re.M))
+    lines = findings_lines(text)
+    assert lines
+    for line in lines:
+        link = re.match(r"- \[[^\]]+\]\[(\w+)\] ", line)
+        assert link and link.group(1) in refs, f"finding without a link to a section: {line!r}"
+        assert refs[link.group(1)].lstrip("#") in slugs(text), f"finding links a missing heading: {line!r}"
+        assert VERDICT.search(line), f"finding without a verdict word ({VERDICT.pattern}): {line!r}"
+
+
+def test_the_findings_check_refuses_a_line_without_a_verdict_or_a_link():
+    bare = "## Findings\n\n- [1v3][s1v3] kd transfers the pair's knowledge.\n## Contents\n"
+    unlinked = "## Findings\n\n- kd is +24.7 over its shuffled teacher (shown).\n## Contents\n"
+    (line,) = findings_lines(bare)
+    assert not VERDICT.search(line)
+    (line,) = findings_lines(unlinked)
+    assert not re.match(r"- \[[^\]]+\]\[(\w+)\] ", line)
+
+
 @pytest.mark.parametrize("path", TABLES, ids=lambda p: p.name)
 def test_each_table_file_has_one_generated_section_and_names_its_generator(path):
     text = path.read_text()

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from bench.science import v3 as science_v3
@@ -134,3 +135,120 @@ def test_noise_transfer_table_pairs_each_seeds_gap_across_levels_and_says_growth
     # fd: the same gaps (2, 3, 2) at both levels: growth 0
     assert fd.endswith("| +0.0 [+0.0, +0.0] (no growth detected) |")
     assert science_v3_tables.transfer_table(science_v3_tables.Records(recs[:3])) == []  # one level: no growth
+
+
+def test_the_prototype_part_has_its_own_records_rows_and_budget(tmp_path):
+    b = science_v3.Bench(science_v3.parse_args(["--records", str(tmp_path / "r.jsonl"), "--out",
+                                                str(tmp_path / "runs"), "--part", "prototype"]))
+    b.land(b.teacher_job("avdigits"), {"val_acc": 0.99, "test_acc": 0.98, "seconds": 1, "cpu_seconds": 1})
+    b.teacher_path("avdigits").parent.mkdir(parents=True)
+    b.teacher_path("avdigits").write_bytes(b"t")
+    # a main-part record of the same key does not stand in for the prototype part's
+    main = {k: v for k, v in b.run_job_for("avdigits", "noise", 0.4, 0, 40).items() if k != "part"}
+    b.file.land({k: main[k] for k in ("kind", "preset", "axis", "level", "seed", "epochs")},
+                _run_rec(science_v3.NOISE_ROWS, dict.fromkeys(science_v3.NOISE_ROWS, 0.5), 0.5), [], {})
+    jobs = b.wanted()  # the teacher is found whatever part landed it
+    assert [(j["level"], j["seed"], j["epochs"]) for j in jobs][:4] == [(0.4, 0, 40), (0.4, 1, 40), (0.4, 2, 40),
+                                                                       (0.0, 0, 40)]
+    assert len(jobs) == 9 and all(j["part"] == "prototype" for j in jobs)
+    assert jobs[0]["rows"] == science_v3.PROTOTYPE_ROWS
+    cands = json.loads(next(s for s in jobs[0]["sets"] if s.startswith("distill.auto.candidates=")).split("=", 1)[1])
+    assert cands[-1] == {"name": "kd prototype teacher", "method": "kd", "set": {"teacher_prototype": True}}
+    assert jobs[0]["sets"][-1].endswith("prototype")  # its own run folder
+    rows = science_v3.PROTOTYPE_ROWS
+    b.land(jobs[0], _run_rec(rows, dict.fromkeys(rows, 0.5), 0.5, flat=False))
+    again = science_v3.Bench(b.args).wanted()
+    assert (again[0]["seed"], again[0]["epochs"]) == (0, 80)  # not flat at 40: the doubled budget
+    assert len(science_v3_tables.Records(b.file.records).runs) == 1  # the main part's tables never see it
+
+
+def _row_rec(seed, right: dict, test_curve: dict, half0, voice=None):
+    """A row record: each candidate's [epochs, rows] correctness packed as the bench packs it."""
+    return {"kind": "run", "preset": "avdigits", "axis": "noise", "level": 0.4, "seed": seed, "epochs": 3,
+            "winner": "none", "margin_se": 2.0, "judge_rows": len(half0), "shipped_test_acc": 0.5,
+            "half0": science_v3.pack(half0), "val_voice": voice,
+            "candidates": [{"name": n, "method": "none" if n == "none" else "kd", "val_acc": 0.5, "judge_acc": 0.5,
+                            "test_acc": 0.5, "epoch": 0, "lead_judge_pt": 0.0, "se_judge_pt": 1.0,
+                            "passes_margin": False, "curve": [0.5] * 3, "flat": True,
+                            "val_right": [science_v3.pack(e) for e in m], "test_curve": test_curve[n]}
+                           for n, m in right.items()], "machine": _machine(), "cpu_seconds": 1.0}
+
+
+def test_replay_old_and_new_rules_from_row_records():
+    from bench.science import v3_replay
+
+    n = 400
+    half0 = np.arange(n) < n // 2
+    base = np.zeros((3, n), bool)
+    base[:, ::2] = True  # none: 50 % at every epoch
+    # lucky: epoch 1 perfect on half 0 only, none's elsewhere: whichever half picks it, the other judges it
+    lucky = base.copy()
+    lucky[1, : n // 2] = True
+    # steady: 3 more rows right than none on each half at every epoch (1.5 points): lead / SE = 1.7 on one half's
+    # 200 rows (inside the 2-SE margin), 2.5 on all 400 (past it)
+    steady = base.copy()
+    steady[:, [1, 3, 5, n // 2 + 1, n // 2 + 3, n // 2 + 5]] = True
+    rec = _row_rec(0, {"none": base, "lucky": lucky, "steady": steady},
+                   {"none": [0.5] * 3, "lucky": [0.5, 0.55, 0.5], "steady": [0.51, 0.58, 0.52]}, half0)
+    half = v3_replay.replay(rec, "half")
+    cross = v3_replay.replay(rec, "crossfit")
+    assert half["winner"] == "none" and half["test_acc"] == 0.5
+    assert cross["winner"] == "steady" and cross["test_acc"] == 0.51  # its best epoch on all of validation: 0
+    assert half["judged"]["lucky"] == cross["judged"]["lucky"] == 0.5  # the lucky epoch never judges its pickers
+    assert cross["judged"]["steady"] == pytest.approx(steady[0].mean())
+    assert v3_replay.replay(rec, "crossfit, voice halves") is None  # no voices recorded
+    # voice halves cut across rows 0-199: lucky's epoch 1 is right on rows both voice halves hold, a gain the
+    # other half confirms (100 - 50 = +25 points on the judged rows)
+    voiced = dict(rec, val_voice=(np.arange(n) % 20).tolist())
+    by_voice = v3_replay.replay(voiced, "crossfit, voice halves")
+    assert by_voice["winner"] == "lucky" and by_voice["judged"]["lucky"] == pytest.approx(0.75)
+
+
+def test_replay_of_summary_records_reproduces_the_recorded_winner_and_refuses_crossfit():
+    from bench.science import v3_replay
+
+    rec = {"kind": "run", "seed": 0, "margin_se": 2.0, "winner": "kd", "shipped_test_acc": 0.9,
+           "candidates": [{"name": "none", "judge_acc": 0.7, "test_acc": 0.6, "lead_judge_pt": 0, "se_judge_pt": 0},
+                          {"name": "kd", "judge_acc": 0.8, "test_acc": 0.9, "lead_judge_pt": 10, "se_judge_pt": 3},
+                          {"name": "fd", "judge_acc": 0.9, "test_acc": 0.95, "lead_judge_pt": 20,
+                           "se_judge_pt": 11}]}
+    got = v3_replay.replay(rec, "half")
+    assert got["winner"] == "kd" and got["test_acc"] == 0.9  # fd leads more, but inside 2 SE
+    assert v3_replay.replay(rec, "crossfit") is None
+
+
+def test_voice_halves_keep_each_voice_in_one_half_and_balance_rows():
+    from bench.science import v3_replay
+
+    voice = np.repeat(np.arange(10), [5, 9, 3, 7, 4, 6, 8, 2, 5, 1])
+    a, b = v3_replay.voice_halves(voice, seed=3)
+    assert not set(voice[a]) & set(voice[b]) and len(a) + len(b) == len(voice)
+    assert abs(len(a) - len(b)) <= 9
+    assert np.array_equal(v3_replay.voice_halves(voice, seed=3)[0], a)
+
+
+def test_tables_say_where_the_40_epoch_rule_was_not_applied():
+    rows = science_v3.FULL_ROWS
+    recs = [{"kind": "run", "preset": "avmnist", "axis": "fraction", "level": 1.0, "seed": s, "epochs": 20,
+             **_run_rec(rows, dict.fromkeys(rows, 0.9), 0.9, flat=s != 1), "machine": _machine()} for s in range(3)]
+    text = science_v3_tables.render(recs, None)
+    assert "**the 40-epoch rule was not applied**: seed(s) 1 had a curve not flat at 20 epochs" in text
+
+
+def test_prototype_table_splits_kd_into_instance_and_label_correction():
+    rows = science_v3.PROTOTYPE_ROWS
+    recs = []
+    for seed in range(3):
+        test = {"none": 0.8, "kd": 0.94 + 0.01 * seed, "kd prototype teacher": 0.93 + 0.01 * seed,
+                "kd shuffled teacher": 0.70}
+        recs.append({"kind": "run", "part": "prototype", "preset": "avdigits", "axis": "noise", "level": 0.4,
+                     "seed": seed, "epochs": 40, **_run_rec(rows, test, 0.9), "machine": _machine()})
+    rec = science_v3_tables.Records(recs, part="prototype")
+    (row,) = [r for r in science_v3_tables.prototype_table(rec) if r.startswith("| avdigits")]
+    # kd minus prototype: +1 every seed; prototype minus shuffled: 23, 24, 25
+    assert "| **+1.0 [+1.0, +1.0]** | **+24.0 [+21.5, +26.5]** | 0/12 |" in row
+    one = science_v3_tables.Records(recs[:1], part="prototype")
+    assert "| +1.0 (n=1) | +23.0 (n=1) |" in science_v3_tables.prototype_table(one)[2]
+    assert science_v3_tables.Records(recs).runs == {}  # the main part's tables never read them
+    budget = science_v3_tables.budget_table(rec, [("kd", "kd prototype teacher")])
+    assert budget[2] == "| 40 % | 40 | 3 | **+1.0 [+1.0, +1.0]** | 0/3 | 0/3 |"

@@ -202,6 +202,9 @@ def test_fdkd_run_on_a_mostly_unlabelled_manifest_ships_a_validated_student(tmp_
                                          "distill.student.depth=2", "distill.optim.epochs=10",
                                          "distill.optim.batch_size=32", "distill.grad_norm_every=0",
                                          "distill.augment.enabled=false", "validate.latency_repeats=1",
+                                         # a width-8 student on 60 test rows: one INT8 flip is 1.7 points of
+                                         # agreement (the tiny runs of conftest and test_run loosen it too)
+                                         "validate.gates.int8_min_agree_pct=90",
                                          "export.parity_batches=[1,7]")])
     assert result.exit_code == 0, out
     assert "validation PASSED" in out, out

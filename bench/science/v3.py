@@ -2,6 +2,7 @@
 
     python -m bench.science.v3 --plan          # every run of the table, the ones recorded, what is left
     nice -n 19 python -m bench.science.v3      # the whole table (resumable; ~5 single-thread CPU hours)
+    nice -n 19 python -m bench.science.v3 --part prototype --jobs 1   # the class-prototype control (issue 31)
     python -m bench.science.v3 --smoke         # 1 seed, 2 epochs, 300 avdigits images: record/resume check
     python -m bench.science.v3_tables          # docs/results/science-v3.md and its plot
 
@@ -30,7 +31,15 @@ data) and loaded by every run (``teacher.checkpoint``). Budget: ``--epochs`` (20
 validation curve is not flat (``science.is_flat``) is run again at ``--cap`` (40) and the tables use the longer.
 Every run appends one JSON record to ``--records`` (committed) as it lands, keyed by (preset, axis, level, seed,
 epochs), and is skipped when that key is present; records hold each candidate's select/judge/test accuracy,
-epoch and curve, the winner, the label counts, CPU and wall seconds, the CPU model and flags.
+epoch and curve, the winner, the label counts, CPU and wall seconds, the CPU model and flags. Records written
+since issue 31 also hold what replays ``auto``'s rules without retraining (``bench.science.v3_replay``): every
+candidate's correctness on every validation row after every epoch (``val_right``, packed bits), its test accuracy
+per epoch (``test_curve``, reported, never chosen on), the halves (``half0``) and each validation row's voice.
+
+``--part prototype`` (issue 31): the noise cells with ``kd``, its shuffled teacher and its **class-prototype
+teacher** (``distill.teacher_prototype``: every pair gets the mean teacher output over the training pairs of its
+teacher-predicted class; label correction kept, the pair's own knowledge removed), paired in one run; ``none`` is
+auto's baseline. Its records carry ``"part": "prototype"`` and never mix with the main part's.
 """
 
 from __future__ import annotations
@@ -42,6 +51,8 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
+
+import numpy as np
 
 from bench.science import common
 from bench.science.common import is_flat, parse_preset, tag
@@ -58,11 +69,15 @@ CANDIDATES = {
     "fd w=10": ("fd", {"fd.w_low": 10, "fd.w_high": 10}),
     "fd w=100": ("fd", {"fd.w_low": 100, "fd.w_high": 100}),
     "fd shuffled teacher": ("fd", {"teacher_shuffle": True}),
+    "kd prototype teacher": ("kd", {"teacher_prototype": True}),
 }
 SWEEP = {"fd": 1, "fd w=10": 10, "fd w=100": 100}  # the rows behind "fd (val-picked w)"
 FRACTION_ROWS = ["none", "self-training", "pseudo", "kd", "fd", "fd w=10", "fd w=100", "fd shuffled teacher"]
 FULL_ROWS = [r for r in FRACTION_ROWS if r not in ("self-training", "pseudo")]
 NOISE_ROWS = ["none", "none+LS", "kd", "kd shuffled teacher", "fd", "fd shuffled teacher"]
+# the prototype part (issue 31): kd beside both of its controls, paired within one run
+PROTOTYPE_ROWS = ["none", "kd", "kd shuffled teacher", "kd prototype teacher"]
+PROTOTYPE_CELLS = [("avdigits", "noise", 0.4), ("avdigits", "noise", 0.0), ("avdigits", "noise", 0.2)]
 AXES = {"fraction": "data.labelled", "noise": "data.label_noise"}
 # (preset, axis, level) in the order they run: the issue's targets (5 % and the 100 % bound) first
 CELLS = [("avdigits", "fraction", 0.05), ("avdigits", "fraction", 1.0), ("avmnist", "fraction", 0.05),
@@ -71,7 +86,9 @@ CELLS = [("avdigits", "fraction", 0.05), ("avdigits", "fraction", 1.0), ("avmnis
          ("avmnist", "fraction", 0.01), ("avmnist", "fraction", 0.2)]
 
 
-def rows_for(axis: str, level: float) -> list[str]:
+def rows_for(axis: str, level: float, part: str = "main") -> list[str]:
+    if part == "prototype":
+        return PROTOTYPE_ROWS
     if axis == "noise":
         return NOISE_ROWS
     return FULL_ROWS if level >= 1 else FRACTION_ROWS
@@ -88,7 +105,7 @@ def run_job(job: dict) -> dict:
     """Train the preset's teacher, or one auto run of a cell's rows; returns its record's measured fields."""
     import torch
 
-    from fdkd.pipeline import distill, teacher
+    from fdkd.pipeline import auto, data, distill, teacher
     from fdkd.pipeline.config import load_config
 
     torch.set_num_threads(job["threads"])
@@ -105,15 +122,33 @@ def run_job(job: dict) -> dict:
     for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
         curves.setdefault(r["direction"].split(":", 1)[1], []).append(round(r["val_acc"], 5))
+    rows = auto.load_rows(cfg.run_dir / auto.ROWS_FILE.format(direction="student"))
+    n_val = len(rows["val_rows"])
     cands = []
     for c in m["auto"]["candidates"]:
         cands.append({k: c[k] for k in ("name", "method", "val_acc", "judge_acc", "test_acc", "epoch",
                                         "lead_judge_pt", "se_judge_pt", "passes_margin")}
-                     | {"curve": curves[c["name"]], "flat": is_flat(curves[c["name"]])})
-    return {"winner": m["auto"]["winner"], "margin_se": m["auto"]["margin_se"],
+                     | {"curve": curves[c["name"]], "flat": is_flat(curves[c["name"]]),
+                        "fold_epochs": c.get("fold_epochs"), "test_curve": c.get("test_curve"),
+                        "val_right": [pack(e[:n_val]) for e in rows["candidates"][c["name"]]]})
+    ds = data.load(cfg)
+    with np.load(ds.path, allow_pickle=False) as z:  # the built-in data's voice per row (not in PairedDataset)
+        voice = z["voice"][rows["val_rows"]].tolist() if "voice" in z.files else None
+    return {"winner": m["auto"]["winner"], "judge": m["auto"].get("judge"), "margin_se": m["auto"]["margin_se"],
             "judge_rows": m["auto"]["judge_rows"], "shipped_test_acc": m["test_acc"], "candidates": cands,
+            "half0": pack(np.isin(np.arange(n_val), rows["halves"][0])), "val_voice": voice,
             "labels": m.get("labels"), "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
             "threads": job["threads"]}
+
+
+def pack(bits) -> str:
+    """Booleans as a hex string (numpy packbits, big-endian bit order): a record's per-row correctness."""
+    return np.packbits(np.asarray(bits, bool)).tobytes().hex()
+
+
+def unpack(text: str, n: int) -> np.ndarray:
+    """``pack``'s booleans back (the first ``n``)."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:n].astype(bool)
 
 
 # ---- the schedule -------------------------------------------------------------------------
@@ -127,7 +162,11 @@ class Bench:
         self.failed: list[str] = []
 
     def find(self, **key) -> dict | None:
-        return self.file.find(**key)
+        """The first record with these fields; a run's of this ``--part`` (records before parts are the main part's),
+        a teacher's of any part (every part loads the same teacher)."""
+        part = self.args.part
+        return next((r for r in self.records if (r.get("kind") == "teacher" or r.get("part", "main") == part)
+                     and all(k in r and r[k] == v for k, v in key.items())), None)
 
     def base_sets(self, preset: str) -> list[str]:
         return common.base_sets(preset, self.args, self.info["device"], "teacher.modality=image")
@@ -140,17 +179,23 @@ class Bench:
                 "sets": [*self.base_sets(preset), f"name={tag(preset, 'teacher')}", "seed=0"]}
 
     def run_job_for(self, preset, axis, level, seed, epochs) -> dict:
-        rows = [r for r in rows_for(axis, level) if not self.args.rows or r in self.args.rows.split(",")]
+        rows = [r for r in rows_for(axis, level, self.args.part)
+                if not self.args.rows or r in self.args.rows.split(",")]
         if "none" not in rows:
             rows = ["none", *rows]  # auto's baseline
         sets = [*self.base_sets(preset), f"{AXES[axis]}={level}", "distill.method=auto", candidates_override(rows),
                 f"distill.optim.epochs={epochs}", f"seed={seed}", f"teacher.checkpoint={self.teacher_path(preset)}",
-                f"name={tag(preset, axis, level, epochs, 's' + str(seed))}"]
-        return {"kind": "run", "preset": preset, "axis": axis, "level": level, "seed": seed, "epochs": epochs,
-                "rows": rows, "sets": sets, "threads": self.args.threads}
+                f"name={tag(preset, axis, level, epochs, 's' + str(seed), *self.part_tag())}"]
+        head = {"kind": "run", "preset": preset, "axis": axis, "level": level, "seed": seed, "epochs": epochs}
+        if self.args.part != "main":
+            head["part"] = self.args.part
+        return {**head, "rows": rows, "sets": sets, "threads": self.args.threads}
+
+    def part_tag(self) -> list[str]:
+        return [] if self.args.part == "main" else [self.args.part]
 
     def cells(self) -> list[tuple[str, str, float]]:
-        return [c for c in (self.args.cells or CELLS)]
+        return [c for c in (self.args.cells or (PROTOTYPE_CELLS if self.args.part == "prototype" else CELLS))]
 
     def wanted(self) -> list[dict]:
         """The runs still to do, given the records: a preset's teacher first, then its cells' first attempts, then
@@ -246,7 +291,8 @@ def print_plan(bench: Bench) -> None:
         doubled = [bench.find(kind="run", preset=preset, axis=axis, level=level, seed=s, epochs=a.cap)
                    for s in range(a.seeds)]
         left += sum(g is None for g in got)
-        print(f"| {preset} | {axis} | {level} | {len(rows_for(axis, level))} | {sum(g is not None for g in got)}"
+        n_rows = len(rows_for(axis, level, a.part))
+        print(f"| {preset} | {axis} | {level} | {n_rows} | {sum(g is not None for g in got)}"
               f"/{a.seeds} | {sum(d is not None for d in doubled)} |")
     print(f"\n{left} first attempts left (plus doubled attempts where a curve is not flat).")
 
@@ -269,14 +315,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cells", type=parse_cells, default=None,
                     help="restrict to these cells, e.g. avdigits:fraction=0.05,avdigits:noise=0.4 (default: CELLS)")
     ap.add_argument("--rows", default="", help="restrict to these rows (comma-separated names; none is kept)")
-    ap.add_argument("--epochs", type=int, default=20, help="first attempt")
-    ap.add_argument("--cap", type=int, default=40, help="the doubled attempt where a curve is not flat")
+    ap.add_argument("--part", choices=("main", "prototype"), default="main",
+                    help="prototype: the noise cells' kd with its shuffled and class-prototype teachers (issue 31), "
+                         "its own records (field part), first at 40 epochs, 80 where a curve is not flat")
+    ap.add_argument("--epochs", type=int, default=None, help="first attempt (20; the prototype part 40)")
+    ap.add_argument("--cap", type=int, default=None,
+                    help="the doubled attempt where a curve is not flat (40; the prototype part 80)")
     common.add_run_args(ap, "docs/records/science-v3.jsonl", "runs/bench-science-v3")
     ap.add_argument("--plan", action="store_true", help="print the cells and what is recorded; train nothing")
     ap.add_argument("--smoke", action="store_true",
                     help="1 seed, 2 epochs (doubled 4), 300 avdigits images, cell avdigits fraction 5 %%; "
                          "records to runs/bench-science-v3-smoke/")
     args = ap.parse_args(argv)
+    first, cap = (40, 80) if args.part == "prototype" else (20, 40)
+    args.epochs = first if args.epochs is None else args.epochs
+    args.cap = cap if args.cap is None else args.cap
+    if args.part == "prototype" and args.seeds == ap.get_default("seeds"):
+        args.seeds = 3  # the noise axis' seeds
     if args.smoke:
         args.seeds, args.epochs, args.cap, args.teacher_epochs = 1, 2, 4, 2
         args.cells = [("avdigits", "fraction", 0.05)]

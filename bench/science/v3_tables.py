@@ -8,7 +8,12 @@ Per (preset, axis, level) cell: each row's test accuracy (mean ± sd over seeds)
 rows at a labelled fraction below 1; the shuffled teacher for ``kd`` and ``fd``), each with a 95 % t-interval,
 bold where it excludes 0. ``fd (val-picked w)`` is the sweep weight with the best mean select-half validation
 accuracy over the cell's seeds. ``shipped`` is what ``method: auto`` shipped from the same candidates (its margin
-rule on the judge half). Where a seed was run twice (the doubled budget), the longer run stands.
+rule on the judge half). Where a seed was run twice (the doubled budget), the longer run stands; a cell whose runs
+had a curve not flat and no 40-epoch rerun says so in its caption.
+
+Also: the noise axis against the budget (every run, 20 and 40 epochs, and how many curves were still not flat),
+the class-prototype control (``--part prototype`` records, never mixed into the main part's cells) and the replay
+of ``auto``'s old and new rules on every record (``bench.science.v3_replay``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 BEGIN, END = "<!-- science-v3:begin (bench/science/v3_tables.py) -->", "<!-- science-v3:end -->"
 PICKED, SHIPPED = "fd (val-picked w)", "shipped (auto)"
+CAP = 40  # bench.science.v3's doubled budget (--cap) for the main part
 SHUFFLED = {"kd": "kd shuffled teacher", "fd": "fd shuffled teacher", PICKED: "fd shuffled teacher"}
 PLOT_ROWS = ["none", "self-training", "pseudo", "kd", "fd", PICKED, SHIPPED]
 NOISE_PLOT_ROWS = ["none", "none+LS", "kd", "kd shuffled teacher", "fd", "fd shuffled teacher", SHIPPED]
@@ -34,8 +40,9 @@ NOISE_PLOT_ROWS = ["none", "none+LS", "kd", "kd shuffled teacher", "fd", "fd shu
 class Records:
     """The longest run of every (preset, axis, level, seed), and each cell's rows as {seed: test acc %}."""
 
-    def __init__(self, records: list[dict]) -> None:
+    def __init__(self, records: list[dict], part: str = "main") -> None:
         best: dict[tuple, dict] = {}
+        records = [r for r in records if r.get("kind") != "run" or r.get("part", "main") == part]
         for r in records:
             if r.get("kind") != "run":
                 continue
@@ -44,6 +51,8 @@ class Records:
                 best[k] = r
         self.runs = best
         self.all = [r for r in records if r.get("kind") == "run"]
+        self.by_epochs: dict[tuple, dict] = {(r["preset"], r["axis"], r["level"], r["seed"], r["epochs"]): r
+                                             for r in self.all}
         self.teachers = [r for r in records if r.get("kind") == "teacher"]
 
     def cells(self) -> list[tuple[str, str, float]]:
@@ -95,6 +104,10 @@ def cell_table(rec: Records, cell) -> list[str]:
     runs = rec.seed_runs(cell)
     epochs = sorted({r["epochs"] for r in runs.values()})
     not_flat = sum(1 for r in runs.values() for c in r["candidates"] if not c["flat"])
+    # the doubling rule (bench.science.v3: a run with a curve not flat is rerun at 40 epochs) where it was not applied
+    undoubled = sorted(s for s, r in runs.items() if r["epochs"] < CAP and not all(c["flat"] for c in r["candidates"]))
+    undoubled_note = (f"; **the 40-epoch rule was not applied**: seed(s) {', '.join(map(str, undoubled))} had a "
+                      f"curve not flat at {min(epochs)} epochs and no {CAP}-epoch rerun" if undoubled else "")
     labels = next(iter(runs.values())).get("labels") or {}
     control = "self-training" if axis == "fraction" and level < 1 else None
     head = ["row", "test acc % (mean ± sd)", "minus none, pt [95 %]"]
@@ -102,7 +115,8 @@ def cell_table(rec: Records, cell) -> list[str]:
     head += ["minus its shuffled teacher, pt [95 %]"]
     out = [f"#### {_label(cell)}", "",
            f"{len(runs)} seeds; budget {'/'.join(map(str, epochs))} epochs (the longer where a curve was not flat; "
-           f"{not_flat} candidate curves still not flat); training pairs {labels.get('train_rows', '?')}, labelled "
+           f"{not_flat} candidate curves still not flat{undoubled_note}); "
+           f"training pairs {labels.get('train_rows', '?')}, labelled "
            f"{labels.get('train_labelled', '?')}" + (f", noisy {labels.get('train_noisy')}" if axis == "noise" else "")
            + (f"; `fd (val-picked w)` = `{rec.picked(cell)}`" if rec.picked(cell) else "") + ".", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -239,6 +253,102 @@ def transfer_table(rec: Records) -> list[str]:
     return out
 
 
+def budget_table(rec: Records, pairs: list[tuple[str, str]]) -> list[str]:
+    """The noise axis against the training budget: per level and budget (epochs), each (row minus other) paired
+    over the seeds run at that budget, and how many of the two rows' validation curves were still not flat there
+    (``science.is_flat``). A gap that moves with the budget is not settled by it."""
+    out = []
+    for preset in sorted({c[0] for c in rec.cells() if c[1] == "noise"}):
+        head = ["level", "budget, epochs", "seeds"] + [f"{a} minus {b}, pt [95 %]" for a, b in pairs]
+        head += [f"not flat: {r}" for r in dict.fromkeys(r for p in pairs for r in p)]
+        out += [f"| {preset}: " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        keys = sorted({(k[2], k[4]) for k in rec.by_epochs if k[0] == preset and k[1] == "noise"})
+        for level, epochs in keys:
+            runs = {k[3]: r for k, r in rec.by_epochs.items() if k[:3] == (preset, "noise", level) and k[4] == epochs}
+
+            def acc(name, runs=runs):
+                return {s: 100 * c["test_acc"] for s, r in runs.items() for c in r["candidates"] if c["name"] == name}
+
+            cols = [f"{100 * level:g} %", str(epochs), str(len(runs))]
+            cols += [diff_or_one(acc(a), acc(b)) for a, b in pairs]
+            for name in dict.fromkeys(r for p in pairs for r in p):
+                flats = [c["flat"] for r in runs.values() for c in r["candidates"] if c["name"] == name]
+                cols.append(f"{sum(not f for f in flats)}/{len(flats)}")
+            out.append("| " + " | ".join(cols) + " |")
+        out.append("")
+    return out
+
+
+def diff_or_one(a: dict[int, float], b: dict[int, float]) -> str:
+    """``fmt_diff`` of the paired difference; with one common seed, that seed's difference marked n=1 (no
+    interval: a single run says nothing about its spread)."""
+    common = sorted(set(a) & set(b))
+    if len(common) == 1:
+        return f"{a[common[0]] - b[common[0]]:+.1f} (n=1)"
+    return fmt_diff(paired(a, b))
+
+
+def prototype_table(rec: Records) -> list[str]:
+    """The class-prototype control (``--part prototype``): per noise level at the longest budget run, kd, its
+    prototype and its shuffled teacher, kd minus prototype (knowledge of the instance) and prototype minus shuffled
+    (label correction), paired per seed within one run."""
+    out = ["| cell | budget, epochs | kd | kd prototype teacher | kd shuffled teacher | kd minus prototype "
+           "(instance), pt [95 %] | prototype minus shuffled (label correction), pt [95 %] | curves not flat |",
+           "|---|---|---|---|---|---|---|---|"]
+    for cell in rec.cells():
+        runs = rec.seed_runs(cell)
+        kd, proto, shuf = (rec.row(cell, r) for r in ("kd", "kd prototype teacher", "kd shuffled teacher"))
+        epochs = "/".join(map(str, sorted({r["epochs"] for r in runs.values()})))
+        not_flat = sum(1 for r in runs.values() for c in r["candidates"] if not c["flat"])
+        n_curves = sum(len(r["candidates"]) for r in runs.values())
+        out.append(f"| {_label(cell)} | {epochs} | {fmt_acc(kd)} | {fmt_acc(proto)} | {fmt_acc(shuf)} | "
+                   f"{diff_or_one(kd, proto)} | {diff_or_one(proto, shuf)} | {not_flat}/{n_curves} |")
+    return out
+
+
+def replay_table(records: list[dict]) -> list[str]:
+    """What ``auto``'s old rule (judge half) and new rule (cross-fitted, all of validation) ship from the same
+    records, and their test accuracy (``bench.science.v3_replay``); "-" where a record cannot replay a rule."""
+    from bench.science.v3_replay import RULES, replay
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("kind") == "run":
+            groups.setdefault((r.get("part", "main"), r["preset"], r["axis"], r["level"], r["epochs"]), []).append(r)
+    out = ["| part | cell | epochs | runs | " + " | ".join(f"{rule}: ships (test %, mean)" for rule in RULES)
+           + " | crossfit minus half, test pt [95 %] |", "|---|---|---|---|" + "---|" * (len(RULES) + 1)]
+    gaps: dict[str, dict[str, list[float]]] = {rule: {"none": [], "all": []} for rule in RULES}
+    for (part, preset, axis, level, epochs), runs in sorted(groups.items()):
+        cols, tests = [], {}
+        for rule in RULES:
+            got = {r["seed"]: replay(r, rule) for r in runs}
+            got = {s: g for s, g in got.items() if g is not None}
+            if not got:
+                cols.append("-")
+                continue
+            wins: dict[str, int] = {}
+            for g in got.values():
+                wins[g["winner"]] = wins.get(g["winner"], 0) + 1
+                for name, judged in g["judged"].items():
+                    gap = 100 * (judged - g["judged_test"][name])
+                    gaps[rule]["all"].append(gap)
+                    if name == "none":
+                        gaps[rule]["none"].append(gap)
+            tests[rule] = {s: 100 * g["test_acc"] for s, g in got.items()}
+            ships = ", ".join(f"`{k}` {v}x" for k, v in sorted(wins.items(), key=lambda kv: (-kv[1], kv[0])))
+            cols.append(f"{ships} ({sum(tests[rule].values()) / len(tests[rule]):.1f})")
+        diff = paired(tests["crossfit"], tests["half"]) if "crossfit" in tests and "half" in tests else None
+        out.append(f"| {part} | {_label((preset, axis, level))} | {epochs} | {len(runs)} | " + " | ".join(cols)
+                   + f" | {fmt_diff(diff)} |")
+    out += ["", "Judged minus test accuracy, pt (mean over runs; the judged rows at the epochs the rule judged them "
+            "by, test at the same epochs): how much easier the judge is than test.", "",
+            "| rule | `none`: mean (n) | every candidate: mean (n) |", "|---|---|---|"]
+    for rule in RULES:
+        cols = [f"{sum(v) / len(v):+.1f} ({len(v)})" if v else "-" for v in (gaps[rule]["none"], gaps[rule]["all"])]
+        out.append(f"| {rule} | " + " | ".join(cols) + " |")
+    return out
+
+
 def render(records: list[dict], png: Path | None) -> str:
     rec = Records(records)
     machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores; {' '.join(r['machine']['flags'])}); "
@@ -262,6 +372,18 @@ def render(records: list[dict], png: Path | None) -> str:
         noise_png = png.with_name("science-v3-noise.png") if png is not None else None
         if noise_png is not None and plot(rec, noise_png, "noise"):
             out += [f"![test accuracy against label noise]({noise_png.name})", ""]
+    if budget := budget_table(rec, [("kd", "kd shuffled teacher"), ("fd", "fd shuffled teacher")]):
+        out += ["Label noise against the training budget (every run, not only the longer): the teacher rows minus "
+                "their shuffled teachers at each budget, and the curves still rising there.", "", *budget]
+    proto = Records(records, part="prototype")
+    if proto.runs:
+        out += ["The class-prototype control (`python -m bench.science.v3 --part prototype`: `kd`, its shuffled and "
+                "its class-prototype teacher in one run per seed; the longest budget per seed):", "",
+                *prototype_table(proto), "",
+                *budget_table(proto, [("kd", "kd prototype teacher"), ("kd prototype teacher", "kd shuffled teacher")])]
+    out += ["`auto`'s rules replayed on these records (`bench.science.v3_replay`; no retraining): the old rule "
+            "(`half`), the new (`crossfit`) and cross-fitting on voice-disjoint halves; summary records (before "
+            "issue 31) replay only the old rule.", "", *replay_table(records), ""]
     for cell in rec.cells():
         out += cell_table(rec, cell)
     out.append(END)

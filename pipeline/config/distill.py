@@ -225,6 +225,9 @@ class DistillConfig(_Strict):
     # controls (fdkd.pipeline.controls), usable with any method
     label_smoothing: LabelSmoothingConfig = LabelSmoothingConfig()
     teacher_shuffle: bool = False  # each training pair gets the teacher outputs of another pair of its class
+    # each training pair gets the mean teacher output over the training pairs of the class the teacher predicts
+    # for it (fdkd.pipeline.controls.class_prototypes): label correction kept, per-pair knowledge removed
+    teacher_prototype: bool = False
     # which pooled features the objectives compare (built-in conv encoders): "post" = what feeds the head;
     # "pre" = the last block's output before its ReLU, pooled (the reference code's tap)
     feature_tap: Literal["post", "pre"] = "post"
@@ -245,13 +248,20 @@ class DistillConfig(_Strict):
     @model_validator(mode="after")
     def _candidates_valid(self):
         if self.method == "auto":
-            if self.label_smoothing.epsilon or self.teacher_shuffle:
-                raise ValueError("method auto with distill.label_smoothing.epsilon or distill.teacher_shuffle set "
+            if self.label_smoothing.epsilon or self.teacher_shuffle or self.teacher_prototype:
+                raise ValueError("method auto with distill.label_smoothing.epsilon, distill.teacher_shuffle or "
+                                 "distill.teacher_prototype set "
                                  "would apply the control to every candidate, the training-alone baseline too: "
                                  "put controls in a candidate's `set` (e.g. set: {teacher_shuffle: true}), or "
                                  "pick one `--method`")
             for c in self.auto.candidates:
                 self.candidate(c)
+        if self.teacher_prototype and self.teacher_shuffle:
+            raise ValueError("distill.teacher_prototype and distill.teacher_shuffle are two different controls: "
+                             "set one per candidate")
+        if self.teacher_prototype and not self.teacher_cache:
+            raise ValueError("distill.teacher_prototype replaces the cached teacher outputs: it needs "
+                             "distill.teacher_cache: true")
         return self
 
     def candidate(self, cand: AutoCandidate) -> DistillConfig:
