@@ -86,12 +86,15 @@ def render(records: list[dict]) -> str:
         q, b = (next(c for c in fd if c["busy"] is x) for x in (False, True))
         ratio = _seconds(b, r["cap"])[0] / _seconds(q, r["cap"])[0]
         hashes = {c["weights"] for c in r["cells"] if c["weights"]}
+        dq = next(c for c in r["cells"] if c["policy"] == "default" and not c["busy"])
+        slow = _seconds(dq, r["cap"])[0] / _seconds(q, r["cap"])[0]
         notes.append(f"- {r['date']}: {r['steps']} steps of the main job's distill epoch per cell; fdkd's policy busy "
                      f"/ quiet {ratio:.1f}x, target <= {TARGET:.0f}x {'met' if ratio <= TARGET * 1.1 else 'not met'}"
                      f"; the weights {'agree' if len(hashes) == 1 else 'differ'} across the finished cells "
                      f"({len(hashes)} hash{'es' if len(hashes) != 1 else ''}). The machine was shared: load average "
                      f"{', '.join(str(c['load']) for c in r['cells'])} at the start of each cell, in the order "
-                     f"{', '.join(c['policy'] + (' busy' if c['busy'] else ' quiet') for c in r['cells'])}.")
+                     f"{', '.join(c['policy'] + (' busy' if c['busy'] else ' quiet') for c in r['cells'])}; "
+                     f"on the machine as it was (not idle), the default policy's quiet cell took {slow:.1f}x fdkd's.")
     return "\n".join([*out, "", *notes, ""])
 
 
