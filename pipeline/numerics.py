@@ -40,11 +40,12 @@ def prepare_openmp(environ: dict | None = None) -> dict[str, str]:
     return done
 
 
-def current() -> dict:
-    """This process's training numerics, as a run's manifest records them per training stage."""
+def current(threads: int | None = None) -> dict:
+    """This process's training numerics, as a run's manifest records them per training stage; ``threads``: the count
+    the stage will set (its config's ``threads``), else torch's current one."""
     import torch
 
-    return {"threads": torch.get_num_threads(), "device": "cpu",
+    return {"threads": threads or torch.get_num_threads(), "device": "cpu",
             **{k.lower(): os.environ.get(k, "default") for k in OPENMP_ENV},
             "cpu": _cpu(), "torch": torch.__version__}
 

@@ -238,7 +238,7 @@ def _numerics(cfg: RunConfig, manifest: RunManifest, stage: str) -> dict:
     it trains; a line on the console where they differ from the run's other training stage as recorded."""
     from fdkd.pipeline import numerics
 
-    now = numerics.current()
+    now = numerics.current(cfg.threads)  # train.setup sets cfg.threads when the stage starts
     if stage == "distill" and cfg.accel.nproc > 1:
         now["torchrun_processes"] = cfg.accel.nproc
     for other in TRAINING_STAGES:

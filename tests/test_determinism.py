@@ -67,3 +67,19 @@ def test_check_names_a_changed_thread_count():
     assert check(rec, dict(rec)) is None
     assert check(None, rec) is None
     assert check(rec, {**rec, "threads": 1}) == "threads 2 -> 1"
+
+
+def test_a_stage_redone_at_another_thread_count_says_so(tiny_cfg, tmp_path):
+    from fdkd.pipeline import run
+    from fdkd.pipeline.progress import console
+    from fdkd.pipeline.run_manifest import RunManifest
+
+    manifest = RunManifest(tmp_path)
+    manifest.data["stages"]["teacher"] = {"numerics": run._numerics(tiny_cfg, manifest, "teacher")}
+    with console.capture() as same:
+        rec = run._numerics(tiny_cfg, manifest, "distill")
+    assert "other numerics" not in same.get()
+    with console.capture() as other:
+        rec = run._numerics(tiny_cfg.model_copy(update={"threads": rec["threads"] + 1}), manifest, "distill")
+    assert rec["threads"] == manifest.data["stages"]["teacher"]["numerics"]["threads"] + 1
+    assert "distill trains with other numerics than this run's teacher (threads" in other.get()
