@@ -6,8 +6,8 @@ Builds exactly what ``fdkd distill`` (the built-in config, ``method: auto``) bui
 four candidates, the shared augmenter, the teacher cache) and runs the first ``--steps`` steps of its first epoch
 through ``fdkd.pipeline.train``'s own loop; prints one JSON line: the seconds of each step and a hash of the
 trained weights (so a run at another thread count or wait policy shows whether the numerics moved). Used by
-``bench.train.busy`` and ``bench.train.determinism`` in child processes, so that OpenMP reads its environment
-(``OMP_WAIT_POLICY``) before torch starts.
+``bench.train.busy`` in child processes, so that OpenMP reads its environment (``OMP_WAIT_POLICY``) before torch
+starts.
 """
 
 from __future__ import annotations
