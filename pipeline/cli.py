@@ -26,6 +26,16 @@ SetOpt = typer.Option([], "--set", "-s", help="Override a config key: --set dist
 NameOpt = typer.Option(None, "--name", help="Run name (directory under runs_dir); same as --set name=...")
 
 
+@app.callback()
+def _numerics() -> None:
+    """Before any command imports torch: OpenMP's idle threads sleep instead of spinning (a busy machine slows a
+    training stage in proportion instead of stalling it) and MKL keeps the thread count it is given
+    (``fdkd.pipeline.numerics``)."""
+    from fdkd.pipeline.numerics import prepare_openmp
+
+    prepare_openmp()
+
+
 def _fail(msg: str, code: int = 2):
     console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
     raise typer.Exit(code)

@@ -230,6 +230,25 @@ STAGES: dict[str, tuple[Callable[[Ctx], list[Output]], tuple[str, ...], Callable
 }
 
 
+TRAINING_STAGES = ("teacher", "distill")
+
+
+def _numerics(cfg: RunConfig, manifest: RunManifest, stage: str) -> dict:
+    """This process's training numerics (threads, OpenMP wait policy, CPU, torch), torchrun's process count where
+    it trains; a line on the console where they differ from the run's other training stage as recorded."""
+    from fdkd.pipeline import numerics
+
+    now = numerics.current(cfg.threads)  # train.setup sets cfg.threads when the stage starts
+    if stage == "distill" and cfg.accel.nproc > 1:
+        now["torchrun_processes"] = cfg.accel.nproc
+    for other in TRAINING_STAGES:
+        diff = numerics.check(manifest.data["stages"].get(other, {}).get("numerics"), now) if other != stage else None
+        if diff:
+            console.print(f"[yellow]{stage} trains with other numerics than this run's {other} ({escape(diff)}): "
+                          "its weights will not be those of a run made here at once[/]", highlight=False)
+    return now
+
+
 def _stage_key(ctx: Ctx, stage: str) -> str:
     _, sections, reads = STAGES[stage]
     cfg = config_to_dict(ctx.cfg)
@@ -293,6 +312,8 @@ def _run(cfg: RunConfig, force: tuple[str, ...], stop_after: str | None, ml) -> 
         else:
             console.print(f"[bold]{stage}[/]")
             record = {"key": key, "status": "done"}
+            if stage in TRAINING_STAGES:  # what fixes its weights (fdkd.pipeline.numerics)
+                record["numerics"] = _numerics(cfg, manifest, stage)
             try:
                 outputs = fn(ctx)
             except BuildUnavailable as e:
