@@ -584,10 +584,22 @@ def _evaluate(d: Direction, average: WeightAverage | None, val_idx: torch.Tensor
     if this epoch is its best so far (``_keep_best``); with ``track_idx``, its per-row correctness there appended to
     ``d.tracked`` (every rank predicts every tracked row: a few hundred rows)."""
     with average.swapped_in(d.student) if average is not None else nullcontext():
-        val_acc = _val_accuracy(d.student, d.x_student[val_idx], y[val_idx], acc)
+        n_val = len(val_idx)
+        shared = (track_idx is not None and not acc.distributed and len(track_idx) >= n_val
+                  and bool((track_idx[:n_val] == val_idx).all()))
+        if shared:
+            # the tracked rows open with the validation rows (auto's): one prediction serves both, the validation
+            # rows in the same batches as _val_accuracy's (identical numbers), the rest after them
+            right_val = predict(d.student, d.x_student[val_idx]).argmax(1).cpu() == y[val_idx]
+            val_acc = float(torch.tensor(float(right_val.sum())) / torch.tensor(float(n_val)))
+        else:
+            val_acc = _val_accuracy(d.student, d.x_student[val_idx], y[val_idx], acc)
         _keep_best(d, epoch, val_acc)
         if track_idx is not None:
-            right = predict(d.student, d.x_student[track_idx]).argmax(1).cpu() == y[track_idx]
+            rest = track_idx[n_val:] if shared else track_idx
+            right = predict(d.student, d.x_student[rest]).argmax(1).cpu() == y[rest] if len(rest) else None
+            if shared:
+                right = right_val if right is None else torch.cat([right_val, right])
             d.tracked.append(right.numpy())
     return val_acc
 
