@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = ROOT / "docs" / "records" / "compress.jsonl"
 BEGIN, END = "<!-- compress:begin (bench/compress/results.py) -->", "<!-- compress:end -->"
-TARGET_X, TARGET_PT = 4.0, 0.5
+TARGET_X, TARGET_PT = 3.0, 0.5  # issue 32: the served CPU INT8 graph >= 3x eager at batch 64 within 0.5 pt
 
 
 def load(path: Path) -> list[dict]:
@@ -135,8 +135,9 @@ def render(records: list[dict]) -> str:
              "above it only.\n"]
     groups = runs(records)
     newest: dict[tuple, list[dict]] = {}
-    for g in groups:  # the newest run per (CPU, family, source) replaces older ones in the tables
-        newest[g[0]["cpu"], g[0]["int8_kernels"], g[0].get("source", "")] = g
+    for g in groups:  # the newest run per (CPU, family, source, gate search shown) replaces older ones in the tables
+        searched = any("[gate-searched" in r["artifact"] for r in g)
+        newest[g[0]["cpu"], g[0]["int8_kernels"], g[0].get("source", ""), searched] = g
     shown = sorted(newest.values(), key=lambda g: g[0]["started"])
     for i, g in enumerate(shown):
         parts.append(f"#### 3.{i + 1}. `{g[0]['int8_kernels']}`: {g[0]['cpu']}\n\n{render_run(g)}\n")
