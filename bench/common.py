@@ -61,3 +61,13 @@ def write_section(path: Path, begin: str, end: str, body: str) -> None:
         raise SystemExit(f"{path} has no {begin} ... {end} markers to replace")
     head, rest = text.split(begin, 1)
     path.write_text(f"{head}{begin}{wrap_markdown(body)}{end}{rest.split(end, 1)[1]}")
+
+
+def append_records(path: Path, records: list[dict]) -> None:
+    """Append ``records`` to the JSONL file ``path`` (made with its folder if new), one JSON object a line."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")

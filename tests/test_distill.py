@@ -11,6 +11,7 @@ from fdkd.pipeline import distill
 from fdkd.pipeline.models.checkpoint import load_model, read_checkpoint
 from fdkd.pipeline.objectives import METHODS
 from fdkd.pipeline.train import predict
+from tests.torchscript import save_scripted
 
 
 def _cfg(tiny_cfg, name, **updates):
@@ -132,24 +133,7 @@ def test_missing_teacher_is_a_clear_error(tiny_cfg, tiny_dataset):
 def test_torchscript_teacher_loads(tiny_cfg, tiny_teachers, tiny_dataset, tmp_path, kd_reference):
     teacher, _ = load_model(tiny_teachers["image"])
 
-    class Scriptable(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        @torch.jit.export
-        def forward_features(self, x):
-            return self.m.forward_features(x)
-
-        @torch.jit.export
-        def forward_head(self, f):
-            return self.m.forward_head(f)
-
-        def forward(self, x):
-            return self.forward_head(self.forward_features(x))
-
-    ts = tmp_path / "teacher.ts"
-    torch.jit.script(Scriptable(teacher)).save(str(ts))
+    ts = save_scripted(teacher, tmp_path / "teacher.ts")
     cfg = _cfg(tiny_cfg, "ts", **{"distill.method": "kd", "teacher.checkpoint": str(ts)})
     path, _ = distill.run(cfg)
     _assert_same_student(path, kd_reference, atol=1e-5)  # the scripted teacher taught exactly the same student

@@ -15,6 +15,7 @@ from fdkd.pipeline.config import ConfigError, load_config
 from fdkd.pipeline.models.checkpoint import save_checkpoint
 from fdkd.pipeline.models.encoders import ConvEncoder, build_encoder
 from fdkd.pipeline.models.init import InitError, load_init
+from tests.torchscript import save_scripted
 from tests.user_data import make_pairs
 
 
@@ -85,24 +86,7 @@ def test_a_frozen_teacher_of_another_class_count_is_refused_before_any_stage(tmp
     (1000) must match ... b (10)")."""
     from fdkd.pipeline import run
 
-    class Scriptable(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        @torch.jit.export
-        def forward_features(self, x):
-            return self.m.forward_features(x)
-
-        @torch.jit.export
-        def forward_head(self, f):
-            return self.m.forward_head(f)
-
-        def forward(self, x):
-            return self.forward_head(self.forward_features(x))
-
-    ts = tmp_path / "imagenet.ts"
-    torch.jit.script(Scriptable(ConvEncoder(1, 1000, width=4, depth=1))).save(str(ts))
+    ts = save_scripted(ConvEncoder(1, 1000, width=4, depth=1), tmp_path / "imagenet.ts")
     manifest = make_pairs(tmp_path / "pairs", 40)
     cfg = load_config(None, [f"runs_dir={tmp_path}/runs", f"data.cache_dir={tmp_path}/data", "name=frozen",
                              "data.source=manifest", f"data.manifest.path={manifest}",

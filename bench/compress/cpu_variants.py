@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import append_records
+
 RECORDS = Path(__file__).resolve().parents[2] / "docs" / "records" / "compress-cpu-variants.jsonl"
 # name -> (quantize_static keyword arguments over the shipped ones, extra_options over the shipped ones)
 VARIANTS = {
@@ -158,10 +160,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['ms_per_batch']:.2f} | {r['x_eager']:.2f} | {r['x_fp32']:.2f} |")
     print(f"\nreproduce: {command}")
     if not args.no_records:
-        args.records.parent.mkdir(parents=True, exist_ok=True)
-        with args.records.open("a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        append_records(args.records, records)
         print(f"{len(records)} records appended to {args.records} (run {run['run_id']})")
     for p in tmp.iterdir():
         p.unlink()

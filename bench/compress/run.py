@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import append_records
+
 RECORDS = Path(__file__).resolve().parents[2] / "docs" / "records" / "compress.jsonl"
 
 
@@ -219,10 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     print(render_run(records))
     print(f"\nreproduce: {command}")
     if not args.no_records:
-        args.records.parent.mkdir(parents=True, exist_ok=True)
-        with args.records.open("a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        append_records(args.records, records)
         print(f"\n{len(records)} records appended to {args.records} (run {run['run_id']})")
 
 
