@@ -15,6 +15,7 @@ exported graph and the server's preprocessing stay what they are) and a feature 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -108,9 +109,12 @@ class _Ecosystem(nn.Module):
         scale = shift = torch.empty(0)
         if input_norm is not None:
             # x (fdkd's input) = (raw - data_mean) / data_std; the backbone wants (raw - mean_c) / std_c
+            # data_mean/data_std: per channel (a scalar in checkpoints written before per-channel statistics)
             mean, std = torch.tensor(input_norm["mean"]), torch.tensor(input_norm["std"])
-            scale = input_norm["data_std"] / std
-            shift = (input_norm["data_mean"] - mean) / std
+            data_mean = torch.tensor(input_norm["data_mean"], dtype=torch.float64).float()
+            data_std = torch.tensor(input_norm["data_std"], dtype=torch.float64).float()
+            scale = data_std / std
+            shift = (data_mean - mean) / std
         # not persistent: the state dict stays the backbone's (``model.*``), so weight files load unchanged
         self.register_buffer("norm_scale", scale.view(1, -1, 1, 1).float(), persistent=False)
         self.register_buffer("norm_shift", shift.view(1, -1, 1, 1).float(), persistent=False)
@@ -273,8 +277,13 @@ def input_norm(model_cfg, modality: str, channels: int, frontend) -> dict | None
         raise ValueError(f"{model_cfg.arch}: mean/std have {len(mean)}/{len(std)} values but the {modality} input "
                          f"has {channels} channels")
     data_mean, data_std = (frontend.mean, frontend.std) if frontend is not None else (0.0, 1.0)
+
+    def per_channel(v) -> list[float]:  # a frontend's statistic: one value, or one per channel (RGB)
+        vals = [float(x) for x in np.atleast_1d(np.asarray(v, np.float64))]
+        return vals * channels if len(vals) == 1 else vals
+
     return {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "source": source,
-            "data_mean": float(data_mean), "data_std": float(data_std)}
+            "data_mean": per_channel(data_mean), "data_std": per_channel(data_std)}
 
 
 def arch_dict(model_cfg, input_shape: tuple[int, ...], num_classes: int, modality: str = "image",
