@@ -159,3 +159,33 @@ def chunks(x, rows=None, size: int = CHUNK) -> Iterator[tuple[np.ndarray, np.nda
 
 def is_streamed(x) -> bool:
     return isinstance(x, StreamRows)
+
+
+class ArraySource:
+    """A :class:`RowSource` over arrays already in memory (``{modality: [N, ...]}``): tests and small cases that
+    want the streaming path without a store on disk. It counts the rows each modality was asked for (``reads``)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+        self.reads: dict[str, int] = {m: 0 for m in arrays}
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def raw(self, row: int, modality: str, rng: np.random.Generator | None = None) -> np.ndarray:
+        self.reads[modality] += 1
+        return self.arrays[modality][row]
+
+
+def _features_as_is(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, np.float32)
+
+
+def streamed(ds):
+    """A copy of an in-memory ``PairedDataset`` whose ``x`` are :class:`StreamRows` over its features (the
+    identity frontend): every stage must give the same numbers on it as on ``ds``."""
+    import dataclasses
+
+    source = ArraySource(dict(ds.x))
+    x = {m: StreamRows(source, m, _features_as_is, a.shape[1:]) for m, a in ds.x.items()}
+    return dataclasses.replace(ds, x=x)
