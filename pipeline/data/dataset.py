@@ -128,7 +128,7 @@ def load_dataset(path, in_memory: bool | str = "auto", memory_mb: float = MEMORY
     run`` reads the same dataset in several stages, and the log-mel of every clip is most of a load's cost. Every
     call returns its own copy of the arrays, so a caller that changes them in place changes nothing for the next.
     """
-    from fdkd.pipeline.data.store import Store, StoreError, record_path
+    from fdkd.pipeline.data.store import Store, record_path
 
     global _LAST
     if in_memory not in (True, False, "auto"):
@@ -140,15 +140,15 @@ def load_dataset(path, in_memory: bool | str = "auto", memory_mb: float = MEMORY
     except OSError:
         raise ValueError(f"dataset {path}: no {Path(str(record)).name} (not a dataset, or a build that did not "
                          "finish; build it again)") from None
-    if in_memory is not False and key is not None and _LAST is not None and _LAST[0] == key:
-        return dataclasses.replace(_copy(_LAST[1]), path=Path(record))
-    try:
-        store = Store(path)
-    except StoreError as e:
-        raise ValueError(str(e)) from None
+    store = Store(path)  # a StoreError (a ValueError) names a missing or truncated shard
     dense = in_memory is True or (in_memory == "auto" and dense_bytes(store) <= memory_mb * 2**20)
-    ds = _dense(store, record) if dense else _streamed(store, record)
-    if not dense or key is None or sum(a.nbytes for a in ds.x.values()) > MEMO_MAX_BYTES:
+    if not dense:
+        return _streamed(store, record)
+    if key is not None and _LAST is not None and _LAST[0] == key:
+        store.close()
+        return dataclasses.replace(_copy(_LAST[1]), path=Path(record))
+    ds = _dense(store, record)
+    if key is None or sum(a.nbytes for a in ds.x.values()) > MEMO_MAX_BYTES:
         return ds
     _LAST = (key, ds)
     return _copy(ds)

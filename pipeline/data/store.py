@@ -480,12 +480,12 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     from PIL import Image
 
     a = np.asarray(pixels)
-    if a.dtype == np.uint16:
-        im = Image.fromarray(a[0].astype(np.uint16), "I;16")
+    if a.dtype == np.uint16:  # Pillow picks the mode from the dtype: uint16 -> I;16, uint8 -> L or RGB
+        im = Image.fromarray(np.ascontiguousarray(a[0]))
     elif a.shape[0] == 1:
-        im = Image.fromarray(a[0].astype(np.uint8), "L")
+        im = Image.fromarray(np.ascontiguousarray(a[0].astype(np.uint8)))
     else:
-        im = Image.fromarray(np.ascontiguousarray(a.transpose(1, 2, 0)).astype(np.uint8), "RGB")
+        im = Image.fromarray(np.ascontiguousarray(a.transpose(1, 2, 0).astype(np.uint8)))
     buf = io.BytesIO()
     im.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
