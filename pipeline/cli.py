@@ -97,14 +97,16 @@ def _build_builtin(cfg) -> None:
     import time
 
     from fdkd.pipeline import data
-    from fdkd.pipeline.data.dataset import ALL_SPLITS, SPLITS, load_dataset
+    from fdkd.pipeline.data.dataset import ALL_SPLITS, SPLITS
+    from fdkd.pipeline.data.store import Store
 
     t0 = time.perf_counter()
     with console.status("building paired data") as status:
         path = data.prepare(cfg, progress=status.update)
-        ds = load_dataset(path)
-    counts = ", ".join(f"{s} {len(ds.indices(s))}" for s in ALL_SPLITS if s in SPLITS or ds.has_split(s))
-    voices = {s: len(v) for s, v in ds.meta["voice_splits"].items()}
+        store = Store(path)  # the record and index only: counting rows decodes nothing
+    n = {s: int((store.split == i).sum()) for i, s in enumerate(ALL_SPLITS)}
+    counts = ", ".join(f"{s} {n[s]}" for s in ALL_SPLITS if s in SPLITS or n[s])
+    voices = {s: len(v) for s, v in store.meta["voice_splits"].items()}
     console.print(f"[green]dataset[/] {path}  ({counts}; voice variants per split {voices}; "
                   f"{time.perf_counter() - t0:.1f} s)", highlight=False)
 

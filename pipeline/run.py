@@ -44,7 +44,8 @@ class Ctx:
         if self._ds is None:
             from fdkd.pipeline.data.dataset import load_dataset
 
-            self._ds = load_dataset(self.manifest.path_of("dataset"))
+            self._ds = load_dataset(self.manifest.path_of("dataset"), self.cfg.data.in_memory,
+                                    self.cfg.data.memory_mb)
         return self._ds
 
 

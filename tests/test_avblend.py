@@ -1,13 +1,12 @@
 """The instance-paired avblend preset: sharing is what the knob says, disjoint splits, byte-identical rebuilds."""
 
-import json
-
 import numpy as np
 import pytest
 
 from fdkd.pipeline.config import AVBlendConfig
 from fdkd.pipeline.data import avblend
-from fdkd.pipeline.data.dataset import load_dataset
+from fdkd.pipeline.data.dataset import load_dataset, raw_column, row_arrays
+from fdkd.pipeline.data.store import Store, dataset_dir
 
 SMALL = dict(pairs=120, seed=2)
 
@@ -19,8 +18,9 @@ def builds(tmp_path_factory):
 
 
 def _load(path):
-    z = np.load(path)
-    return {k: z[k] for k in z.files}
+    """The per-row arrays and the decoded raw samples (clips as the int16 they were written as)."""
+    return {**row_arrays(path), "image_raw": raw_column(path, "image"),
+            "audio_raw": (raw_column(path, "audio") * 32768).round().astype(np.int16)}
 
 
 def test_sharing_is_what_the_knob_says(builds):
@@ -69,7 +69,7 @@ def test_images_render_the_saved_parameters(builds):
 
 def test_splits_disjoint_by_voice_and_source_image(builds):
     z = _load(builds[0.5])
-    meta = json.loads(bytes(z["meta"]).decode())
+    meta = Store(builds[0.5]).meta
     variants = meta["build"]["variants"]
     images = [set(z["image_index"][z["split"] == s]) | set(z["partner_index"][z["split"] == s]) for s in range(3)]
     voices = [{variants[v] for v in z["voice"][z["split"] == s]} for s in range(3)]
@@ -84,9 +84,9 @@ def test_splits_disjoint_by_voice_and_source_image(builds):
 
 def test_rebuild_is_byte_identical_and_cached(builds, tmp_path):
     again = avblend.build(AVBlendConfig(shared=0.5, **SMALL), tmp_path)
-    assert again.name == builds[0.5].name and again.read_bytes() == builds[0.5].read_bytes()
+    assert dataset_dir(again).name == dataset_dir(builds[0.5]).name and again.read_bytes() == builds[0.5].read_bytes()
     assert avblend.dataset_path(AVBlendConfig(shared=0.5, **SMALL), tmp_path) == again
-    assert len({p.name for p in builds.values()}) == 3  # the knob is part of the content hash
+    assert len({dataset_dir(p).name for p in builds.values()}) == 3  # the knob is part of the content hash
     ds = load_dataset(again)
     assert ds.x["image"].shape == (SMALL["pairs"], 1, 8, 8) and ds.x["audio"].shape == (SMALL["pairs"], 1, 40, 101)
     assert ds.class_names[0] == "zero" and np.isfinite(ds.x["image"]).all()
@@ -100,9 +100,9 @@ def test_cli_builds_avblend(tmp_path):
     result = CliRunner().invoke(app, ["data", "avblend", "--shared", "0.25", "--set", f"data.cache_dir={tmp_path}",
                                       "--set", "data.avblend.pairs=40"])
     assert result.exit_code == 0, result.stdout
-    (path,) = tmp_path.glob("avblend-*.npz")
+    (path,) = tmp_path.glob("avblend-*/dataset.json")
     assert path == avblend.dataset_path(AVBlendConfig(shared=0.25, pairs=40), tmp_path)
-    assert np.bincount(np.load(path)["split"]).tolist() == [28, 6, 6]
+    assert np.bincount(Store(path).split).tolist() == [28, 6, 6]
     bad = CliRunner().invoke(app, ["data", "avblend", "--shared", "1.5", "--set", f"data.cache_dir={tmp_path}"])
     assert bad.exit_code == 2  # a clear configuration error, no traceback
     assert bad.exception is None or isinstance(bad.exception, SystemExit)

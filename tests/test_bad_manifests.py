@@ -19,6 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fdkd.pipeline.cli import app
+from tests.dataset_arrays import arrays
 from tests.user_data import digit_image, make_pairs, tone, wav_bytes
 
 BASE_ROWS = 30  # CSV lines 2..31; an added row is line 32 (JSONL: lines 1..30, added 31)
@@ -377,7 +378,7 @@ def test_bad_manifest_names_the_row_and_leaves_nothing(tmp_path, base, case):
     assert result.exit_code == 2, out
     assert out.startswith("error:") and f"line {line}" in out and text in out, out
     assert not (tmp_path / "runs" / "bad").exists()  # no half-made run directory
-    assert not list(tmp_path.glob("data/*.npz"))  # and no dataset file
+    assert not list(tmp_path.glob("data/*"))  # and no dataset, not even a partial one
 
 
 @pytest.mark.parametrize("case", sorted(WORKS))
@@ -390,7 +391,7 @@ def test_odd_but_valid_manifest_works_and_decodes_right(tmp_path, base, case):
     result, out = _invoke(["data", "manifest", path])
     assert result.exit_code == 0 and "no problems" in out, out
     assert ("warning: label 'solo' (1 row(s)) has no test row" in out) == (case == "class-with-one-pair"), out
-    z = np.load(build(ManifestDataConfig(path=path, image_size=(16, 16), clip_seconds=1.0), tmp_path / "cache"))
+    z = arrays(build(ManifestDataConfig(path=path, image_size=(16, 16), clip_seconds=1.0), tmp_path / "cache"))
     assert len(z["label"]) == BASE_ROWS + 1
     check(z, BASE_ROWS)
 

@@ -9,11 +9,13 @@ from typer.testing import CliRunner
 
 from fdkd.pipeline.config import AVDigitsConfig, ManifestDataConfig
 from fdkd.pipeline.data import avdigits
-from fdkd.pipeline.data.dataset import load_dataset
+from fdkd.pipeline.data.dataset import load_dataset, row_arrays
 from fdkd.pipeline.data.manifest import ManifestError, check_manifest
 from fdkd.pipeline.data.manifest import build as build_manifest
+from fdkd.pipeline.data.store import Store
 from fdkd.serving.preprocess import AudioFrontend
 from fdkd.serving.wav import WavError, read_wav, write_wav
+from tests.dataset_arrays import builtin
 
 SMALL = AVDigitsConfig(max_images=60, seed=3)
 
@@ -25,8 +27,10 @@ def small_build(tmp_path_factory):
 
 def test_rebuild_is_byte_identical(small_build, tmp_path):
     again = avdigits.build(SMALL, tmp_path)
-    assert again.name == small_build.name
-    assert again.read_bytes() == small_build.read_bytes()
+    assert again.parent.name == small_build.parent.name
+    assert again.read_bytes() == small_build.read_bytes()  # the record holds every shard's sha256
+    for a, b in zip(sorted(small_build.parent.rglob("*.*")), sorted(again.parent.rglob("*.*")), strict=True):
+        assert a.name == b.name and a.read_bytes() == b.read_bytes(), a.name
 
 
 class _Always:  # a generator whose every draw is 0: each rule applies
@@ -53,14 +57,14 @@ def test_pronunciation_rules_rewrite_the_accent_phonemes():
 def test_pronunciation_variants_change_exactly_the_training_clips_they_re_pronounce(small_build, tmp_path, monkeypatch):
     varied = avdigits.build(SMALL.model_copy(update={"pronunciation_variants": 1.0}), tmp_path)
     again = avdigits.build(SMALL.model_copy(update={"pronunciation_variants": 1.0}), tmp_path / "again")
-    assert varied.name != small_build.name and again.read_bytes() == varied.read_bytes()
+    assert varied.parent.name != small_build.parent.name and again.read_bytes() == varied.read_bytes()
     # the rules are build parameters: a changed table is a new file, not a stale cache hit
     monkeypatch.setattr(avdigits, "PRONUNCIATION_RULES", avdigits.PRONUNCIATION_RULES[:-1])
     assert avdigits.dataset_path(SMALL.model_copy(update={"pronunciation_variants": 1.0}), tmp_path) != varied
-    assert avdigits.dataset_path(SMALL, tmp_path).name == small_build.name  # off: the rules do not matter
-    a, b = np.load(small_build), np.load(varied)
+    assert avdigits.dataset_path(SMALL, tmp_path).parent.name == small_build.parent.name  # off: the rules do not matter
+    a, b = builtin(small_build), builtin(varied)
     spoken, split = b["phonemes"], b["split"]
-    assert "phonemes" not in a.files  # off: the file is what it always was
+    assert "phonemes" not in a  # off: the dataset is what it always was
     assert all(p == "" for p in spoken[split != 0])  # validation, test and unseen clips: the plain word
     train = np.flatnonzero(split == 0)
     assert (spoken[train] != "").mean() > 0.3  # 9 of 10 words have a rule (not "seven"); chance 1/2 each
@@ -73,17 +77,18 @@ def test_pronunciation_variants_change_exactly_the_training_clips_they_re_pronou
 
 def test_cache_hit_and_parameters_in_the_name(small_build):
     mtime = small_build.stat().st_mtime_ns
-    assert avdigits.build(SMALL, small_build.parent) == small_build
+    assert small_build.name == "dataset.json" and small_build.parent.parent.name.startswith("a")
+    assert avdigits.build(SMALL, small_build.parent.parent) == small_build
     assert small_build.stat().st_mtime_ns == mtime  # not rebuilt
-    other = avdigits.dataset_path(SMALL.model_copy(update={"seed": 4}), small_build.parent)
+    other = avdigits.dataset_path(SMALL.model_copy(update={"seed": 4}), small_build.parent.parent)
     assert other != small_build
 
 
 def test_pairs_are_within_class_and_splits_voice_disjoint(small_build):
     from sklearn.datasets import load_digits
 
-    z = np.load(small_build)
-    meta = json.loads(bytes(z["meta"]).decode())
+    z = builtin(small_build)
+    meta = Store(small_build).meta
     digits = load_digits()
     idx = z["image_index"]
     np.testing.assert_array_equal(digits.target[idx], z["label"])
@@ -256,8 +261,8 @@ def test_valid_manifest_builds_a_dataset(tmp_path):
 
 
 def test_unseen_accent_split_holds_only_held_out_accents(small_build):
-    z = np.load(small_build)
-    meta = json.loads(bytes(z["meta"]).decode())
+    z = row_arrays(small_build)
+    meta = Store(small_build).meta
     accents = meta["accents"]
     unseen = set(SMALL.unseen_accents)
     assert unseen and not unseen & set(SMALL.accents)
@@ -279,7 +284,7 @@ def test_no_unseen_accents_means_no_extra_split(tmp_path):
     from pydantic import ValidationError
 
     path = avdigits.build(AVDigitsConfig(max_images=30, seed=1, unseen_accents=()), tmp_path)
-    assert set(np.load(path)["split"].tolist()) <= {0, 1, 2}
+    assert set(Store(path).split.tolist()) <= {0, 1, 2}
     assert not load_dataset(path).has_split("test_unseen_accent")
     with pytest.raises(ValidationError, match="must not also be in accents"):
         AVDigitsConfig(unseen_accents=("en-us",))
@@ -287,7 +292,7 @@ def test_no_unseen_accents_means_no_extra_split(tmp_path):
 
 def test_pronunciation_variant_clips_are_added_beside_the_plain_ones(small_build, tmp_path):
     extra = avdigits.build(SMALL.model_copy(update={"pronunciation_variant_clips": 1}), tmp_path)
-    a, b = np.load(small_build), np.load(extra)
+    a, b = builtin(small_build), builtin(extra)
     n = len(a["label"])
     for k in ("audio_raw", "label", "split", "image_index", "voice", "accent", "image_raw"):
         np.testing.assert_array_equal(a[k], b[k][:n])  # every clip of the plain build, byte for byte
@@ -300,14 +305,16 @@ def test_pronunciation_variant_clips_are_added_beside_the_plain_ones(small_build
     assert all(p != "" for p, w in zip(spoken, words, strict=True) if w not in ("seven",))  # re-pronounced
 
 
-def test_a_reload_of_the_same_file_is_served_from_memory_as_a_private_copy(small_build, tmp_path, monkeypatch):
+def test_a_reload_of_the_same_dataset_is_served_from_memory_as_a_private_copy(small_build, tmp_path, monkeypatch):
+    import shutil
+
     from fdkd.pipeline.data import dataset
 
-    path = tmp_path / small_build.name
-    path.write_bytes(small_build.read_bytes())
+    shutil.copytree(small_build.parent, tmp_path / "ds")
+    path = tmp_path / "ds" / small_build.name
     reads = []
-    read = dataset._read
-    monkeypatch.setattr(dataset, "_read", lambda p: reads.append(p) or read(p))
+    read = dataset._dense
+    monkeypatch.setattr(dataset, "_dense", lambda *a: reads.append(a) or read(*a))
     first = load_dataset(path)
     expected = {m: a.copy() for m, a in first.x.items()}
     first.x["audio"][:] = 0  # a caller changing its arrays in place
@@ -318,10 +325,10 @@ def test_a_reload_of_the_same_file_is_served_from_memory_as_a_private_copy(small
     for m, a in expected.items():
         np.testing.assert_array_equal(second.x[m], a)
     assert second.y.min() >= 0 and second.meta["name"] == "avdigits"
-    # a new version of the file (written anew, as every build writes) is read again
+    # a new version of the dataset (written anew, as every build writes) is read again
     other = avdigits.build(SMALL.model_copy(update={"seed": 4}), tmp_path / "other")
-    (tmp_path / "new.npz").write_bytes(other.read_bytes())
-    (tmp_path / "new.npz").replace(path)
+    shutil.rmtree(path.parent)
+    shutil.copytree(other.parent, path.parent)
     third = load_dataset(path)
     assert len(reads) == 2 and not np.array_equal(third.x["audio"], expected["audio"])
     np.testing.assert_array_equal(third.x["audio"], load_dataset(other).x["audio"])

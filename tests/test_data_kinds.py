@@ -25,6 +25,7 @@ from fdkd.pipeline.data.manifest import ManifestError, build, check
 from fdkd.serving.array import ArrayError, decode_npy
 from fdkd.serving.image import ImageError, decode_depth
 from fdkd.serving.wav import read_wav, resample
+from tests.dataset_arrays import arrays
 from tests.user_data import WORDS, digit_image, tone, wav_bytes
 
 
@@ -119,7 +120,7 @@ def test_a_16_bit_depth_png_keeps_every_level_end_to_end(tmp_path):
         lines.append(f"i{k}.png,d{k}.png,{WORDS[k % 2]}")
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
     path = build(ManifestDataConfig(path=tmp_path / "m.csv", student_modality="depth"), tmp_path / "cache")
-    z = np.load(path)
+    z = arrays(path)
     assert z["depth_raw"].dtype == np.uint16
     for k in range(12):
         np.testing.assert_array_equal(z["depth_raw"][k, 0], np.roll(levels, k))

@@ -19,6 +19,7 @@ import pytest
 from fdkd.serving.middleware import EXEMPT
 from fdkd.serving.wav import read_wav, write_wav
 from fdkd.serving.webpage import PUBLIC_PATHS
+from tests.dataset_arrays import builtin
 from tests.serving_helpers import failed_gate_copy, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -30,7 +31,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 
 def _test_clip(tiny_dataset, k: int = 0) -> bytes:
-    z = np.load(tiny_dataset.path)
+    z = builtin(tiny_dataset.path)
     row = np.flatnonzero(z["split"] == 2)[k]
     return write_wav(z["audio_raw"][row].astype(np.float32) / 32768.0, 16000)
 

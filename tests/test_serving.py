@@ -14,6 +14,7 @@ import pytest
 
 from fdkd.serving.runtime import load_runtime
 from fdkd.serving.wav import resample, write_wav
+from tests.dataset_arrays import builtin
 from tests.serving_helpers import failed_gate_copy, metric, running_server
 
 SHAPE = [1, 40, 101]
@@ -74,7 +75,7 @@ def test_json_id_echo_nested_data_and_request_id_header(server, runtime):
 
 def test_classify_route_applies_the_manifest_preprocessing(server, served_run, runtime, tiny_dataset):
     url, _ = server
-    z = np.load(tiny_dataset.path)
+    z = builtin(tiny_dataset.path)
     test_rows = np.flatnonzero(z["split"] == 2)[:3]
     for row in test_rows:
         wav = write_wav(z["audio_raw"][row].astype(np.float32) / 32768.0, 16000)

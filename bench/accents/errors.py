@@ -24,6 +24,7 @@ def errors(run_dir: Path) -> list[str]:
 
     from fdkd.pipeline import data
     from fdkd.pipeline.config import load_config
+    from fdkd.pipeline.data.dataset import row_arrays
     from fdkd.pipeline.models.checkpoint import load_model
     from fdkd.pipeline.train import predict
 
@@ -33,7 +34,7 @@ def errors(run_dir: Path) -> list[str]:
         raise SystemExit(f"{run_dir}: its dataset holds out no accents (data.avdigits.unseen_accents is empty)")
     model, _ = load_model(run_dir / "student.pt")
     model.eval()
-    accent = np.load(ds.path)["accent"]
+    accent = row_arrays(ds.path)["accent"]
     out = [f"run: {run_dir}", ""]
     for split in ("test", "test_unseen_accent"):
         idx = ds.indices(split)

@@ -107,6 +107,7 @@ def run_job(job: dict) -> dict:
 
     from fdkd.pipeline import auto, data, distill, teacher
     from fdkd.pipeline.config import load_config
+    from fdkd.pipeline.data.dataset import row_arrays
 
     torch.set_num_threads(job["threads"])
     cfg = load_config(None, job["sets"])
@@ -132,8 +133,8 @@ def run_job(job: dict) -> dict:
                         "fold_epochs": c.get("fold_epochs"), "test_curve": c.get("test_curve"),
                         "val_right": [pack(e[:n_val]) for e in rows["candidates"][c["name"]]]})
     ds = data.load(cfg)
-    with np.load(ds.path, allow_pickle=False) as z:  # the built-in data's voice per row (not in PairedDataset)
-        voice = z["voice"][rows["val_rows"]].tolist() if "voice" in z.files else None
+    z = row_arrays(ds.path)  # the built-in data's voice per row (not in PairedDataset)
+    voice = z["voice"][rows["val_rows"]].tolist() if "voice" in z else None
     return {"winner": m["auto"]["winner"], "judge": m["auto"].get("judge"), "margin_se": m["auto"]["margin_se"],
             "judge_rows": m["auto"]["judge_rows"], "shipped_test_acc": m["test_acc"], "candidates": cands,
             "half0": pack(np.isin(np.arange(n_val), rows["halves"][0])), "val_voice": voice,

@@ -122,6 +122,11 @@ class DataConfig(_Strict):
     avdigits: AVDigitsConfig = AVDigitsConfig()
     avblend: AVBlendConfig = AVBlendConfig()
     manifest: ManifestDataConfig | None = None
+    # how stages hold the features (fdkd.pipeline.data.dataset.load_dataset): auto keeps them in memory when they
+    # fit memory_mb (MiB of float32 features), else every stage streams rows from the dataset on disk; true and
+    # false force one or the other (false: tests and the scale bench stream even tiny data)
+    in_memory: bool | Literal["auto"] = "auto"
+    memory_mb: float = Field(1024.0, gt=0)
 
     @model_validator(mode="after")
     def _manifest_given(self):

@@ -1,7 +1,8 @@
 """Paired two-modality data: the built-in avdigits/avmnist/avblend sets and user manifests.
 
-``prepare(cfg)`` builds (or finds in the cache) the dataset file the config names;
-``load(cfg)`` returns it as a :class:`~fdkd.pipeline.data.dataset.PairedDataset`.
+``prepare(cfg)`` builds (or finds in the cache) the dataset the config names (``fdkd.pipeline.data.store``: tar
+shards of the files, an index and ``dataset.json``, whose path it returns); ``load(cfg)`` returns it as a
+:class:`~fdkd.pipeline.data.dataset.PairedDataset`, dense or streamed (``data.in_memory``, ``data.memory_mb``).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ def prepare(cfg: RunConfig, progress=None) -> Path:
 def require_labels(cfg: RunConfig, path: Path) -> None:
     """Refuse, before any training, a dataset whose training split has no labelled row (a manifest whose training
     rows all have an empty label) unless the config loads the teacher: a teacher trains on labelled rows only."""
-    import numpy as np
+    from fdkd.pipeline.data.store import Store
 
-    with np.load(path, allow_pickle=False) as z:
-        y, split = z["label"], z["split"]
+    store = Store(path)
+    y, split = store.labels, store.split
     if (y[split == 0] >= 0).any():
         return
     where = f"{cfg.data.manifest.path}" if cfg.data.source == "manifest" else f"dataset {path}"
@@ -56,7 +57,7 @@ def load(cfg: RunConfig, progress=None):
     from fdkd.pipeline.data.dataset import load_dataset
     from fdkd.pipeline.data.labels import student_labels
 
-    ds = load_dataset(prepare(cfg, progress))
+    ds = load_dataset(prepare(cfg, progress), cfg.data.in_memory, cfg.data.memory_mb)
     seed = cfg.seed if cfg.data.label_seed is None else cfg.data.label_seed
     y, info = student_labels(ds.y, ds.split, ds.num_classes, cfg.data.labelled, cfg.data.label_noise, seed)
     ds.teacher_y, ds.y, ds.labels = ds.y, y, info

@@ -23,8 +23,9 @@ partitioned between train/val/test). Every generating parameter is saved per pai
 ``image_index``/``partner_index`` (source images), ``image_partner``/``image_w``/``image_quality``,
 ``audio_partner``/``audio_w``/``audio_quality``, ``shared``, ``voice``, ``accent``.
 
-Writes ``<cache_dir>/avblend-<hash>.npz``; synthesis runs in a fresh child process
-(``fdkd.pipeline.data.espeak``), so the same parameters rebuild byte-identical files.
+Writes the dataset ``<cache_dir>/avblend-<hash>/`` (``fdkd.pipeline.data.store``: blended images as float32
+``.npy``, clips as 16-bit WAV); synthesis runs in a fresh child process (``fdkd.pipeline.data.espeak``), so the
+same parameters rebuild byte-identical shards.
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ from fdkd.pipeline.data.avdigits import (
     resample,
     synthesize_words,
 )
-from fdkd.pipeline.data.dataset import SPLITS, encode_meta, stratified_split
+from fdkd.pipeline.data.dataset import SPLITS, stratified_split
+from fdkd.pipeline.data.kinds import ColumnSpec
+from fdkd.pipeline.data.store import Column, StoreWriter, exists, npy_bytes, record_path, wav16_bytes
 from fdkd.serving.preprocess import AudioFrontend
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: the on-disk store (tar shards) instead of one .npz
 PRESET = "avblend"
 
 
@@ -60,7 +63,9 @@ def build_params(cfg: AVBlendConfig) -> dict:
 
 
 def dataset_path(cfg: AVBlendConfig, cache_dir: Path) -> Path:
-    return Path(cache_dir) / artifacts.DATASET.format(preset=PRESET, digest=artifacts.digest(build_params(cfg)))
+    """The ``dataset.json`` of the dataset ``cfg`` builds."""
+    return record_path(Path(cache_dir) / artifacts.DATASET.format(preset=PRESET,
+                                                                  digest=artifacts.digest(build_params(cfg))))
 
 
 def _pairs_per_split(total: int, fractions) -> list[int]:
@@ -138,13 +143,13 @@ def _render_audio(first: np.ndarray, second: np.ndarray, w: float, quality: floa
 
 
 def build(cfg: AVBlendConfig, cache_dir: Path, *, progress=None) -> Path:
-    """Build (or find in the cache) the dataset file; returns its path."""
+    """Build (or find in the cache) the dataset; returns its ``dataset.json``."""
     from fdkd.pipeline.data.espeak import Utterance
 
     params = build_params(cfg)
     out = Path(cache_dir) / artifacts.DATASET.format(preset=PRESET, digest=artifacts.digest(params))
-    if out.exists():
-        return out
+    if exists(out):
+        return record_path(out)
     images, labels, image_fe = _images("avdigits")
     rng_split, rng_voice, rng_image, rng_audio = (np.random.default_rng(s)
                                                   for s in np.random.SeedSequence(cfg.seed).spawn(4))
@@ -162,15 +167,19 @@ def build(cfg: AVBlendConfig, cache_dir: Path, *, progress=None) -> Path:
         utterances.append(Utterance(WORDS[plan["audio_partner"][k]], voice, rate, pitch, seed + 1))
     waves = synthesize_words(utterances, progress, "words")
     fe = AudioFrontend()
-    audio = np.stack([_render_audio(waves[2 * k], waves[2 * k + 1], float(plan["audio_w"][k]),
-                                    float(plan["audio_quality"][k]), fe, rng_audio, cfg)
-                      for k in range(len(plan["label"]))])
     meta = {
         "name": PRESET, "class_names": list(WORDS), "build": params,
-        "frontends": {"image": image_fe.to_dict(), "audio": fe.to_dict()},
         "voice_splits": dict(zip(SPLITS, pools, strict=True)), "accents": list(cfg.accents),
         "shared": cfg.shared, "w_max": cfg.w_max,
     }
-    arrays = {k: v for k, v in plan.items() if k not in ("rate", "pitch", "seed")}
-    artifacts.save_npz(out, {**arrays, "image_raw": image_raw, "audio_raw": audio, "meta": encode_meta(meta)})
-    return out
+    # blended images are float pixels: stored as .npy (lossless), fed to the image frontend
+    columns = {"image": Column(ColumnSpec("array", shape=image_raw.shape[1:], dtype="float32"), "npy", image_fe),
+               "audio": Column(ColumnSpec("audio", sample_rate=fe.sample_rate, clip_samples=fe.clip_samples), "wav",
+                               fe)}
+    with StoreWriter(out, columns, meta) as w:
+        for k in range(len(plan["label"])):
+            clip = _render_audio(waves[2 * k], waves[2 * k + 1], float(plan["audio_w"][k]),
+                                 float(plan["audio_quality"][k]), fe, rng_audio, cfg)
+            w.add(int(plan["label"][k]), int(plan["split"][k]),
+                  {"image": npy_bytes(image_raw[k]), "audio": wav16_bytes(clip, fe.sample_rate)})
+        return w.close({k: v for k, v in plan.items() if k not in ("rate", "pitch", "seed", "label", "split")})

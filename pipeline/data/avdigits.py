@@ -20,8 +20,9 @@ accents differ (Wells, *Accents of English*, 1982), not a copy of any one accent
 synthesised in a child process of their own, so every other clip (validation and test included)
 is byte-identical to the build without variants.
 
-Writes ``<cache_dir>/<preset>-<hash>.npz``, the hash covering every build parameter and the
-eSpeak NG version; the same parameters rebuild byte-identical files.
+Writes the dataset ``<cache_dir>/<preset>-<hash>/`` (``fdkd.pipeline.data.store``: images as PNG, clips as 16-bit
+WAV, lossless), the hash covering every build parameter and the eSpeak NG version; the same parameters rebuild
+byte-identical shards.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ import numpy as np
 
 from fdkd import artifacts
 from fdkd.pipeline.config import AVDigitsConfig
-from fdkd.pipeline.data.dataset import ALL_SPLITS, SPLITS, encode_meta, stratified_split
+from fdkd.pipeline.data.dataset import ALL_SPLITS, SPLITS, stratified_split
+from fdkd.pipeline.data.kinds import ColumnSpec
+from fdkd.pipeline.data.store import Column, StoreWriter, exists, png_bytes, record_path, wav16_bytes
 from fdkd.serving.preprocess import AudioFrontend, ImageFrontend
 
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4  # 4: the on-disk store (tar shards) instead of one .npz
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SYNTH_RATE = 22050
 # (name, eSpeak NG mnemonic pattern, replacement): where English accents commonly differ (Wells 1982); each
@@ -81,7 +84,9 @@ def build_params(cfg: AVDigitsConfig) -> dict:
 
 
 def dataset_path(cfg: AVDigitsConfig, cache_dir: Path) -> Path:
-    return Path(cache_dir) / artifacts.DATASET.format(preset=cfg.preset, digest=artifacts.digest(build_params(cfg)))
+    """The ``dataset.json`` of the dataset ``cfg`` builds (``fdkd.pipeline.data.store``)."""
+    return record_path(Path(cache_dir) / artifacts.DATASET.format(preset=cfg.preset,
+                                                                  digest=artifacts.digest(build_params(cfg))))
 
 
 def pronunciation_variant(phonemes: str, rng: np.random.Generator) -> str:
@@ -201,13 +206,13 @@ def place_clip(speech: np.ndarray, clip_samples: int, rng: np.random.Generator, 
 
 
 def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
-    """Build (or find in the cache) the dataset file; returns its path."""
+    """Build (or find in the cache) the dataset; returns its ``dataset.json``."""
     from fdkd.pipeline.data.espeak import Utterance
 
     params = build_params(cfg)
     out = Path(cache_dir) / artifacts.DATASET.format(preset=cfg.preset, digest=artifacts.digest(params))
-    if out.exists():
-        return out
+    if exists(out):
+        return record_path(out)
     images, labels, image_fe = _images(cfg.preset)
     seeds = np.random.SeedSequence(cfg.seed).spawn(4)
     rng_split, rng_voice, rng_audio, rng_unseen = (np.random.default_rng(s) for s in seeds)
@@ -267,20 +272,26 @@ def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
             waves[k] = w
     spoken = [varied.get(k, "") for k in range(len(utterances))]
     fe = AudioFrontend()
-    audio = np.stack([_augment(w, fe, rng_audio, cfg) for w in waves])
     variants = params["variants"]
     meta = {
         "name": cfg.preset, "class_names": list(WORDS), "build": params,
-        "frontends": {"image": image_fe.to_dict(), "audio": fe.to_dict()},
         "voice_splits": dict(zip(SPLITS, pools, strict=True)), "accents": accents,
         "accent_splits": {"in_domain": list(cfg.accents), "test_unseen_accent": list(cfg.unseen_accents)},
     }
-    artifacts.save_npz(out, {
-        "image_raw": images[pair_image], "audio_raw": audio, "label": labels[pair_image],
-        "split": pair_split.astype(np.int8), "image_index": source[pair_image].astype(np.int32),
-        "voice": np.array([variants.index(v) for v in voice_names], np.int16),
-        "accent": np.array(pair_accent, np.int16),
-        **({"phonemes": np.array(spoken)} if cfg.pronunciation_variants > 0 or n_extra else {}),
-        "meta": encode_meta(meta),
-    })
-    return out
+    columns = {"image": Column(ColumnSpec("image", channels=1), "png", image_fe),
+               "audio": Column(ColumnSpec("audio", sample_rate=fe.sample_rate, clip_samples=fe.clip_samples), "wav",
+                               fe)}
+    if progress:
+        progress(f"writing {len(waves)} pairs to the dataset")
+    with StoreWriter(out, columns, meta) as w:
+        for k, wave in enumerate(waves):  # rendered one clip at a time, in order: the same bytes as all at once
+            i = pair_image[k]
+            w.add(int(labels[i]), int(pair_split[k]),
+                  {"image": png_bytes(images[i]), "audio": wav16_bytes(_augment(wave, fe, rng_audio, cfg),
+                                                                       fe.sample_rate)})
+        return w.close({
+            "image_index": source[pair_image].astype(np.int32),
+            "voice": np.array([variants.index(v) for v in voice_names], np.int16),
+            "accent": np.array(pair_accent, np.int16),
+            **({"phonemes": np.array(spoken)} if cfg.pronunciation_variants > 0 or n_extra else {}),
+        })

@@ -1,10 +1,10 @@
-"""The in-memory paired dataset every training stage consumes, and its on-disk form.
+"""The paired dataset every training stage consumes, dense in memory or streamed from disk.
 
-A dataset file (``.npz``, written by ``fdkd.pipeline.data.avdigits`` or ``fdkd.pipeline.data.manifest``)
-holds ``<modality>_raw`` per input (raw pixels, depth levels, waveforms or arrays: one per key of
-``meta["frontends"]``), labels, splits and a JSON ``meta`` record. Loading fits the
-frontends' standardisation on the training split and computes the features with
-``fdkd.serving.preprocess`` (the exact numpy code the server runs).
+A dataset on disk (written by ``fdkd.pipeline.data.avdigits``, ``avblend`` or ``manifest`` through
+``fdkd.pipeline.data.store``) is a folder of WebDataset tar shards holding each row's source files, an index and a
+``dataset.json`` record with the frontends fitted on the training split. ``load_dataset`` gives its features
+(``fdkd.serving.preprocess``: the exact numpy code the server runs) as dense float32 arrays when they fit
+``data.memory_mb``, else as ``fdkd.pipeline.data.rows.StreamRows`` that decode rows when indexed.
 
 Split ids: 0 train, 1 val, 2 test, and 3 ``test_unseen_accent`` (built-in audio only: clips in
 eSpeak NG accents that no other split hears; absent when the file has none). Every consumer
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fdkd.serving.preprocess import AudioFrontend, Frontend, frontend_from_dict
+from fdkd.serving.preprocess import Frontend
 
 SPLITS = ("train", "val", "test")
 EXTRA_SPLITS = ("test_unseen_accent",)  # split id 3 onwards: extra evaluation-only splits
@@ -92,13 +92,15 @@ def encode_meta(meta: dict) -> np.ndarray:
     return np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
 
 
-_LAST: tuple[tuple, PairedDataset] | None = None  # the most recent load: (file key, dataset)
+_LAST: tuple[tuple, PairedDataset] | None = None  # the most recent dense load: (record key, dataset)
 MEMO_MAX_BYTES = 1 << 30  # features kept in memory up to this size: the copy costs memory for the whole process
+MEMORY_MB = 1024  # data.memory_mb's default: dense features up to this size load into memory, larger ones stream
 
 
-def _file_key(path: Path) -> tuple:
-    """Identifies one version of a file: rebuilt dataset files are written anew (``artifacts.atomic_write``),
-    so a rebuild changes the inode, size or modification time."""
+def _file_key(path) -> tuple:
+    """Identifies one build of a dataset: a rebuild writes its ``dataset.json`` anew (a new inode, size or
+    modification time)."""
+    path = Path(path)
     st = path.stat()
     return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -109,53 +111,89 @@ def _copy(ds: PairedDataset) -> PairedDataset:
                                meta=json.loads(json.dumps(ds.meta)))
 
 
-def load_dataset(path: Path) -> PairedDataset:
-    """Load a dataset file; standardisation constants come from its training split.
+def dense_bytes(store) -> int:
+    """What every column's features take in memory as float32."""
+    return sum(len(store) * int(np.prod(store.feature_shape(m))) * 4 for m in store.columns)
 
-    The features of the most recently loaded file (up to ``MEMO_MAX_BYTES`` of them) are kept in memory:
-    ``fdkd run`` reads the same file in several stages, and the log-mel of every clip is most of a load's
-    cost. Every call returns its own copy of the arrays, so a caller that changes them in place changes
-    nothing for the next one.
+
+def load_dataset(path, in_memory: bool | str = "auto", memory_mb: float = MEMORY_MB) -> PairedDataset:
+    """Open a dataset (its directory or its ``dataset.json``; ``fdkd.pipeline.data.store``).
+
+    ``in_memory``: True decodes every row into one dense float32 array per modality (chunk by chunk, into arrays
+    allocated once); False gives :class:`~fdkd.pipeline.data.rows.StreamRows` that decode rows when indexed;
+    "auto" (``data.in_memory``'s default) is dense when the features fit ``memory_mb`` (``data.memory_mb``).
+    The frontends were fitted on the training split when the dataset was built.
+
+    The dense features of the most recently loaded dataset (up to ``MEMO_MAX_BYTES``) are kept in memory: ``fdkd
+    run`` reads the same dataset in several stages, and the log-mel of every clip is most of a load's cost. Every
+    call returns its own copy of the arrays, so a caller that changes them in place changes nothing for the next.
     """
+    from fdkd.pipeline.data.store import Store, record_path
+
     global _LAST
-    path = Path(path)
+    if in_memory not in (True, False, "auto"):
+        raise ValueError(f"data.in_memory must be auto, true or false, got {in_memory!r}")
+    record = record_path(path)
+    local = "://" not in str(record)
     try:
-        key = _file_key(path)
-    except OSError as e:
-        raise ValueError(f"dataset file {path} is unreadable or incomplete: {e}") from None
-    if _LAST is not None and _LAST[0] == key:
-        return dataclasses.replace(_copy(_LAST[1]), path=path)
-    ds = _read(path)
-    if sum(a.nbytes for a in ds.x.values()) > MEMO_MAX_BYTES:
-        _LAST = None
+        key = _file_key(record) if local else None
+    except OSError:
+        raise ValueError(f"dataset {path}: no {Path(str(record)).name} (not a dataset, or a build that did not "
+                         "finish; build it again)") from None
+    store = Store(path)  # a StoreError (a ValueError) names a missing or truncated shard
+    dense = in_memory is True or (in_memory == "auto" and dense_bytes(store) <= memory_mb * 2**20)
+    if not dense:
+        return _streamed(store, record)
+    if key is not None and _LAST is not None and _LAST[0] == key:
+        store.close()
+        return dataclasses.replace(_copy(_LAST[1]), path=Path(record))
+    ds = _dense(store, record)
+    if key is None or sum(a.nbytes for a in ds.x.values()) > MEMO_MAX_BYTES:
         return ds
     _LAST = (key, ds)
     return _copy(ds)
 
 
-def _read(path: Path) -> PairedDataset:
-    try:
-        z = np.load(path, allow_pickle=False)
-        meta = json.loads(bytes(z["meta"]).decode())
-        raw = {m: z[f"{m}_raw"] for m in meta["frontends"]}
-        y, split = z["label"].astype(np.int64), z["split"].astype(np.int8)
-    except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"dataset file {path} is unreadable or incomplete: {e}") from None
-    train = split == 0
-    if not train.any():
-        raise ValueError(f"dataset file {path} has no training rows")
-    x, frontends = {}, {}
-    for m in meta["frontends"]:
-        fe = frontend_from_dict(meta["frontends"][m])
-        if isinstance(fe, AudioFrontend):
-            waves = raw[m].astype(np.float32)
-            if raw[m].dtype == np.int16:
-                waves /= 32768.0
-            logmel = fe.logmel(waves)  # once for every row: the training rows' statistics come from the same array
-            fe = dataclasses.replace(fe, mean=float(logmel[train].mean()), std=float(logmel[train].std() + 1e-8))
-            x[m] = ((logmel - fe.mean) / fe.std)[:, None].astype(np.float32)
-        else:  # image (per channel), depth (metres), array (per channel)
-            fe = fe.fitted(raw[m][train])
-            x[m] = fe(raw[m])
-        frontends[m] = fe
-    return PairedDataset(x, y, split, list(meta["class_names"]), frontends, meta, path)
+def _streamed(store, record) -> PairedDataset:
+    from fdkd.pipeline.data.rows import StreamRows
+
+    x = {m: StreamRows(store, m, store.frontends[m], store.feature_shape(m)) for m in store.columns}
+    return _paired(store, record, x)
+
+
+def _dense(store, record) -> PairedDataset:
+    from fdkd.pipeline.data.rows import CHUNK, chunk_bounds
+
+    x = {}
+    for m in store.columns:
+        fe = store.frontends[m]
+        out = np.empty((len(store), *store.feature_shape(m)), np.float32)
+        for lo, hi in chunk_bounds(len(store), CHUNK):
+            out[lo:hi] = fe(np.stack([store.raw(r, m) for r in range(lo, hi)]))
+        x[m] = out
+    store.close()
+    return _paired(store, record, x)
+
+
+def _paired(store, record, x: dict) -> PairedDataset:
+    split = store.split
+    if not (split == 0).any():
+        raise ValueError(f"dataset {store.dir} has no training rows")
+    return PairedDataset(x, store.labels, split, list(store.meta["class_names"]), dict(store.frontends),
+                         store.meta, Path(record) if "://" not in str(record) else None)
+
+
+def row_arrays(path) -> dict[str, np.ndarray]:
+    """A dataset's per-row arrays without its samples: label, split, key, and the builder's own (voice, accent,
+    image_index, ...; ``index.npz``)."""
+    from fdkd.pipeline.data.store import Store
+
+    return dict(Store(path).index)
+
+
+def raw_column(path, modality: str) -> np.ndarray:
+    """Every row's raw sample of one column, stacked (tests and small tools: it holds the column in memory)."""
+    from fdkd.pipeline.data.store import Store
+
+    store = Store(path)
+    return np.stack([store.raw(r, modality) for r in range(len(store))])

@@ -1,4 +1,4 @@
-"""User paired data: validate a CSV/JSONL manifest and turn it into a dataset file.
+"""User paired data: validate a CSV/JSONL manifest and turn it into a dataset (``fdkd.pipeline.data.store``).
 
 A manifest has one row per pair with columns ``teacher`` (file of the teacher's modality),
 ``student`` (file of the student's modality), ``label`` (a class name) and optionally ``split``
@@ -45,17 +45,19 @@ from pathlib import Path
 import numpy as np
 
 from fdkd import artifacts
-from fdkd.pipeline.data.dataset import SPLITS, encode_meta
-from fdkd.pipeline.data.kinds import EXTENSIONS, ColumnSpec, decode, frontend, kind_of, kinds_of_file
+from fdkd.pipeline.data.dataset import SPLITS
+from fdkd.pipeline.data.kinds import EXTENSIONS, ColumnSpec, frontend, kind_of, kinds_of_file
 from fdkd.pipeline.data.labels import UNLABELLED
 from fdkd.pipeline.data.splits import grouped_split, row_groups
+from fdkd.pipeline.data.store import BadSample, Column, StoreWriter, exists, record_path
 from fdkd.serving.array import read_npy
 from fdkd.serving.image import ImageError, decode_depth, decode_image, image_info, is_depth_png
 from fdkd.serving.preprocess import array_feature_shape
 from fdkd.serving.wav import WavError, read_wav
 
 log = logging.getLogger(__name__)
-BUILDER_VERSION = 4  # 2: grouped splits, shared image decoder; 3: empty label cells are unlabelled (-1); 4: kinds
+BUILDER_VERSION = 5  # 2: grouped splits, shared image decoder; 3: empty label cells are unlabelled (-1); 4: kinds;
+# 5: the on-disk store (the files' bytes in tar shards) instead of one .npz of decoded arrays
 COLUMNS = ("teacher", "student", "label")
 OPTIONAL = ("split", "group")
 DEFAULT_MAX_FILE_MB = 64.0
@@ -576,11 +578,12 @@ def check_manifest(path: Path, sample_rate: int = 16000, classes: list[str] | No
 
 
 def build(mcfg, cache_dir: Path, student_modality: str | None = None) -> Path:
-    """Validate the manifest and write it as a dataset file (cached by content); nothing is written on a problem.
+    """Validate the manifest and write it as a dataset (cached by content); returns its ``dataset.json``. Nothing
+    is written on a problem: the check runs first, and a file that no longer decodes while the build streams the
+    files' bytes into shards (each decoded once more, for the frontends' statistics, and dropped) leaves no dataset.
 
     ``student_modality``: the run's (``RunConfig.student_modality``); default ``mcfg.student_modality`` or the
-    other of image and audio. The file holds ``<modality>_raw`` per column (uint8 images, uint16 depth levels,
-    float32 clips and arrays) and the frontends, unfitted, in ``meta``."""
+    other of image and audio. The shards hold each file's bytes as they are (``fdkd.pipeline.data.store``)."""
     root = Path(mcfg.path).parent
     st = Settings.of(mcfg, student_modality)
     tm = mcfg.teacher_modality
@@ -591,8 +594,8 @@ def build(mcfg, cache_dir: Path, student_modality: str | None = None) -> Path:
     key = artifacts.digest({"builder": BUILDER_VERSION, "manifest": artifacts.sha256_file(mcfg.path),
                             "cfg": mcfg.model_dump(mode="json"), "student": sm, "files": stamp})
     out = Path(cache_dir) / artifacts.DATASET.format(preset="manifest", digest=key)
-    if out.exists():
-        return out
+    if exists(out):
+        return record_path(out)
     c = check(mcfg.path, mcfg.sample_rate, fractions=mcfg.split_fractions, seed=mcfg.seed,
               max_file_mb=mcfg.max_file_mb, settings=st)
     if c.problems:
@@ -602,21 +605,31 @@ def build(mcfg, cache_dir: Path, student_modality: str | None = None) -> Path:
             log.warning("%s: %s", mcfg.path, w)
     for n in c.notes:
         log.warning("%s: %s", mcfg.path, n)
-    raw, frontends, problems = {}, {}, []
-    for col, modality in (("teacher", tm), ("student", sm)):
-        spec = c.specs[col]
-        samples = []
-        for line, row in c.rows:
-            try:  # check decoded every file already; a file changed since is still named, by row
-                samples.append(decode(spec, (root / row[col]).read_bytes()))
-            except (OSError, ValueError) as e:
-                problems.append(Problem(line, col, row[col], f"unreadable since the check: {e}"))
-        if not problems:
-            raw[f"{modality}_raw"] = np.stack(samples)
-        frontends[modality] = frontend(spec).to_dict()
-    if problems:
-        raise ManifestError(mcfg.path, problems)
+    columns = {modality: Column(c.specs[col], _ext(c.rows[0][1][col]), frontend(c.specs[col]))
+               for col, modality in (("teacher", tm), ("student", sm))}
     meta = {"name": Path(mcfg.path).stem, "class_names": c.class_names, "build": {"manifest": str(mcfg.path)},
-            "frontends": frontends, "modalities": {"teacher": tm, "student": sm}}
-    artifacts.save_npz(out, {**raw, "label": c.labels, "split": c.split, "meta": encode_meta(meta)})
-    return out
+            "modalities": {"teacher": tm, "student": sm}}
+    col_of = {tm: "teacher", sm: "student"}
+    try:
+        with StoreWriter(out, columns, meta) as w:
+            for (line, row), label, split in zip(c.rows, c.labels, c.split, strict=True):
+                files, exts = {}, {}
+                for col, modality in (("teacher", tm), ("student", sm)):
+                    try:  # check read every file already; one removed since is still named, by row
+                        files[modality] = (root / row[col]).read_bytes()
+                    except OSError as e:
+                        raise ManifestError(mcfg.path, [Problem(line, col, row[col], "unreadable since the check: "
+                                                                f"{e.strerror}")]) from None
+                    exts[modality] = _ext(row[col])
+                w.add(int(label), int(split), files, sources={tm: row["teacher"], sm: row["student"]}, exts=exts)
+            return w.close()
+    except BadSample as e:  # a file changed since the check: named by its manifest line; nothing was kept
+        line, row = c.rows[e.row]
+        col = col_of[e.modality]
+        raise ManifestError(mcfg.path, [Problem(line, col, row[col], f"unreadable since the check: {e.message}")]) \
+            from None
+
+
+def _ext(rel: str) -> str:
+    """A file's extension as its WebDataset member ends (``jpg``, ``png``, ``wav``, ``npy``)."""
+    return Path(rel).suffix.lower().lstrip(".")

@@ -1,0 +1,1 @@
+"""Benchmarks of the on-disk dataset (``fdkd.pipeline.data.store``)."""
