@@ -308,36 +308,35 @@ class Folder:
             mapping["split"] = split
         if given.get("group"):
             mapping["group"] = given["group"]
+        found: dict[tuple[str, str], list[str]] = {}  # (role, message) -> the splits it holds for: said once
         for s in splits:  # every split has every mapped column, of a feature that can hold the role
             here = ", ".join(f"{c} ({describe(f)})" for c, f in s.features.items()) or "none"
-            at = s.rel or str(path)
             for role, name in mapping.items():
                 f = s.features.get(name)
-                setting = f"data.manifest.columns.{role}"
                 if f is None:
-                    problems.append(Problem(0, role, at, f"column {name!r} ({setting}) is missing; the columns "
-                                            f"are: {here}"))
+                    why = f"column {name!r} (data.manifest.columns.{role}) is missing; the columns are: {here}"
                 elif role in ("teacher", "student") and (want[role] not in feature_kinds(f) if role in kinds
                                                          else not feature_kinds(f)):
                     need = {"image": "an Image", "depth": "an Image", "audio": "an Audio"}.get(
                         want[role], "an array (ArrayND, or a List of numbers)")
                     needs = f"the {role} ({want[role]}) needs {need} feature" if role in kinds else \
                         f"the {role} needs an Image, Audio or array feature"
-                    problems.append(Problem(0, role, at, f"column {name!r} holds {describe(f)}; {needs} (or "
-                                            f"Value(binary) file bytes); columns: {here}"))
+                    why = f"column {name!r} holds {describe(f)}; {needs} (or Value(binary) file bytes); columns: {here}"
                 elif role == "label" and not _label_feature(f):
-                    problems.append(Problem(0, role, at, f"column {name!r} holds {describe(f)}; a label is a "
-                                            "ClassLabel, a string or an integer"))
+                    why = f"column {name!r} holds {describe(f)}; a label is a ClassLabel, a string or an integer"
                 elif role in ("split", "group") and not (isinstance(f, dict) and f.get("_type") == "Value"
                                                          and f.get("dtype") in ("string", "large_string")):
-                    problems.append(Problem(0, role, at, f"column {name!r} holds {describe(f)}; a {role} "
-                                            "column holds strings"))
+                    why = f"column {name!r} holds {describe(f)}; a {role} column holds strings"
+                else:
+                    continue
+                found.setdefault((role, why), []).append(s.rel or str(path))
             for f in s.files:
                 schema = f.batches[0].schema.names if f.batches else list(s.features)
                 lost = [n for n in mapping.values() if n in s.features and n not in schema]
                 if lost:
                     problems.append(Problem(0, "", f.rel, f"column(s) {', '.join(lost)} of {INFO_FILE} are not "
                                             f"in the Arrow file (it has {', '.join(schema)})"))
+        problems += [Problem(0, role, ", ".join(where), why) for (role, why), where in found.items()]
         return mapping
 
     # ---------------------------------------------------------------------------------------------- reading
