@@ -37,6 +37,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,6 +54,16 @@ MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"\x93NUMPY",
          (b"OggS", "ogg"), (b"ID3", "mp3"), (b"GIF8", "gif"), (b"BM", "bmp"))
 ARRAYS = ("Array2D", "Array3D", "Array4D", "Array5D")
 LISTS = ("List", "Sequence", "LargeList")
+
+
+class Problem(NamedTuple):
+    """What is wrong, where: the fields of ``fdkd.pipeline.data.manifest.Problem`` (which the check makes of it);
+    ``line`` is the row, from 1 over the splits in the folder's order, or 0 for the folder as a whole."""
+
+    line: int
+    column: str
+    path: str
+    message: str
 
 
 def is_folder(path) -> bool:
@@ -155,8 +166,6 @@ def _pa():
 
 
 def _read_json(path: Path, what: str, problems: list) -> dict | None:
-    from fdkd.pipeline.data.manifest import Problem
-
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
@@ -195,8 +204,6 @@ class Folder:
 
     @staticmethod
     def _splits(path: Path, problems: list) -> list[_Split]:
-        from fdkd.pipeline.data.manifest import Problem
-
         if (path / DICT_FILE).is_file():
             doc = _read_json(path / DICT_FILE, "a DatasetDict", problems)
             names = doc.get("splits") if doc else None
@@ -263,8 +270,6 @@ class Folder:
 
     @staticmethod
     def _columns(path: Path, splits: list[_Split], given: dict, kinds: dict, problems: list) -> dict[str, str]:
-        from fdkd.pipeline.data.manifest import Problem
-
         unknown = sorted(set(given) - set(ROLES))
         if unknown:
             problems.append(Problem(0, "", "", f"data.manifest.columns has {', '.join(unknown)}; it maps "
@@ -355,8 +360,6 @@ class Folder:
     def rows(self) -> tuple[list[tuple[int, dict]], list]:
         """Every row as a manifest row (row number from 1, fields); the folder's problems, and each cell's that
         the manifest check cannot see (a label outside its ClassLabel's names)."""
-        from fdkd.pipeline.data.manifest import Problem
-
         if self.problems:
             return [], list(self.problems)
         rows, problems = [], []
@@ -378,7 +381,7 @@ class Folder:
                             elif role == "label":
                                 row[role], bad = _label(col.value(j), label_names)
                                 if bad:
-                                    problems.append(Problem(n, "label", f"{f.rel}#{row_in_file}", bad, unit="row"))
+                                    problems.append(Problem(n, "label", f"{f.rel}#{row_in_file}", bad))
                             else:
                                 v = col.value(j)
                                 row[role] = "" if v is None else SPLIT_NAMES.get(v.strip(), v.strip()) \

@@ -513,7 +513,8 @@ def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None
     folder, unit = None, "line"
     if hf.is_folder(path):
         folder, unit = hf.Folder.open(path, columns, st.kinds), "row"
-        rows, problems = folder.rows()
+        rows, found = folder.rows()
+        problems = [Problem(*p) for p in found]
     elif columns:
         rows, problems = [], [Problem(0, "", "", "data.manifest.columns maps a Hugging Face datasets folder's "
                                       f"columns; {path} is a manifest, whose columns are named "
