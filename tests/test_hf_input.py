@@ -21,6 +21,7 @@ from fdkd.pipeline.config import ManifestDataConfig  # noqa: E402
 from fdkd.pipeline.data import hf  # noqa: E402
 from fdkd.pipeline.data.dataset import load_dataset  # noqa: E402
 from fdkd.pipeline.data.manifest import ManifestError, build, check  # noqa: E402
+from fdkd.pipeline.data.store import Store  # noqa: E402
 from tests.hf_folder import write_dataset, write_dataset_dict  # noqa: E402
 from tests.user_data import WORDS, digit_image, tone, wav_bytes  # noqa: E402
 
@@ -79,9 +80,14 @@ def test_a_datasetdicts_splits_are_kept_and_its_cells_read_as_their_files(tmp_pa
     assert f.read(row["teacher"]) == _jpg(45)[0]
     assert f.read(row["student"]) == _rows([45])["speech"][0]
     out = build(_mcfg(folder), tmp_path / "cache")
+    store = Store(out)  # the dataset on disk holds each cell's bytes as they are: JPEG stays JPEG, WAV stays WAV
+    assert store.read(45, "image") == _jpg(45)[0] and store.read(45, "audio") == _rows([45])["speech"][0]
     ds = load_dataset(out)
     assert ds.split.tolist() == c.split.tolist() and ds.class_names == sorted(WORDS)
     assert [ds.class_names[y] for y in ds.y[40:50]] == [WORDS[_jpg(k)[1]] for k in range(40, 50)]
+    streamed = load_dataset(out, in_memory=False)  # rows decoded from the store on demand: the same features
+    np.testing.assert_allclose(streamed.x["image"][[3, 45, 61]], ds.x["image"][[3, 45, 61]], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(streamed.x["audio"][[3, 45, 61]], ds.x["audio"][[3, 45, 61]], rtol=1e-5, atol=1e-5)
 
 
 def test_a_dataset_with_a_split_column_an_array_column_and_unlabelled_rows(tmp_path):
