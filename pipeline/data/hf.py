@@ -135,7 +135,7 @@ def feature_kinds(feature) -> tuple[str, ...]:
     return ("array",) if dtype is not None and _numeric(dtype) else ()
 
 
-@dataclass
+@dataclass(eq=False)
 class _File:
     """One memory-mapped Arrow file of a split: its record batches and where each starts."""
 
@@ -148,7 +148,7 @@ class _File:
         return self.batches[b].column(column), row - int(self.starts[b])
 
 
-@dataclass
+@dataclass(eq=False)
 class _Split:
     name: str  # the folder's split name ("" for a Dataset)
     rel: str  # its folder inside the dataset folder ("" for a Dataset)
@@ -187,7 +187,7 @@ class Folder:
 
     def __init__(self, path: Path, splits: list[_Split], columns: dict[str, str], problems: list) -> None:
         self.path, self.splits, self.columns, self.problems = path, splits, columns, problems
-        self._files = {f.rel: f for s in splits for f in s.files}
+        self._files = {f.rel: (f, s.features) for s in splits for f in s.files}  # cell lookups: by name only
 
     # ---------------------------------------------------------------------------------------------- opening
     @classmethod
@@ -394,10 +394,9 @@ class Folder:
         rel, _, rest = cell.rpartition("#")
         row, _, colext = rest.partition("/")
         name = colext.rsplit(".", 1)[0]
-        f = self._files[rel]
+        f, features = self._files[rel]
         arr, j = f.cell(int(row), name)
-        split = next(s for s in self.splits if f in s.files)
-        return _Column(arr, split.features[name]).bytes(j, self.path)
+        return _Column(arr, features[name]).bytes(j, self.path)
 
 
 def _label_feature(f) -> bool:
