@@ -119,6 +119,24 @@ def test_a_dataset_with_a_split_column_an_array_column_and_unlabelled_rows(tmp_p
 
 # ---- bad input: each a clear problem naming the row, the column and the cell; nothing written ----------------
 
+def test_array_cells_of_another_shape_or_ragged_are_named_by_row(tmp_path):
+    """A list column is an ``array`` column: one shape for every row (the manifest's per-row check), and a cell
+    whose inner lists differ in length is no array at all."""
+    feats = {"image": {"_type": "Image"},
+             "imu": {"feature": {"feature": {"dtype": "float32", "_type": "Value"}, "_type": "List"}, "_type": "List"},
+             "label": {"names": ["a", "b"], "_type": "ClassLabel"}}
+    imu = [[[0.5] * 3] * 2 for _ in range(9)]
+    imu[4] = [[0.5] * 3] * 3  # shape (3, 3) among (2, 3)
+    imu[6] = [[0.5] * 3, [0.5] * 2]  # ragged
+    cols = {"image": [_jpg(k)[0] for k in range(9)], "imu": imu, "label": [k % 2 for k in range(9)]}
+    folder = write_dataset_dict(tmp_path / "dd", {"train": cols, "validation": cols, "test": cols}, feats)
+    msgs = [str(p) for p in check(folder, columns={"student": "imu"}).problems]
+    assert "row 5, student: array shape (3, 3), but 21 other row(s) of the column hold (2, 3); every array of a " \
+           "column has one shape (train/data-00000-of-00001.arrow#4/imu.npy)" in msgs, msgs
+    assert "row 7, student: unreadable: the array cell is ragged or holds nulls: not one fixed shape of numbers " \
+           "(train/data-00000-of-00001.arrow#6/imu.npy)" in msgs, msgs
+
+
 def test_a_missing_column_lists_the_columns_found(tmp_path):
     folder = _dict_folder(tmp_path / "dd", 6, 3, 3)
     c = check(folder, columns={**COLUMNS, "teacher": "image"})

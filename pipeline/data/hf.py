@@ -98,21 +98,19 @@ def describe(feature) -> str:
 
 
 def _array_dtype(feature) -> str | None:
-    """The numeric dtype of an array feature (nested lists of one numeric Value, or ArrayND); None otherwise."""
+    """The numeric dtype of an array feature (ArrayND, or lists nested around one numeric Value; a list of one
+    feature is how older ``datasets`` wrote a list); None otherwise."""
     if isinstance(feature, list):
-        return _array_dtype(feature[0]) if len(feature) == 1 else None
-    if not isinstance(feature, dict):
-        return None
-    t = feature.get("_type")
-    if t in ARRAYS:
-        return feature.get("dtype")
-    if t in LISTS:
+        inner = feature[0] if len(feature) == 1 else None
+    elif isinstance(feature, dict) and feature.get("_type") in ARRAYS:
+        return feature.get("dtype") if _numeric(feature.get("dtype", "")) else None
+    elif isinstance(feature, dict) and feature.get("_type") in LISTS:
         inner = feature.get("feature")
-        if isinstance(inner, dict) and inner.get("_type") == "Value":
-            dtype = inner.get("dtype", "")
-            return dtype if _numeric(dtype) else None
-        return _array_dtype(inner)
-    return None
+    else:
+        return None
+    if isinstance(inner, dict) and inner.get("_type") == "Value":
+        return inner.get("dtype") if _numeric(inner.get("dtype", "")) else None
+    return _array_dtype(inner)
 
 
 def _numeric(dtype: str) -> bool:
@@ -463,7 +461,10 @@ class _Column:
 
     def bytes(self, j: int, root: Path) -> bytes:
         if self.array_dtype is not None:
-            a = np.asarray(self.arr[j].as_py(), dtype=self.array_dtype)
+            try:
+                a = np.asarray(self.arr[j].as_py(), dtype=self.array_dtype)
+            except (ValueError, TypeError):  # lists of uneven lengths, or a null inside
+                raise ValueError("the array cell is ragged or holds nulls: not one fixed shape of numbers") from None
             buf = io.BytesIO()
             np.save(buf, a, allow_pickle=False)
             return buf.getvalue()

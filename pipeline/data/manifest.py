@@ -30,6 +30,10 @@ in case or spacing, empty labels outside the training split, duplicate rows (a p
 unlabelled too), a file given two labels, a partly filled ``split`` column, rows sharing a file split
 apart, splits left empty, classes with no labelled training row, and kinds mixed within a column.
 ``build`` runs the same checks and writes nothing unless there is no problem.
+
+The manifest path may instead be a Hugging Face ``datasets`` folder (``save_to_disk``; ``fdkd.pipeline.data.hf``,
+its columns mapped by ``data.manifest.columns``): its rows become manifest rows whose cells are read in place, and
+every check above applies, with problems counted in rows instead of lines.
 """
 
 from __future__ import annotations
@@ -244,8 +248,8 @@ def _inspect(root: Path, line: int, column: str, rel: str, want: str | None,
                                   f"{max_bytes / 2**20:g} MB limit (data.manifest.max_file_mb)")]
         if read is None:
             raw = path.read_bytes()
-    except OSError as e:
-        return None, [Problem(line, column, rel, f"unreadable: {e.strerror or e}")]
+    except (OSError, ValueError) as e:  # ValueError: a datasets folder's cell that is no file (hf.Folder.read)
+        return None, [Problem(line, column, rel, f"unreadable: {getattr(e, 'strerror', None) or e}")]
     if not raw:
         return None, [Problem(line, column, rel, "empty file")]
     if can == ("audio",):
@@ -608,6 +612,7 @@ def build(mcfg, cache_dir: Path, student_modality: str | None = None) -> Path:
     sm = student_modality or mcfg.student_modality or ("audio" if tm == "image" else "image")
     mapping = mcfg.columns.model_dump(exclude_none=True) if mcfg.columns is not None else None
     folder = hf.Folder.open(mcfg.path, mapping, st.kinds) if hf.is_folder(mcfg.path) else None
+    unit = "row" if folder is not None else "line"
     if folder is not None:  # a Hugging Face datasets folder: its cells are read in place (hf.Folder.read)
         read, source, stamp = folder.read, "hf", folder.stamp()
     else:
@@ -641,17 +646,18 @@ def build(mcfg, cache_dir: Path, student_modality: str | None = None) -> Path:
                 for col, modality in (("teacher", tm), ("student", sm)):
                     try:  # check read every file already; one removed since is still named, by row
                         files[modality] = read(row[col])  # a file, or a datasets folder's cell (hf.Folder.read)
-                    except OSError as e:
+                    except (OSError, ValueError) as e:
                         raise ManifestError(mcfg.path, [Problem(line, col, row[col], "unreadable since the check: "
-                                                                f"{e.strerror or e}")]) from None
+                                                                f"{getattr(e, 'strerror', None) or e}", unit=unit)]) \
+                            from None
                     exts[modality] = _ext(row[col])
                 w.add(int(label), int(split), files, sources={tm: row["teacher"], sm: row["student"]}, exts=exts)
             return w.close()
     except BadSample as e:  # a file changed since the check: named by its manifest line; nothing was kept
         line, row = c.rows[e.row]
         col = col_of[e.modality]
-        raise ManifestError(mcfg.path, [Problem(line, col, row[col], f"unreadable since the check: {e.message}")]) \
-            from None
+        raise ManifestError(mcfg.path, [Problem(line, col, row[col], f"unreadable since the check: {e.message}",
+                                                unit=unit)]) from None
 
 
 def _ext(rel: str) -> str:
