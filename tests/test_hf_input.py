@@ -90,6 +90,29 @@ def test_a_datasetdicts_splits_are_kept_and_its_cells_read_as_their_files(tmp_pa
     np.testing.assert_allclose(streamed.x["audio"][[3, 45, 61]], ds.x["audio"][[3, 45, 61]], rtol=1e-5, atol=1e-5)
 
 
+def test_the_folder_is_read_in_place_without_a_copy_of_its_data(tmp_path):
+    """The Arrow files are memory-mapped: opening the folder, listing its rows and reading every cell allocates
+    (almost) nothing in Arrow's memory pool, though the folder holds megabytes; a cell read is one cell's bytes."""
+    import pyarrow as pa
+
+    big = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, "PNG")  # noise: about 197 KB a cell
+    cols = _rows(range(30))
+    cols["photo"] = [buf.getvalue()] * 30
+    folder = write_dataset_dict(tmp_path / "dd", {"train": cols, "validation": cols, "test": cols}, FEATURES,
+                                batch_rows=8)
+    size = sum(p.stat().st_size for p in folder.rglob("*.arrow"))
+    assert size > 15e6
+    before = pa.total_allocated_bytes()
+    f = hf.Folder.open(folder, COLUMNS)
+    rows, problems = f.rows()
+    assert len(rows) == 90 and not problems
+    read = sum(len(f.read(r[c])) for _, r in rows for c in ("teacher", "student"))
+    assert read > 0.95 * size
+    assert pa.total_allocated_bytes() - before < 256 * 1024, pa.total_allocated_bytes() - before
+
+
 def test_a_dataset_with_a_split_column_an_array_column_and_unlabelled_rows(tmp_path):
     """One Dataset: its split column (``validation`` read as val), an Array2D student (a .npy per row, one shape
     per column) and ClassLabel's -1 rows as unlabelled training pairs; the columns found by their features."""
