@@ -130,17 +130,23 @@ def data_webdataset(shards: list[Path] = typer.Argument(..., help="WebDataset .t
 
 @data_app.command("manifest")
 @handles_errors
-def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest"),
+def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest, or a Hugging Face datasets folder"),
                   sample_rate: int = typer.Option(16000, help="Expected WAV sample rate"),
                   classes: str | None = typer.Option(None, help="Comma-separated known labels"),
                   max_file_mb: float = typer.Option(64.0, help="Largest file to read, in MB"),
                   seed: int = typer.Option(0, help="Seed of the split when the manifest has no split column"),
+                  columns: str | None = typer.Option(None, help="A Hugging Face datasets folder's columns, e.g. "
+                                                     "teacher=img,student=speech,label=digit (data.manifest.columns)"),
                   as_json: bool = typer.Option(False, "--json", help="Print the report as JSON")):
     """Check a user manifest: every problem of every row, in one report, and the labelled and unlabelled
     (empty label) rows of every split."""
     from fdkd.pipeline.data.manifest import check
 
-    c = check(path, sample_rate, classes.split(",") if classes else None, max_file_mb=max_file_mb, seed=seed)
+    mapping = dict(kv.split("=", 1) for kv in columns.split(",") if "=" in kv) if columns else None
+    if columns and len(mapping) != len(columns.split(",")):
+        _fail(f"--columns {columns!r}: write role=column pairs separated by commas (teacher=img,student=speech)")
+    c = check(path, sample_rate, classes.split(",") if classes else None, max_file_mb=max_file_mb, seed=seed,
+              columns=mapping)
     rows, problems, counts = c.rows, c.problems, c.counts()
     if as_json:
         typer.echo(json.dumps({"rows": len(rows), "splits": counts, "problems": [p.__dict__ for p in problems],
@@ -149,10 +155,10 @@ def data_manifest(path: Path = typer.Argument(..., help="CSV or JSONL manifest")
         from rich.table import Table
 
         table = Table(title=f"{path}: {len(problems)} problem(s) in {len(rows)} row(s)")
-        for col in ("line", "column", "path", "problem"):
+        for col in (problems[0].unit, "column", "path", "problem"):  # a datasets folder's rows, a manifest's lines
             table.add_column(col)
         for p in problems:
-            table.add_row(str(p.line), p.column, p.path, p.message)
+            table.add_row(str(p.line or ""), p.column, p.path, p.message)
         console.print(table)
     else:
         console.print(f"[green]ok[/] {escape(str(path))}: {len(rows)} rows, no problems", highlight=False)

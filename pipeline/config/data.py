@@ -82,6 +82,17 @@ class AVBlendConfig(_SpokenDigitsConfig):
     image_noise: float = Field(0.25, ge=0)  # pixel noise std / max value at the worst quality
 
 
+class HFColumns(_Strict):
+    """Which column of a Hugging Face datasets folder is which (``fdkd.pipeline.data.hf``); unset: found by feature
+    (the one Image/Audio/array column of the configured kind, ``label`` or the only ClassLabel, ``split``)."""
+
+    teacher: str | None = None
+    student: str | None = None
+    label: str | None = None
+    split: str | None = None  # a Dataset's split column (train/validation/test); a DatasetDict's splits are its own
+    group: str | None = None  # rows sharing a value stay in one split (a Dataset without a split column)
+
+
 class ManifestDataConfig(_Strict):
     """User data: a CSV/JSONL manifest of paired files (see ``fdkd data manifest``).
 
@@ -91,7 +102,8 @@ class ManifestDataConfig(_Strict):
     the setting. A resize, crop or pad that changes the data is logged with its numbers.
     """
 
-    path: Path
+    path: Path  # a CSV/JSONL manifest, or a Hugging Face datasets folder (save_to_disk), mapped by ``columns``
+    columns: HFColumns | None = None
     teacher_modality: Modality = "image"
     student_modality: Modality | None = None  # None: audio for an image teacher, else image
     image_size: tuple[int, int] | None = None  # (height, width) of every image and depth column; None: the files'

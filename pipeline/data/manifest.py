@@ -30,6 +30,10 @@ in case or spacing, empty labels outside the training split, duplicate rows (a p
 unlabelled too), a file given two labels, a partly filled ``split`` column, rows sharing a file split
 apart, splits left empty, classes with no labelled training row, and kinds mixed within a column.
 ``build`` runs the same checks and writes nothing unless there is no problem.
+
+The manifest path may instead be a Hugging Face ``datasets`` folder (``save_to_disk``; ``fdkd.pipeline.data.hf``,
+its columns mapped by ``data.manifest.columns``): its rows become manifest rows whose cells are read in place, and
+every check above applies, with problems counted in rows instead of lines.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from fdkd import artifacts
+from fdkd.pipeline.data import hf
 from fdkd.pipeline.data.dataset import SPLITS
 from fdkd.pipeline.data.kinds import EXTENSIONS, ColumnSpec, frontend, kind_of, kinds_of_file
 from fdkd.pipeline.data.labels import UNLABELLED
@@ -78,15 +83,16 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Problem:
-    line: int  # line in the manifest file (header is line 1 for CSV)
+    line: int  # line in the manifest file (header is line 1 for CSV); a Hugging Face folder's row, from 1; 0: none
     column: str
     path: str
     message: str
     needs: str = ""  # SETTING: the files are fine, the run needs a setting (a warning where no config is at hand)
+    unit: str = "line"  # what ``line`` counts: "row" in a Hugging Face datasets folder (fdkd.pipeline.data.hf)
 
     def __str__(self) -> str:
-        where = f"line {self.line}" + (f", {self.column}" if self.column else "")
-        return f"{where}: {self.message}" + (f" ({self.path})" if self.path else "")
+        where = ", ".join(([f"{self.unit} {self.line}"] if self.line else []) + ([self.column] if self.column else []))
+        return (f"{where}: " if where else "") + self.message + (f" ({self.path})" if self.path else "")
 
 
 @dataclass
@@ -220,9 +226,10 @@ class FileInfo:
 
 
 def _inspect(root: Path, line: int, column: str, rel: str, want: str | None,
-             max_bytes: float) -> tuple[FileInfo | None, list[Problem]]:
+             max_bytes: float, read=None) -> tuple[FileInfo | None, list[Problem]]:
     """Read and fully decode one file (so a corrupt one is found here, by row); ``want`` is the column's kind
-    when the config names it (an image column wanting depth decodes as depth)."""
+    when the config names it (an image column wanting depth decodes as depth). ``read``: where the file's bytes
+    come from when they are not a file under ``root`` (a Hugging Face folder's cell: ``hf.Folder.read``)."""
     if not rel:
         return None, [Problem(line, column, "", "no file given")]
     path = root / rel
@@ -232,16 +239,17 @@ def _inspect(root: Path, line: int, column: str, rel: str, want: str | None,
     if want is not None and want not in can:
         return None, [Problem(line, column, rel, f"column mixes modalities: a {Path(rel).suffix} file "
                               f"({'/'.join(can)}) in the {want} column; every file of a column is of its kind")]
-    if not path.is_file():
+    if read is None and not path.is_file():
         return None, [Problem(line, column, rel, "file not found")]
     try:
-        size = path.stat().st_size
+        size = len(raw := read(rel)) if read is not None else path.stat().st_size
         if size > max_bytes:
             return None, [Problem(line, column, rel, f"file is {size / 2**20:.1f} MB, over the "
                                   f"{max_bytes / 2**20:g} MB limit (data.manifest.max_file_mb)")]
-        raw = path.read_bytes()
-    except OSError as e:
-        return None, [Problem(line, column, rel, f"unreadable: {e.strerror}")]
+        if read is None:
+            raw = path.read_bytes()
+    except (OSError, ValueError) as e:  # ValueError: a datasets folder's cell that is no file (hf.Folder.read)
+        return None, [Problem(line, column, rel, f"unreadable: {getattr(e, 'strerror', None) or e}")]
     if not raw:
         return None, [Problem(line, column, rel, "empty file")]
     if can == ("audio",):
@@ -282,14 +290,14 @@ def _inspect(root: Path, line: int, column: str, rel: str, want: str | None,
     return FileInfo("image", size=pixels.shape[1:], channels=1 if grey else 3, sixteen_bit_grey=is_depth_png(raw)), []
 
 
-def _counted(values: list, lines: list[int]) -> str:
+def _counted(values: list, lines: list[int], unit: str = "line") -> str:
     """'32x32 (40 rows, e.g. lines 2, 3, 5), 48x64 (3 rows, e.g. line 7)': each value, its rows and examples."""
     by: dict = {}
     for v, line in zip(values, lines, strict=True):
         by.setdefault(v, []).append(line)
     parts = []
     for v, ls in sorted(by.items(), key=lambda kv: -len(kv[1])):
-        shown = f"line{'s' if len(ls) > 1 else ''} {_lines_text(ls, 3)}"
+        shown = f"{unit}{'s' if len(ls) > 1 else ''} {_lines_text(ls, 3)}"
         parts.append(f"{_fmt(v)} ({len(ls)} row{'s' if len(ls) > 1 else ''}, e.g. {shown})")
     return ", ".join(parts)
 
@@ -321,7 +329,7 @@ class Settings:
 
 
 def _column_spec(col: str, kind: str, files: list[tuple[int, str, FileInfo]], st: Settings,
-                 notes: list[str]) -> tuple[ColumnSpec | None, list[Problem]]:
+                 notes: list[str], unit: str = "line") -> tuple[ColumnSpec | None, list[Problem]]:
     """One column's decoding settings from its files (line, path, info) and the config; problems where they do not
     agree."""
     if not files:
@@ -336,14 +344,14 @@ def _column_spec(col: str, kind: str, files: list[tuple[int, str, FileInfo]], st
         if size is None:
             if len(set(sizes)) > 1:
                 return None, [Problem(first, col, "", f"{kind} files differ in size (height x width): "
-                                      f"{_counted(sizes, lines)}; set {setting} to [height, width] to resize every "
-                                      "file to one size", SETTING)]
+                                      f"{_counted(sizes, lines, unit)}; set {setting} to [height, width] to resize "
+                                      "every file to one size", SETTING)]
             size = sizes[0]
         changed = [(s, ln) for s, ln in zip(sizes, lines, strict=True) if s != tuple(size)]
         if changed:
             notes.append(f"{col}: {len(changed)} of {len(sizes)} {kind} files resized to {_fmt(tuple(size))} "
                          f"({'nearest-neighbour' if kind == 'depth' else 'bilinear'}): "
-                         f"{_counted([s for s, _ in changed], [ln for _, ln in changed])}")
+                         f"{_counted([s for s, _ in changed], [ln for _, ln in changed], unit)}")
         if kind == "depth":
             return ColumnSpec("depth", size=tuple(size), depth_scale=st.depth_scale), []
         deep = sum(i.sixteen_bit_grey for i in infos)
@@ -366,15 +374,15 @@ def _column_spec(col: str, kind: str, files: list[tuple[int, str, FileInfo]], st
             if len(set(lengths)) > 1:
                 secs = [f"{n / st.sample_rate:.3f} s" for n in lengths]
                 return None, [Problem(first, col, "", f"clips differ in length at {st.sample_rate} Hz: "
-                                      f"{_counted(secs, lines)}; set data.manifest.clip_seconds (longer clips keep "
-                                      "their centre, shorter ones are zero-padded at the end)", SETTING)]
+                                      f"{_counted(secs, lines, unit)}; set data.manifest.clip_seconds (longer clips "
+                                      "keep their centre, shorter ones are zero-padded at the end)", SETTING)]
             clip = lengths[0]
         else:
             clip = int(round(st.clip_seconds * st.sample_rate))
         other = [(r, ln) for r, ln in zip(rates, lines, strict=True) if r != st.sample_rate]
         if other:
             notes.append(f"{col}: {len(other)} of {len(rates)} clips resampled to {st.sample_rate} Hz (polyphase "
-                         f"filter) from {_counted([r for r, _ in other], [ln for _, ln in other])}")
+                         f"filter) from {_counted([r for r, _ in other], [ln for _, ln in other], unit)}")
         longer, shorter = sum(n > clip for n in lengths), sum(n < clip for n in lengths)
         if longer or shorter:
             notes.append(f"{col}: clip length {clip / st.sample_rate:g} s ({clip} samples): {longer} longer clip(s) "
@@ -397,7 +405,7 @@ def _column_spec(col: str, kind: str, files: list[tuple[int, str, FileInfo]], st
     return (None if problems else ColumnSpec("array", shape=shape, dtype=dtype)), problems
 
 
-def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None) -> list[Problem]:
+def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None, unit: str = "line") -> list[Problem]:
     """Per-row field checks and the checks across rows that need no files."""
     problems = []
     seen: dict[tuple, int] = {}
@@ -418,13 +426,13 @@ def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None) -> list
             problems.append(Problem(line, "split", "", f"split {split!r} is not one of {', '.join(SPLITS)}"))
         key = (row.get("teacher", ""), row.get("student", ""), label)
         if all(key[:2]) and key in seen:
-            problems.append(Problem(line, "", "", f"duplicate of line {seen[key]} (same teacher, student and "
+            problems.append(Problem(line, "", "", f"duplicate of {unit} {seen[key]} (same teacher, student and "
                                     + ("label)" if label else "no label)")))
         seen.setdefault(key, line)
         if all(key[:2]):
             first_label, first_line = pairs.setdefault(key[:2], (label, line))
             if bool(first_label) != bool(label):
-                problems.append(Problem(line, "label", "", f"the pair of line {first_line} again, "
+                problems.append(Problem(line, "label", "", f"the pair of {unit} {first_line} again, "
                                         + ("without its label" if first_label else f"now labelled {label!r}")
                                         + "; give each pair once"))
         for col in ("teacher", "student"):
@@ -433,7 +441,7 @@ def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None) -> list
                 continue
             first = file_labels.setdefault((col, f), (label, line))
             if first[0] != label:
-                problems.append(Problem(line, col, f, f"labelled {label!r} here but {first[0]!r} on line {first[1]}"))
+                problems.append(Problem(line, col, f, f"labelled {label!r} here but {first[0]!r} on {unit} {first[1]}"))
     spelled: dict[str, tuple[str, int]] = {}  # label_key -> (first spelling, its line)
     for line, row in rows:
         label = row.get("label", "")
@@ -441,7 +449,7 @@ def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None) -> list
             continue
         first, first_line = spelled.setdefault(label_key(label), (label, line))
         if first != label:
-            problems.append(Problem(line, "label", "", f"label {label!r} differs from {first!r} (line {first_line}) "
+            problems.append(Problem(line, "label", "", f"label {label!r} differs from {first!r} ({unit} {first_line}) "
                                     "only in case or spacing; write one spelling (they would be two classes)"))
     given = [line for line, r in rows if r.get("split")]
     blank = [line for line, r in rows if not r.get("split")]
@@ -451,7 +459,7 @@ def _row_checks(rows: list[tuple[int, dict]], classes: list[str] | None) -> list
             if r.get("label") and r["label"] not in train_labels:
                 problems.append(Problem(line, "label", "", f"label {r['label']!r} never appears in the training split"))
     if given and blank:
-        problems.append(Problem(blank[0], "split", "", f"split is empty on lines {_lines_text(blank)} but given on "
+        problems.append(Problem(blank[0], "split", "", f"split is empty on {unit}s {_lines_text(blank)} but given on "
                                 f"{len(given)} other row(s); fill it on every row or on none"))
     return problems
 
@@ -463,7 +471,7 @@ def _groups(rows: list[tuple[int, dict]]) -> np.ndarray:
 
 
 def _split_checks(rows: list[tuple[int, dict]], labels: np.ndarray, class_names: list[str], fractions,
-                  seed: int) -> tuple[np.ndarray | None, list[Problem]]:
+                  seed: int, unit: str = "line") -> tuple[np.ndarray | None, list[Problem]]:
     """The split of every row (given, or grouped and stratified) and what is wrong with it."""
     groups = _groups(rows)
     problems = []
@@ -478,7 +486,7 @@ def _split_checks(rows: list[tuple[int, dict]], labels: np.ndarray, class_names:
                 first = members[split[members] == split[members[0]]][0]
                 other = members[split[members] != split[members[0]]][0]
                 problems.append(Problem(int(lines[other]), "split", "", f"in {SPLITS[split[other]]!r} but shares a "
-                                        f"file or group with line {lines[first]} in {SPLITS[split[first]]!r}; "
+                                        f"file or group with {unit} {lines[first]} in {SPLITS[split[first]]!r}; "
                                         "rows sharing a file or group must be in one split"))
     else:
         split = grouped_split(labels, groups, fractions, np.random.default_rng(seed))
@@ -500,16 +508,27 @@ def _split_checks(rows: list[tuple[int, dict]], labels: np.ndarray, class_names:
 
 def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None, *,
           fractions=DEFAULT_FRACTIONS, seed: int = 0, max_file_mb: float = DEFAULT_MAX_FILE_MB,
-          settings: Settings | None = None) -> Checked:
+          settings: Settings | None = None, columns: dict[str, str | None] | None = None) -> Checked:
     """Validate every row and file, and resolve each column's kind and sizes (``Checked.specs``) against
-    ``settings`` (default: the files' own, at ``sample_rate``)."""
+    ``settings`` (default: the files' own, at ``sample_rate``). ``path`` may be a Hugging Face datasets folder
+    (``fdkd.pipeline.data.hf``), its columns mapped by ``columns`` (``data.manifest.columns``)."""
     path = Path(path)
     st = settings or Settings(sample_rate=sample_rate)
-    rows, problems = read_rows(path)
+    folder, unit = None, "line"
+    if hf.is_folder(path):
+        folder, unit = hf.Folder.open(path, columns, st.kinds), "row"
+        rows, found = folder.rows()
+        problems = [Problem(*p) for p in found]
+    elif columns:
+        rows, problems = [], [Problem(0, "", "", "data.manifest.columns maps a Hugging Face datasets folder's "
+                                      f"columns; {path} is a manifest, whose columns are named "
+                                      f"{', '.join(COLUMNS)}: leave data.manifest.columns unset")]
+    else:
+        rows, problems = read_rows(path)
     if not rows and not problems:
-        problems.append(Problem(1, "", "", "manifest has no rows"))
+        problems.append(Problem(1, "", "", f"{'folder' if folder else 'manifest'} has no rows"))
     root = path.parent
-    problems += _row_checks(rows, classes)
+    problems += _row_checks(rows, classes, unit)
     want = dict(st.kinds or {})
     for col, kind in list(want.items()):  # no file of the column can be the configured kind: one problem, not one a row
         types = {Path(r[col]).suffix.lower() for _, r in rows if r.get(col) and kinds_of_file(r[col])}
@@ -524,7 +543,8 @@ def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None
     for line, row in rows:
         for col in ("teacher", "student"):
             if col in row:
-                info, found = _inspect(root, line, col, row[col], want.get(col), max_file_mb * 2**20)
+                info, found = _inspect(root, line, col, row[col], want.get(col), max_file_mb * 2**20,
+                                       folder.read if folder else None)
                 problems.extend(found)
                 if info is not None:
                     files[col].append((line, row[col], info))
@@ -542,9 +562,9 @@ def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None
                                     f"column mixes modalities {sorted(kinds)}; one modality per column"))
             continue
         if found:  # the sizes of the files read agree (or are named); the others are problems already
-            spec, found_problems = _column_spec(col, want.get(col) or next(iter(kinds)), found, st, notes)
+            spec, found_problems = _column_spec(col, want.get(col) or next(iter(kinds)), found, st, notes, unit)
             if settings is None:  # `fdkd data manifest`: no config to set; the run will ask for it
-                warnings += [f"line {p.line}, {p.column}: {p.message}" for p in found_problems if p.needs]
+                warnings += [f"{unit} {p.line}, {p.column}: {p.message}" for p in found_problems if p.needs]
                 found_problems = [p for p in found_problems if not p.needs]
             problems.extend(found_problems)
             if spec is not None:
@@ -555,7 +575,7 @@ def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None
         out.class_names = sorted({r["label"] for _, r in rows if r.get("label")})
         labels = np.array([out.class_names.index(r["label"]) if r.get("label") else UNLABELLED for _, r in rows],
                           np.int64)
-        out.split, found = _split_checks(rows, labels, out.class_names, fractions, seed)
+        out.split, found = _split_checks(rows, labels, out.class_names, fractions, seed, unit)
         out.labels = labels
         problems.extend(found)
         train = labels[out.split == 0]
@@ -566,6 +586,8 @@ def check(path: Path, sample_rate: int = 16000, classes: list[str] | None = None
             if not (out.split[labels == c] == 2).any():
                 out.warnings.append(f"label {name!r} ({int((labels == c).sum())} row(s)) has no test row: "
                                     "its accuracy is never measured")
+    if folder is not None:
+        problems = [dataclasses.replace(p, unit=unit) for p in problems]
     out.problems = sorted(problems, key=lambda p: (p.line, p.column))
     return out
 
@@ -588,16 +610,23 @@ def build(mcfg, cache_dir: Path, student_modality: str | None = None) -> Path:
     st = Settings.of(mcfg, student_modality)
     tm = mcfg.teacher_modality
     sm = student_modality or mcfg.student_modality or ("audio" if tm == "image" else "image")
-    rows, _ = read_rows(mcfg.path)
-    stamp = [(f, (root / f).stat().st_size, (root / f).stat().st_mtime_ns)
-             for _, r in rows for f in (r.get("teacher", ""), r.get("student", "")) if f and (root / f).is_file()]
-    key = artifacts.digest({"builder": BUILDER_VERSION, "manifest": artifacts.sha256_file(mcfg.path),
+    mapping = mcfg.columns.model_dump(exclude_none=True) if mcfg.columns is not None else None
+    folder = hf.Folder.open(mcfg.path, mapping, st.kinds) if hf.is_folder(mcfg.path) else None
+    unit = "row" if folder is not None else "line"
+    if folder is not None:  # a Hugging Face datasets folder: its cells are read in place (hf.Folder.read)
+        read, source, stamp = folder.read, "hf", folder.stamp()
+    else:
+        rows, _ = read_rows(mcfg.path)
+        read, source = lambda rel: (root / rel).read_bytes(), artifacts.sha256_file(mcfg.path)
+        stamp = [(f, (root / f).stat().st_size, (root / f).stat().st_mtime_ns)
+                 for _, r in rows for f in (r.get("teacher", ""), r.get("student", "")) if f and (root / f).is_file()]
+    key = artifacts.digest({"builder": BUILDER_VERSION, "manifest": source,
                             "cfg": mcfg.model_dump(mode="json"), "student": sm, "files": stamp})
     out = Path(cache_dir) / artifacts.DATASET.format(preset="manifest", digest=key)
     if exists(out):
         return record_path(out)
     c = check(mcfg.path, mcfg.sample_rate, fractions=mcfg.split_fractions, seed=mcfg.seed,
-              max_file_mb=mcfg.max_file_mb, settings=st)
+              max_file_mb=mcfg.max_file_mb, settings=st, columns=mapping)
     if c.problems:
         raise ManifestError(mcfg.path, c.problems)
     for w in c.warnings:
@@ -616,18 +645,19 @@ def build(mcfg, cache_dir: Path, student_modality: str | None = None) -> Path:
                 files, exts = {}, {}
                 for col, modality in (("teacher", tm), ("student", sm)):
                     try:  # check read every file already; one removed since is still named, by row
-                        files[modality] = (root / row[col]).read_bytes()
-                    except OSError as e:
+                        files[modality] = read(row[col])  # a file, or a datasets folder's cell (hf.Folder.read)
+                    except (OSError, ValueError) as e:
                         raise ManifestError(mcfg.path, [Problem(line, col, row[col], "unreadable since the check: "
-                                                                f"{e.strerror}")]) from None
+                                                                f"{getattr(e, 'strerror', None) or e}", unit=unit)]) \
+                            from None
                     exts[modality] = _ext(row[col])
                 w.add(int(label), int(split), files, sources={tm: row["teacher"], sm: row["student"]}, exts=exts)
             return w.close()
     except BadSample as e:  # a file changed since the check: named by its manifest line; nothing was kept
         line, row = c.rows[e.row]
         col = col_of[e.modality]
-        raise ManifestError(mcfg.path, [Problem(line, col, row[col], f"unreadable since the check: {e.message}")]) \
-            from None
+        raise ManifestError(mcfg.path, [Problem(line, col, row[col], f"unreadable since the check: {e.message}",
+                                                unit=unit)]) from None
 
 
 def _ext(rel: str) -> str:
