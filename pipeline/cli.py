@@ -471,9 +471,12 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
            out: Path = typer.Option(..., help="Engine folder (a volume keyed by GPU and TensorRT version)"),
            precision: str = typer.Option("fp16", help="fp32 | fp16 | int8"),
            int8_method: str | None = typer.Option(None, help="Which INT8 Q/DQ graph to build (default: the "
-                                                  "one the run's INT8 gate search passed)")):
+                                                  "one the run's INT8 gate search passed)"),
+           dataset: Path | None = typer.Option(None, help="The run's dataset where it is now, if it moved (default: "
+                                               "the path in the run's manifest)")):
     """Build a TensorRT engine from a run's ONNX on this machine (containers: first start), then gate it on the
-    run's test set into validation.json beside it (the server serves an engine only on its own entry). No torch."""
+    run's test set into validation.json beside it (the server serves an engine only on its own entry). The test
+    rows are re-read from the run's dataset and checked against their recorded hashes. No torch."""
     from fdkd import artifacts
     from fdkd.pipeline.build import BuildUnavailable, build_engine
     from fdkd.pipeline.config import BuildConfig
@@ -503,7 +506,7 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
         _fail(str(e), 1)
     console.print(f"[green]engine[/] {plan}", highlight=False)
     try:
-        entry = validate_engine(run_dir, plan)
+        entry = validate_engine(run_dir, plan, dataset)
     except ValidationFailed as e:
         _fail(str(e), 1)
     console.print(f"[green]validated[/] {plan.name}: {escape(gate_text(entry['gate']))}", highlight=False)
