@@ -197,5 +197,6 @@ class CalibrationRows:
 
 
 def open_calibration(calib, input_name: str) -> CalibrationRows:
-    """``calib`` as :class:`CalibrationRows`: itself, or a ``calib.npz`` path that holds its inputs."""
-    return calib if isinstance(calib, CalibrationRows) else CalibrationRows(Path(calib), input_name)
+    """``calib`` as :class:`CalibrationRows`: itself (anything with ``reader(batch)``), or a ``calib.npz`` path that
+    holds its inputs."""
+    return calib if hasattr(calib, "reader") else CalibrationRows(Path(calib), input_name)

@@ -355,19 +355,23 @@ def _mode_text(entry: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in m.items() if v is not None)
 
 
-def _testset_inputs(run_dir: Path, manifest: dict, z, dataset: Path | None):
-    """The student's column of the run's dataset (``dataset`` overrides where the run's manifest says it is), to
-    re-read ``validation.testset.npz``'s rows from; numpy only (the dataset's decoding and frontends)."""
+def _testset_inputs(run_dir: Path, manifest: dict, z, dataset):
+    """The student's column of the run's dataset (``dataset``: where it is now, overriding the run's manifest; or a
+    dataset already loaded), to re-read ``validation.testset.npz``'s rows from; numpy only (the dataset's decoding
+    and frontends)."""
     from fdkd.pipeline.data.dataset import load_dataset
 
-    if dataset is None:
-        rec = manifest["artifacts"].get("dataset")
-        if rec is None:
-            raise ValueError(f"{run_dir}'s manifest names no dataset: pass --dataset PATH")
-        dataset = Path(rec["path"]) if Path(rec["path"]).is_absolute() else run_dir / rec["path"]
-    if not Path(dataset).exists():
-        raise ValueError(f"the run's dataset {dataset} is not there (moved?): pass --dataset PATH, where it is now")
-    ds = load_dataset(Path(dataset))
+    if hasattr(dataset, "x"):  # loaded already (a PairedDataset)
+        ds, dataset = dataset, getattr(dataset, "path", None) or "(given)"
+    else:
+        if dataset is None:
+            rec = manifest["artifacts"].get("dataset")
+            if rec is None:
+                raise ValueError(f"{run_dir}'s manifest names no dataset: pass --dataset PATH")
+            dataset = Path(rec["path"]) if Path(rec["path"]).is_absolute() else run_dir / rec["path"]
+        if not Path(dataset).exists():
+            raise ValueError(f"the run's dataset {dataset} is not there (moved?): pass --dataset PATH, where it is now")
+        ds = load_dataset(Path(dataset))
     x = ds.x[manifest["student_modality"]]
     rows = z["rows"].astype(np.int64)
     if len(rows) and rows.max() >= len(x):
@@ -379,14 +383,14 @@ def _testset_inputs(run_dir: Path, manifest: dict, z, dataset: Path | None):
     return x, getattr(ds, "keys", None), dataset
 
 
-def validate_engine(run_dir: Path, plan: Path, dataset: Path | None = None) -> dict:
+def validate_engine(run_dir: Path, plan: Path, dataset=None) -> dict:
     """Gate one engine built after the run on the run's test set (no torch); record it beside the engine.
 
     The test set must still hash as the run's manifest says; the gates are the run's. Its rows are re-read from the
-    run's dataset (``dataset``: where it is now, if it moved) in chunks, each row's input checked against its
-    recorded sha256 (a row that differs is refused, named). Returns the entry; raises ``ValidationFailed`` (after
-    writing the entry) when its gate fails, ``ValueError`` for a test set or dataset that does not match, and
-    ``RuntimeError`` when the engine cannot run here.
+    run's dataset (``dataset``: its path now, if it moved, or the dataset loaded) in chunks, each row's input
+    checked against its recorded sha256 (a row that differs is refused, named). Returns the entry; raises
+    ``ValidationFailed`` (after writing the entry) when its gate fails, ``ValueError`` for a test set or dataset that
+    does not match, and ``RuntimeError`` when the engine cannot run here.
     """
     from fdkd.row_features import hex_digest, row_chunks, row_sha256
     from fdkd.serving.runtime import load_runtime
