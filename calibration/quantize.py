@@ -14,7 +14,8 @@ Calibration memory: ONNX Runtime's histogram calibrators (entropy, percentile) k
 every calibration batch until the reader is spent, and its ``CalibMaxIntermediateOutputs`` option applies to
 min-max only (and in onnxruntime 1.32 it drops the batches it clears without merging their ranges). Where the
 calibration set's activations would exceed ``activation_mb`` (estimated from the graph's inferred shapes), the
-reader is walked a stride of batches at a time (ONNX Runtime's ``CalibStridedMinMax``, which calls
+reader (in batches of at most 32 rows, fewer where one batch would pass the budget) is walked a stride of batches
+at a time (ONNX Runtime's ``CalibStridedMinMax``, which calls
 ``collect_data`` per stride for every calibrator): min-max merges exact ranges, the histogram calibrators merge
 each stride into their running histograms, so memory is bounded by one stride, whatever the calibration set's
 size. A set that fits is collected in one pass, exactly as before.
@@ -32,7 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-ACTIVATION_MB = 256  # intermediate outputs a calibrator may hold at once (quantize.calib_activation_mb)
+# intermediate outputs a calibrator may hold at once (quantize.calib_activation_mb): the built-in main job's 512
+# calibration rows (about 370 MB of activations) still calibrate in one pass, as before
+ACTIVATION_MB = 512
+BATCH = 32  # calibration rows per ONNX Runtime call, fewer where one batch's activations would pass the budget
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
@@ -65,6 +69,13 @@ def activation_bytes_per_row(model_path: Path) -> int | None:
             return None
         total += int(np.prod([d.dim_value for d in dims[1:]])) * 4
     return total
+
+
+def calibration_batch(row_bytes: int | None, activation_mb: float) -> int:
+    """Rows per calibration batch: ``BATCH``, fewer where a batch's activations would pass ``activation_mb``."""
+    if row_bytes is None or BATCH * row_bytes <= activation_mb * 2**20:
+        return BATCH
+    return max(1, int(activation_mb * 2**20 // row_bytes))
 
 
 def calibration_stride(n_batches: int, batch: int, row_bytes: int | None, activation_mb: float) -> int | None:
@@ -108,8 +119,9 @@ def quantize_int8(fp32: Path, out: Path, calib, input_name: str, method: str = "
         pre = Path(tmp) / "pre.onnx"
         q = Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        reader = open_calibration(calib, input_name).reader()
-        stride = calibration_stride(len(reader), reader.batch, activation_bytes_per_row(pre), activation_mb)
+        row_bytes = activation_bytes_per_row(pre)
+        reader = open_calibration(calib, input_name).reader(calibration_batch(row_bytes, activation_mb))
+        stride = calibration_stride(len(reader), reader.batch, row_bytes, activation_mb)
         if stride is not None:
             extra["CalibStridedMinMax"] = stride
         quantize_static(str(pre), str(q), reader,

@@ -6,7 +6,7 @@ against its value before, over the whole calibration set (ONNX Runtime's ``compu
 ratio``). The worst layers are the candidates for ``quantize.exclude`` (keep them in float).
 
 ONNX Runtime's ``collect_activations`` keeps every intermediate tensor of every batch; here the rows go through
-in strides whose activations fit ``activation_mb`` (``fdkd.calibration.quantize.calibration_stride``), and each
+in strides whose float activations fit ``activation_mb`` (``fdkd.calibration.quantize.calibration_stride``), and each
 tensor's two norms (signal, noise) are summed over strides. A set that fits is one stride: the numbers are ONNX
 Runtime's own.
 """
@@ -34,15 +34,19 @@ def layer_errors(fp32: Path, int8: Path, calib, input_name: str, activation_mb: 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from fdkd.calibration.dataset import open_calibration
-    from fdkd.calibration.quantize import activation_bytes_per_row, calibration_stride
+    from fdkd.calibration.quantize import activation_bytes_per_row, calibration_batch, calibration_stride
 
     suffix = "_ReshapedSavedOutput"  # onnxruntime.quantization.qdq_loss_debug._TENSOR_SAVE_POSTFIX
-    reader = open_calibration(calib, input_name).reader()
+    cal = open_calibration(calib, input_name)
     with tempfile.TemporaryDirectory() as tmp:
         pre, aug_q = (str(Path(tmp) / n) for n in ("pre.onnx", "aug_q.onnx"))
         quant_pre_process(str(fp32), pre, skip_symbolic_shape=True)  # the graph quantize_int8 started from
         modify_model_output_intermediate_tensors(str(int8), aug_q)
-        stride = calibration_stride(len(reader), reader.batch, activation_bytes_per_row(Path(int8)), activation_mb)
+        # the budget counts the float graph's activations, as quantize_int8's does (the Q/DQ graph's outputs here
+        # are about twice those): the same rows per pass as its calibration
+        row_bytes = activation_bytes_per_row(Path(pre))
+        reader = cal.reader(calibration_batch(row_bytes, activation_mb))
+        stride = calibration_stride(len(reader), reader.batch, row_bytes, activation_mb)
         stride = stride or len(reader)
         opts = onnxruntime.SessionOptions()
         opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # as collect_activations

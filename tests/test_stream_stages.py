@@ -160,14 +160,10 @@ def _record_reads(monkeypatch) -> list[tuple[str, int]]:
 
 def _streamed(ds, how: str):
     """``ds`` streamed: over its arrays (``rows.streamed``) or from the on-disk dataset (``data.in_memory=false``)."""
-    import inspect
-
     from fdkd.pipeline.data.dataset import load_dataset
 
     if how == "rows":
         return rows_mod.streamed(ds)
-    if "in_memory" not in inspect.signature(load_dataset).parameters:
-        pytest.skip("the on-disk dataset (fdkd.pipeline.data.store) is not on this branch yet")
     out = load_dataset(ds.path, in_memory=False)
     assert all(rows_mod.is_streamed(x) for x in out.x.values())
     return out

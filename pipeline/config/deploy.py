@@ -31,7 +31,7 @@ class QuantizeConfig(_Strict):
     calib_samples: int = Field(512, ge=10)
     # intermediate outputs a calibrator (and the sensitivity pass) may hold at once; a calibration set whose
     # activations exceed it is collected a stride of batches at a time (fdkd.calibration.quantize)
-    calib_activation_mb: float = Field(256, gt=0)
+    calib_activation_mb: float = Field(512, gt=0)
     calib_methods: tuple[CalibMethod, ...] = ("minmax", "entropy", "percentile")
     percentile: float = Field(99.999, gt=90, le=100)
     fp16: bool = True
