@@ -383,19 +383,14 @@ def _testset_inputs(run_dir: Path, manifest: dict, z, dataset):
     return x, getattr(ds, "keys", None), dataset
 
 
-def validate_engine(run_dir: Path, plan: Path, dataset=None) -> dict:
-    """Gate one engine built after the run on the run's test set (no torch); record it beside the engine.
-
-    The test set must still hash as the run's manifest says; the gates are the run's. Its rows are re-read from the
-    run's dataset (``dataset``: its path now, if it moved, or the dataset loaded) in chunks, each row's input
-    checked against its recorded sha256 (a row that differs is refused, named). Returns the entry; raises
-    ``ValidationFailed`` (after writing the entry) when its gate fails, ``ValueError`` for a test set or dataset that
-    does not match, and ``RuntimeError`` when the engine cannot run here.
-    """
+def open_testset(run_dir: Path, dataset=None):
+    """``(manifest, testset arrays, its manifest record, features)``: the run's ``validation.testset.npz`` checked
+    against the manifest, and a generator of ``(lo, hi, features)`` over its rows re-read from the run's dataset
+    (``dataset``: its path now, or the dataset loaded) in chunks, raising ``ValueError`` naming the first row whose
+    input no longer hashes as recorded. Numpy only."""
     from fdkd.row_features import hex_digest, row_chunks, row_sha256
-    from fdkd.serving.runtime import load_runtime
 
-    run_dir, plan = Path(run_dir), Path(plan)
+    run_dir = Path(run_dir)
     manifest = json.loads((run_dir / artifacts.MANIFEST).read_text())
     rec = manifest["artifacts"].get(artifacts.TESTSET)
     testset = run_dir / artifacts.TESTSET
@@ -403,27 +398,49 @@ def validate_engine(run_dir: Path, plan: Path, dataset=None) -> dict:
         raise ValueError(f"{run_dir} has no {artifacts.TESTSET}: re-run `fdkd validate` with this version of fdkd")
     if artifacts.sha256_file(testset) != rec["sha256"]:
         raise ValueError(f"{testset} does not match the run's manifest (tampered or truncated)")
-    gates = GateConfig.model_validate(manifest["config"]["validate"]["gates"])
-    v = manifest["config"]["validate"]
-    z = np.load(testset)
-    if "rows" not in z.files or "sha256" not in z.files:
+    z = dict(np.load(testset))
+    if "rows" not in z or "sha256" not in z:
         raise ValueError(f"{testset} holds no row indices and hashes (an older fdkd's, with the inputs in it): "
                          "re-run `fdkd validate` with this version of fdkd")
-    y, ref, teacher_pred, rows, expected = z["y"], z["ref_logits"], z["teacher_pred"], z["rows"], z["sha256"]
     x, keys, where = _testset_inputs(run_dir, manifest, z, dataset)
+    rows, expected = z["rows"], z["sha256"]
+
+    def features():
+        for lo, hi in row_chunks(len(rows)):
+            feats = np.ascontiguousarray(x[rows[lo:hi]], dtype=np.float32)
+            got = row_sha256(feats)
+            bad = np.flatnonzero((got != expected[lo:hi]).any(axis=1))
+            if len(bad):
+                k = lo + int(bad[0])
+                name = f"row {int(rows[k])}" + (f" (key {keys[int(rows[k])]})" if keys is not None else "")
+                raise ValueError(f"dataset {where}: test {name} does not hash as validated (sha256 "
+                                 f"{hex_digest(got[int(bad[0])])[:16]}..., recorded {hex_digest(expected[k])[:16]}...;"
+                                 f" {len(bad)} row(s) of this chunk differ): the dataset changed since `fdkd validate`")
+            yield lo, hi, feats
+
+    return manifest, z, rec, features(), tuple(x.shape[1:])
+
+
+def validate_engine(run_dir: Path, plan: Path, dataset=None) -> dict:
+    """Gate one engine built after the run on the run's test set (no torch); record it beside the engine.
+
+    The test set must still hash as the run's manifest says; the gates are the run's. Its rows are re-read from the
+    run's dataset (``dataset``: its path now, if it moved, or the dataset loaded) in chunks, each row's input
+    checked against its recorded sha256 (a row that differs is refused, named: ``open_testset``). Returns the
+    entry; raises ``ValidationFailed`` (after writing the entry) when its gate fails, ``ValueError`` for a test set
+    or dataset that does not match, and ``RuntimeError`` when the engine cannot run here.
+    """
+    from fdkd.serving.runtime import load_runtime
+
+    run_dir, plan = Path(run_dir), Path(plan)
+    manifest, z, rec, features, shape = open_testset(run_dir, dataset)
+    gates = GateConfig.model_validate(manifest["config"]["validate"]["gates"])
+    v = manifest["config"]["validate"]
+    y, ref, teacher_pred = z["y"], z["ref_logits"], z["teacher_pred"]
     info = json.loads(plan.with_name(plan.stem + ".build.json").read_text())
     rt = load_runtime(plan)
     logits, head = [], None
-    for lo, hi in row_chunks(len(rows)):
-        feats = np.ascontiguousarray(x[rows[lo:hi]], dtype=np.float32)
-        bad = np.flatnonzero((row_sha256(feats) != expected[lo:hi]).any(axis=1))
-        if len(bad):
-            k = lo + int(bad[0])
-            name = f"row {int(rows[k])}" + (f" (key {keys[int(rows[k])]})" if keys is not None else "")
-            raise ValueError(f"dataset {where}: test {name} does not hash as validated (sha256 "
-                             f"{hex_digest(row_sha256(feats[bad[:1]])[0])[:16]}..., recorded "
-                             f"{hex_digest(expected[k])[:16]}...): the dataset changed since `fdkd validate`; "
-                             "the engine is not gated on other inputs")
+    for _, _, feats in features:
         head = feats if head is None else head
         logits.append(rt(feats))
     logits = np.concatenate(logits) if logits else np.zeros((0, ref.shape[1]), np.float32)
@@ -431,7 +448,7 @@ def validate_engine(run_dir: Path, plan: Path, dataset=None) -> dict:
              "target": "tensorrt engine", "required": True, "source_onnx": info.get("onnx"),
              "testset_sha256": rec["sha256"], "mode": rt.mode(), "runtime": rt.describe(),
              "metrics": compare(logits, ref, teacher_pred, y)
-             | latency(rt, head if head is not None else np.zeros((1, *x.shape[1:]), np.float32),
+             | latency(rt, head if head is not None else np.zeros((1, *shape), np.float32),
                        v["latency_batch"], v["latency_repeats"]),
              "predictions": logits.argmax(1).tolist()}
     entry["gate"] = gate(entry, gates, float((ref.argmax(1) == y).mean()),

@@ -299,3 +299,28 @@ def test_validate_engine_rereads_the_test_rows_from_the_dataset_without_torch(ru
     (rd / artifacts.MANIFEST).write_text(json.dumps(m))
     with pytest.raises(ValueError, match=f"test row {int(z['rows'][4])} does not hash as validated"):
         validate_engine(rd, rd / "student.onnx", moved)
+
+
+def test_verify_rows_rereads_the_test_rows(run_copy):
+    """`fdkd verify --rows`: the test rows the run was validated on, re-read from its dataset, hash as recorded; a
+    row that does not is a problem naming it (exit 1)."""
+    from typer.testing import CliRunner
+
+    from fdkd.pipeline.cli import app
+
+    cfg, _, _ = run_copy
+    rd = cfg.run_dir
+    result = CliRunner().invoke(app, ["verify", str(rd), "--rows"])
+    n = len(np.load(rd / artifacts.TESTSET)["rows"])
+    assert result.exit_code == 0 and f"the {n} test rows re-read from the dataset hash as validated" in " ".join(
+        result.output.split()), result.output
+    z = dict(np.load(rd / artifacts.TESTSET))
+    z["sha256"] = z["sha256"].copy()
+    z["sha256"][2, 5] ^= 1
+    artifacts.save_npz(rd / artifacts.TESTSET, z)
+    m = json.loads((rd / artifacts.MANIFEST).read_text())
+    m["artifacts"][artifacts.TESTSET]["sha256"] = artifacts.sha256_file(rd / artifacts.TESTSET)
+    (rd / artifacts.MANIFEST).write_text(json.dumps(m))
+    result = CliRunner().invoke(app, ["verify", str(rd), "--rows"])
+    assert result.exit_code == 1 and f"test row {int(z['rows'][2])} does not hash as validated" in " ".join(
+        result.output.split()), result.output
