@@ -119,6 +119,9 @@ def parts(x, size: int = CHUNK) -> Iterator[tuple[int, int, np.ndarray]]:
     if is_dense(x):
         yield 0, len(x), x
         return
+    if len(x) == 0:  # one empty call, as a dense array's
+        yield 0, 0, np.zeros((0, *x.shape[1:]), np.float32)
+        return
     for lo, hi in row_chunks(len(x), size):
         yield lo, hi, np.asarray(x[lo:hi], np.float32)
 
@@ -126,4 +129,4 @@ def parts(x, size: int = CHUNK) -> Iterator[tuple[int, int, np.ndarray]]:
 def apply(fn, x, size: int = CHUNK) -> np.ndarray:
     """``fn`` (features -> per-row outputs, e.g. logits) over every row of ``x`` in :func:`parts`, concatenated."""
     outs = [np.asarray(fn(part)) for _, _, part in parts(x, size)]
-    return np.concatenate(outs) if len(outs) != 1 else outs[0]
+    return outs[0] if len(outs) == 1 else np.concatenate(outs)

@@ -24,7 +24,7 @@ from fdkd.calibration.dataset import CalibrationRows, RowsCalibrationReader
 from fdkd.calibration.quantize import quantize_int8
 from fdkd.calibration.sensitivity import layer_errors
 from fdkd.pipeline.data import rows as rows_mod
-from fdkd.row_features import FeatureSpool, gather, row_sha256
+from fdkd.row_features import FeatureSpool, apply, gather, row_sha256
 from tests.conftest import SERVED_OVERRIDES, tiny_overrides
 
 
@@ -110,7 +110,7 @@ def test_strided_minmax_gives_the_one_pass_graph(tmp_path):
 
 def test_feature_spool_reads_back_what_was_written(tmp_path):
     x = np.random.default_rng(3).standard_normal((600, 2, 3)).astype(np.float32)
-    spool, digests = gather(x.copy().view(np.ndarray), np.arange(600), tmp_path)  # dense: an array
+    spool, digests = gather(x, np.arange(600), tmp_path)  # dense: an array
     assert isinstance(spool, np.ndarray) and (digests == row_sha256(x)).all()
 
     class Lazy:  # any non-array column answering x[rows]
@@ -129,6 +129,18 @@ def test_feature_spool_reads_back_what_was_written(tmp_path):
     np.testing.assert_array_equal(spool[10:20], x[rows[10:20]])
     np.testing.assert_array_equal(spool[[3, 1]], x[rows[[3, 1]]])
     assert (digests == row_sha256(x[rows])).all()
+    # apply: one call for a dense array, chunks of at most 256 rows otherwise, the same outputs
+    calls = []
+
+    def fn(c):
+        calls.append(len(c))
+        return c.reshape(len(c), -1).sum(1)
+
+    np.testing.assert_array_equal(apply(fn, spool), x[rows].reshape(300, -1).sum(1))
+    assert calls == [256, 44]
+    calls.clear()
+    np.testing.assert_array_equal(apply(fn, x[rows]), x[rows].reshape(300, -1).sum(1))
+    assert calls == [300]
 
 
 @pytest.fixture()
