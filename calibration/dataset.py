@@ -1,11 +1,15 @@
-"""The calibration set: N training samples drawn stratified by class, saved as ``calib.npz``.
+"""The calibration set: N training rows drawn stratified by class, saved as ``calib.npz`` (row indices, not inputs).
 
 Every class of the training split is in the set at least once (``choose_rows``), and the set is
 read back in equal batches (``equal_batch``), so any dataset size calibrates.
 
-``calib.npz`` holds one array keyed by the ONNX input name (plus the row indices and labels it
-came from); its sha256 goes into the run manifest. ``NpzCalibrationReader`` feeds it to ONNX
-Runtime's calibrators batch by batch.
+``calib.npz`` holds the chosen row indices, their labels and each row's input hash (``sha256``: the sha256 of the
+row's float32 features, ``fdkd.row_features.row_sha256``), never a copy of the inputs; its sha256 goes into the
+run manifest. A stage that calibrates opens it with the dataset's column as :class:`CalibrationRows`, which reads
+those rows from the dataset ONCE (a dataset in memory: an array; a streamed one: a spool file in the stage's
+temporary folder), refuses a row whose features no longer hash as recorded (naming it), and hands ONNX Runtime's
+calibrators a :class:`RowsCalibrationReader` over them, in equal batches. A ``calib.npz`` of an older fdkd that
+holds the inputs themselves (keyed by the ONNX input name) still opens (``NpzCalibrationReader``).
 """
 
 from __future__ import annotations
@@ -55,10 +59,13 @@ def choose_rows(labels: np.ndarray, train_rows: np.ndarray, n: int, seed: int) -
     return np.sort(np.concatenate(rows))
 
 
-def write_calibration_set(path: Path, input_name: str, x: np.ndarray, labels: np.ndarray, train_rows: np.ndarray,
+def write_calibration_set(path: Path, input_name: str, x, labels: np.ndarray, train_rows: np.ndarray,
                           n: int, seed: int) -> dict:
-    """Write ``calib.npz``; returns a summary (rows, per-class counts, unlabelled rows, warnings)."""
+    """Write ``calib.npz`` (rows, labels, per-row input hashes); returns a summary (rows, per-class counts,
+    unlabelled rows, warnings). ``x`` is the student's column: a dense array or a streamed one (its rows are read in
+    chunks to hash them, nothing kept)."""
     from fdkd.artifacts import save_npz
+    from fdkd.row_features import row_chunks, row_sha256
 
     rows = choose_rows(labels, train_rows, n, seed)
     warnings = []
@@ -77,8 +84,11 @@ def write_calibration_set(path: Path, input_name: str, x: np.ndarray, labels: np
         warnings.append(f"class ids {absent} have no training rows and are not in the calibration set")
     for msg in warnings:
         log.warning(msg)
-    save_npz(path, {input_name: x[rows].astype(np.float32), "rows": rows.astype(np.int64),
-                    "labels": labels[rows].astype(np.int64)})
+    digests = np.empty((len(rows), 32), np.uint8)
+    for lo, hi in row_chunks(len(rows)):
+        digests[lo:hi] = row_sha256(np.asarray(x[rows[lo:hi]], np.float32))
+    save_npz(path, {"rows": rows.astype(np.int64), "labels": labels[rows].astype(np.int64), "sha256": digests,
+                    "input_shape": np.asarray(x.shape[1:], np.int64)})
     classes, counts = np.unique(labels[rows], return_counts=True)
     return {"samples": int(len(rows)),
             "per_class": {int(c): int(k) for c, k in zip(classes, counts, strict=True) if c >= 0},
@@ -97,28 +107,96 @@ def equal_batch(n: int, batch: int) -> int:
     return next(b for b in range(batch, 0, -1) if n % b == 0)
 
 
-class NpzCalibrationReader(CalibrationDataReader):
-    """ONNX Runtime ``CalibrationDataReader`` over ``calib.npz``, in equal batches of at most ``batch`` rows."""
+class RowsCalibrationReader(CalibrationDataReader):
+    """ONNX Runtime ``CalibrationDataReader`` over rows' features (an array or a ``FeatureSpool``), in equal batches
+    of at most ``batch`` rows. Its length and ``set_range`` count batches: ONNX Runtime's ``CalibStridedMinMax``
+    walks the reader a stride of batches at a time (``fdkd.calibration.quantize``)."""
+
+    def __init__(self, features, input_name: str, batch: int = 32) -> None:
+        if len(features) == 0:
+            raise ValueError("the calibration set holds no rows")
+        self.features, self.input_name = features, input_name
+        self.batch = equal_batch(len(features), batch)
+        self.n_batches = len(features) // self.batch
+        self._i, self._end = 0, self.n_batches
+
+    def get_next(self) -> dict | None:
+        if self._i >= self._end:
+            return None
+        lo = self._i * self.batch
+        self._i += 1
+        return {self.input_name: np.ascontiguousarray(self.features[lo : lo + self.batch], dtype=np.float32)}
+
+    def rewind(self) -> None:
+        self._i, self._end = 0, self.n_batches
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._i, self._end = start_index, min(end_index, self.n_batches)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+
+class NpzCalibrationReader(RowsCalibrationReader):
+    """A ``calib.npz`` that holds the inputs themselves, keyed by the ONNX input name (an older fdkd's, or one
+    written by hand), read in equal batches of at most ``batch`` rows."""
 
     def __init__(self, path: Path, input_name: str, batch: int = 32) -> None:
         z = np.load(path, allow_pickle=False)
         if input_name not in z.files:
-            raise ValueError(f"{path} has no array for ONNX input {input_name!r} (has {sorted(z.files)})")
-        self.data = z[input_name]
-        if len(self.data) == 0:
+            hint = (": it names dataset rows (sha256); open it with CalibrationRows and the dataset"
+                    if "sha256" in z.files else "")
+            raise ValueError(f"{path} has no array for ONNX input {input_name!r} (has {sorted(z.files)}){hint}")
+        data = z[input_name]
+        if len(data) == 0:
             raise ValueError(f"{path} holds no calibration rows")
-        self.input_name, self.batch = input_name, equal_batch(len(self.data), batch)
-        self._i = 0
+        super().__init__(data, input_name, batch)
 
-    def get_next(self) -> dict | None:
-        if self._i >= len(self.data):
-            return None
-        chunk = self.data[self._i : self._i + self.batch]
-        self._i += self.batch
-        return {self.input_name: chunk}
 
-    def rewind(self) -> None:
-        self._i = 0
+class CalibrationRows:
+    """The calibration set's features for one stage: ``calib.npz``'s rows read from the dataset's column ``x`` once,
+    each checked against its recorded hash. ``folder``: where a streamed column's rows are spooled (the stage's
+    temporary folder; unused for a dense column). ``reader()`` gives a fresh ONNX Runtime reader over them."""
+
+    def __init__(self, path: Path, input_name: str, x=None, folder: Path | None = None) -> None:
+        from fdkd.row_features import gather, hex_digest
+
+        self.path, self.input_name = Path(path), input_name
+        z = np.load(self.path, allow_pickle=False)
+        if input_name in z.files:  # an older calib.npz holding the inputs: nothing to read from the dataset
+            self.rows, self.features = z["rows"] if "rows" in z.files else None, z[input_name]
+            return
+        if "sha256" not in z.files or "rows" not in z.files:
+            raise ValueError(f"{self.path} is not a calibration set (no rows/sha256; has {sorted(z.files)})")
+        if x is None:
+            raise ValueError(f"{self.path} names dataset rows: calibrating needs the dataset's "
+                             f"{input_name!r} column to read them from")
+        self.rows, expected = z["rows"].astype(np.int64), z["sha256"]
+        if len(self.rows) == 0:
+            raise ValueError(f"{self.path} holds no calibration rows")
+        if self.rows.max() >= len(x) or self.rows.min() < 0:
+            raise ValueError(f"{self.path} names row {int(self.rows.max())} but the dataset has {len(x)} rows: "
+                             "it was drawn from another dataset (redo `fdkd calibrate`)")
+        if "input_shape" in z.files and tuple(z["input_shape"].tolist()) != tuple(x.shape[1:]):
+            raise ValueError(f"{self.path} was drawn from inputs of shape {tuple(z['input_shape'].tolist())}; the "
+                             f"dataset's are {tuple(x.shape[1:])} (redo `fdkd calibrate`)")
+        self.features, got = gather(x, self.rows, folder, "calib")
+        bad = np.flatnonzero((got != expected).any(axis=1))
+        if len(bad):
+            k = int(bad[0])
+            raise ValueError(f"{self.path}: dataset row {int(self.rows[k])} does not hash as it did when the set was "
+                             f"drawn (sha256 {hex_digest(got[k])[:16]}..., recorded {hex_digest(expected[k])[:16]}...;"
+                             f" {len(bad)} of {len(self.rows)} rows differ): the dataset changed since `fdkd "
+                             "calibrate` (redo it)")
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.features)
+
+    def reader(self, batch: int = 32) -> RowsCalibrationReader:
+        return RowsCalibrationReader(self.features, self.input_name, batch)
+
+
+def open_calibration(calib, input_name: str) -> CalibrationRows:
+    """``calib`` as :class:`CalibrationRows`: itself (anything with ``reader(batch)``), or a ``calib.npz`` path that
+    holds its inputs."""
+    return calib if hasattr(calib, "reader") else CalibrationRows(Path(calib), input_name)

@@ -31,14 +31,15 @@ ONNX_FP32 = "student.onnx"
 ONNX_FP16 = "student.fp16.onnx"
 ONNX_INT8 = "student.int8.{method}.onnx"  # TensorRT-legal Q/DQ (signed, symmetric), one per calibration method
 ONNX_INT8_CPU = "student.int8cpu.onnx"  # ONNX Runtime CPU variant (U8S8, reduced range): not for TensorRT
-CALIB = "calib.npz"
+CALIB = "calib.npz"  # the calibration rows' indices, labels and input hashes (fdkd.calibration.dataset)
 SENSITIVITY = "sensitivity.json"
 ENGINE = "student.{precision}.{gpu}.trt{version}.plan"
 BUILD_INFO = "{engine_stem}.build.json"  # sidecar of each engine
 TIMING_CACHE = "timing.cache"
 MANIFEST = "manifest.json"
 VALIDATION = "validation.json"
-TESTSET = "validation.testset.npz"  # test inputs, labels and student.pt's logits: engines validated later, no torch
+# the test rows' indices and input hashes, labels, student.pt's logits: engines validated later, no torch
+TESTSET = "validation.testset.npz"
 REPORT = "report.md"
 ANALYSIS = "analysis.json"
 

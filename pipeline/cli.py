@@ -471,9 +471,12 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
            out: Path = typer.Option(..., help="Engine folder (a volume keyed by GPU and TensorRT version)"),
            precision: str = typer.Option("fp16", help="fp32 | fp16 | int8"),
            int8_method: str | None = typer.Option(None, help="Which INT8 Q/DQ graph to build (default: the "
-                                                  "one the run's INT8 gate search passed)")):
+                                                  "one the run's INT8 gate search passed)"),
+           dataset: Path | None = typer.Option(None, help="The run's dataset where it is now, if it moved (default: "
+                                               "the path in the run's manifest)")):
     """Build a TensorRT engine from a run's ONNX on this machine (containers: first start), then gate it on the
-    run's test set into validation.json beside it (the server serves an engine only on its own entry). No torch."""
+    run's test set into validation.json beside it (the server serves an engine only on its own entry). The test
+    rows are re-read from the run's dataset and checked against their recorded hashes. No torch."""
     from fdkd import artifacts
     from fdkd.pipeline.build import BuildUnavailable, build_engine
     from fdkd.pipeline.config import BuildConfig
@@ -503,7 +506,7 @@ def engine(run_dir: Path = typer.Argument(..., help="A run directory produced by
         _fail(str(e), 1)
     console.print(f"[green]engine[/] {plan}", highlight=False)
     try:
-        entry = validate_engine(run_dir, plan)
+        entry = validate_engine(run_dir, plan, dataset)
     except ValidationFailed as e:
         _fail(str(e), 1)
     console.print(f"[green]validated[/] {plan.name}: {escape(gate_text(entry['gate']))}", highlight=False)
@@ -563,13 +566,18 @@ def verify(run_dir: Path = typer.Argument(..., help="A run directory with manife
            trust: Path | None = typer.Option(None, "--trust", envvar="FDKD_TRUST",
                                              help="Ed25519 public key (PEM): also require the run's signature by it"),
            artifact: str = typer.Option("auto", help="The artifact `fdkd serve --artifact` would be given"),
-           threads: int | None = typer.Option(None, help="The --threads `fdkd serve` would be given")):
+           threads: int | None = typer.Option(None, help="The --threads `fdkd serve` would be given"),
+           rows: bool = typer.Option(False, "--rows", help="Also re-read the test rows from the run's dataset and "
+                                     "check each row's input hash (validation.testset.npz)"),
+           dataset: Path | None = typer.Option(None, help="With --rows: the run's dataset where it is now, if it "
+                                               "moved")):
     """Check a run directory as `fdkd serve` does before it becomes ready, and every artifact's hash.
 
     Every artifact against the sha256 in the manifest; then the server's own check (fdkd.serving.model.load_model,
     the same function): the artifact it would pick, its hash, a validation.json entry for that very file (not a
     stale one, e.g. after a re-export), judged in the mode it would run in here, with a passed gate, the runtime
-    loading it in that mode; with --trust the run's signature. Exit 1 on any problem."""
+    loading it in that mode; with --trust the run's signature; with --rows the test rows the run was validated on,
+    re-read from its dataset in chunks, each against its recorded input hash. Exit 1 on any problem."""
     from fdkd.pipeline.run_manifest import RunManifest
     from fdkd.serving.model import NotServable, load_model
     from fdkd.serving.validated_mode import mode_text
@@ -589,6 +597,15 @@ def verify(run_dir: Path = typer.Argument(..., help="A run directory with manife
             problems.append(f"not trusted: {e}")
             trusted = False
     problems += RunManifest.load(run_dir).problems()
+    checked_rows = None
+    if rows or dataset is not None:
+        from fdkd.pipeline.validate import open_testset
+
+        try:
+            features = open_testset(run_dir, dataset)[3]
+            checked_rows = sum(hi - lo for lo, hi, _ in features)
+        except (ValueError, OSError) as e:
+            problems.append(f"test rows: {e}")
     served = None
     if trusted:  # (an untrusted run is refused for that reason first: said above)
         try:
@@ -602,6 +619,9 @@ def verify(run_dir: Path = typer.Argument(..., help="A run directory with manife
     if trust is not None:
         console.print(f"[green]ok[/] signed by the trusted key {trust} at {payload['signed_at']}", highlight=False)
     console.print(f"[green]ok[/] every artifact in {run_dir} matches its manifest hash", highlight=False)
+    if checked_rows is not None:
+        console.print(f"[green]ok[/] the {checked_rows} test rows re-read from the dataset hash as validated",
+                      highlight=False)
     console.print(f"[green]ok[/] `fdkd serve` would serve {served.artifact} ({served.sha256[:12]}), validated in the "
                   f"mode it runs in here {escape('[' + mode_text(served.mode) + ']')}", highlight=False)
 

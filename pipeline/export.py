@@ -3,9 +3,9 @@
 The exporter is named explicitly (``export.exporter``: ``dynamo``, torch.export-based, the
 default; or the legacy ``torchscript`` one); opset 17-20; the batch axis is the only dynamic
 one; input ``input``, output ``logits``. The graph must pass ``onnx.checker``, the TensorRT lint
-(``fdkd.onnx_lint``) and a parity check against PyTorch on the validation split at batch
-sizes 1, 7 and 64 (max |delta logit| <= ``export.parity_atol`` times the largest |logit|, at least 1, as float
-rounding grows with the logits; identical argmax), or the stage
+(``fdkd.onnx_lint``) and a parity check against PyTorch on the first ``export.parity_rows`` (256) rows of the
+validation split, read once, at batch sizes 1, 7 and 64 (max |delta logit| <= ``export.parity_atol`` times the
+largest |logit|, at least 1, as float rounding grows with the logits; identical argmax), or the stage
 fails and nothing is written under the final name.
 """
 
@@ -88,11 +88,19 @@ def parity(onnx_path: Path, model, x: np.ndarray, batches=(1, 7, 64)) -> dict:
     return report
 
 
+def parity_rows(ds, modality: str, n: int) -> np.ndarray:
+    """The first ``n`` validation rows' features of ``modality``, read from the dataset once (dense or streamed)."""
+    rows = ds.indices("val")[:n]
+    return np.ascontiguousarray(ds.x[modality][rows], dtype=np.float32)
+
+
 def run(student_path: Path, x_val: np.ndarray, out: Path, cfg: ExportConfig) -> dict:
-    """Export, check, lint and parity-test; write ``out`` only when everything passes."""
+    """Export, check, lint and parity-test (on at most ``cfg.parity_rows`` rows of ``x_val``); write ``out`` only
+    when everything passes."""
     from fdkd.onnx_lint import lint_file
     from fdkd.pipeline.models.checkpoint import load_model
 
+    x_val = np.ascontiguousarray(x_val[: cfg.parity_rows], dtype=np.float32)
     model, ckpt = load_model(student_path)
     meta = {"class_names": ckpt["class_names"], "preprocessing": ckpt["preprocessing"],
             "modality": ckpt["modality"]}

@@ -61,21 +61,26 @@ def ranked_layers(sensitivity: list[dict]) -> list[str]:
 
 
 class _Judge:
-    """One validation pass: the graph's top-1 on the validation split against ``student.onnx``'s, gated."""
+    """One validation pass: the graph's top-1 on the validation split against ``student.onnx``'s, gated.
 
-    def __init__(self, cfg: RunConfig, fp32: Path, x: np.ndarray, y: np.ndarray) -> None:
+    ``x``: the validation rows' features, read from the dataset once (an array, or a ``FeatureSpool`` for a
+    streamed dataset); each pass runs the graph on them in batched runtime calls (``fdkd.row_features.apply``)."""
+
+    def __init__(self, cfg: RunConfig, fp32: Path, x, y: np.ndarray) -> None:
+        from fdkd.row_features import apply
         from fdkd.serving.runtime import load_runtime
 
         self.cfg, self.x, self.y = cfg, x, y
         self.threads = cfg.validate_.threads or cfg.threads
-        self.ref = load_runtime(fp32, threads=self.threads)(x).argmax(1)
+        self.ref = apply(load_runtime(fp32, threads=self.threads), x).argmax(1)
         self.ref_acc = float((self.ref == y).mean())
 
     def __call__(self, path: Path, target: str) -> dict:
+        from fdkd.row_features import apply
         from fdkd.serving.runtime import load_runtime
 
         opts, role = TARGETS[target]
-        pred = load_runtime(path, threads=self.threads, **opts)(self.x).argmax(1)
+        pred = apply(load_runtime(path, threads=self.threads, **opts), self.x).argmax(1)
         entry = {"precision": "int8", "target": role,
                  "metrics": {"accuracy": float((pred == self.y).mean()),
                              "agree_student_pt": float((pred == self.ref).mean())}}
@@ -87,7 +92,7 @@ class _Judge:
                 "rows_changed": int((pred != self.ref).sum()), "passed": g["passed"], "gate": gate_text(g)}
 
 
-def search(cfg: RunConfig, target: str, plain: Path, judge: _Judge, calib: Path, input_name: str,
+def search(cfg: RunConfig, target: str, plain: Path, judge: _Judge, calib, input_name: str,
            layers: list[str], n_layers: int) -> dict:
     """Search one graph (``plain``, already written); returns its record for ``int8_search.json``."""
     from fdkd.calibration.quantize import quantize_int8
@@ -119,7 +124,7 @@ def search(cfg: RunConfig, target: str, plain: Path, judge: _Judge, calib: Path,
             tag = f"{m}{'' if pct is None else f'-{pct:g}'}-{len(floats)}"
             out = Path(tmp) / f"{target}-{tag}.onnx"
             quantize_int8(fp32, out, calib, input_name, m, exclude=tuple(q.exclude) + floats,
-                          percentile=pct or q.percentile, target=target,
+                          percentile=pct or q.percentile, target=target, activation_mb=q.calib_activation_mb,
                           metadata={"fdkd.search.float_layers": ",".join(floats),
                                     **({"fdkd.search.percentile": f"{pct:g}"} if pct is not None else {})})
             return out
@@ -182,26 +187,38 @@ def _place(path: Path, target: str, rd: Path) -> str:
     return name
 
 
-def run(cfg: RunConfig, ds, sensitivity: list[dict] | None) -> dict:
-    """Judge (and where they fail, search) the build's TensorRT INT8 graph and the CPU INT8 graph."""
+def run(cfg: RunConfig, ds, sensitivity: list[dict] | None, calib=None) -> dict:
+    """Judge (and where they fail, search) the build's TensorRT INT8 graph and the CPU INT8 graph.
+
+    ``calib``: the stage's ``CalibrationRows`` (read once by the quantize stage); None opens the run's ``calib.npz``
+    against ``ds``. The validation rows are read from ``ds`` once, for every attempt (a streamed dataset's into a
+    spool file under the run folder, removed after)."""
+    from fdkd.calibration.dataset import CalibrationRows
     from fdkd.calibration.sensitivity import layer_errors
     from fdkd.pipeline.export import INPUT_NAME
+    from fdkd.row_features import gather
 
     rd = cfg.run_dir
-    fp32, calib = rd / artifacts.ONNX_FP32, rd / artifacts.CALIB
-    x, y = ds.take(cfg.student_modality, "val")
-    judge = _Judge(cfg, fp32, x, y)
-    trt = rd / artifacts.ONNX_INT8.format(method=cfg.build.int8_method)
-    if sensitivity is None:
-        sensitivity = layer_errors(fp32, rd / artifacts.ONNX_INT8_CPU, calib, INPUT_NAME)
-    layers = ranked_layers(sensitivity)
-    n_layers = len(layers)
-    out = {"split": "val", "rows": int(len(y)), "reference": artifacts.ONNX_FP32, "ref_val_accuracy": judge.ref_acc,
-           "graphs": []}
-    if trt.exists():
-        out["graphs"].append(search(cfg, "tensorrt", trt, judge, calib, INPUT_NAME, layers, n_layers))
-    else:
-        (rd / SEARCHED).unlink(missing_ok=True)
-    out["graphs"].append(search(cfg, "cpu", rd / artifacts.ONNX_INT8_CPU, judge, calib, INPUT_NAME, layers,
-                                n_layers))
+    fp32 = rd / artifacts.ONNX_FP32
+    with tempfile.TemporaryDirectory(dir=rd, prefix=".int8-search-") as tmp:
+        if calib is None:
+            calib = CalibrationRows(rd / artifacts.CALIB, INPUT_NAME, ds.x[cfg.student_modality], Path(tmp))
+        rows = ds.indices("val")
+        x, _ = gather(ds.x[cfg.student_modality], rows, Path(tmp), "val")
+        y = ds.y[rows]
+        judge = _Judge(cfg, fp32, x, y)
+        trt = rd / artifacts.ONNX_INT8.format(method=cfg.build.int8_method)
+        if sensitivity is None:
+            sensitivity = layer_errors(fp32, rd / artifacts.ONNX_INT8_CPU, calib, INPUT_NAME,
+                                       cfg.quantize.calib_activation_mb)
+        layers = ranked_layers(sensitivity)
+        n_layers = len(layers)
+        out = {"split": "val", "rows": int(len(y)), "reference": artifacts.ONNX_FP32,
+               "ref_val_accuracy": judge.ref_acc, "graphs": []}
+        if trt.exists():
+            out["graphs"].append(search(cfg, "tensorrt", trt, judge, calib, INPUT_NAME, layers, n_layers))
+        else:
+            (rd / SEARCHED).unlink(missing_ok=True)
+        out["graphs"].append(search(cfg, "cpu", rd / artifacts.ONNX_INT8_CPU, judge, calib, INPUT_NAME, layers,
+                                    n_layers))
     return out

@@ -110,7 +110,7 @@ def stage_distill(ctx: Ctx) -> list[Output]:
 def stage_export(ctx: Ctx) -> list[Output]:
     from fdkd.pipeline import export
 
-    x_val, _ = ctx.dataset.take(ctx.cfg.student_modality, "val")
+    x_val = export.parity_rows(ctx.dataset, ctx.cfg.student_modality, ctx.cfg.export.parity_rows)
     out = ctx.run_dir / artifacts.ONNX_FP32
     info = export.run(ctx.run_dir / artifacts.STUDENT, x_val, out, ctx.cfg.export)
     return [Output(artifacts.ONNX_FP32, out, [artifacts.STUDENT], {"precision": "fp32", **info})]
@@ -131,36 +131,45 @@ def stage_calibrate(ctx: Ctx) -> list[Output]:
 
 def stage_quantize(ctx: Ctx) -> list[Output]:
     import json
+    import tempfile
 
+    from fdkd.calibration.dataset import CalibrationRows
     from fdkd.calibration.quantize import convert_fp16, quantize_int8
     from fdkd.calibration.sensitivity import layer_errors
     from fdkd.pipeline import int8_search, search_record
     from fdkd.pipeline.export import INPUT_NAME
 
     q = ctx.cfg.quantize
-    fp32, calib, rd = ctx.run_dir / artifacts.ONNX_FP32, ctx.run_dir / artifacts.CALIB, ctx.run_dir
+    fp32, rd = ctx.run_dir / artifacts.ONNX_FP32, ctx.run_dir
     inputs = [artifacts.ONNX_FP32, artifacts.CALIB]
+    mb = q.calib_activation_mb
     outs = []
     if q.fp16:
         convert_fp16(fp32, rd / artifacts.ONNX_FP16, keep_fp32=q.fp16_keep_fp32)
         outs.append(Output(artifacts.ONNX_FP16, rd / artifacts.ONNX_FP16, [artifacts.ONNX_FP32], {"precision": "fp16"}))
-    for method in q.calib_methods:
-        name = artifacts.ONNX_INT8.format(method=method)
-        quantize_int8(fp32, rd / name, calib, INPUT_NAME, method, exclude=q.exclude, percentile=q.percentile)
-        outs.append(Output(name, rd / name, inputs, {"precision": "int8", "calibration": method, "target": "tensorrt"}))
-    chosen = ctx.cfg.build.int8_method
-    quantize_int8(fp32, rd / artifacts.ONNX_INT8_CPU, calib, INPUT_NAME, chosen, exclude=q.exclude,
-                  percentile=q.percentile, target="cpu")
-    outs.append(Output(artifacts.ONNX_INT8_CPU, rd / artifacts.ONNX_INT8_CPU, inputs,
-                       {"precision": "int8", "calibration": chosen, "target": "cpu"}))
-    errors = None
-    if chosen in q.calib_methods:
-        errors = layer_errors(fp32, rd / artifacts.ONNX_INT8.format(method=chosen), calib, INPUT_NAME)
-        artifacts.write_text(rd / artifacts.SENSITIVITY, json.dumps({"int8": chosen, "layers": errors}, indent=2))
-        outs.append(Output(artifacts.SENSITIVITY, rd / artifacts.SENSITIVITY, inputs,
-                           {"worst": errors[: q.sensitivity_top]}))
-    # judged on the validation split (never test); a graph that fails there is searched for one that passes
-    record = int8_search.run(ctx.cfg, ctx.dataset, errors)
+    # the calibration rows are read from the dataset once for every calibrator, sensitivity and search attempt below
+    # (a streamed dataset's into a spool file in this temporary folder), each checked against calib.npz's hash
+    with tempfile.TemporaryDirectory(dir=rd, prefix=".quantize-") as tmp:
+        calib = CalibrationRows(rd / artifacts.CALIB, INPUT_NAME, ctx.dataset.x[ctx.cfg.student_modality], Path(tmp))
+        for method in q.calib_methods:
+            name = artifacts.ONNX_INT8.format(method=method)
+            quantize_int8(fp32, rd / name, calib, INPUT_NAME, method, exclude=q.exclude, percentile=q.percentile,
+                          activation_mb=mb)
+            outs.append(Output(name, rd / name, inputs,
+                               {"precision": "int8", "calibration": method, "target": "tensorrt"}))
+        chosen = ctx.cfg.build.int8_method
+        quantize_int8(fp32, rd / artifacts.ONNX_INT8_CPU, calib, INPUT_NAME, chosen, exclude=q.exclude,
+                      percentile=q.percentile, target="cpu", activation_mb=mb)
+        outs.append(Output(artifacts.ONNX_INT8_CPU, rd / artifacts.ONNX_INT8_CPU, inputs,
+                           {"precision": "int8", "calibration": chosen, "target": "cpu"}))
+        errors = None
+        if chosen in q.calib_methods:
+            errors = layer_errors(fp32, rd / artifacts.ONNX_INT8.format(method=chosen), calib, INPUT_NAME, mb)
+            artifacts.write_text(rd / artifacts.SENSITIVITY, json.dumps({"int8": chosen, "layers": errors}, indent=2))
+            outs.append(Output(artifacts.SENSITIVITY, rd / artifacts.SENSITIVITY, inputs,
+                               {"worst": errors[: q.sensitivity_top]}))
+        # judged on the validation split (never test); a graph that fails there is searched for one that passes
+        record = int8_search.run(ctx.cfg, ctx.dataset, errors, calib)
     artifacts.write_json(rd / search_record.SEARCH, record)
     for g in record["graphs"]:
         console.print(f"INT8 {g['target']} graph: " + _search_line(g), highlight=False)

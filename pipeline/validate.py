@@ -21,12 +21,21 @@ FP16 and INT8 checks decide on the rows that changed (``validate.gates.decide``,
 INT8 served by ONNX Runtime's CPU kernels is held to the CPU bar. A graph whose INT8 gate search
 (``fdkd.pipeline.int8_search``, on the validation split) found nothing that passed is failed here too.
 
-Writes ``validation.json``, ``report.md`` (+ PNG plots) and ``validation.testset.npz`` (test inputs,
-labels, ``student.pt``'s logits) even when a gate fails. Only a failed ``student.onnx`` raises
-``ValidationFailed`` (naming each failing artifact and metric); another failed artifact is listed under
-``failed``, never served, and the run ships what passed (``shipped``, ``targets``). ``validate_engine`` gates an
-engine built later (``fdkd engine``, a container's first start) on that test set, without torch, into
-``validation.json`` beside the engine, which is where the server looks for the engine's own entry.
+Writes ``validation.json``, ``report.md`` (+ PNG plots) and ``validation.testset.npz`` even when a gate fails.
+The test set is NOT a copy of the inputs: it holds the test rows' indices in the dataset (``rows``), each row's
+input hash (``sha256`` of its float32 features, ``fdkd.row_features.row_sha256``), the labels (``y``),
+``student.pt``'s logits (``ref_logits``) and the teacher's predictions (``teacher_pred``).
+
+The test rows are read from the dataset once (a dense dataset: the arrays as before; a streamed one: spooled to a
+file in a temporary folder of the run) and every model and artifact runs on them in batched calls
+(``fdkd.row_features.apply``); the teacher's rows and the unseen-accent split are read in one chunked pass.
+
+Only a failed ``student.onnx`` raises ``ValidationFailed`` (naming each failing artifact and metric); another
+failed artifact is listed under ``failed``, never served, and the run ships what passed (``shipped``,
+``targets``). ``validate_engine`` gates an engine built later (``fdkd engine``, a container's first start) on that
+test set, without torch, into ``validation.json`` beside the engine, which is where the server looks for the
+engine's own entry: it re-reads the test rows from the run's dataset (or ``--dataset PATH`` where it moved), in
+chunks, and refuses a row whose input no longer hashes as recorded, naming it.
 
 Where the dataset holds out whole accents (split ``test_unseen_accent``), ``student.pt``'s accuracy
 on it is reported beside the in-domain test accuracy (``unseen_accent`` in ``validation.json``).
@@ -35,6 +44,7 @@ on it is reported beside the in-domain test accuracy (``unseen_accent`` in ``val
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,8 +104,11 @@ def compare(logits: np.ndarray, ref: np.ndarray, teacher_pred: np.ndarray, y: np
             "logit_scale": max(1.0, float(np.abs(ref).max()))}
 
 
-def latency(fn, x: np.ndarray, batch: int, repeats: int) -> dict:
-    xb = x[:batch] if len(x) >= batch else np.resize(x, (batch, *x.shape[1:]))
+def latency(fn, x, batch: int, repeats: int) -> dict:
+    """Median time of ``fn`` on one batch of ``batch`` rows: ``x``'s first rows (an array or a spool), repeated
+    where ``x`` has fewer."""
+    head = np.asarray(x[: min(batch, len(x))], np.float32)
+    xb = head if len(head) >= batch else np.resize(head, (batch, *head.shape[1:]))
     fn(xb)  # warm-up
     times = []
     for _ in range(repeats):
@@ -176,23 +189,40 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
     """Validate everything in ``run_dir``; write validation.json and report.md. Raise only when ``student.onnx``
     fails its gate (every other graph comes from it); any other failed graph is recorded as failed (never served)
     and the run ships what passed (``fdkd run --strict`` exits 1 on those too)."""
+    v = cfg.validate_
+    s_mod, t_mod = cfg.student_modality, cfg.teacher.modality
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".validate-") as tmp:
+        return _run(cfg, ds, run_dir, v, s_mod, t_mod, Path(tmp))
+
+
+def _rows_of(x, rows: np.ndarray):
+    """``x``'s ``rows`` for one chunked pass: an array (dense) or a lazy view (streamed: nothing read yet)."""
+    from fdkd.row_features import is_dense
+
+    return x[rows] if is_dense(x) else x.view(rows)
+
+
+def _run(cfg: RunConfig, ds, run_dir: Path, v, s_mod: str, t_mod: str, tmp: Path) -> dict:
     import torch
 
     from fdkd.pipeline.models.checkpoint import describe, load_model
     from fdkd.pipeline.report import write_report
     from fdkd.pipeline.teacher import load_teacher
     from fdkd.pipeline.train import predict
+    from fdkd.row_features import apply, gather
     from fdkd.serving.runtime import load_runtime
 
-    v = cfg.validate_
-    s_mod, t_mod = cfg.student_modality, cfg.teacher.modality
-    x, y = ds.take(s_mod, "test")
-    xt, _ = ds.take(t_mod, "test")
+    test_rows = ds.indices("test")
+    y = ds.y[test_rows]
+    x, digests = gather(ds.x[s_mod], test_rows, tmp, "test")  # every artifact below runs on these rows
+
+    def logits_of(model, rows_x) -> np.ndarray:
+        return apply(lambda c: predict(model, torch.from_numpy(np.ascontiguousarray(c))).numpy(), rows_x)
+
     teacher, tpath = load_teacher(cfg, t_mod, ds)
-    t_logits = predict(teacher, torch.from_numpy(xt)).numpy()
-    teacher_pred = t_logits.argmax(1)
+    teacher_pred = logits_of(teacher, _rows_of(ds.x[t_mod], test_rows)).argmax(1)
     student, ckpt = load_model(run_dir / artifacts.STUDENT)
-    ref = predict(student, torch.from_numpy(x)).numpy()
+    ref = logits_of(student, x)
 
     def torch_fn(batch):
         with torch.no_grad():
@@ -208,7 +238,9 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
                 | latency(torch_fn, x, v.latency_batch, v.latency_repeats),
                 "predictions": ref.argmax(1).tolist()}]
     ref_acc = entries[1]["metrics"]["accuracy"]
-    artifacts.save_npz(run_dir / artifacts.TESTSET, {"x": x, "y": y, "ref_logits": ref, "teacher_pred": teacher_pred})
+    artifacts.save_npz(run_dir / artifacts.TESTSET, {"rows": test_rows.astype(np.int64), "sha256": digests,
+                                                     "input_shape": np.asarray(x.shape[1:], np.int64), "y": y,
+                                                     "ref_logits": ref, "teacher_pred": teacher_pred})
     not_validated = _not_built(run_dir, cfg)
     from fdkd.pipeline.search_record import SEARCH, failed_graphs
 
@@ -228,7 +260,7 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
             entries.append(entry | {"skipped": reason})
             not_validated.append({"name": art["name"], "reason": f"could not run here: {reason}"})
             continue
-        logits = rt(x)
+        logits = apply(rt, x)
         entry["mode"] = rt.mode()
         entry["runtime"] = rt.describe()
         entry["metrics"] = compare(logits, ref, teacher_pred, y) | latency(rt, x, v.latency_batch, v.latency_repeats)
@@ -252,11 +284,12 @@ def run(cfg: RunConfig, ds, run_dir: Path) -> dict:
                           "training": ckpt.get("metrics", {}).get("training")},
               "teacher": {"training": _teacher_training(tpath)}}
     if s_mod == "audio" and ds.has_split("test_unseen_accent"):  # whole eSpeak accents no other split hears
-        xu, yu = ds.take(s_mod, "test_unseen_accent")
+        unseen = ds.indices("test_unseen_accent")
+        yu = ds.y[unseen]
         result["unseen_accent"] = {"split": "test_unseen_accent", "rows": int(len(yu)),
                                    "accents": ds.meta.get("accent_splits", {}).get("test_unseen_accent", []),
                                    "test_acc": ref_acc,
-                                   "test_unseen_accent_acc": float((predict(student, torch.from_numpy(xu)).numpy()
+                                   "test_unseen_accent_acc": float((logits_of(student, _rows_of(ds.x[s_mod], unseen))
                                                                     .argmax(1) == yu).mean())}
     artifacts.write_json(run_dir / artifacts.VALIDATION, result)
     write_report(result, run_dir)
@@ -322,16 +355,42 @@ def _mode_text(entry: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in m.items() if v is not None)
 
 
-def validate_engine(run_dir: Path, plan: Path) -> dict:
-    """Gate one engine built after the run on the run's test set (no torch); record it beside the engine.
+def _testset_inputs(run_dir: Path, manifest: dict, z, dataset):
+    """The student's column of the run's dataset (``dataset``: where it is now, overriding the run's manifest; or a
+    dataset already loaded), to re-read ``validation.testset.npz``'s rows from; numpy only (the dataset's decoding
+    and frontends)."""
+    from fdkd.pipeline.data.dataset import load_dataset
 
-    The test set must still hash as the run's manifest says; the gates are the run's. Returns the
-    entry; raises ``ValidationFailed`` (after writing the entry) when its gate fails, and
-    ``RuntimeError`` when the engine cannot run here.
-    """
-    from fdkd.serving.runtime import load_runtime
+    if hasattr(dataset, "x"):  # loaded already (a PairedDataset)
+        ds, dataset = dataset, getattr(dataset, "path", None) or "(given)"
+    else:
+        if dataset is None:
+            rec = manifest["artifacts"].get("dataset")
+            if rec is None:
+                raise ValueError(f"{run_dir}'s manifest names no dataset: pass --dataset PATH")
+            dataset = Path(rec["path"]) if Path(rec["path"]).is_absolute() else run_dir / rec["path"]
+        if not Path(dataset).exists():
+            raise ValueError(f"the run's dataset {dataset} is not there (moved?): pass --dataset PATH, where it is now")
+        ds = load_dataset(Path(dataset))
+    x = ds.x[manifest["student_modality"]]
+    rows = z["rows"].astype(np.int64)
+    if len(rows) and rows.max() >= len(x):
+        raise ValueError(f"{artifacts.TESTSET} names row {int(rows.max())}, but the dataset {dataset} has {len(x)} "
+                         "rows: not the run's dataset")
+    if tuple(z["input_shape"].tolist()) != tuple(x.shape[1:]):
+        raise ValueError(f"{artifacts.TESTSET}'s inputs are {tuple(z['input_shape'].tolist())}; the dataset "
+                         f"{dataset} gives {tuple(x.shape[1:])}: not the run's dataset")
+    return x, getattr(ds, "keys", None), dataset
 
-    run_dir, plan = Path(run_dir), Path(plan)
+
+def open_testset(run_dir: Path, dataset=None):
+    """``(manifest, testset arrays, its manifest record, features)``: the run's ``validation.testset.npz`` checked
+    against the manifest, and a generator of ``(lo, hi, features)`` over its rows re-read from the run's dataset
+    (``dataset``: its path now, or the dataset loaded) in chunks, raising ``ValueError`` naming the first row whose
+    input no longer hashes as recorded. Numpy only."""
+    from fdkd.row_features import hex_digest, row_chunks, row_sha256
+
+    run_dir = Path(run_dir)
     manifest = json.loads((run_dir / artifacts.MANIFEST).read_text())
     rec = manifest["artifacts"].get(artifacts.TESTSET)
     testset = run_dir / artifacts.TESTSET
@@ -339,18 +398,58 @@ def validate_engine(run_dir: Path, plan: Path) -> dict:
         raise ValueError(f"{run_dir} has no {artifacts.TESTSET}: re-run `fdkd validate` with this version of fdkd")
     if artifacts.sha256_file(testset) != rec["sha256"]:
         raise ValueError(f"{testset} does not match the run's manifest (tampered or truncated)")
+    z = dict(np.load(testset))
+    if "rows" not in z or "sha256" not in z:
+        raise ValueError(f"{testset} holds no row indices and hashes (an older fdkd's, with the inputs in it): "
+                         "re-run `fdkd validate` with this version of fdkd")
+    x, keys, where = _testset_inputs(run_dir, manifest, z, dataset)
+    rows, expected = z["rows"], z["sha256"]
+
+    def features():
+        for lo, hi in row_chunks(len(rows)):
+            feats = np.ascontiguousarray(x[rows[lo:hi]], dtype=np.float32)
+            got = row_sha256(feats)
+            bad = np.flatnonzero((got != expected[lo:hi]).any(axis=1))
+            if len(bad):
+                k = lo + int(bad[0])
+                name = f"row {int(rows[k])}" + (f" (key {keys[int(rows[k])]})" if keys is not None else "")
+                raise ValueError(f"dataset {where}: test {name} does not hash as validated (sha256 "
+                                 f"{hex_digest(got[int(bad[0])])[:16]}..., recorded {hex_digest(expected[k])[:16]}...;"
+                                 f" {len(bad)} row(s) of this chunk differ): the dataset changed since `fdkd validate`")
+            yield lo, hi, feats
+
+    return manifest, z, rec, features(), tuple(x.shape[1:])
+
+
+def validate_engine(run_dir: Path, plan: Path, dataset=None) -> dict:
+    """Gate one engine built after the run on the run's test set (no torch); record it beside the engine.
+
+    The test set must still hash as the run's manifest says; the gates are the run's. Its rows are re-read from the
+    run's dataset (``dataset``: its path now, if it moved, or the dataset loaded) in chunks, each row's input
+    checked against its recorded sha256 (a row that differs is refused, named: ``open_testset``). Returns the
+    entry; raises ``ValidationFailed`` (after writing the entry) when its gate fails, ``ValueError`` for a test set
+    or dataset that does not match, and ``RuntimeError`` when the engine cannot run here.
+    """
+    from fdkd.serving.runtime import load_runtime
+
+    run_dir, plan = Path(run_dir), Path(plan)
+    manifest, z, rec, features, shape = open_testset(run_dir, dataset)
     gates = GateConfig.model_validate(manifest["config"]["validate"]["gates"])
     v = manifest["config"]["validate"]
-    z = np.load(testset)
-    x, y, ref, teacher_pred = z["x"], z["y"], z["ref_logits"], z["teacher_pred"]
+    y, ref, teacher_pred = z["y"], z["ref_logits"], z["teacher_pred"]
     info = json.loads(plan.with_name(plan.stem + ".build.json").read_text())
     rt = load_runtime(plan)
-    logits = rt(x)
+    logits, head = [], None
+    for _, _, feats in features:
+        head = feats if head is None else head
+        logits.append(rt(feats))
+    logits = np.concatenate(logits) if logits else np.zeros((0, ref.shape[1]), np.float32)
     entry = {"name": plan.name, "sha256": artifacts.sha256_file(plan), "precision": info["precision"],
              "target": "tensorrt engine", "required": True, "source_onnx": info.get("onnx"),
              "testset_sha256": rec["sha256"], "mode": rt.mode(), "runtime": rt.describe(),
              "metrics": compare(logits, ref, teacher_pred, y)
-             | latency(rt, x, v["latency_batch"], v["latency_repeats"]),
+             | latency(rt, head if head is not None else np.zeros((1, *shape), np.float32),
+                       v["latency_batch"], v["latency_repeats"]),
              "predictions": logits.argmax(1).tolist()}
     entry["gate"] = gate(entry, gates, float((ref.argmax(1) == y).mean()),
                          {"y": y, "ref_pred": ref.argmax(1), "pred": logits.argmax(1)})

@@ -293,11 +293,19 @@ def test_engine_chain_through_the_real_tensorrt_runtime_on_test_doubles(served_r
     run_dir.mkdir()
     src = run_dir / "student.fp16.onnx"
     src.write_bytes(b"onnx bytes")  # the fake builder never parses it
+    from fdkd.pipeline.data.dataset import PairedDataset
+    from fdkd.pipeline.data.rows import streamed
+    from fdkd.row_features import row_sha256
+
     x = np.random.default_rng(0).standard_normal((40, 1, 3, 4)).astype(np.float32)
     ref = x.reshape(40, FEATURES) @ WEIGHTS  # student.pt's logits: what the engine computes
     y = ref.argmax(1)
-    artifacts.save_npz(run_dir / "validation.testset.npz", {"x": x, "y": y, "ref_logits": ref,
-                                                            "teacher_pred": y})
+    # the run's dataset: the engine is gated on its test rows, re-read and checked against their hashes
+    rows = np.arange(40, dtype=np.int64)
+    ds = PairedDataset({"audio": x}, y, np.full(40, 2, np.int8), [f"c{i}" for i in range(CLASSES)], {}, {})
+    test_arrays = {"rows": rows, "sha256": row_sha256(x), "input_shape": np.array(x.shape[1:]), "y": y,
+                   "ref_logits": ref, "teacher_pred": y}
+    artifacts.save_npz(run_dir / "validation.testset.npz", test_arrays)
     served = json.loads((served_run / "manifest.json").read_text())
     io = {"inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 1, 3, 4]}],
           "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", CLASSES]}]}
@@ -314,8 +322,17 @@ def test_engine_chain_through_the_real_tensorrt_runtime_on_test_doubles(served_r
     plan = build_engine(src, "fp16", engines, BuildConfig(max_batch=8, opt_batch=4))
     with pytest.raises(NotServable, match=f"{plan.name} was not validated"):
         load_model(run_dir, engine_dir=engines)
-    entry = validate_engine(run_dir, plan)
+    entry = validate_engine(run_dir, plan, ds)
     assert entry["gate"]["passed"] and entry["metrics"]["max_abs_logit"] < 1e-4
+    # the same rows streamed: the same verdict and numbers
+    again = validate_engine(run_dir, plan, streamed(ds))
+    assert again["metrics"]["max_abs_logit"] == entry["metrics"]["max_abs_logit"]
+    assert again["predictions"] == entry["predictions"]
+    # a test row whose input changed since validation is refused, named
+    changed = x.copy()
+    changed[17] += 1
+    with pytest.raises(ValueError, match="test row 17 does not hash as validated"):
+        validate_engine(run_dir, plan, PairedDataset({"audio": changed}, y, ds.split, ds.class_names, {}, {}))
     assert entry["mode"] == {"runtime": "tensorrt", "tensorrt": "10.3.0", "gpu": "NVIDIA H100 80GB HBM3",
                              "compute_capability": "9.0", "device": "h100-80gb-hbm3-sm90", "qdq": None}
     assert [a["name"] for a in json.loads((engines / "validation.json").read_text())["artifacts"]] == [plan.name]
@@ -332,14 +349,14 @@ def test_engine_chain_through_the_real_tensorrt_runtime_on_test_doubles(served_r
     testset = run_dir / "validation.testset.npz"
     testset.write_bytes(testset.read_bytes()[:100])
     with pytest.raises(ValueError, match="does not match the run's manifest"):
-        validate_engine(run_dir, plan)
+        validate_engine(run_dir, plan, ds)
     # student.pt disagreeing with the engine on many rows: the engine fails its own gate and is refused
-    artifacts.save_npz(run_dir / "validation.testset.npz", {"x": x, "y": y, "ref_logits": -ref, "teacher_pred": y})
+    artifacts.save_npz(run_dir / "validation.testset.npz", test_arrays | {"ref_logits": -ref})
     manifest["artifacts"]["validation.testset.npz"]["sha256"] = artifacts.sha256_file(
         run_dir / "validation.testset.npz")
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValidationFailed, match=f"{plan.name} .*agree_student_pt_pct"):
-        validate_engine(run_dir, plan)
+        validate_engine(run_dir, plan, ds)
     with pytest.raises(NotServable, match=f"{plan.name} failed its validation gate"):
         load_model(run_dir, engine_dir=engines)
 

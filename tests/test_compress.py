@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from fdkd import artifacts
-from fdkd.calibration.dataset import NpzCalibrationReader, choose_rows, write_calibration_set
+from fdkd.calibration.dataset import CalibrationRows, NpzCalibrationReader, choose_rows, write_calibration_set
 from fdkd.calibration.quantize import convert_fp16, quantize_int8, zero_points
 from fdkd.calibration.sensitivity import layer_errors
 from fdkd.onnx_lint import lint_file, lint_model
@@ -32,7 +32,8 @@ def exported(tiny_cfg, tiny_teachers, tiny_dataset, tmp_path_factory):
     calib = run_dir / artifacts.CALIB
     write_calibration_set(calib, export.INPUT_NAME, tiny_dataset.x["audio"], tiny_dataset.y,
                           tiny_dataset.indices("train"), 64, 0)
-    return {"dir": run_dir, "student": student, "onnx": out, "info": info, "calib": calib}
+    return {"dir": run_dir, "student": student, "onnx": out, "info": info, "calib_path": calib,
+            "calib": CalibrationRows(calib, export.INPUT_NAME, tiny_dataset.x["audio"])}
 
 
 def test_export_graph_is_clean_named_and_batch_dynamic(exported):
@@ -217,20 +218,24 @@ def test_quantize_linear_without_zero_point_is_a_lint_error():
 
 
 def test_calibration_set_is_stratified_and_readable(exported, tiny_dataset):
-    z = np.load(exported["calib"])
-    assert z["input"].shape[0] == 64 and set(z.files) == {"input", "rows", "labels"}
+    z = np.load(exported["calib_path"])
+    # row indices, labels and per-row input hashes: never a copy of the inputs
+    assert len(z["rows"]) == 64 and set(z.files) == {"rows", "labels", "sha256", "input_shape"}
+    assert z["sha256"].shape == (64, 32) and tuple(z["input_shape"]) == tiny_dataset.x["audio"].shape[1:]
     assert set(z["rows"]) <= set(tiny_dataset.indices("train"))
     counts = np.bincount(z["labels"], minlength=10)
     train_counts = np.bincount(tiny_dataset.y[tiny_dataset.indices("train")], minlength=10)
     expected = train_counts / train_counts.sum() * 64  # proportional to the training split's classes
     assert counts.min() >= 1 and np.abs(counts - expected).max() <= 1.5
-    reader = NpzCalibrationReader(exported["calib"], "input", batch=30)
+    reader = exported["calib"].reader(batch=30)
     sizes = []
     while (batch := reader.get_next()) is not None:
         sizes.append(len(batch["input"]))
     assert sizes == [16, 16, 16, 16]  # equal batches (ORT's histogram calibrators stack them)
-    with pytest.raises(ValueError, match="no array for ONNX input 'x'"):
-        NpzCalibrationReader(exported["calib"], "x")
+    got = np.concatenate([b["input"] for b in iter(exported["calib"].reader(batch=30).get_next, None)])
+    np.testing.assert_array_equal(got, tiny_dataset.x["audio"][z["rows"]])  # the rows, read from the dataset
+    with pytest.raises(ValueError, match="no array for ONNX input 'x'.*names dataset rows"):
+        NpzCalibrationReader(exported["calib_path"], "x")
     rows = choose_rows(np.array([0] * 90 + [1] * 10), np.arange(100), 20, 0)
     assert len(rows) == 20 and (rows >= 90).sum() == 2
 

@@ -20,6 +20,8 @@ class ExportConfig(_Strict):
     # optimisation off)
     parity_atol: float = Field(1e-4, gt=0)
     parity_batches: tuple[int, ...] = (1, 7, 64)
+    # parity runs on the first this many validation rows (read once, in batches): a bounded cost whatever the split
+    parity_rows: int = Field(256, ge=1)
 
 
 CalibMethod = Literal["minmax", "entropy", "percentile"]
@@ -27,6 +29,9 @@ CalibMethod = Literal["minmax", "entropy", "percentile"]
 
 class QuantizeConfig(_Strict):
     calib_samples: int = Field(512, ge=10)
+    # intermediate outputs a calibrator (and the sensitivity pass) may hold at once; a calibration set whose
+    # activations exceed it is collected a stride of batches at a time (fdkd.calibration.quantize)
+    calib_activation_mb: float = Field(512, gt=0)
     calib_methods: tuple[CalibMethod, ...] = ("minmax", "entropy", "percentile")
     percentile: float = Field(99.999, gt=90, le=100)
     fp16: bool = True
