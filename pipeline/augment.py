@@ -66,7 +66,7 @@ class _TrainingRows:
     def __init__(self, rows: np.ndarray) -> None:
         self.rows = np.unique(np.asarray(rows, np.int64))
         if len(self.rows) != len(np.asarray(rows)):
-            raise ValueError(f"{len(np.asarray(rows))} training rows given, {len(self.rows)} distinct")
+            raise ValueError(f"{len(np.asarray(rows))} training rows given, {len(self.rows)} distinct row indices")
 
     def check(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``x`` (the batch's features) as float32, after checking every row of ``rows`` is a training row."""

@@ -472,8 +472,8 @@ def unused_parameters(joint: Joint, directions: list[Direction], train_idx: torc
     """Names of trainable parameters the summed loss does not reach (e.g. ``fd.shared_classifier=false``
     leaves the shared classifiers idle). DistributedDataParallel must be told about them
     (``find_unused_parameters``) or it stops at the second step. Probed on two training rows in eval
-    mode: no BatchNorm statistics move and no gradient is stored."""
-    local = torch.arange(min(2, len(train_idx)))
+    mode (of this rank's stride of them): no BatchNorm statistics move and no gradient is stored."""
+    local = torch.arange(acc.rank, len(train_idx), acc.world)[:2]  # this rank's own rows: no rank reads another's
     rows = train_idx[local]
     xs, touts, ys, weak = _inputs(directions, [(rows, local)] * len(directions), y, acc)
     joint.eval()
