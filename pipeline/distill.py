@@ -323,6 +323,7 @@ def _state_key(cfg: RunConfig, acc) -> str:
     the world size (each rank's share of the rows)."""
     tree = config_to_dict(cfg)
     accel_cfg = {k: v for k, v in tree["accel"].items() if k not in ("nproc", "torchrun_args")}
+    tree["data"].pop("workers", None)  # how many processes decode ahead changes no number: a resume may change it
     modalities = [cfg.teacher.modality] + ([cfg.student_modality] if cfg.distill.bidirectional else [])
     teachers = [(cfg.teacher.checkpoint if m == cfg.teacher.modality and cfg.teacher.checkpoint else
                  teacher_path(cfg, m)) for m in modalities]

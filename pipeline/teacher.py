@@ -192,5 +192,6 @@ def _state_key(cfg: RunConfig, modality: str, world: int = 1) -> str:
     world size (each rank's share of the rows)."""
     tree = config_to_dict(cfg)
     accel_cfg = {k: v for k, v in tree["accel"].items() if k not in ("nproc", "torchrun_args")}
+    tree["data"].pop("workers", None)  # how many processes decode ahead changes no number: a resume may change it
     return state_key({"modality": modality, "accel": accel_cfg, **{k: tree[k] for k in ("seed", "data", "teacher",
                                                                                          "threads")}}, [], world)

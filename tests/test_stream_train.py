@@ -187,3 +187,15 @@ def test_killed_streamed_distill_resumes_bit_identical(tiny_cfg, tiny_teachers):
     assert "resuming distill from epoch 1 of 3" in resumed.stderr
     runs = root / "runs"
     _same(runs / "st-resume-killed" / artifacts.STUDENT, runs / "st-resume-straight" / artifacts.STUDENT)
+
+
+def test_run_trains_the_teacher_under_torchrun_with_accel_nproc(tiny_cfg, tiny_dataset):
+    """``fdkd run`` with ``accel.nproc=2``: the teacher stage runs in two torchrun processes and records it."""
+    from fdkd.pipeline import run
+
+    root = tiny_cfg.runs_dir.parent
+    cfg = _cfg(root, "st-ddp-run", "accel.nproc=2")
+    manifest = run.run(cfg, stop_after="teacher")
+    rec = manifest["artifacts"][artifacts.TEACHER.format(modality="image")]
+    assert rec["metrics"]["world_size"] == 2 and manifest["stages"]["teacher"]["status"] == "done"
+    assert (cfg.run_dir / artifacts.TEACHER.format(modality="image")).exists()
