@@ -60,6 +60,7 @@ from fdkd.pipeline.train import (
     eval_accuracy,
     features,
     fit,
+    own_row,
     setup,
     take,
     teacher_outputs,
@@ -167,8 +168,10 @@ def _direction(cfg: RunConfig, dcfg: DistillConfig, ds, x, teachers: _Teachers, 
         teacher = teachers.model(teacher_mod)
         x_teacher = teachers.input(teacher_mod, dcfg.teacher_shuffle)
         with torch.no_grad():
-            d_teacher = features(teacher, take(x_teacher, [0, 1]).to(teachers.acc.device),
-                                 dcfg.feature_tap)[1].shape[1]
+            # its width from one row of this rank's share of the teacher cache's rows (a streamed column: no rank
+            # decodes another's); on a dense column the first two rows, as always
+            probe = [own_row(ds.indices("train"), teachers.acc)] if is_streamed(x_teacher) else [0, 1]
+            d_teacher = features(teacher, take(x_teacher, probe).to(teachers.acc.device), dcfg.feature_tap)[1].shape[1]
     objective = build_objective(dcfg.method, student.num_features, d_teacher, ds.num_classes, dcfg)
     cache = None
     if needs_teacher and dcfg.teacher_cache:

@@ -285,12 +285,20 @@ def teacher_outputs(teacher: nn.Module, x, acc: Accel, tap: str = "post", rows=N
     return torch.cat(fs)[:n], torch.cat(zs)[:n]
 
 
+def own_row(rows, acc: Accel) -> int:
+    """The first of this rank's contiguous share of ``rows`` (``teacher_outputs``' split; the last row where the share
+    is empty): the row a rank probes shapes with, so that no rank decodes another's part."""
+    rows = _row_array(rows)
+    per = math.ceil(len(rows) / acc.world)
+    return int(rows[min(acc.rank * per, len(rows) - 1)])
+
+
 def _shard_outputs(teacher: nn.Module, x: StreamRows, rows: np.ndarray, tap: str,
                    workers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, logits) of a streamed shard; an empty shard gives empty tensors shaped from row 0."""
+    """(features, logits) of a streamed shard; an empty shard gives empty tensors shaped from the last row."""
     if len(rows):
         return predict(teacher, x, with_features=True, tap=tap, rows=rows, workers=workers)
-    return tuple(t[:0] for t in predict(teacher, x, with_features=True, tap=tap, rows=[0]))
+    return tuple(t[:0] for t in predict(teacher, x, with_features=True, tap=tap, rows=[len(x) - 1]))
 
 
 def _memmap_outputs(teacher: nn.Module, x: StreamRows, rows: np.ndarray, lo: int, n: int, acc: Accel, tap: str,
@@ -300,7 +308,8 @@ def _memmap_outputs(teacher: nn.Module, x: StreamRows, rows: np.ndarray, lo: int
     barrier every rank maps them copy-on-write (read from disk on demand; nothing is ever written back)."""
     from numpy.lib.format import open_memmap
 
-    f0, z0 = (t.cpu().numpy() for t in predict(teacher, x, with_features=True, tap=tap, rows=[0]))
+    probe = rows[:1] if len(rows) else [len(x) - 1]  # shapes from this rank's own first row
+    f0, z0 = (t.cpu().numpy() for t in predict(teacher, x, with_features=True, tap=tap, rows=probe))
     paths = (out.parent / f"{out.name}.features.npy", out.parent / f"{out.name}.logits.npy")
     if acc.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -729,8 +738,8 @@ def _evaluate(d: Direction, average: WeightAverage | None, val_idx: torch.Tensor
               epoch: int, track_idx: torch.Tensor | None = None, workers: int = 0) -> float:
     """The student's validation accuracy (of its weight average, swapped in, where there is one); its state is kept
     if this epoch is its best so far (``_keep_best``); with ``track_idx``, its per-row correctness there appended to
-    ``d.tracked`` (every rank predicts every tracked row: a few hundred rows). A streamed column is read in eval
-    batches (``predict``), decoded ahead by ``workers`` DataLoader processes."""
+    ``d.tracked`` (under torchrun each rank predicts every world-th tracked row: ``_correct``). A streamed column is
+    read in eval batches (``predict``), decoded ahead by ``workers`` DataLoader processes."""
     with average.swapped_in(d.student) if average is not None else nullcontext():
         n_val = len(val_idx)
         shared = (track_idx is not None and not acc.distributed and len(track_idx) >= n_val
@@ -745,12 +754,31 @@ def _evaluate(d: Direction, average: WeightAverage | None, val_idx: torch.Tensor
         _keep_best(d, epoch, val_acc)
         if track_idx is not None:
             rest = track_idx[n_val:] if shared else track_idx
-            right = (predict(d.student, d.x_student, rows=rest, workers=workers).argmax(1).cpu() == y[rest]
-                     if len(rest) else None)
+            right = _correct(d.student, d.x_student, rest, y, acc, workers) if len(rest) else None
             if shared:
                 right = right_val if right is None else torch.cat([right_val, right])
             d.tracked.append(right.numpy())
     return val_acc
+
+
+def _correct(model: nn.Module, x, rows: torch.Tensor, y: torch.Tensor, acc: Accel, workers: int = 0) -> torch.Tensor:
+    """Whether ``model`` is right on each of ``rows`` (bool, in their order). Under torchrun each rank predicts every
+    world-th row and the answers are gathered: no rank decodes the others' rows."""
+    if not acc.distributed:
+        return predict(model, x, rows=rows, workers=workers).argmax(1).cpu() == y[rows]
+    mine = rows[acc.rank :: acc.world]
+    per = math.ceil(len(rows) / acc.world)
+    padded = torch.zeros(per, dtype=torch.int8, device=acc.device)
+    if len(mine):
+        right = predict(model, x, rows=mine, workers=workers).argmax(1).cpu() == y[mine]
+        padded[: len(mine)] = right.to(torch.int8).to(acc.device)
+    parts = [torch.empty_like(padded) for _ in range(acc.world)]
+    torch.distributed.all_gather(parts, padded)
+    out = torch.zeros(len(rows), dtype=torch.bool)
+    for r, part in enumerate(parts):
+        k = len(range(r, len(rows), acc.world))
+        out[r :: acc.world] = part[:k].cpu().bool()
+    return out
 
 
 def _keep_best(d: Direction, epoch: int, val_acc: float) -> None:

@@ -136,22 +136,31 @@ def _env(reads: Path | None = None, kill: str | None = None) -> dict:
     return env
 
 
-def test_two_process_teacher_reads_each_training_row_once_per_epoch_on_one_rank(tiny_cfg, tiny_dataset, tmp_path):
+@pytest.mark.parametrize("stage", ["teacher", "distill"])
+def test_two_process_run_reads_each_training_row_once_per_epoch_on_one_rank(tiny_cfg, tiny_teachers, tiny_dataset,
+                                                                            tmp_path, stage):
+    """2 gloo processes, streamed, one DataLoader worker each: per epoch every training row decoded once (padding
+    aside) by one rank, equal shares; the evaluation reads (validation, test, the teacher cache, the unused-parameter
+    probe) split between the ranks too."""
     root = tiny_cfg.runs_dir.parent
     epochs = 2
-    cfg = _cfg(root, "st-ddp-teacher", f"teacher.optim.epochs={epochs}", "data.workers=1")
-    conf, result, reads = tmp_path / "teacher.yaml", tmp_path / "result.json", tmp_path / "reads"
+    sets = ([f"teacher.optim.epochs={epochs}"] if stage == "teacher" else
+            [f"distill.optim.epochs={epochs}", "distill.method=kd", f"teacher.checkpoint={tiny_teachers['image']}"])
+    cfg = _cfg(root, f"st-ddp-{stage}", *sets, "data.workers=1")
+    conf, result, reads = tmp_path / "stage.yaml", tmp_path / "result.json", tmp_path / "reads"
     conf.write_text(dump_config(cfg))
     reads.mkdir()
+    worker = ["fdkd.pipeline.teacher_worker", "--modality", "image"] if stage == "teacher" else [
+        "fdkd.pipeline.distill_worker"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-           "tests.streamed", "fdkd.pipeline.teacher_worker", "--config", str(conf), "--modality", "image",
-           "--result", str(result)]
+           "tests.streamed", *worker, "--config", str(conf), "--result", str(result)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(reads), timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(result.read_text())
-    assert out["metrics"]["world_size"] == 2 and Path(out["path"]).exists()
+    assert (out["metrics"] if stage == "teacher" else out["student"])["world_size"] == 2
     log = read_log(reads)
-    assert {m for _, m, _, _ in log} == {"image"}  # the teacher's modality only
+    trained = "image" if stage == "teacher" else "audio"
+    assert {m for _, m, _, ep in log if ep is not None} == {trained}
     train_rows = tiny_dataset.indices("train")
     n = len(train_rows)
     pad = 2 * -(-n // 2) - n  # DistributedSampler semantics: equal shards, the permutation's first rows repeated
@@ -162,10 +171,11 @@ def test_two_process_teacher_reads_each_training_row_once_per_epoch_on_one_rank(
         assert sum(both.values()) == n + pad and sum(c - 1 for c in both.values()) == pad  # once, padding aside
         assert sum(per_rank[0].values()) == sum(per_rank[1].values())  # equal shards: DDP never hangs
         assert len(set(per_rank[0]) & set(per_rank[1])) <= pad  # no rank decodes the other's rows
-    # evaluation (validation each epoch, test at the end, the unused-parameter probe): each rank its own stride
-    evals = {r: {row for rank, _, row, ep in log if ep is None and rank == r} for r in (0, 1)}
-    assert evals[0] and evals[1] and not evals[0] & evals[1]
-    assert set(tiny_dataset.indices("val")) <= evals[0] | evals[1]
+    for m in {m for _, m, _, _ in log}:  # evaluation and the teacher cache: each rank its own part
+        evals = {r: {row for rank, mod, row, ep in log if ep is None and rank == r and mod == m} for r in (0, 1)}
+        assert evals[0] and evals[1] and not evals[0] & evals[1], m
+    evals = {row for _, m, row, ep in log if ep is None and m == trained}
+    assert set(tiny_dataset.indices("val")) <= evals and set(tiny_dataset.indices("test")) <= evals
 
 
 def test_killed_streamed_distill_resumes_bit_identical(tiny_cfg, tiny_teachers):
