@@ -209,3 +209,25 @@ def test_run_trains_the_teacher_under_torchrun_with_accel_nproc(tiny_cfg, tiny_d
     rec = manifest["artifacts"][artifacts.TEACHER.format(modality="image")]
     assert rec["metrics"]["world_size"] == 2 and manifest["stages"]["teacher"]["status"] == "done"
     assert (cfg.run_dir / artifacts.TEACHER.format(modality="image")).exists()
+
+
+def test_stages_on_the_on_disk_store_stream(tiny_cfg, tiny_teachers, tiny_dataset, calls):
+    """``data.in_memory=false``: the teacher and distill stages read the real on-disk dataset (``Store``) batch by
+    batch through DataLoader workers, and train the same models as from memory (the store's frontends are the
+    loader's own numpy code on the same bytes)."""
+    from fdkd.pipeline import data, distill, teacher
+
+    root = tiny_cfg.runs_dir.parent
+    cfg = _cfg(root, "st-store-teacher", "data.in_memory=false", "data.workers=0")
+    assert isinstance(data.load(cfg).x["image"], StreamRows)
+    calls.clear()
+    path, metrics = teacher.run(cfg, "image")
+    dense_path, dense = teacher.run(_cfg(root, "st-store-teacher-dense", "data.workers=0"), "image")
+    assert calls and max(calls) <= 64 < len(tiny_dataset.indices("train"))
+    _same(path, dense_path)
+    assert metrics["test_acc"] == dense["test_acc"]
+    sets = ["distill.method=kd", f"teacher.checkpoint={tiny_teachers['image']}", "data.workers=1"]
+    spath, results = distill.run(_cfg(root, "st-store-kd", "data.in_memory=false", *sets))
+    dpath, dres = distill.run(_cfg(root, "st-store-kd-dense", *sets))
+    _same(spath, dpath)
+    assert results["student"]["test_acc"] == dres["student"]["test_acc"]
