@@ -35,7 +35,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -734,27 +734,89 @@ def _train_epoch(loop: _Loop, epoch: int) -> _EpochSums:
     return ep
 
 
+def _tracked_rest(val_idx: torch.Tensor, track_idx: torch.Tensor | None,
+                  acc: Accel) -> tuple[bool, torch.Tensor | None]:
+    """(whether the tracked rows open with the validation rows, so one prediction serves both; the tracked rows still
+    to predict after validation)."""
+    if track_idx is None:
+        return False, None
+    n_val = len(val_idx)
+    shared = (not acc.distributed and len(track_idx) >= n_val and bool((track_idx[:n_val] == val_idx).all()))
+    return shared, track_idx[n_val:] if shared else track_idx
+
+
+@torch.no_grad()
+def _predict_many(models: list[nn.Module], x: StreamRows, rows, workers: int) -> list[torch.Tensor]:
+    """``predict``'s logits of each of ``models`` on ``x[rows]``, each eval batch decoded once for all of them."""
+    idx = _row_array(rows)
+    for m in models:
+        m.eval()
+    outs: list[list[torch.Tensor]] = [[] for _ in models]
+    for part in x.batches([idx[s : s + EVAL_BATCH] for s in range(0, len(idx), EVAL_BATCH)], workers):
+        part = torch.from_numpy(part)
+        for m, out in zip(models, outs, strict=True):
+            device = next(iter(m.parameters()), torch.empty(0)).device
+            f_head, _ = features(m, part.to(device))
+            out.append(m.forward_head(f_head))
+    return [torch.cat(o) for o in outs]
+
+
+class _SharedEval:
+    """One epoch's logits on the validation and tracked rows of every direction whose student reads a streamed column
+    another direction reads too (``auto``'s candidates): each eval batch is decoded once for all of them (their
+    weight averages swapped in), not once per candidate. One process only: under torchrun ranks split the rows."""
+
+    def __init__(self, directions: list[Direction], averages: list, val_idx: torch.Tensor,
+                 track_idx: torch.Tensor | None, acc: Accel, workers: int) -> None:
+        self.logits: dict[tuple[int, str], torch.Tensor] = {}
+        groups: dict[int, list] = {}
+        for d, avg in zip(directions, averages, strict=True):
+            if is_streamed(d.x_student):
+                groups.setdefault(id(d.x_student), []).append((d, avg))
+        _, rest = _tracked_rest(val_idx, track_idx, acc)
+        parts = {"val": val_idx, **({"track": rest} if rest is not None and len(rest) else {})}
+        for group in (g for g in groups.values() if len(g) > 1):
+            with ExitStack() as stack:
+                for d, avg in group:
+                    if avg is not None:
+                        stack.enter_context(avg.swapped_in(d.student))
+                for name, rows in parts.items():
+                    zs = _predict_many([d.student for d, _ in group], group[0][0].x_student, rows, workers)
+                    for (d, _), z in zip(group, zs, strict=True):
+                        self.logits[(id(d), name)] = z
+
+    def take(self, d: Direction, part: str) -> torch.Tensor | None:
+        return self.logits.pop((id(d), part), None)
+
+
 def _evaluate(d: Direction, average: WeightAverage | None, val_idx: torch.Tensor, y: torch.Tensor, acc: Accel,
-              epoch: int, track_idx: torch.Tensor | None = None, workers: int = 0) -> float:
+              epoch: int, track_idx: torch.Tensor | None = None, workers: int = 0,
+              pre: _SharedEval | None = None) -> float:
     """The student's validation accuracy (of its weight average, swapped in, where there is one); its state is kept
     if this epoch is its best so far (``_keep_best``); with ``track_idx``, its per-row correctness there appended to
     ``d.tracked`` (under torchrun each rank predicts every world-th tracked row: ``_correct``). A streamed column is
-    read in eval batches (``predict``), decoded ahead by ``workers`` DataLoader processes."""
+    read in eval batches (``predict``), decoded ahead by ``workers`` DataLoader processes; ``pre`` holds this
+    epoch's logits where candidates share one decode (``_SharedEval``)."""
     with average.swapped_in(d.student) if average is not None else nullcontext():
         n_val = len(val_idx)
-        shared = (track_idx is not None and not acc.distributed and len(track_idx) >= n_val
-                  and bool((track_idx[:n_val] == val_idx).all()))
-        if shared:
+        shared, rest = _tracked_rest(val_idx, track_idx, acc)
+        z_val = pre.take(d, "val") if pre is not None else None
+        if shared or z_val is not None:
             # the tracked rows open with the validation rows (auto's): one prediction serves both, the validation
             # rows in the same batches as _val_accuracy's (identical numbers), the rest after them
-            right_val = predict(d.student, d.x_student, rows=val_idx, workers=workers).argmax(1).cpu() == y[val_idx]
+            if z_val is None:
+                z_val = predict(d.student, d.x_student, rows=val_idx, workers=workers)
+            right_val = z_val.argmax(1).cpu() == y[val_idx]
             val_acc = float(torch.tensor(float(right_val.sum())) / torch.tensor(float(n_val)))
         else:
             val_acc = _val_accuracy(d.student, subset(d.x_student, val_idx), y[val_idx], acc, workers=workers)
         _keep_best(d, epoch, val_acc)
         if track_idx is not None:
-            rest = track_idx[n_val:] if shared else track_idx
-            right = _correct(d.student, d.x_student, rest, y, acc, workers) if len(rest) else None
+            z_rest = pre.take(d, "track") if pre is not None else None
+            if z_rest is not None:
+                right = z_rest.argmax(1).cpu() == y[rest]
+            else:
+                right = _correct(d.student, d.x_student, rest, y, acc, workers) if len(rest) else None
             if shared:
                 right = right_val if right is None else torch.cat([right_val, right])
             d.tracked.append(right.numpy())
@@ -934,8 +996,9 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     epoch = start  # epochs run so far
     while epoch < budget.epochs and not stalled:
         ep = _train_epoch(loop, epoch)
+        pre = None if acc.distributed else _SharedEval(directions, loop.averages, val_idx, track_idx, acc, workers)
         for d, avg in zip(directions, loop.averages, strict=True):
-            val_acc = _evaluate(d, avg, val_idx, y, acc, epoch, track_idx, workers)
+            val_acc = _evaluate(d, avg, val_idx, y, acc, epoch, track_idx, workers, pre)
             records.append(ep.record(d, epoch, val_acc, acc.world, ema=avg is not None))
             if log and acc.is_main:
                 log(records[-1])
