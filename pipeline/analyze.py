@@ -11,7 +11,9 @@ applied when the checkpoint carries one). Two honesty checks from METHOD.md's "T
   destroys any meaning of "frequency" along the feature axis. A band effect that survives the
   permutation is not about frequency.
 
-Writes ``analysis.json`` and ``analysis.png`` in the run directory.
+Writes ``analysis.json`` and ``analysis.png`` in the run directory. The test rows are read in eval batches
+(``fdkd.pipeline.train.predict``): a streamed dataset is decoded batch by batch, and only the pooled features (a few
+hundred numbers per row) are held.
 """
 
 from __future__ import annotations
@@ -91,19 +93,18 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 
 def run(cfg, ds, run_dir: Path, student_path: Path | None = None) -> dict:
-    import torch
-
     from fdkd.pipeline.models.checkpoint import load_model
     from fdkd.pipeline.teacher import load_teacher
-    from fdkd.pipeline.train import predict
+    from fdkd.pipeline.train import predict, tensors
 
     student_path = student_path or run_dir / artifacts.STUDENT
     student, ckpt = load_model(student_path)
     teacher, _ = load_teacher(cfg, cfg.teacher.modality, ds)
-    xs, _ = ds.take(ckpt["modality"], "test")
-    xt, _ = ds.take(cfg.teacher.modality, "test")
-    f_s = predict(student, torch.from_numpy(xs), with_features=True)[0]
-    f_t = predict(teacher, torch.from_numpy(xt), with_features=True)[0]
+    x, _ = tensors(ds)
+    test = ds.indices("test")
+    workers = cfg.data.workers
+    f_s = predict(student, x[ckpt["modality"]], with_features=True, rows=test, workers=workers)[0]
+    f_t = predict(teacher, x[cfg.teacher.modality], with_features=True, rows=test, workers=workers)[0]
     projected = False
     proj = (ckpt.get("training_state") or {}).get("projector.weight")
     if proj is not None and proj.shape[0] == f_t.shape[1]:

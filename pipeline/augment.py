@@ -30,8 +30,10 @@ log-mel of the training rows (a few milliseconds per batch):
   0, the training mean.
 
 Every draw comes from the augmenter's own seeded ``torch.Generator``: the same seed and the
-same sequence of batches give identical tensors. The augmenter holds a copy of the training
-rows' features only and refuses any other row.
+same sequence of batches give identical tensors. An augmenter is called with a batch's dataset rows and their
+clean standardised features (``aug(rows, x)``: the training loop reads them, from memory or streamed from the
+on-disk dataset); it holds no dataset rows of its own, only the set of training row numbers, and refuses any
+other row.
 """
 
 from __future__ import annotations
@@ -58,22 +60,36 @@ def _warp(p: torch.Tensor, frame_pos: torch.Tensor, mel_pos: torch.Tensor) -> to
                                            align_corners=True)[:, 0]
 
 
+class _TrainingRows:
+    """The training rows an augmenter accepts (sorted row numbers: no feature is held)."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = np.unique(np.asarray(rows, np.int64))
+        if len(self.rows) != len(np.asarray(rows)):
+            raise ValueError(f"{len(np.asarray(rows))} training rows given, {len(self.rows)} distinct row indices")
+
+    def check(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (the batch's features) as float32, after checking every row of ``rows`` is a training row."""
+        r = np.asarray(rows.detach().cpu().numpy() if isinstance(rows, torch.Tensor) else rows, np.int64).reshape(-1)
+        pos = np.minimum(np.searchsorted(self.rows, r), max(len(self.rows) - 1, 0))
+        bad = r[(self.rows[pos] != r) if len(self.rows) else np.ones(len(r), bool)]
+        if len(bad):
+            raise KeyError(f"row {int(bad[0])} is not a training row: the augmenter only sees training inputs")
+        if len(x) != len(r):
+            raise ValueError(f"{len(x)} feature rows for {len(r)} row numbers")
+        return torch.as_tensor(x).float()
+
+
 class AudioAugmenter:
     """Augmented, standardised student inputs [B, 1, n_mels, frames] for training rows.
 
-    ``features``: the standardised log-mel features [n, 1, n_mels, frames] of the training rows,
-    in the order of ``rows`` (their indices in the whole dataset); ``fe`` carries the mean/std
-    they were standardised with. Call it with dataset row indices; any other row (validation,
-    test) raises ``KeyError``.
+    ``rows``: the dataset's training rows (their indices in the whole dataset); ``fe`` carries the mean/std the
+    features were standardised with. Call it with a batch's dataset row indices and their standardised log-mel
+    features [B, 1, n_mels, frames]; any other row (validation, test) raises ``KeyError``.
     """
 
-    def __init__(self, features: np.ndarray, rows: np.ndarray, fe: AudioFrontend, cfg: AudioAugmentConfig,
-                 seed: int) -> None:
-        logmel = torch.from_numpy(np.asarray(features, np.float32)[:, 0]) * fe.std + fe.mean
-        self.power = (logmel.exp() - fe.log_floor).clamp(min=0)  # mel power [n, n_mels, frames]
-        self.local = {int(r): i for i, r in enumerate(np.asarray(rows))}
-        if len(self.local) != len(self.power):
-            raise ValueError(f"{len(self.power)} feature rows for {len(self.local)} distinct row indices")
+    def __init__(self, rows: np.ndarray, fe: AudioFrontend, cfg: AudioAugmentConfig, seed: int) -> None:
+        self.train = _TrainingRows(rows)
         self.fe, self.cfg = fe, cfg
         self.gen = torch.Generator().manual_seed(int(seed))
         fbank = mel_filterbank(fe.sample_rate, fe.n_fft, fe.n_mels, fe.f_min, fe.f_max)  # [n_mels, bins]
@@ -87,20 +103,15 @@ class AudioAugmenter:
         self.centre_hz = torch.from_numpy(mel_to_hz(mel_lo + self.mel_step * np.arange(1, fe.n_mels + 1))
                                           .astype(np.float32))
 
-    def _local(self, rows: torch.Tensor) -> torch.Tensor:
-        try:
-            return torch.tensor([self.local[int(r)] for r in rows], dtype=torch.long)
-        except KeyError as e:
-            raise KeyError(f"row {e.args[0]} is not a training row: the augmenter only sees training inputs") from None
-
     def _draw(self, n: int, p: float, bounds, neutral: float) -> torch.Tensor:
         """Per clip: a value from ``bounds`` with probability ``p``, else ``neutral`` (draws made either way)."""
         on = torch.rand(n, generator=self.gen) < p
         return torch.where(on, _uniform(self.gen, n, bounds), torch.tensor(neutral))
 
-    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+    def __call__(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         c, fe = self.cfg, self.fe
-        p = self.power[self._local(rows)]
+        logmel = self.train.check(rows, x)[:, 0] * fe.std + fe.mean
+        p = (logmel.exp() - fe.log_floor).clamp(min=0)  # mel power [B, n_mels, frames]
         n, n_mels, frames = p.shape
         speed = self._draw(n, c.speed_p, c.speed, 1.0)
         pitch = 2 ** (self._draw(n, c.pitch_p, c.pitch_semitones, 0.0) / 12)
@@ -167,15 +178,13 @@ class ImageAugmenter:
     is another thing) and, for RGB only, colour jitter (``jitter_p``: brightness, contrast, saturation factors
     drawn from 1 +- each, on the un-standardised [0, 1] pixels, clamped back into [0, 1]). Depth maps are
     resampled nearest-neighbour (a blend of a near and a far level is a depth where nothing is), images bilinearly.
-    Rows are dataset row indices; any other row than a training row raises ``KeyError``.
+    Called with a batch's dataset row indices and their standardised features; any other row than a training row
+    raises ``KeyError``.
     """
 
-    def __init__(self, features: np.ndarray, rows: np.ndarray, fe: ImageFrontend | DepthFrontend,
-                 cfg: ImageAugmentConfig, seed: int) -> None:
-        self.x = torch.from_numpy(np.array(features, np.float32, copy=True))
-        self.local = {int(r): i for i, r in enumerate(np.asarray(rows))}
-        if len(self.local) != len(self.x):
-            raise ValueError(f"{len(self.x)} feature rows for {len(self.local)} distinct row indices")
+    def __init__(self, rows: np.ndarray, fe: ImageFrontend | DepthFrontend, cfg: ImageAugmentConfig,
+                 seed: int) -> None:
+        self.train = _TrainingRows(rows)
         self.fe, self.cfg = fe, cfg
         self.mode = "nearest" if isinstance(fe, DepthFrontend) else "bilinear"
         self.rgb = isinstance(fe, ImageFrontend) and fe.channels == 3
@@ -184,15 +193,9 @@ class ImageAugmenter:
             self.std = torch.tensor(np.broadcast_to(np.asarray(fe.std, np.float32).reshape(-1), (3,)).copy())
         self.gen = torch.Generator().manual_seed(int(seed))
 
-    def _local(self, rows: torch.Tensor) -> torch.Tensor:
-        try:
-            return torch.tensor([self.local[int(r)] for r in rows], dtype=torch.long)
-        except KeyError as e:
-            raise KeyError(f"row {e.args[0]} is not a training row: the augmenter only sees training inputs") from None
-
-    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+    def __call__(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         c, g = self.cfg, self.gen
-        x = self.x[self._local(rows)]
+        x = self.train.check(rows, x)
         n = len(x)
         # crop: the kept area and aspect per image (log-uniform aspect), as half-extents in [-1, 1] coordinates
         area = _uniform(g, n, c.crop_scale)
@@ -238,7 +241,7 @@ def student_augmenter(cfg: AudioAugmentConfig, ds, modality: str, seed: int,
     if isinstance(fe, (ImageFrontend, DepthFrontend)):
         if image_cfg is None or not image_cfg.enabled:
             return None
-        return ImageAugmenter(ds.x[modality][train], train, fe, image_cfg, seed)
+        return ImageAugmenter(train, fe, image_cfg, seed)
     if not cfg.enabled or not isinstance(fe, AudioFrontend):
         return None
-    return AudioAugmenter(ds.x[modality][train], train, fe, cfg, seed)
+    return AudioAugmenter(train, fe, cfg, seed)

@@ -28,10 +28,16 @@ training pair, the cross-entropy to the labelled ones only (``fdkd.pipeline.obje
 labelled pairs alone; the shuffled teacher deranges unlabelled pairs within the teacher's predicted class; the
 class-prototype teacher (``distill.teacher_prototype``) gives every training pair its teacher-predicted class's mean
 teacher output.
+
+A streamed dataset (``ds.x[m]`` a ``fdkd.pipeline.data.rows.StreamRows``): training batches are decoded ahead in
+``data.workers`` DataLoader processes (``fdkd.pipeline.train.fit``), the shuffled teacher's input is a lazy view
+(``x.view(row_map)``), and each teacher cache is computed batch by batch into memory-mapped files under
+``<run>/distill.teacher-cache/`` (removed when the stage ends); test accuracies are read in eval batches.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +47,7 @@ from fdkd import artifacts
 from fdkd.pipeline import auto, controls, data
 from fdkd.pipeline.augment import student_augmenter
 from fdkd.pipeline.config import DistillConfig, RunConfig, config_to_dict
+from fdkd.pipeline.data.rows import is_streamed
 from fdkd.pipeline.models.checkpoint import save_with_config
 from fdkd.pipeline.models.encoders import arch_dict
 from fdkd.pipeline.objectives import METHODS, build_objective
@@ -48,13 +55,26 @@ from fdkd.pipeline.progress import progress_bar
 from fdkd.pipeline.resume import TrainState, state_key
 from fdkd.pipeline.teacher import load_teacher, teacher_path
 from fdkd.pipeline.tracking import StageLog
-from fdkd.pipeline.train import Direction, accuracy, features, fit, predict, setup, teacher_outputs, tensors
+from fdkd.pipeline.train import (
+    Direction,
+    eval_accuracy,
+    features,
+    fit,
+    own_row,
+    setup,
+    take,
+    teacher_outputs,
+    tensors,
+)
+
+CACHE_DIR = "distill.teacher-cache"  # in the run directory, while the stage runs: a streamed dataset's teacher caches
 
 
 class _SharedAugment:
     """A direction's augmenter shared by its ``auto`` candidates: each training batch (the same ``rows``
-    tensor handed to every candidate in one step) is augmented once, so all candidates train on it. A step
-    may hand out two batches (the labelled-only stream of ``none`` beside the shared one): the last two are kept."""
+    tensor handed to every candidate in one step, with its features) is augmented once, so all candidates train on
+    it. A step may hand out two batches (the labelled-only stream of ``none`` beside the shared one): the last two
+    are kept."""
 
     def __init__(self, augment) -> None:
         self.augment, self.kept = augment, []
@@ -64,11 +84,11 @@ class _SharedAugment:
         """The augmenter's generator: its state goes into the stage's per-epoch training state."""
         return self.augment.gen
 
-    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+    def __call__(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         for r, out in self.kept:
             if r is rows:
                 return out
-        out = self.augment(rows)
+        out = self.augment(rows, x)
         self.kept = [*self.kept[-1:], (rows, out)]
         return out
 
@@ -101,7 +121,8 @@ class _Teachers:
                     train = self.ds.indices("train")
                     predicted = self.train_outputs(modality, False)[1].argmax(1).cpu().numpy()
                     classes[train] = controls.labelled_or_predicted(self.ds.y[train], predicted)
-                x = x[controls.shuffled_teacher_rows(classes, self.ds.split, self.cfg.seed)]
+                row_map = controls.shuffled_teacher_rows(classes, self.ds.split, self.cfg.seed)
+                x = x.view(row_map) if is_streamed(x) else x[row_map]  # streamed: a lazy view, nothing decoded
             self.inputs[key] = x
         return self.inputs[key]
 
@@ -115,8 +136,12 @@ class _Teachers:
                 self.outputs[key] = (f, z)
             else:
                 train = self.ds.indices("train")
-                self.outputs[key] = teacher_outputs(self.model(modality), self.input(modality, shuffled)[train],
-                                                    self.acc, tap)
+                x = self.input(modality, shuffled)
+                out = None
+                if is_streamed(x):  # the cache on disk, memory-mapped
+                    out = self.cfg.run_dir / CACHE_DIR / f"{modality}{'.shuffled' if shuffled else ''}.{tap}"
+                self.outputs[key] = teacher_outputs(self.model(modality), x, self.acc, tap, rows=train, out=out,
+                                                    workers=self.cfg.data.workers)
         return self.outputs[key]
 
 
@@ -143,7 +168,10 @@ def _direction(cfg: RunConfig, dcfg: DistillConfig, ds, x, teachers: _Teachers, 
         teacher = teachers.model(teacher_mod)
         x_teacher = teachers.input(teacher_mod, dcfg.teacher_shuffle)
         with torch.no_grad():
-            d_teacher = features(teacher, x_teacher[:2].to(teachers.acc.device), dcfg.feature_tap)[1].shape[1]
+            # its width from one row of this rank's share of the teacher cache's rows (a streamed column: no rank
+            # decodes another's); on a dense column the first two rows, as always
+            probe = [own_row(ds.indices("train"), teachers.acc)] if is_streamed(x_teacher) else [0, 1]
+            d_teacher = features(teacher, take(x_teacher, probe).to(teachers.acc.device), dcfg.feature_tap)[1].shape[1]
     objective = build_objective(dcfg.method, student.num_features, d_teacher, ds.num_classes, dcfg)
     cache = None
     if needs_teacher and dcfg.teacher_cache:
@@ -199,7 +227,7 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
         acc.barrier()
         ds = data.load(cfg)
         x, y = tensors(ds)
-        x = {m: acc.host(t) for m, t in x.items()}
+        x = {m: t if is_streamed(t) else acc.host(t) for m, t in x.items()}
         s_mod, t_mod = cfg.student_modality, cfg.teacher.modality
         plan = [("student", s_mod, t_mod, cfg.run_dir / artifacts.STUDENT)]
         if cfg.distill.bidirectional:
@@ -237,7 +265,8 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
                 fit([b[3] for b in built], y, ds.split, cfg.distill.optim, seed=cfg.seed,
                     teacher_cache=cfg.distill.teacher_cache, grad_norm_every=cfg.distill.grad_norm_every, log=log,
                     progress=p, description=f"distill ({cfg.distill.method})", acc=acc, track_rows=track,
-                    early=cfg.distill.optim.early(cfg.data.source == "manifest"), state=state)
+                    early=cfg.distill.optim.early(cfg.data.source == "manifest"), state=state,
+                    workers=cfg.data.workers)
         finally:
             if log is not None:
                 log.close()
@@ -250,13 +279,14 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
                 extra = {k: v for k, v in info.items() if k != "_unseen"}
                 if "_unseen" in info:
                     unseen = info["_unseen"]
-                    extra["test_unseen_accent_acc"] = accuracy(predict(d.student, x[sm][unseen]), y[unseen])
+                    extra["test_unseen_accent_acc"] = eval_accuracy(d.student, x[sm], y, unseen, acc,
+                                                                    cfg.data.workers)
                 if halves is not None:
                     extra["judge_right"], extra["fold_epochs"] = _judge_right(d, val, halves)
                     # test accuracy at each epoch, reported beside (the replay of auto's rules); never chosen on
                     extra["test_curve"] = [round(float(t[len(val):].mean()), 5) for t in d.tracked]
                 cands.append({"name": cname, "method": dcfg.method, "plain": cname in plain, **d.best,
-                              "test_acc": accuracy(predict(d.student, x[sm][test]), y[test]), **extra,
+                              "test_acc": eval_accuracy(d.student, x[sm], y, test, acc, cfg.data.workers), **extra,
                               "_d": d, "_arch": arch})
             if auto_mode and acc.is_main:
                 auto.save_rows(cfg.run_dir / auto.ROWS_FILE.format(direction=name), val, test, halves,
@@ -286,6 +316,8 @@ def run(cfg: RunConfig) -> tuple[Path, dict]:
         state.finish(acc.is_main)
         return plan[0][3], results
     finally:
+        if acc.is_main:  # the teacher caches of a streamed dataset: memory-maps of this stage only
+            shutil.rmtree(cfg.run_dir / CACHE_DIR, ignore_errors=True)
         accel.teardown(acc)
 
 
@@ -294,6 +326,7 @@ def _state_key(cfg: RunConfig, acc) -> str:
     the world size (each rank's share of the rows)."""
     tree = config_to_dict(cfg)
     accel_cfg = {k: v for k, v in tree["accel"].items() if k not in ("nproc", "torchrun_args")}
+    tree["data"].pop("workers", None)  # how many processes decode ahead changes no number: a resume may change it
     modalities = [cfg.teacher.modality] + ([cfg.student_modality] if cfg.distill.bidirectional else [])
     teachers = [(cfg.teacher.checkpoint if m == cfg.teacher.modality and cfg.teacher.checkpoint else
                  teacher_path(cfg, m)) for m in modalities]

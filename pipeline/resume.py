@@ -17,9 +17,11 @@ disk: a real, unclean death mid-stage.
 
 Why by hand, not Lightning Fabric or HF Accelerate: both would save the same items (Fabric's ``save`` takes the
 objects you pass it; Accelerate's ``save_state`` records a sampler position only for its prepared DataLoaders), but
-this loop has no DataLoader (the sampler is a seeded generator over in-memory rows), trains several candidates with
-one optimizer or one scaler per candidate, and runs DDP through ``fdkd.pipeline.accel``: adopting either means
-rewriting that loop around the library for the same ~100 lines of state, and a large dependency in the pipeline.
+this loop's sampler is a seeded generator over row numbers (a streamed dataset's DataLoader only decodes the batches
+that generator picked, and its random crops are a function of (seed, epoch, row): nothing of the loader's to save),
+trains several candidates with one optimizer or one scaler per candidate, and runs DDP through
+``fdkd.pipeline.accel``: adopting either means rewriting that loop around the library for the same ~100 lines of
+state, and a large dependency in the pipeline.
 """
 
 from __future__ import annotations

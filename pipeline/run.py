@@ -64,7 +64,12 @@ def stage_teacher(ctx: Ctx) -> list[Output]:
 
     outs = []
     for m in _teacher_modalities(ctx.cfg):
-        path, metrics = teacher.run(ctx.cfg, m)
+        trains = ctx.cfg.teacher.checkpoint is None or m != ctx.cfg.teacher.modality
+        if trains and (ctx.cfg.accel.nproc > 1 or ctx.cfg.accel.torchrun_args):
+            res = _torchrun(ctx.cfg, f"teacher.{m}", "fdkd.pipeline.teacher_worker", ["--modality", m])
+            path, metrics = Path(res["path"]), res["metrics"]
+        else:
+            path, metrics = teacher.run(ctx.cfg, m)
         name = artifacts.TEACHER.format(modality=m)
         outs.append(Output(name, path, ["dataset"], {"metrics": metrics, "modality": m}))
     return outs
@@ -72,23 +77,28 @@ def stage_teacher(ctx: Ctx) -> list[Output]:
 
 def _torchrun_distill(cfg: RunConfig) -> dict:
     """Distill in ``accel.nproc`` torchrun processes (plus ``accel.torchrun_args``); returns rank 0's results."""
+    return _torchrun(cfg, "distill", "fdkd.pipeline.distill_worker")
+
+
+def _torchrun(cfg: RunConfig, stage: str, module: str, args: list[str] = ()) -> dict:
+    """Run a training stage's worker ``module`` in ``accel.nproc`` torchrun processes (plus ``accel.torchrun_args``);
+    returns rank 0's result."""
     import json
     import subprocess
     import sys
 
-    conf = cfg.run_dir / "distill.torchrun.yaml"
-    result = cfg.run_dir / "distill.torchrun.json"
+    conf = cfg.run_dir / f"{stage}.torchrun.yaml"
+    result = cfg.run_dir / f"{stage}.torchrun.json"
     artifacts.write_text(conf, dump_config(cfg.model_copy(update={"accel": cfg.accel.model_copy(update={"nproc": 1})})))
     result.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cfg.accel.nproc}",
-           *cfg.accel.torchrun_args, "-m", "fdkd.pipeline.distill_worker",
-           "--config", str(conf), "--result", str(result)]
+           *cfg.accel.torchrun_args, "-m", module, "--config", str(conf), "--result", str(result), *args]
     if not cfg.accel.torchrun_args:
         cmd[3:3] = ["--standalone"]
     console.print(f"[dim]{' '.join(cmd)}[/]", highlight=False)
     proc = subprocess.run(cmd, check=False)
     if proc.returncode != 0 or not result.exists():
-        raise RuntimeError(f"torchrun distillation failed (exit {proc.returncode}); its workers' output is above")
+        raise RuntimeError(f"torchrun {stage} failed (exit {proc.returncode}); its workers' output is above")
     return json.loads(result.read_text())
 
 
@@ -249,7 +259,7 @@ def _numerics(cfg: RunConfig, manifest: RunManifest, stage: str) -> dict:
     from fdkd.pipeline import numerics
 
     now = numerics.current(cfg.threads)  # train.setup sets cfg.threads when the stage starts
-    if stage == "distill" and cfg.accel.nproc > 1:
+    if stage in ("teacher", "distill") and cfg.accel.nproc > 1:
         now["torchrun_processes"] = cfg.accel.nproc
     for other in TRAINING_STAGES:
         diff = numerics.check(manifest.data["stages"].get(other, {}).get("numerics"), now) if other != stage else None

@@ -1,6 +1,9 @@
 """The training loop shared by teacher training and distillation.
 
-Full-batch-in-memory data (the paired sets are small arrays of features), seeded shuffling,
+Data that fits in memory (dense float32 arrays, as tensors sharing their memory) or streamed from the on-disk dataset
+(``fdkd.pipeline.data.rows.StreamRows``: each epoch's batches decoded ahead in ``workers`` DataLoader processes, in
+order, training views giving each (seed, epoch, row) its random crop; validation, tracking and the teacher cache in
+bounded chunks, never a whole split at once), seeded shuffling,
 SGD with momentum or AdamW (``optim.name``), a linear warmup then polynomial or cosine learning-rate decay
 (``optim.schedule``), per-student gradient clipping and gradient accumulation, per-term loss and gradient-norm
 logging, checkpoint selection on the **validation** split with the student's own head (of the weights'
@@ -13,7 +16,8 @@ state so far, the records) can be written (``capture``) and read back (``restore
 a stage killed mid-training resumes from its last epoch, bit for bit at one thread.
 
 The frozen teacher's features and logits are computed once per training sample and reused
-every epoch (``teacher_cache``), since nothing about them changes; ``teacher_cache=False`` runs
+every epoch (``teacher_cache``; ``teacher_outputs`` writes them to a memory-mapped file when its input streams),
+since nothing about them changes; ``teacher_cache=False`` runs
 the teacher every step, the way the reference code does (kept for the speed benchmark).
 Directions that share a teacher and its input (``method: auto``'s candidates) share one cache.
 A direction's ``augment`` (``fdkd.pipeline.augment``) replaces its student's training batches with
@@ -31,7 +35,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +46,7 @@ from torch import nn
 from fdkd import artifacts
 from fdkd.pipeline.accel import Accel, nhwc_hazard
 from fdkd.pipeline.config import OptimConfig, RunConfig
+from fdkd.pipeline.data.rows import StreamRows, is_streamed
 from fdkd.pipeline.ema import WeightAverage
 from fdkd.pipeline.objectives import Objective
 
@@ -56,9 +61,16 @@ def setup(cfg: RunConfig) -> None:
     np.random.seed(cfg.seed)
 
 
-def tensors(ds) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The dataset's inputs per modality and its (student) labels as tensors, sharing the arrays' memory."""
-    return {m: torch.from_numpy(a) for m, a in ds.x.items()}, torch.from_numpy(ds.y)
+def tensors(ds) -> tuple[dict[str, torch.Tensor | StreamRows], torch.Tensor]:
+    """The dataset's inputs per modality and its (student) labels as tensors, sharing the arrays' memory; a streamed
+    column (``StreamRows``) stays as it is (its rows are decoded batch by batch)."""
+    return {m: a if is_streamed(a) else torch.from_numpy(a) for m, a in ds.x.items()}, torch.from_numpy(ds.y)
+
+
+def take(x: torch.Tensor | StreamRows, rows) -> torch.Tensor:
+    """``x[rows]`` as a tensor: a dense column's rows gathered, a streamed column's decoded (keep ``rows`` to a batch
+    or a chunk there)."""
+    return torch.from_numpy(x[rows]) if is_streamed(x) else x[rows]
 
 
 def reset_log(path: Path, keep: list[dict] = ()):
@@ -76,12 +88,13 @@ class Direction:
     name: str
     student: nn.Module
     objective: Objective
-    x_student: torch.Tensor  # all rows, student modality
+    x_student: torch.Tensor | StreamRows  # all rows, student modality
     teacher: nn.Module | None = None
-    x_teacher: torch.Tensor | None = None  # all rows, teacher modality
+    x_teacher: torch.Tensor | StreamRows | None = None  # all rows, teacher modality
     cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (features, logits) for the train rows
     tap: str = "post"  # "pre": the objective sees pooled pre-activation features (conv encoders)
-    augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # train rows -> augmented student batch
+    # (train rows, their clean student features) -> augmented student batch
+    augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     best_state: dict | None = None
     best: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)  # how long it trained and why it stopped (``Budget.record``)
@@ -102,17 +115,33 @@ def features(model: nn.Module, x: torch.Tensor, tap: str = "post") -> tuple[torc
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, with_features: bool = False, tap: str = "post"):
-    """Batched eval-mode forward: logits [N, C] (and the ``tap`` features [N, D])."""
+def predict(model: nn.Module, x, with_features: bool = False, tap: str = "post", rows=None, workers: int = 0):
+    """Batched eval-mode forward: logits [N, C] (and the ``tap`` features [N, D]) of ``x[rows]`` (every row of
+    ``x`` without ``rows``). ``x``: a tensor, or a ``StreamRows`` whose rows are decoded one batch of ``EVAL_BATCH``
+    at a time (ahead, in ``workers`` DataLoader processes): the same batches either way, so the same numbers."""
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
     feats, logits = [], []
-    for start in range(0, len(x), EVAL_BATCH):
-        f_head, f = features(model, x[start : start + EVAL_BATCH].to(device), tap)
+    if is_streamed(x):
+        idx = np.arange(len(x), dtype=np.int64) if rows is None else _row_array(rows)
+        parts = (torch.from_numpy(b) for b in
+                 x.batches([idx[s : s + EVAL_BATCH] for s in range(0, len(idx), EVAL_BATCH)], workers))
+    else:
+        x = x if rows is None else x[rows]
+        parts = (x[s : s + EVAL_BATCH] for s in range(0, len(x), EVAL_BATCH))
+    for part in parts:
+        f_head, f = features(model, part.to(device), tap)
         feats.append(f)
         logits.append(model.forward_head(f_head))
     z = torch.cat(logits)
     return (torch.cat(feats), z) if with_features else z
+
+
+def _row_array(rows) -> np.ndarray:
+    """Row numbers (a tensor, array or list) as int64 numpy."""
+    if isinstance(rows, torch.Tensor):
+        return rows.detach().cpu().numpy().astype(np.int64, copy=False).reshape(-1)
+    return np.asarray(rows, np.int64).reshape(-1)
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -222,17 +251,30 @@ class Joint(nn.Module):
         return out
 
 
-def teacher_outputs(teacher: nn.Module, x: torch.Tensor, acc: Accel,
-                    tap: str = "post") -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher (features, logits) for every row of ``x``: each rank computes one contiguous shard
-    once, then all ranks gather the full cache (equal-size shards, padded, for all_gather)."""
-    n = len(x)
+def teacher_outputs(teacher: nn.Module, x, acc: Accel, tap: str = "post", rows=None, out: Path | None = None,
+                    workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher (features, logits) for ``x[rows]`` (every row of ``x`` without ``rows``): each rank computes one
+    contiguous shard once, in batches of ``EVAL_BATCH``, then every rank holds the full cache.
+
+    Dense ``x``: all ranks gather it into memory (equal-size shards, padded, for all_gather). A streamed ``x``
+    (``StreamRows``) with ``out`` (a path prefix in the stage's folder): each rank writes its shard into
+    ``<out>.features.npy`` and ``<out>.logits.npy`` (numpy memory-maps, on the file system every rank shares, as the
+    training state is) and every rank reads them back memory-mapped: the cache is never whole in memory."""
+    rows = None if rows is None else _row_array(rows)
+    n = len(x) if rows is None else len(rows)
     per = math.ceil(n / acc.world)
     lo, hi = min(n, acc.rank * per), min(n, (acc.rank + 1) * per)
-    if hi > lo:
-        f, z = predict(teacher, x[lo:hi], with_features=True, tap=tap)  # predict moves each chunk to the device
-    else:  # fewer rows than ranks: this rank's shard is empty (shapes from one row)
-        f, z = (t[:0] for t in predict(teacher, x[:1], with_features=True, tap=tap))
+    if is_streamed(x):
+        mine = np.arange(lo, hi, dtype=np.int64) if rows is None else rows[lo:hi]
+        if out is not None:
+            return _memmap_outputs(teacher, x, mine, lo, n, acc, tap, Path(out), workers)
+        f, z = _shard_outputs(teacher, x, mine, tap, workers)
+    else:
+        x = x if rows is None else x[torch.from_numpy(rows)]
+        if hi > lo:
+            f, z = predict(teacher, x[lo:hi], with_features=True, tap=tap)  # predict moves each chunk to the device
+        else:  # fewer rows than ranks: this rank's shard is empty (shapes from one row)
+            f, z = (t[:0] for t in predict(teacher, x[:1], with_features=True, tap=tap))
     if not acc.distributed:
         return f, z
     pad = per - (hi - lo)
@@ -243,15 +285,81 @@ def teacher_outputs(teacher: nn.Module, x: torch.Tensor, acc: Accel,
     return torch.cat(fs)[:n], torch.cat(zs)[:n]
 
 
-def _val_accuracy(student: nn.Module, x: torch.Tensor, y: torch.Tensor, acc: Accel) -> float:
-    """Validation accuracy, each rank evaluating every world-th row, gathered with all_reduce."""
+def own_row(rows, acc: Accel) -> int:
+    """The first of this rank's contiguous share of ``rows`` (``teacher_outputs``' split; the last row where the share
+    is empty): the row a rank probes shapes with, so that no rank decodes another's part."""
+    rows = _row_array(rows)
+    per = math.ceil(len(rows) / acc.world)
+    return int(rows[min(acc.rank * per, len(rows) - 1)])
+
+
+def _shard_outputs(teacher: nn.Module, x: StreamRows, rows: np.ndarray, tap: str,
+                   workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, logits) of a streamed shard; an empty shard gives empty tensors shaped from the last row."""
+    if len(rows):
+        return predict(teacher, x, with_features=True, tap=tap, rows=rows, workers=workers)
+    return tuple(t[:0] for t in predict(teacher, x, with_features=True, tap=tap, rows=[len(x) - 1]))
+
+
+def _memmap_outputs(teacher: nn.Module, x: StreamRows, rows: np.ndarray, lo: int, n: int, acc: Accel, tap: str,
+                    out: Path, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``teacher_outputs`` of a streamed column into two memory-mapped ``.npy`` files: rank 0 creates them (shapes
+    from one row every rank probes), each rank fills its rows [lo, lo + len(rows)) batch by batch, and after a
+    barrier every rank maps them copy-on-write (read from disk on demand; nothing is ever written back)."""
+    from numpy.lib.format import open_memmap
+
+    probe = rows[:1] if len(rows) else [len(x) - 1]  # shapes from this rank's own first row
+    f0, z0 = (t.cpu().numpy() for t in predict(teacher, x, with_features=True, tap=tap, rows=probe))
+    paths = (out.parent / f"{out.name}.features.npy", out.parent / f"{out.name}.logits.npy")
+    if acc.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for path, one in zip(paths, (f0, z0), strict=True):
+            open_memmap(path, mode="w+", dtype=np.float32, shape=(n, *one.shape[1:])).flush()
+    acc.barrier()
+    if len(rows):
+        maps = [open_memmap(path, mode="r+") for path in paths]
+        pos = lo
+        parts = x.batches([rows[s : s + EVAL_BATCH] for s in range(0, len(rows), EVAL_BATCH)], workers)
+        teacher.eval()
+        device = next(iter(teacher.parameters()), torch.empty(0)).device
+        with torch.no_grad():
+            for part in parts:
+                f_head, f = features(teacher, torch.from_numpy(part).to(device), tap)
+                z = teacher.forward_head(f_head)
+                maps[0][pos : pos + len(part)] = f.float().cpu().numpy()
+                maps[1][pos : pos + len(part)] = z.float().cpu().numpy()
+                pos += len(part)
+        for m in maps:
+            m.flush()
+        del maps
+    acc.barrier()
+    return tuple(torch.from_numpy(np.load(path, mmap_mode="c")) for path in paths)
+
+
+def _val_accuracy(student: nn.Module, x, y: torch.Tensor, acc: Accel, workers: int = 0) -> float:
+    """Validation accuracy of ``x`` (the validation rows: a tensor or a streamed view) against ``y``, each rank
+    evaluating every world-th row, gathered with all_reduce."""
     rows = torch.arange(acc.rank, len(x), acc.world)
-    z = predict(student, x[rows]) if len(rows) else torch.zeros(0, 1, device=acc.device)
+    z = predict(student, x, rows=rows, workers=workers) if len(rows) else torch.zeros(0, 1, device=acc.device)
     counts = torch.tensor([float((z.argmax(1).cpu() == y[rows]).sum()) if len(rows) else 0.0, float(len(rows))],
                           device=acc.device)
     if acc.distributed:
         torch.distributed.all_reduce(counts)
     return float(counts[0] / counts[1])
+
+
+def subset(x, rows):
+    """The rows ``rows`` of a column: gathered (a tensor) or a lazy view (a ``StreamRows``)."""
+    return x.view(_row_array(rows)) if is_streamed(x) else x[rows]
+
+
+def eval_accuracy(model: nn.Module, x, y: torch.Tensor, rows, acc: Accel | None = None, workers: int = 0) -> float:
+    """Accuracy on ``x[rows]`` against ``y[rows]`` in eval batches (a streamed column decoded batch by batch); under
+    torchrun each rank evaluates every world-th row and the counts are summed."""
+    rows = torch.as_tensor(_row_array(rows))
+    if acc is None or not acc.distributed:
+        return accuracy(predict(model, x, rows=rows, workers=workers), y[rows])
+    return _val_accuracy(model, subset(x, rows), y[rows], acc, workers)
 
 
 def batch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
@@ -264,29 +372,70 @@ def batch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
 
 
 def _inputs(directions: list[Direction], batches: list[tuple[torch.Tensor, torch.Tensor]], y: torch.Tensor,
-            acc: Accel, augment: bool = False):
+            acc: Accel, augment: bool = False, fetched: list | None = None):
     """Per direction, its batch on the device: (student inputs, (cached or computed) teacher outputs, labels, the
     clean student inputs for a ``self_teacher`` objective or None). ``batches[i]`` = (dataset rows, their positions
     among the training rows: the teacher cache's index) of direction i.
 
-    ``augment``: a direction's ``augment`` (training batches only) replaces its student inputs.
+    ``augment``: a direction's ``augment`` (training batches only) replaces its student inputs with an augmented copy
+    of them. ``fetched[i]``: direction i's (student, teacher input) batches already decoded (``_Feed``: a streamed
+    column), either None where the column is read here (``take``).
     """
     xs, touts, ys, weak = [], [], [], []
-    for d, (rows, local) in zip(directions, batches, strict=True):
-        xs.append(acc.batch(d.augment(rows) if augment and d.augment is not None else d.x_student[rows]))
+    for i, (d, (rows, local)) in enumerate(zip(directions, batches, strict=True)):
+        x_s, x_t = fetched[i] if fetched is not None else (None, None)
+        clean = x_s if x_s is not None else take(d.x_student, rows)
+        xs.append(acc.batch(d.augment(rows, clean) if augment and d.augment is not None else clean))
         ys.append(acc.batch(y[rows]))
-        weak.append(acc.batch(d.x_student[rows]) if d.objective.self_teacher else None)
+        weak.append(acc.batch(clean) if d.objective.self_teacher else None)
         f_t = z_t = None
         if d.objective.needs_teacher:
             if d.cache is not None:
-                dev_local = local.to(acc.device)
-                f_t, z_t = d.cache[0][dev_local], d.cache[1][dev_local]
+                cf, cz = d.cache
+                where = local.to(cf.device)  # on the device (dense), or on the host (a memory-mapped cache)
+                f_t, z_t = cf[where], cz[where]
+                if f_t.device != acc.device:
+                    f_t, z_t = acc.batch(f_t), acc.batch(z_t)
             else:
+                x_t = x_t if x_t is not None else take(d.x_teacher, rows)
                 with torch.no_grad():
-                    f_head_t, f_t = features(d.teacher, acc.batch(d.x_teacher[rows]), d.tap)
+                    f_head_t, f_t = features(d.teacher, acc.batch(x_t), d.tap)
                     z_t = d.teacher.forward_head(f_head_t)
         touts.append((f_t, z_t))
     return xs, touts, ys, weak
+
+
+class _Feed:
+    """One epoch's streamed inputs, step by step. Each distinct (streamed column, row stream) a direction reads (the
+    student's training view, with this epoch's random crops; the teacher's input where there is no cache) gets its
+    own ``StreamRows.batches`` over every step's rows, decoded ahead in ``workers`` DataLoader processes; directions
+    that read the same column and stream (``auto``'s candidates) share its batches. Dense columns are not fed here.
+    """
+
+    def __init__(self, loop: _Loop, steps: list[list[tuple[torch.Tensor, torch.Tensor]]], epoch: int,
+                 labelled_stream: bool) -> None:
+        self.iters: dict[tuple, object] = {}
+        self.keys: list[tuple[tuple | None, tuple | None]] = []
+        for i, d in enumerate(loop.directions):
+            own = labelled_stream and loop.streams.own[i]  # _batches: the labelled batch, else the shared one
+            ks = kt = None
+            if is_streamed(d.x_student):
+                ks = ("student", id(d.x_student), own)
+                if ks not in self.iters:
+                    view = d.x_student.training(loop.seed, epoch)
+                    self.iters[ks] = view.batches([step[i][0] for step in steps], loop.workers)
+            if d.objective.needs_teacher and d.cache is None and is_streamed(d.x_teacher):
+                kt = ("teacher", id(d.x_teacher), own)  # the teacher's input as its cache would see it: no crop
+                if kt not in self.iters:
+                    self.iters[kt] = d.x_teacher.batches([step[i][0] for step in steps], loop.workers)
+            self.keys.append((ks, kt))
+
+    def next(self) -> list[tuple[torch.Tensor | None, torch.Tensor | None]] | None:
+        """This step's batches per direction (None where nothing streams)."""
+        if not self.iters:
+            return None
+        now = {k: torch.from_numpy(next(it)) for k, it in self.iters.items()}
+        return [(now.get(ks), now.get(kt)) for ks, kt in self.keys]
 
 
 class _Streams:
@@ -332,8 +481,8 @@ def unused_parameters(joint: Joint, directions: list[Direction], train_idx: torc
     """Names of trainable parameters the summed loss does not reach (e.g. ``fd.shared_classifier=false``
     leaves the shared classifiers idle). DistributedDataParallel must be told about them
     (``find_unused_parameters``) or it stops at the second step. Probed on two training rows in eval
-    mode: no BatchNorm statistics move and no gradient is stored."""
-    local = torch.arange(min(2, len(train_idx)))
+    mode (of this rank's stride of them): no BatchNorm statistics move and no gradient is stored."""
+    local = torch.arange(acc.rank, len(train_idx), acc.world)[:2]  # this rank's own rows: no rank reads another's
     rows = train_idx[local]
     xs, touts, ys, weak = _inputs(directions, [(rows, local)] * len(directions), y, acc)
     joint.eval()
@@ -371,6 +520,8 @@ class _Loop:
     accum: int = 1  # batches per optimizer step (optim.grad_accum_steps)
     warmup: int = 0  # optimizer steps of linear warmup
     step: int = 0  # optimizer steps taken
+    seed: int = 0  # a streamed training view's random crops: a function of (seed, epoch, row)
+    workers: int = 0  # DataLoader processes decoding a streamed column's batches ahead
 
     @property
     def steps_per_epoch(self) -> int:
@@ -378,7 +529,8 @@ class _Loop:
 
 
 def _prepare(directions: list[Direction], y: torch.Tensor, train_idx: torch.Tensor, opt: OptimConfig,
-             gen: torch.Generator, *, seed: int, teacher_cache: bool, grad_norm_every: int, acc: Accel) -> _Loop:
+             gen: torch.Generator, *, seed: int, teacher_cache: bool, grad_norm_every: int, acc: Accel,
+             workers: int = 0) -> _Loop:
     """Everything before the first epoch: the row streams, models on the device (in NHWC where asked and safe), the
     teacher caches, the joint model (DDP, compile), optimizers and loss scalers, weight averages, the steps."""
     streams = _Streams(directions, train_idx, y, seed, acc)
@@ -404,7 +556,8 @@ def _prepare(directions: list[Direction], y: torch.Tensor, train_idx: torch.Tens
             if teacher_cache and d.objective.needs_teacher and d.cache is None:
                 key = (id(d.teacher), id(d.x_teacher), d.tap)
                 if key not in caches:
-                    caches[key] = teacher_outputs(d.teacher, d.x_teacher[train_idx], acc, d.tap)
+                    caches[key] = teacher_outputs(d.teacher, d.x_teacher, acc, d.tap, rows=train_idx,
+                                                  workers=workers)
                 d.cache = caches[key]
     joint = Joint(directions)
     model = joint
@@ -442,7 +595,8 @@ def _prepare(directions: list[Direction], y: torch.Tensor, train_idx: torch.Tens
     bounds = batch_bounds(shard, per_rank_batch)  # the same on every rank: equal shards
     loop = _Loop(directions, y, opt, acc, joint, model, sgds, scalers, averages, train_idx, streams, gen, shard,
                  bounds, opt.epochs * len(bounds), grad_norm_every,
-                 torch.zeros((), dtype=torch.float64, device=acc.device), accum=opt.grad_accum_steps)
+                 torch.zeros((), dtype=torch.float64, device=acc.device), accum=opt.grad_accum_steps, seed=seed,
+                 workers=workers)
     loop.warmup = round(opt.warmup_epochs * loop.steps_per_epoch)
     return loop
 
@@ -541,13 +695,15 @@ def _train_epoch(loop: _Loop, epoch: int) -> _EpochSums:
     if acc.distributed:  # same permutation on every rank; rank r takes every world-th position
         perm = torch.cat([perm, perm[: loop.shard * acc.world - len(perm)]])[acc.rank :: acc.world]
     lperm = loop.streams.epoch(perm, loop.shard)
+    steps = [_batches(loop, perm, lperm, lo, hi) for lo, hi in loop.bounds]  # index tensors only
+    feed = _Feed(loop, steps, epoch, lperm is not None)
     ep = _EpochSums(sums={d.name: {} for d in directions}, norms={d.name: {} for d in directions},
                     correct={d.name: zero.clone() for d in directions},
                     counted={d.name: zero.clone() for d in directions})
     for sgd in loop.sgds:
         sgd.zero_grad(set_to_none=True)
     for b, (lo, hi) in enumerate(loop.bounds):
-        batches = _batches(loop, perm, lperm, lo, hi)
+        batches = steps[b]
         first = b - b % loop.accum  # this accumulation group's first batch
         group = min(loop.accum, len(loop.bounds) - first)
         if b == first:
@@ -555,7 +711,7 @@ def _train_epoch(loop: _Loop, epoch: int) -> _EpochSums:
             for g in (g for sgd in loop.sgds for g in sgd.param_groups):
                 g["lr"] = lr
         probe = loop.grad_norm_every > 0 and b % loop.grad_norm_every == 0
-        xs, touts, ys, weak = _inputs(directions, batches, loop.y, acc, augment=True)
+        xs, touts, ys, weak = _inputs(directions, batches, loop.y, acc, augment=True, fetched=feed.next())
         results = loop.model(xs, touts, ys, epoch, acc.amp_dtype, weak)
         losses = []
         n = hi - lo
@@ -578,30 +734,113 @@ def _train_epoch(loop: _Loop, epoch: int) -> _EpochSums:
     return ep
 
 
+def _tracked_rest(val_idx: torch.Tensor, track_idx: torch.Tensor | None,
+                  acc: Accel) -> tuple[bool, torch.Tensor | None]:
+    """(whether the tracked rows open with the validation rows, so one prediction serves both; the tracked rows still
+    to predict after validation)."""
+    if track_idx is None:
+        return False, None
+    n_val = len(val_idx)
+    shared = (not acc.distributed and len(track_idx) >= n_val and bool((track_idx[:n_val] == val_idx).all()))
+    return shared, track_idx[n_val:] if shared else track_idx
+
+
+@torch.no_grad()
+def _predict_many(models: list[nn.Module], x: StreamRows, rows, workers: int) -> list[torch.Tensor]:
+    """``predict``'s logits of each of ``models`` on ``x[rows]``, each eval batch decoded once for all of them."""
+    idx = _row_array(rows)
+    for m in models:
+        m.eval()
+    outs: list[list[torch.Tensor]] = [[] for _ in models]
+    for part in x.batches([idx[s : s + EVAL_BATCH] for s in range(0, len(idx), EVAL_BATCH)], workers):
+        part = torch.from_numpy(part)
+        for m, out in zip(models, outs, strict=True):
+            device = next(iter(m.parameters()), torch.empty(0)).device
+            f_head, _ = features(m, part.to(device))
+            out.append(m.forward_head(f_head))
+    return [torch.cat(o) for o in outs]
+
+
+class _SharedEval:
+    """One epoch's logits on the validation and tracked rows of every direction whose student reads a streamed column
+    another direction reads too (``auto``'s candidates): each eval batch is decoded once for all of them (their
+    weight averages swapped in), not once per candidate. One process only: under torchrun ranks split the rows."""
+
+    def __init__(self, directions: list[Direction], averages: list, val_idx: torch.Tensor,
+                 track_idx: torch.Tensor | None, acc: Accel, workers: int) -> None:
+        self.logits: dict[tuple[int, str], torch.Tensor] = {}
+        groups: dict[int, list] = {}
+        for d, avg in zip(directions, averages, strict=True):
+            if is_streamed(d.x_student):
+                groups.setdefault(id(d.x_student), []).append((d, avg))
+        _, rest = _tracked_rest(val_idx, track_idx, acc)
+        parts = {"val": val_idx, **({"track": rest} if rest is not None and len(rest) else {})}
+        for group in (g for g in groups.values() if len(g) > 1):
+            with ExitStack() as stack:
+                for d, avg in group:
+                    if avg is not None:
+                        stack.enter_context(avg.swapped_in(d.student))
+                for name, rows in parts.items():
+                    zs = _predict_many([d.student for d, _ in group], group[0][0].x_student, rows, workers)
+                    for (d, _), z in zip(group, zs, strict=True):
+                        self.logits[(id(d), name)] = z
+
+    def take(self, d: Direction, part: str) -> torch.Tensor | None:
+        return self.logits.pop((id(d), part), None)
+
+
 def _evaluate(d: Direction, average: WeightAverage | None, val_idx: torch.Tensor, y: torch.Tensor, acc: Accel,
-              epoch: int, track_idx: torch.Tensor | None = None) -> float:
+              epoch: int, track_idx: torch.Tensor | None = None, workers: int = 0,
+              pre: _SharedEval | None = None) -> float:
     """The student's validation accuracy (of its weight average, swapped in, where there is one); its state is kept
     if this epoch is its best so far (``_keep_best``); with ``track_idx``, its per-row correctness there appended to
-    ``d.tracked`` (every rank predicts every tracked row: a few hundred rows)."""
+    ``d.tracked`` (under torchrun each rank predicts every world-th tracked row: ``_correct``). A streamed column is
+    read in eval batches (``predict``), decoded ahead by ``workers`` DataLoader processes; ``pre`` holds this
+    epoch's logits where candidates share one decode (``_SharedEval``)."""
     with average.swapped_in(d.student) if average is not None else nullcontext():
         n_val = len(val_idx)
-        shared = (track_idx is not None and not acc.distributed and len(track_idx) >= n_val
-                  and bool((track_idx[:n_val] == val_idx).all()))
-        if shared:
+        shared, rest = _tracked_rest(val_idx, track_idx, acc)
+        z_val = pre.take(d, "val") if pre is not None else None
+        if shared or z_val is not None:
             # the tracked rows open with the validation rows (auto's): one prediction serves both, the validation
             # rows in the same batches as _val_accuracy's (identical numbers), the rest after them
-            right_val = predict(d.student, d.x_student[val_idx]).argmax(1).cpu() == y[val_idx]
+            if z_val is None:
+                z_val = predict(d.student, d.x_student, rows=val_idx, workers=workers)
+            right_val = z_val.argmax(1).cpu() == y[val_idx]
             val_acc = float(torch.tensor(float(right_val.sum())) / torch.tensor(float(n_val)))
         else:
-            val_acc = _val_accuracy(d.student, d.x_student[val_idx], y[val_idx], acc)
+            val_acc = _val_accuracy(d.student, subset(d.x_student, val_idx), y[val_idx], acc, workers=workers)
         _keep_best(d, epoch, val_acc)
         if track_idx is not None:
-            rest = track_idx[n_val:] if shared else track_idx
-            right = predict(d.student, d.x_student[rest]).argmax(1).cpu() == y[rest] if len(rest) else None
+            z_rest = pre.take(d, "track") if pre is not None else None
+            if z_rest is not None:
+                right = z_rest.argmax(1).cpu() == y[rest]
+            else:
+                right = _correct(d.student, d.x_student, rest, y, acc, workers) if len(rest) else None
             if shared:
                 right = right_val if right is None else torch.cat([right_val, right])
             d.tracked.append(right.numpy())
     return val_acc
+
+
+def _correct(model: nn.Module, x, rows: torch.Tensor, y: torch.Tensor, acc: Accel, workers: int = 0) -> torch.Tensor:
+    """Whether ``model`` is right on each of ``rows`` (bool, in their order). Under torchrun each rank predicts every
+    world-th row and the answers are gathered: no rank decodes the others' rows."""
+    if not acc.distributed:
+        return predict(model, x, rows=rows, workers=workers).argmax(1).cpu() == y[rows]
+    mine = rows[acc.rank :: acc.world]
+    per = math.ceil(len(rows) / acc.world)
+    padded = torch.zeros(per, dtype=torch.int8, device=acc.device)
+    if len(mine):
+        right = predict(model, x, rows=mine, workers=workers).argmax(1).cpu() == y[mine]
+        padded[: len(mine)] = right.to(torch.int8).to(acc.device)
+    parts = [torch.empty_like(padded) for _ in range(acc.world)]
+    torch.distributed.all_gather(parts, padded)
+    out = torch.zeros(len(rows), dtype=torch.bool)
+    for r, part in enumerate(parts):
+        k = len(range(r, len(rows), acc.world))
+        out[r :: acc.world] = part[:k].cpu().bool()
+    return out
 
 
 def _keep_best(d: Direction, epoch: int, val_acc: float) -> None:
@@ -708,7 +947,7 @@ def restore(loop: _Loop, saved: dict) -> list[dict]:
 def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: OptimConfig, *, seed: int,
         teacher_cache: bool = True, grad_norm_every: int = 10, log=None, progress=None,
         description: str = "train", acc: Accel | None = None, select_rows: np.ndarray | None = None,
-        track_rows: np.ndarray | None = None, early: bool = False, state=None) -> list[dict]:
+        track_rows: np.ndarray | None = None, early: bool = False, state=None, workers: int = 0) -> list[dict]:
     """Train every direction jointly (one optimizer, summed losses; under fp16 AMP one optimizer and
     loss scaler per direction); returns per-epoch records.
 
@@ -719,7 +958,9 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     ``early``: the step budget and early stopping of ``Budget`` instead of ``opt.epochs`` (the caller resolves
     ``optim.stop``). ``state``: a ``fdkd.pipeline.resume.TrainState``; its saved epochs are restored before the
     first epoch, and it is written after every epoch. Each direction's ``training`` says how long it trained and why
-    it stopped.
+    it stopped. ``workers``: DataLoader processes decoding a streamed column's batches ahead (``data.workers``; 0 in
+    this process); a streamed student trains on its ``training(seed, epoch)`` view (random crops of (seed, epoch,
+    row): a resumed epoch crops as the uninterrupted one did).
 
     With ``acc.world`` > 1 this runs inside one torchrun process per rank: the trainable parts are
     wrapped in DistributedDataParallel, each epoch's seeded permutation is sharded across ranks
@@ -740,7 +981,7 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError("training needs non-empty train and val splits")
     loop = _prepare(directions, y, train_idx, opt, gen, seed=seed, teacher_cache=teacher_cache,
-                    grad_norm_every=grad_norm_every, acc=acc)
+                    grad_norm_every=grad_norm_every, acc=acc, workers=workers)
     acc = loop.acc  # channels_last may be off (a oneDNN hazard)
     budget = Budget.plan(opt, loop.steps_per_epoch, early)
     loop.total_steps = budget.epochs * loop.steps_per_epoch
@@ -755,8 +996,9 @@ def fit(directions: list[Direction], y: torch.Tensor, split: np.ndarray, opt: Op
     epoch = start  # epochs run so far
     while epoch < budget.epochs and not stalled:
         ep = _train_epoch(loop, epoch)
+        pre = None if acc.distributed else _SharedEval(directions, loop.averages, val_idx, track_idx, acc, workers)
         for d, avg in zip(directions, loop.averages, strict=True):
-            val_acc = _evaluate(d, avg, val_idx, y, acc, epoch, track_idx)
+            val_acc = _evaluate(d, avg, val_idx, y, acc, epoch, track_idx, workers, pre)
             records.append(ep.record(d, epoch, val_acc, acc.world, ema=avg is not None))
             if log and acc.is_main:
                 log(records[-1])

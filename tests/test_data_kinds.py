@@ -390,13 +390,17 @@ def test_an_npy_upload_gets_the_datasets_features_and_a_wrong_one_is_refused(tmp
 def _augmenter(fe, x, **cfg):
     from types import SimpleNamespace
 
+    import torch
+
     from fdkd.pipeline.augment import student_augmenter
     from fdkd.pipeline.config import AudioAugmentConfig, ImageAugmentConfig
 
     # rows 0..5 train; 6 and 7 (zeros) are the dataset's validation rows
     full = np.concatenate([x, np.zeros((2, *x.shape[1:]), np.float32)])
     ds = SimpleNamespace(frontends={"m": fe}, x={"m": full}, indices=lambda s: np.arange(len(x)))
-    return student_augmenter(AudioAugmentConfig(), ds, "m", 7, ImageAugmentConfig(enabled=True, **cfg))
+    aug = student_augmenter(AudioAugmentConfig(), ds, "m", 7, ImageAugmentConfig(enabled=True, **cfg))
+    # called as the training loop calls it: the batch's rows and their clean features
+    return lambda rows: aug(rows, torch.from_numpy(full[rows.numpy()]))
 
 
 def test_image_augmentation_is_seeded_training_only_and_keeps_depth_levels():

@@ -164,7 +164,7 @@ def test_checkpoint_is_the_best_validation_epoch_not_the_last(tiny_cfg, tiny_tea
 
     scripted, snapshots = iter([0.2, 0.6, 0.4]), []
 
-    def val_accuracy(student, x, y, acc):
+    def val_accuracy(student, x, y, acc, workers=0):
         snapshots.append({k: v.detach().clone() for k, v in student.state_dict().items()})
         return next(scripted)
 

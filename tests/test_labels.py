@@ -142,10 +142,10 @@ def test_partly_labelled_steps_give_every_candidate_the_labelled_batch_none_trai
     seen = []
     real = train._inputs
 
-    def spy(directions, batches, y, acc, augment=False):
+    def spy(directions, batches, y, acc, augment=False, fetched=None):
         if augment:
             seen.append([(d.name, rows.clone()) for d, (rows, _) in zip(directions, batches, strict=True)])
-        return real(directions, batches, y, acc, augment)
+        return real(directions, batches, y, acc, augment, fetched)
 
     monkeypatch.setattr(train, "_inputs", spy)
     cands = '[{name: none, method: none}, {name: pseudo, method: pseudo}]'

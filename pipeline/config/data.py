@@ -131,6 +131,9 @@ class DataConfig(_Strict):
     labelled: float = Field(1.0, gt=0, le=1)
     label_noise: float = Field(0.0, ge=0, lt=1)
     label_seed: int | None = None  # None: the run's seed
+    # DataLoader processes decoding a streamed dataset's batches ahead in the training stages (0: in the training
+    # process); a dataset held in memory never uses them
+    workers: int = Field(2, ge=0)
     avdigits: AVDigitsConfig = AVDigitsConfig()
     avblend: AVBlendConfig = AVBlendConfig()
     manifest: ManifestDataConfig | None = None
