@@ -29,9 +29,11 @@ from fdkd.pipeline.data.store import (
     Store,
     StoreError,
     StoreWriter,
+    _pre_features,
     exists,
     npy_bytes,
     png_bytes,
+    standardise,
 )
 from fdkd.serving.preprocess import ArrayFrontend, AudioFrontend, DepthFrontend, ImageFrontend, _channel_stats
 from fdkd.serving.wav import read_wav
@@ -308,6 +310,17 @@ def test_streaming_statistics_equal_the_dense_ones(channels):
     want_mean, want_std = _channel_stats(x)
     np.testing.assert_allclose(mean, want_mean, rtol=1e-6)
     np.testing.assert_allclose(std, want_std, rtol=1e-5)
+
+
+def test_standardising_kept_features_is_the_frontend_bit_for_bit():
+    rng = np.random.default_rng(3)
+    cases = [(AudioFrontend(mean=-4.2, std=2.5), rng.uniform(-0.5, 0.5, (5, 16000)).astype(np.float32)),
+             (ImageFrontend(8, 8, 3, 255.0, (0.2, 0.5, 0.7), (0.3, 0.2, 0.1)), rng.integers(0, 256, (5, 3, 8, 8))),
+             (ImageFrontend(8, 8, 1, 16.0, 0.31, 0.27), rng.integers(0, 17, (5, 1, 8, 8))),
+             (DepthFrontend(8, 8, 0.001, 1.7, 0.4), rng.integers(0, 65536, (5, 1, 8, 8)).astype(np.uint16)),
+             (ArrayFrontend((4, 5), "float32", 0.1, 2.0), rng.standard_normal((5, 4, 5)).astype(np.float32))]
+    for fe, raw in cases:
+        np.testing.assert_array_equal(standardise(fe, _pre_features(fe, raw)), fe(raw))
 
 
 def test_the_fitted_frontends_equal_fitting_on_every_training_row_at_once(built):

@@ -115,6 +115,19 @@ def _pre_features(fe: Frontend, raw: np.ndarray) -> np.ndarray:
     raise TypeError(f"no statistics for frontend {type(fe).__name__}")
 
 
+def standardise(fe: Frontend, pre: np.ndarray) -> np.ndarray:
+    """``fe``'s features from its pre-standardisation ones (``_pre_features``): the arithmetic of ``fe(raw)``, step
+    for step, so the result is bit-identical to it (tests/test_store.py checks each kind)."""
+    from fdkd.serving.preprocess import _per_channel
+
+    if isinstance(fe, AudioFrontend):
+        return ((pre[:, 0] - fe.mean) / fe.std)[:, None].astype(np.float32)
+    if isinstance(fe, DepthFrontend):
+        return ((pre - np.float32(fe.mean)) / np.float32(fe.std)).astype(np.float32)
+    c = pre.shape[1]
+    return ((pre - _per_channel(fe.mean, c)) / _per_channel(fe.std, c)).astype(np.float32)
+
+
 class RunningStats:
     """Per-channel mean and standard deviation over [N, C, ...] chunks, merged in float64 (Chan et al.'s update of
     count, mean and sum of squared deviations): the same numbers as one pass over every row, holding none."""
@@ -194,10 +207,14 @@ class StoreWriter:
     """
 
     def __init__(self, final: Path, columns: dict[str, Column], meta: dict, *, shard_bytes: int = SHARD_BYTES,
-                 names: dict[str, str] | None = None) -> None:
+                 keep_features: bool = False) -> None:
         self.final = Path(final)
         self.columns, self.meta, self.shard_bytes = columns, meta, shard_bytes
-        self.names = names or {}  # modality -> a source-file description per row (callable) for error messages
+        # keep_features: every row's features, computed with the statistics' pass and standardised at close
+        # (``features``): a small dataset built and then loaded by the same process computes its log-mel once
+        self.keep_features = keep_features
+        self.features: dict[str, np.ndarray] | None = None
+        self._kept: dict[str, list[np.ndarray]] = {m: [] for m in columns}
         self.final.parent.mkdir(parents=True, exist_ok=True)
         remove_partials(self.final)
         self.tmp = self.final.parent / f"{self.final.name}.partial-{os.getpid()}"
@@ -210,7 +227,7 @@ class StoreWriter:
         self._tar: tarfile.TarFile | None = None
         self._file = None
         self._stats = {m: RunningStats() for m in columns}
-        self._pending: dict[str, list[np.ndarray]] = {m: [] for m in columns}
+        self._pending: dict[str, list[tuple[np.ndarray, bool]]] = {m: [] for m in columns}  # (raw, training row)
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -245,20 +262,24 @@ class StoreWriter:
         return self._tar.offset - (-(-len(data) // tarfile.BLOCKSIZE)) * tarfile.BLOCKSIZE
 
     def add(self, label: int, split: int, files: dict[str, bytes], key: str | None = None,
-            sources: dict[str, str] | None = None, exts: dict[str, str] | None = None) -> None:
+            sources: dict[str, str] | None = None, exts: dict[str, str] | None = None,
+            samples: dict[str, np.ndarray] | None = None) -> None:
         """One row: its label (-1 unlabelled), split id and each column's file bytes. ``sources`` names each file
         for error messages (default the member name); ``exts`` a file's extension where it is not the column's
-        (a column of PNGs and JPEGs)."""
+        (a column of PNGs and JPEGs); ``samples`` the decoded samples where the caller encoded them itself,
+        losslessly (the built-in data: tests/test_data.py checks the round trip), so they are not decoded again."""
         row = len(self.rows["key"])
         key = key or f"{row:08d}"
         if "." in key or "/" in key:
             raise ValueError(f"row {row}: key {key!r} holds '.' or '/' (WebDataset keys cannot)")
         exts = {m: (exts or {}).get(m) or col.ext for m, col in self.columns.items()}
-        samples = {}
+        samples = dict(samples or {})
         for m, col in self.columns.items():
             name = f"{key}.{m}.{exts[m]}"
             if m not in files:
                 raise BadSample(row, key, m, name, "no file given")
+            if samples is not None and m in samples:
+                continue
             try:
                 samples[m] = decode(col.spec, files[m])
             except (ValueError, OSError) as e:  # every decoder error is a ValueError subclass naming the fault
@@ -273,9 +294,9 @@ class StoreWriter:
         self._member(f"{key}.cls", str(int(label)).encode())
         for k, v in (("key", key), ("label", int(label)), ("split", int(split)), ("shard", len(self.shards) - 1)):
             self.rows[k].append(v)
-        if split == 0:
+        if split == 0 or self.keep_features:
             for m in self.columns:
-                self._pending[m].append(samples[m])
+                self._pending[m].append((samples[m], split == 0))
                 if len(self._pending[m]) >= STATS_CHUNK:
                     self._flush_stats(m)
         if self._tar.offset >= self.shard_bytes:
@@ -283,7 +304,11 @@ class StoreWriter:
 
     def _flush_stats(self, m: str) -> None:
         if self._pending[m]:
-            self._stats[m].add(_pre_features(self.columns[m].frontend, np.stack(self._pending[m])))
+            pre = _pre_features(self.columns[m].frontend, np.stack([raw for raw, _ in self._pending[m]]))
+            train = np.array([t for _, t in self._pending[m]])
+            self._stats[m].add(pre if train.all() else pre[train])
+            if self.keep_features:
+                self._kept[m].append(pre)
             self._pending[m] = []
 
     def close(self, extras: dict[str, np.ndarray] | None = None) -> Path:
@@ -298,9 +323,14 @@ class StoreWriter:
         for m, col in self.columns.items():
             self._flush_stats(m)
             try:
-                frontends[m] = fit(col.frontend, self._stats[m]).to_dict()
+                fitted = fit(col.frontend, self._stats[m])
             except ValueError as e:
                 raise ValueError(f"dataset {self.final.name}, column {m}: {e}") from None
+            frontends[m] = fitted.to_dict()
+            if self.keep_features:
+                self.features = self.features or {}
+                self.features[m] = standardise(fitted, np.concatenate(self._kept[m]))
+                self._kept[m] = []
         index = {"key": np.array(self.rows["key"]), "label": np.array(self.rows["label"], np.int64),
                  "split": np.array(self.rows["split"], np.int8), "shard": np.array(self.rows["shard"], np.int32)}
         for m in self.columns:
