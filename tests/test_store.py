@@ -114,6 +114,25 @@ def test_a_rebuild_is_byte_identical(manifest, built, tmp_path):
         assert (built.parent / rel).read_bytes() == (again.parent / rel).read_bytes(), rel
 
 
+def test_shards_are_what_tarfile_writes_byte_for_byte(tmp_path):
+    import tarfile
+
+    from fdkd.pipeline.data.store import _Shard, _tarinfo
+
+    members = [("00000000.image.png", b"x" * 700), ("00000000.cls", b"3"), ("00000001.audio.wav", b""),
+               (f"{'k' * 120}/deep.npy", bytes(range(256)) * 3), ("00000002.image.jpg", b"y" * 512)]
+    shard = _Shard(tmp_path / "ours.tar")
+    offsets = [shard.add(name, data) for name, data in members]
+    shard.close()
+    with open(tmp_path / "tarfile.tar", "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name, data in members:
+            t.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+    ours = (tmp_path / "ours.tar").read_bytes()
+    assert ours == (tmp_path / "tarfile.tar").read_bytes()
+    for (_, data), off in zip(members, offsets, strict=True):
+        assert ours[off : off + len(data)] == data
+
+
 COLUMNS = {"image": Column(ColumnSpec("image", channels=3), "png", ImageFrontend(8, 8, 3, 255.0)),
            "array": Column(ColumnSpec("array", shape=(4, 5), dtype="float32"), "npy", ArrayFrontend((4, 5)))}
 
