@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -116,6 +117,7 @@ def main() -> None:
     from fdkd.pipeline.data import avdigits, dataset
 
     cfg = load_config()
+    load_before = os.getloadavg()[0]
     record = avdigits.build(cfg.data.avdigits, args.cache_dir)
     old = args.cache_dir / "store-load-old-layout.npz"
     write_old_npz(record, old)
@@ -136,7 +138,8 @@ def main() -> None:
            "seconds": {k: [round(v, 3) for v in vs] for k, vs in times.items()}, "max_abs_feature_diff": diff,
            "write_seconds": {k: round(v, 3) for k, v in writes.items()},
            "store_bytes": sum(p.stat().st_size for p in Path(record).parent.rglob("*") if p.is_file()),
-           "old_npz_bytes": old_bytes}
+           "old_npz_bytes": old_bytes,
+           "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpus": os.cpu_count()}
     from bench.common import append_records
 
     append_records(RECORDS, [rec])
@@ -146,7 +149,8 @@ def main() -> None:
     print("\n| fresh build, same process | seconds |\n|---|---|")
     for k, v in writes.items():
         print(f"| {k} | {v:.2f} |")
-    print(f"rows {rows}; max |feature difference| {diff}")
+    print(f"rows {rows}; max |feature difference| {diff}; 1-minute load average {rec['loadavg_1min']} on "
+          f"{os.cpu_count()} CPUs ({rec['cpu']})")
     print("command: .venv/bin/python -m bench.store.load_builtin --repeats", args.repeats)
 
 
