@@ -439,3 +439,14 @@ def test_a_dataset_reads_through_fsspec(built):
     with pytest.raises(StoreError, match="shard shard-000000.tar is missing"):
         Store("memory://fdkd-test")
     fs.rm("/fdkd-test", recursive=True)
+
+
+def test_the_config_says_how_stages_hold_the_features(built):
+    from fdkd.pipeline.config import ConfigError, load_config
+
+    assert [load_config(None, [f"data.in_memory={v}"]).data.in_memory for v in ("auto", "true", "false")] == \
+        ["auto", True, False]
+    with pytest.raises(ConfigError, match="data.in_memory"):
+        load_config(None, ["data.in_memory=sometimes"])
+    with pytest.raises(ValueError, match="data.in_memory must be auto, true or false"):
+        load_dataset(built, in_memory="sometimes")
