@@ -340,6 +340,21 @@ def test_a_reload_of_the_same_dataset_is_served_from_memory_as_a_private_copy(sm
     assert len(reads) == 2
 
 
+def test_the_features_a_build_computes_are_a_fresh_loads_bit_for_bit(tmp_path):
+    """The build keeps the log-mel it computes for the statistics as the process's first load: it must equal what a
+    load decoding the written PNG and WAV bytes computes (the lossless round trip and the standardisation)."""
+    from fdkd.pipeline.data import dataset
+
+    path = avdigits.build(SMALL.model_copy(update={"seed": 5}), tmp_path)
+    assert dataset._LAST is not None and dataset._LAST[0] == dataset._file_key(path)
+    seeded = load_dataset(path)
+    dataset._LAST = None
+    fresh = load_dataset(path)
+    for m in ("image", "audio"):
+        np.testing.assert_array_equal(seeded.x[m], fresh.x[m])
+    np.testing.assert_array_equal(seeded.split, fresh.split)
+
+
 def test_cached_resampling_filter_gives_scipys_resample_poly_bit_for_bit():
     from scipy.signal import resample_poly
 

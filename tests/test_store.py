@@ -29,9 +29,11 @@ from fdkd.pipeline.data.store import (
     Store,
     StoreError,
     StoreWriter,
+    _pre_features,
     exists,
     npy_bytes,
     png_bytes,
+    standardise,
 )
 from fdkd.serving.preprocess import ArrayFrontend, AudioFrontend, DepthFrontend, ImageFrontend, _channel_stats
 from fdkd.serving.wav import read_wav
@@ -110,6 +112,25 @@ def test_a_rebuild_is_byte_identical(manifest, built, tmp_path):
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
     for rel in ("dataset.json", "index.npz", "shards/shard-000000.tar"):
         assert (built.parent / rel).read_bytes() == (again.parent / rel).read_bytes(), rel
+
+
+def test_shards_are_what_tarfile_writes_byte_for_byte(tmp_path):
+    import tarfile
+
+    from fdkd.pipeline.data.store import _Shard, _tarinfo
+
+    members = [("00000000.image.png", b"x" * 700), ("00000000.cls", b"3"), ("00000001.audio.wav", b""),
+               (f"{'k' * 120}/deep.npy", bytes(range(256)) * 3), ("00000002.image.jpg", b"y" * 512)]
+    shard = _Shard(tmp_path / "ours.tar")
+    offsets = [shard.add(name, data) for name, data in members]
+    shard.close()
+    with open(tmp_path / "tarfile.tar", "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name, data in members:
+            t.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+    ours = (tmp_path / "ours.tar").read_bytes()
+    assert ours == (tmp_path / "tarfile.tar").read_bytes()
+    for (_, data), off in zip(members, offsets, strict=True):
+        assert ours[off : off + len(data)] == data
 
 
 COLUMNS = {"image": Column(ColumnSpec("image", channels=3), "png", ImageFrontend(8, 8, 3, 255.0)),
@@ -310,6 +331,17 @@ def test_streaming_statistics_equal_the_dense_ones(channels):
     np.testing.assert_allclose(std, want_std, rtol=1e-5)
 
 
+def test_standardising_kept_features_is_the_frontend_bit_for_bit():
+    rng = np.random.default_rng(3)
+    cases = [(AudioFrontend(mean=-4.2, std=2.5), rng.uniform(-0.5, 0.5, (5, 16000)).astype(np.float32)),
+             (ImageFrontend(8, 8, 3, 255.0, (0.2, 0.5, 0.7), (0.3, 0.2, 0.1)), rng.integers(0, 256, (5, 3, 8, 8))),
+             (ImageFrontend(8, 8, 1, 16.0, 0.31, 0.27), rng.integers(0, 17, (5, 1, 8, 8))),
+             (DepthFrontend(8, 8, 0.001, 1.7, 0.4), rng.integers(0, 65536, (5, 1, 8, 8)).astype(np.uint16)),
+             (ArrayFrontend((4, 5), "float32", 0.1, 2.0), rng.standard_normal((5, 4, 5)).astype(np.float32))]
+    for fe, raw in cases:
+        np.testing.assert_array_equal(standardise(fe, _pre_features(fe, raw)), fe(raw))
+
+
 def test_the_fitted_frontends_equal_fitting_on_every_training_row_at_once(built):
     store = Store(built)
     train = np.flatnonzero(store.split == 0)
@@ -407,3 +439,14 @@ def test_a_dataset_reads_through_fsspec(built):
     with pytest.raises(StoreError, match="shard shard-000000.tar is missing"):
         Store("memory://fdkd-test")
     fs.rm("/fdkd-test", recursive=True)
+
+
+def test_the_config_says_how_stages_hold_the_features(built):
+    from fdkd.pipeline.config import ConfigError, load_config
+
+    assert [load_config(None, [f"data.in_memory={v}"]).data.in_memory for v in ("auto", "true", "false")] == \
+        ["auto", True, False]
+    with pytest.raises(ConfigError, match="data.in_memory"):
+        load_config(None, ["data.in_memory=sometimes"])
+    with pytest.raises(ValueError, match="data.in_memory must be auto, true or false"):
+        load_dataset(built, in_memory="sometimes")

@@ -45,7 +45,7 @@ from fdkd.pipeline.data.avdigits import (
     resample,
     synthesize_words,
 )
-from fdkd.pipeline.data.dataset import SPLITS, stratified_split
+from fdkd.pipeline.data.dataset import SPLITS, remember, stratified_split
 from fdkd.pipeline.data.kinds import ColumnSpec
 from fdkd.pipeline.data.store import Column, StoreWriter, exists, npy_bytes, record_path, wav16_bytes
 from fdkd.serving.preprocess import AudioFrontend
@@ -176,10 +176,13 @@ def build(cfg: AVBlendConfig, cache_dir: Path, *, progress=None) -> Path:
     columns = {"image": Column(ColumnSpec("array", shape=image_raw.shape[1:], dtype="float32"), "npy", image_fe),
                "audio": Column(ColumnSpec("audio", sample_rate=fe.sample_rate, clip_samples=fe.clip_samples), "wav",
                                fe)}
-    with StoreWriter(out, columns, meta) as w:
+    with StoreWriter(out, columns, meta, keep_features=True) as w:
         for k in range(len(plan["label"])):
             clip = _render_audio(waves[2 * k], waves[2 * k + 1], float(plan["audio_w"][k]),
                                  float(plan["audio_quality"][k]), fe, rng_audio, cfg)
             w.add(int(plan["label"][k]), int(plan["split"][k]),
-                  {"image": npy_bytes(image_raw[k]), "audio": wav16_bytes(clip, fe.sample_rate)})
-        return w.close({k: v for k, v in plan.items() if k not in ("rate", "pitch", "seed", "label", "split")})
+                  {"image": npy_bytes(image_raw[k]), "audio": wav16_bytes(clip, fe.sample_rate)},
+                  samples={"image": image_raw[k], "audio": clip.astype(np.float32) / 32768.0})
+        record = w.close({k: v for k, v in plan.items() if k not in ("rate", "pitch", "seed", "label", "split")})
+    remember(record, w.features)  # the log-mel computed for the statistics serves this process's first load
+    return record

@@ -35,7 +35,7 @@ import numpy as np
 
 from fdkd import artifacts
 from fdkd.pipeline.config import AVDigitsConfig
-from fdkd.pipeline.data.dataset import ALL_SPLITS, SPLITS, stratified_split
+from fdkd.pipeline.data.dataset import ALL_SPLITS, SPLITS, remember, stratified_split
 from fdkd.pipeline.data.kinds import ColumnSpec
 from fdkd.pipeline.data.store import Column, StoreWriter, exists, png_bytes, record_path, wav16_bytes
 from fdkd.serving.preprocess import AudioFrontend, ImageFrontend
@@ -283,15 +283,18 @@ def build(cfg: AVDigitsConfig, cache_dir: Path, *, progress=None) -> Path:
                                fe)}
     if progress:
         progress(f"writing {len(waves)} pairs to the dataset")
-    with StoreWriter(out, columns, meta) as w:
+    with StoreWriter(out, columns, meta, keep_features=True) as w:
         for k, wave in enumerate(waves):  # rendered one clip at a time, in order: the same bytes as all at once
             i = pair_image[k]
+            clip = _augment(wave, fe, rng_audio, cfg)
             w.add(int(labels[i]), int(pair_split[k]),
-                  {"image": png_bytes(images[i]), "audio": wav16_bytes(_augment(wave, fe, rng_audio, cfg),
-                                                                       fe.sample_rate)})
-        return w.close({
+                  {"image": png_bytes(images[i]), "audio": wav16_bytes(clip, fe.sample_rate)},
+                  samples={"image": images[i], "audio": clip.astype(np.float32) / 32768.0})
+        record = w.close({
             "image_index": source[pair_image].astype(np.int32),
             "voice": np.array([variants.index(v) for v in voice_names], np.int16),
             "accent": np.array(pair_accent, np.int16),
             **({"phonemes": np.array(spoken)} if cfg.pronunciation_variants > 0 or n_extra else {}),
         })
+    remember(record, w.features)  # the log-mel computed for the statistics serves this process's first load
+    return record

@@ -154,6 +154,17 @@ def load_dataset(path, in_memory: bool | str = "auto", memory_mb: float = MEMORY
     return _copy(ds)
 
 
+def remember(record, features: dict[str, np.ndarray]) -> None:
+    """Keep ``features`` (every row's, as a dense load computes them) as the memo of the dataset at ``record``: a
+    build that computed them (``StoreWriter(keep_features=True)``) spares the same process's first load."""
+    from fdkd.pipeline.data.store import Store
+
+    global _LAST
+    if sum(a.nbytes for a in features.values()) > MEMO_MAX_BYTES:
+        return
+    _LAST = (_file_key(record), _paired(Store(record), record, features))
+
+
 def _streamed(store, record) -> PairedDataset:
     from fdkd.pipeline.data.rows import StreamRows
 

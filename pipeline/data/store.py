@@ -115,6 +115,19 @@ def _pre_features(fe: Frontend, raw: np.ndarray) -> np.ndarray:
     raise TypeError(f"no statistics for frontend {type(fe).__name__}")
 
 
+def standardise(fe: Frontend, pre: np.ndarray) -> np.ndarray:
+    """``fe``'s features from its pre-standardisation ones (``_pre_features``): the arithmetic of ``fe(raw)``, step
+    for step, so the result is bit-identical to it (tests/test_store.py checks each kind)."""
+    from fdkd.serving.preprocess import _per_channel
+
+    if isinstance(fe, AudioFrontend):
+        return ((pre[:, 0] - fe.mean) / fe.std)[:, None].astype(np.float32)
+    if isinstance(fe, DepthFrontend):
+        return ((pre - np.float32(fe.mean)) / np.float32(fe.std)).astype(np.float32)
+    c = pre.shape[1]
+    return ((pre - _per_channel(fe.mean, c)) / _per_channel(fe.std, c)).astype(np.float32)
+
+
 class RunningStats:
     """Per-channel mean and standard deviation over [N, C, ...] chunks, merged in float64 (Chan et al.'s update of
     count, mean and sum of squared deviations): the same numbers as one pass over every row, holding none."""
@@ -165,6 +178,50 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def ustar_header(name: str, size: int) -> bytes:
+    """The 512-byte POSIX ustar header ``tarfile`` writes for a regular file of ``size`` bytes with mtime 0, uid/gid
+    0, empty owner names and mode 0644, byte for byte (tests/test_store.py compares), at a tenth of its cost: a
+    dataset has three members a row. Names over 100 bytes take ``tarfile``'s prefix split."""
+    raw = name.encode()
+    if size >= 8**11:
+        raise ValueError(f"{name}: {size} bytes, over ustar's 8 GiB member limit")
+    if len(raw) > 100:
+        return _tarinfo(name, size).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    h = bytearray(512)
+    h[0 : len(raw)] = raw
+    h[100:124] = b"0000644\x000000000\x000000000\x00"  # mode, uid, gid
+    h[124:148] = b"%011o\x00" % size + b"00000000000\x00"  # size, mtime
+    h[148:157] = b"        0"  # checksum field as spaces while summing, type regular file
+    h[257:265] = tarfile.POSIX_MAGIC
+    h[148:155] = b"%06o\x00" % sum(h)
+    return bytes(h)
+
+
+class _Shard:
+    """One tar file being written: members appended in order (``ustar_header``), closed as ``tarfile`` closes one
+    (two zero blocks, padded to a whole 10 KiB record)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "wb")  # noqa: SIM115 (open across add calls; closed by close)
+        self.offset = 0
+
+    def add(self, name: str, data: bytes) -> int:
+        """Append a member; its data's byte offset in the shard."""
+        header = ustar_header(name, len(data))
+        pad = -len(data) % tarfile.BLOCKSIZE
+        self.file.write(header)
+        self.file.write(data)
+        self.file.write(b"\0" * pad)
+        start = self.offset + len(header)
+        self.offset = start + len(data) + pad
+        return start
+
+    def close(self) -> None:
+        end = self.offset + 2 * tarfile.BLOCKSIZE
+        self.file.write(b"\0" * (2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
+        self.file.close()
+
+
 def remove_partials(final: Path) -> None:
     """Remove what killed builds of ``final`` left (``<final>.partial-<pid>``; a live build's pid is spared)."""
     for p in final.parent.glob(final.name + ".partial-*"):
@@ -194,10 +251,14 @@ class StoreWriter:
     """
 
     def __init__(self, final: Path, columns: dict[str, Column], meta: dict, *, shard_bytes: int = SHARD_BYTES,
-                 names: dict[str, str] | None = None) -> None:
+                 keep_features: bool = False) -> None:
         self.final = Path(final)
         self.columns, self.meta, self.shard_bytes = columns, meta, shard_bytes
-        self.names = names or {}  # modality -> a source-file description per row (callable) for error messages
+        # keep_features: every row's features, computed with the statistics' pass and standardised at close
+        # (``features``): a small dataset built and then loaded by the same process computes its log-mel once
+        self.keep_features = keep_features
+        self.features: dict[str, np.ndarray] | None = None
+        self._kept: dict[str, list[np.ndarray]] = {m: [] for m in columns}
         self.final.parent.mkdir(parents=True, exist_ok=True)
         remove_partials(self.final)
         self.tmp = self.final.parent / f"{self.final.name}.partial-{os.getpid()}"
@@ -207,10 +268,9 @@ class StoreWriter:
         for m in columns:
             self.rows[f"offset_{m}"], self.rows[f"size_{m}"], self.rows[f"ext_{m}"] = [], [], []
         self.shards: list[dict] = []
-        self._tar: tarfile.TarFile | None = None
-        self._file = None
+        self._tar: _Shard | None = None
         self._stats = {m: RunningStats() for m in columns}
-        self._pending: dict[str, list[np.ndarray]] = {m: [] for m in columns}
+        self._pending: dict[str, list[tuple[np.ndarray, bool]]] = {m: [] for m in columns}  # (raw, training row)
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -222,43 +282,43 @@ class StoreWriter:
     def abort(self) -> None:
         if self._tar is not None:
             self._tar.close()
-            self._file.close()
             self._tar = None
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _open_shard(self) -> None:
         name = SHARD.format(len(self.shards))
-        self._file = open(self.tmp / SHARDS / name, "wb")  # noqa: SIM115 (open across add calls; closed by _close_shard)
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        self._tar = _Shard(self.tmp / SHARDS / name)
         self.shards.append({"name": name})
 
     def _close_shard(self) -> None:
         self._tar.close()
-        self._file.close()
         self._tar = None
         path = self.tmp / SHARDS / self.shards[-1]["name"]
         self.shards[-1].update(bytes=path.stat().st_size, sha256=artifacts.sha256_file(path))
 
     def _member(self, name: str, data: bytes) -> int:
         """Append a member; its data's byte offset in the shard."""
-        self._tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-        return self._tar.offset - (-(-len(data) // tarfile.BLOCKSIZE)) * tarfile.BLOCKSIZE
+        return self._tar.add(name, data)
 
     def add(self, label: int, split: int, files: dict[str, bytes], key: str | None = None,
-            sources: dict[str, str] | None = None, exts: dict[str, str] | None = None) -> None:
+            sources: dict[str, str] | None = None, exts: dict[str, str] | None = None,
+            samples: dict[str, np.ndarray] | None = None) -> None:
         """One row: its label (-1 unlabelled), split id and each column's file bytes. ``sources`` names each file
         for error messages (default the member name); ``exts`` a file's extension where it is not the column's
-        (a column of PNGs and JPEGs)."""
+        (a column of PNGs and JPEGs); ``samples`` the decoded samples where the caller encoded them itself,
+        losslessly (the built-in data: tests/test_data.py checks the round trip), so they are not decoded again."""
         row = len(self.rows["key"])
         key = key or f"{row:08d}"
         if "." in key or "/" in key:
             raise ValueError(f"row {row}: key {key!r} holds '.' or '/' (WebDataset keys cannot)")
         exts = {m: (exts or {}).get(m) or col.ext for m, col in self.columns.items()}
-        samples = {}
+        samples = dict(samples or {})
         for m, col in self.columns.items():
             name = f"{key}.{m}.{exts[m]}"
             if m not in files:
                 raise BadSample(row, key, m, name, "no file given")
+            if samples is not None and m in samples:
+                continue
             try:
                 samples[m] = decode(col.spec, files[m])
             except (ValueError, OSError) as e:  # every decoder error is a ValueError subclass naming the fault
@@ -273,9 +333,9 @@ class StoreWriter:
         self._member(f"{key}.cls", str(int(label)).encode())
         for k, v in (("key", key), ("label", int(label)), ("split", int(split)), ("shard", len(self.shards) - 1)):
             self.rows[k].append(v)
-        if split == 0:
+        if split == 0 or self.keep_features:
             for m in self.columns:
-                self._pending[m].append(samples[m])
+                self._pending[m].append((samples[m], split == 0))
                 if len(self._pending[m]) >= STATS_CHUNK:
                     self._flush_stats(m)
         if self._tar.offset >= self.shard_bytes:
@@ -283,7 +343,11 @@ class StoreWriter:
 
     def _flush_stats(self, m: str) -> None:
         if self._pending[m]:
-            self._stats[m].add(_pre_features(self.columns[m].frontend, np.stack(self._pending[m])))
+            pre = _pre_features(self.columns[m].frontend, np.stack([raw for raw, _ in self._pending[m]]))
+            train = np.array([t for _, t in self._pending[m]])
+            self._stats[m].add(pre if train.all() else pre[train])
+            if self.keep_features:
+                self._kept[m].append(pre)
             self._pending[m] = []
 
     def close(self, extras: dict[str, np.ndarray] | None = None) -> Path:
@@ -298,9 +362,14 @@ class StoreWriter:
         for m, col in self.columns.items():
             self._flush_stats(m)
             try:
-                frontends[m] = fit(col.frontend, self._stats[m]).to_dict()
+                fitted = fit(col.frontend, self._stats[m])
             except ValueError as e:
                 raise ValueError(f"dataset {self.final.name}, column {m}: {e}") from None
+            frontends[m] = fitted.to_dict()
+            if self.keep_features:
+                self.features = self.features or {}
+                self.features[m] = standardise(fitted, np.concatenate(self._kept[m]))
+                self._kept[m] = []
         index = {"key": np.array(self.rows["key"]), "label": np.array(self.rows["label"], np.int64),
                  "split": np.array(self.rows["split"], np.int8), "shard": np.array(self.rows["shard"], np.int32)}
         for m in self.columns:
