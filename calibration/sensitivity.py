@@ -52,7 +52,7 @@ def layer_errors(fp32: Path, int8: Path, calib, input_name: str, activation_mb: 
         opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # as collect_activations
         session = onnxruntime.InferenceSession(aug_q, sess_options=opts, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
-        norms: dict[str, list[tuple[float, float]]] = {}
+        norms: dict[str, list] = {}  # tensor -> [first stride's norms, strides, sum of squares x2]
         for start in range(0, len(reader), stride):
             reader.set_range(start, start + stride)
             acts: dict[str, list[np.ndarray]] = {}
@@ -64,14 +64,20 @@ def layer_errors(fp32: Path, int8: Path, calib, input_name: str, activation_mb: 
                 left = np.concatenate(match["pre_qdq"]).flatten()
                 right = np.concatenate(match["post_qdq"]).flatten()
                 # numpy's scalars as ONNX Runtime computes them (float32 for float32 tensors): one stride, its numbers
-                norms.setdefault(tensor, []).append((np.linalg.norm(left), np.linalg.norm(left - right)))
+                part = (np.linalg.norm(left), np.linalg.norm(left - right))
+                # running sums, not a list per stride: the bookkeeping must not grow with the calibration rows
+                if tensor not in norms:
+                    norms[tensor] = [part, 0, 0.0, 0.0]
+                acc = norms[tensor]
+                acc[1] += 1
+                acc[2] += float(part[0]) ** 2
+                acc[3] += float(part[1]) ** 2
             del acts
         producers = {o: n for n in onnx.load(pre).graph.node for o in n.output}
     eps = float(np.finfo("float").eps)
     rows = []
-    for tensor, parts in norms.items():
-        signal, noise = ((parts[0][k] if len(parts) == 1 else math.sqrt(sum(float(p[k]) ** 2 for p in parts)))
-                         for k in (0, 1))
+    for tensor, (first, strides, signal_sq, noise_sq) in norms.items():
+        signal, noise = first if strides == 1 else (math.sqrt(signal_sq), math.sqrt(noise_sq))
         node = producers.get(tensor)
         rows.append({"tensor": tensor, "node": node.name if node else "", "op_type": node.op_type if node else "input",
                      "sqnr_db": float(20 * math.log10(max(signal, eps) / max(noise, eps)))})
