@@ -30,10 +30,10 @@ def grating(label: int, classes: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
     wave = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period + rng.uniform(0, 2 * np.pi))
     cy, cx = rng.uniform(0.25, 0.75, 2) * SIZE
-    sigma = rng.uniform(0.15, 0.3) * SIZE
+    sigma = rng.uniform(0.2, 0.35) * SIZE
     window = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
     colour = rng.uniform(0.3, 1.0, 3)
-    img = 0.5 + 0.3 * (wave * window)[..., None] * colour + rng.normal(0, 0.25, (SIZE, SIZE, 3))
+    img = 0.5 + 0.35 * (wave * window)[..., None] * colour + rng.normal(0, 0.12, (SIZE, SIZE, 3))
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
