@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--student", default="", help="the student's arch, recorded (the real-student section)")
     ap.add_argument("--records", type=Path, default=RECORDS, help="JSONL the records are appended to")
     ap.add_argument("--no-records", action="store_true", help="print only")
+    ap.add_argument("--testset", type=Path, help="an .npz with the test rows (x, y) instead of the run's dataset")
     ap.add_argument("--note", default="")
     args = ap.parse_args(argv)
 
@@ -216,8 +217,13 @@ def main(argv: list[str] | None = None) -> None:
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     load_start = host()["load_avg_1m"]
     manifest = json.loads((args.run_dir / "manifest.json").read_text())
-    ds = load_dataset(Path(manifest["artifacts"]["dataset"]["path"]))
-    x, y = ds.take(manifest["student_modality"], "test")
+    if args.testset:  # the test rows as the run's validation stage saved them (x, y), for a run whose dataset file
+        # the current code no longer reads (a run from before the on-disk store: its dataset is one .npz)
+        with np.load(args.testset) as z:
+            x, y = z["x"], z["y"]
+    else:
+        ds = load_dataset(Path(manifest["artifacts"]["dataset"]["path"]))
+        x, y = ds.take(manifest["student_modality"], "test")
     student, _ = load_model(args.run_dir / "student.pt")
     student.eval()
     threads = torch.get_num_threads()
@@ -256,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
         command += f" --min-repeats {args.min_repeats}"
     if args.no_emulated:
         command += " --no-emulated"
+    if args.testset:
+        command += f" --testset {args.testset}"
     if args.student:
         command += f" --student {args.student} --records {args.records.relative_to(ROOT)}" \
             if args.records.is_relative_to(ROOT) else f" --student {args.student}"
