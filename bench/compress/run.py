@@ -18,7 +18,13 @@ command that reproduces it. One JSON record per (artifact, batch) goes to ``--re
 (``docs/records/compress.jsonl``), which ``bench/compress/results.py`` renders.
 
 The candidates are timed round-robin (every artifact at one batch, then the next batch) so that a
-shared machine's slow minute lands on all of them rather than on one.
+shared machine's slow minute lands on all of them rather than on one; with ``--rounds R`` each batch's calls are
+split into R interleaved rounds (A B C, A B C, ...) and every record keeps the per-round ratios to torch eager and to
+ONNX Runtime FP32 (``x_eager_rounds``, ``x_fp32_rounds``: their spread is what the machine's load did to the ratio).
+Each record also holds the graph's top-1 agreement with ONNX Runtime FP32 and its largest |logit| difference from it
+on the test split (``agree_fp32_pct``, ``max_logit_err``). ``--records docs/records/compress-real.jsonl`` with
+``--student`` (the arch as the run's config names it) is how the real students' runs are recorded
+(``bench.compress.real`` drives them).
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ import numpy as np
 
 from bench.common import append_records
 
-RECORDS = Path(__file__).resolve().parents[2] / "docs" / "records" / "compress.jsonl"
+ROOT = Path(__file__).resolve().parents[2]
+RECORDS = ROOT / "docs" / "records" / "compress.jsonl"
 
 
 def timings(fn, x: np.ndarray, repeats: int) -> np.ndarray:
@@ -108,9 +115,12 @@ def plain_cpu_graph(run_dir: Path, out: Path) -> Path | None:
     return out
 
 
-def candidate_graphs(run_dir: Path, extra_dir: Path | None = None) -> list[tuple[str, Path, dict]]:
+def candidate_graphs(run_dir: Path, extra_dir: Path | None = None,
+                     emulated: bool = True) -> list[tuple[str, Path, dict]]:
     """(label, path, OnnxRuntime options) of every ONNX graph of ``run_dir`` this bench times, in table order; a
-    gate-searched graph is labelled so and, for the CPU graph, timed beside the plain one (made in ``extra_dir``)."""
+    gate-searched graph is labelled so and, for the CPU graph, timed beside the plain one (made in ``extra_dir``).
+    ``emulated=False`` leaves out the Q/DQ-emulated runs (a reference semantics no CPU server runs: on a real-size
+    network they only cost time)."""
     out = []
     for name, kind in [("student.onnx", "FP32"), ("student.fp16.onnx", "FP16 graph")]:
         if (run_dir / name).exists():
@@ -118,7 +128,8 @@ def candidate_graphs(run_dir: Path, extra_dir: Path | None = None) -> list[tuple
     for p in sorted(run_dir.glob("student.int8.*.onnx")):
         tag = searched_as(p)
         out.append((f"ORT {p.name} (S8S8, Q/DQ fused: CPU kernels){tag}", p, {}))
-        out.append((f"ORT {p.name} (S8S8, Q/DQ emulated: as written){tag}", p, {"emulate_qdq": True}))
+        if emulated:
+            out.append((f"ORT {p.name} (S8S8, Q/DQ emulated: as written){tag}", p, {"emulate_qdq": True}))
     cpu = run_dir / "student.int8cpu.onnx"
     if cpu.exists():
         plain = plain_cpu_graph(run_dir, extra_dir / "student.int8cpu.plain.onnx") if extra_dir else None
@@ -155,13 +166,45 @@ def host() -> dict:
             "load_avg_1m": load}
 
 
+def interleaved(candidates: list, xb: np.ndarray, reps: int, rounds: int) -> dict[str, list[np.ndarray]]:
+    """Per candidate label, ``rounds`` arrays of call times: round r times every candidate in turn (A B C, A B C),
+    so a busy minute of a shared machine lands on every candidate's same round. With one round, each candidate is
+    warmed up by 3 calls before its timed ones (as before); with more, by one call before the first round only (a
+    224x224 network's batch of 64 takes seconds: three warm-ups per round would cost more than the timed calls)."""
+    if rounds == 1:
+        return {label: [timings(fn, xb, reps)] for label, _, fn, _ in candidates}
+    for _, _, fn, _ in candidates:
+        fn(xb)
+    per = max(1, reps // rounds)
+    out: dict[str, list[np.ndarray]] = {label: [] for label, *_ in candidates}
+    for _ in range(rounds):
+        for label, _, fn, _ in candidates:
+            t = np.empty(per)
+            for i in range(per):
+                t0 = time.perf_counter()
+                fn(xb)
+                t[i] = time.perf_counter() - t0
+            out[label].append(t)
+    return out
+
+
+def _ratios(base: list[np.ndarray], rounds: list[np.ndarray]) -> list[float]:
+    """Per interleaved round, the baseline's median call time over the candidate's."""
+    return [float(np.median(b) / np.median(r)) for b, r in zip(base, rounds, strict=True)]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--repeats", type=int, default=100, help="timed calls at batch 1 (fewer at larger batches)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds the calls of each batch are split into")
+    ap.add_argument("--min-repeats", type=int, default=20, help="timed calls at the largest batch, at least")
+    ap.add_argument("--no-emulated", action="store_true", help="leave out the Q/DQ-emulated INT8 runs")
+    ap.add_argument("--student", default="", help="the student's arch, recorded (the real-student section)")
     ap.add_argument("--records", type=Path, default=RECORDS, help="JSONL the records are appended to")
     ap.add_argument("--no-records", action="store_true", help="print only")
+    ap.add_argument("--testset", type=Path, help="an .npz with the test rows (x, y) instead of the run's dataset")
     ap.add_argument("--note", default="")
     args = ap.parse_args(argv)
 
@@ -171,9 +214,16 @@ def main(argv: list[str] | None = None) -> None:
     from fdkd.pipeline.models.checkpoint import load_model
     from fdkd.serving.runtime.onnx import OnnxRuntime
 
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    load_start = host()["load_avg_1m"]
     manifest = json.loads((args.run_dir / "manifest.json").read_text())
-    ds = load_dataset(Path(manifest["artifacts"]["dataset"]["path"]))
-    x, y = ds.take(manifest["student_modality"], "test")
+    if args.testset:  # the test rows as the run's validation stage saved them (x, y), for a run whose dataset file
+        # the current code no longer reads (a run from before the on-disk store: its dataset is one .npz)
+        with np.load(args.testset) as z:
+            x, y = z["x"], z["y"]
+    else:
+        ds = load_dataset(Path(manifest["artifacts"]["dataset"]["path"]))
+        x, y = ds.take(manifest["student_modality"], "test")
     student, _ = load_model(args.run_dir / "student.pt")
     student.eval()
     threads = torch.get_num_threads()
@@ -184,37 +234,61 @@ def main(argv: list[str] | None = None) -> None:
 
     candidates = [("torch eager fp32", "student.pt", eager, {"runtime": "pytorch", "threads": threads})]
     tmp = tempfile.TemporaryDirectory()  # the plain CPU graph, when the run's is a gate-searched one
-    for label, path, opts in candidate_graphs(args.run_dir, Path(tmp.name)):
+    for label, path, opts in candidate_graphs(args.run_dir, Path(tmp.name), emulated=not args.no_emulated):
         rt = OnnxRuntime(path, threads=threads, **opts)
         name = path.name if path.parent == args.run_dir else f"{path.name} (made by the bench)"
         candidates.append((label, name, rt, rt.mode()))
-    acc = {label: float((np.concatenate([fn(x[i : i + 64]) for i in range(0, len(x), 64)]).argmax(1) == y).mean())
-           for label, _, fn, _ in candidates}
-    timed: dict[tuple[str, int], np.ndarray] = {}
+    logits = {label: np.concatenate([fn(np.ascontiguousarray(x[i : i + 64])) for i in range(0, len(x), 64)])
+              for label, _, fn, _ in candidates}
+    acc = {label: float((v.argmax(1) == y).mean()) for label, v in logits.items()}
+    fp32_label = next((c[0] for c in candidates if c[1] == "student.onnx"), "torch eager fp32")
+    ref = logits[fp32_label]
+    agree = {label: 100 * float((v.argmax(1) == ref.argmax(1)).mean()) for label, v in logits.items()}
+    err = {label: float(np.abs(v.astype(np.float64) - ref).max()) for label, v in logits.items()}
+    timed: dict[tuple[str, int], list[np.ndarray]] = {}
     for batch in args.batches:
-        xb = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)
-        reps = max(20, args.repeats * 8 // (8 + batch))  # 100 at batch 1 -> 88, 50, 20: ~equal time per row
-        for label, _, fn, _ in candidates:
-            timed[label, batch] = timings(fn, xb, reps)
-    flops = conv_flops(student, x)
+        xb = np.resize(x[: min(len(x), batch)], (batch, *x.shape[1:])).astype(np.float32)
+        reps = max(args.min_repeats, args.repeats * 8 // (8 + batch))  # 100 at batch 1 -> 88, 50, 20
+        for label, t in interleaved(candidates, xb, reps, args.rounds).items():
+            timed[label, batch] = t
+    flops = conv_flops(student, x[:1])
     ceiling = matmul_ceiling()
     served = served_here(args.run_dir)
     command = (f"python -m bench.compress.run {args.run_dir} --repeats {args.repeats} --batches "
                + " ".join(map(str, args.batches)))
-    run = {"run_id": uuid.uuid4().hex[:12], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "command": command, "note": args.note, **host(), "threads": threads, "test_rows": int(len(y)),
-           "mflop_per_sample": flops / 1e6, "matmul_gflops": ceiling, "served": served}
+    if args.rounds > 1:
+        command += f" --rounds {args.rounds}"
+    if args.min_repeats != 20:
+        command += f" --min-repeats {args.min_repeats}"
+    if args.no_emulated:
+        command += " --no-emulated"
+    if args.testset:
+        command += f" --testset {args.testset}"
+    if args.student:
+        command += f" --student {args.student} --records {args.records.relative_to(ROOT)}" \
+            if args.records.is_relative_to(ROOT) else f" --student {args.student}"
+    hw = host()
+    run = {"run_id": uuid.uuid4().hex[:12], "started": started, "command": command, "note": args.note,
+           **hw, "load_avg_1m": load_start, "load_avg_1m_end": hw["load_avg_1m"], "threads": threads,
+           "test_rows": int(len(y)), "input_shape": list(x.shape[1:]), "mflop_per_sample": flops / 1e6,
+           "matmul_gflops": ceiling, "served": served}
+    if args.student:
+        run["student"] = args.student
     records = []
     eager_acc = acc["torch eager fp32"]
     for label, name, _, mode in candidates:
         for batch in args.batches:
-            t = timed[label, batch]
-            base = timed["torch eager fp32", batch]
+            rounds = timed[label, batch]
+            t = np.concatenate(rounds)
+            base, fp32 = timed["torch eager fp32", batch], timed[fp32_label, batch]
             records.append(run | {"artifact": label, "file": name, "mode": mode, "batch": batch,
                                   "accuracy": acc[label], "acc_delta_pt": 100 * (acc[label] - eager_acc),
+                                  "agree_fp32_pct": agree[label], "max_logit_err": err[label],
                                   "repeats": len(t), "rows_per_s": batch / float(np.median(t)),
                                   "p50_ms": 1000 * float(np.median(t)), "p99_ms": 1000 * float(np.percentile(t, 99)),
-                                  "x_eager": float(np.median(base) / np.median(t))})
+                                  "x_eager": float(np.median(np.concatenate(base)) / np.median(t)),
+                                  "x_fp32": float(np.median(np.concatenate(fp32)) / np.median(t)),
+                                  "x_eager_rounds": _ratios(base, rounds), "x_fp32_rounds": _ratios(fp32, rounds)})
     from bench.compress.results import isa_summary, render_run
 
     print(f"cpu: {run['cpu']}; {isa_summary(run['simd_flags'])}; INT8 kernel family {run['int8_kernels']}\n")
