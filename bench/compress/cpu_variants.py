@@ -39,13 +39,12 @@ VARIANTS = {
 }
 
 
-def quantize_variant(fp32: Path, out: Path, calib: Path, method: str, kw: dict, extra: dict) -> None:
+def quantize_variant(fp32: Path, out: Path, calib, method: str, kw: dict, extra: dict) -> None:
+    """``calib``: the run's ``CalibrationRows`` (``bench.compress.run.run_calibration``)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from fdkd.calibration.dataset import NpzCalibrationReader
     from fdkd.calibration.quantize import CALIBRATION_METHODS
-    from fdkd.pipeline.export import INPUT_NAME
 
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
@@ -54,7 +53,7 @@ def quantize_variant(fp32: Path, out: Path, calib: Path, method: str, kw: dict, 
             "calibrate_method": getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
             "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": False} | extra}
     args |= {k: (getattr(QuantFormat, v) if k == "quant_format" else v) for k, v in kw.items()}
-    quantize_static(str(pre), str(out), NpzCalibrationReader(calib, INPUT_NAME), **args)
+    quantize_static(str(pre), str(out), calib.reader(), **args)
 
 
 def session(path: Path, threads: int, optimized: Path | None = None):
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from bench.compress.run import host
+    from bench.compress.run import host, run_calibration
     from fdkd.pipeline.data.dataset import load_dataset
     from fdkd.pipeline.models.checkpoint import load_model
 
@@ -111,11 +110,12 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             return student(torch.from_numpy(b)).numpy()
 
+    calib = run_calibration(rd)
     tmp = Path(tempfile.mkdtemp(dir=rd))
     cands = {"torch eager fp32": (eager, None), "ORT student.onnx (FP32)": (None, rd / "student.onnx")}
     for name, (kw, extra) in VARIANTS.items():
         out = tmp / f"v{len(cands)}.onnx"
-        quantize_variant(rd / "student.onnx", out, rd / "calib.npz", method, kw, extra)
+        quantize_variant(rd / "student.onnx", out, calib, method, kw, extra)
         cands[f"INT8 CPU: {name}"] = (None, out)
     fns, fused = {}, {}
     for label, (fn, path) in cands.items():

@@ -100,6 +100,22 @@ def searched_as(path: Path) -> str:
     return f" [gate-searched: {cal}, {len(floats)} layer(s) in float]"
 
 
+def run_calibration(run_dir: Path):
+    """The run's calibration set as ``CalibrationRows``: ``calib.npz`` names dataset rows (and their hashes) since
+    the on-disk store; they are read from the run's dataset (an older ``calib.npz`` holding its inputs still opens)."""
+    from fdkd.calibration.dataset import CalibrationRows
+    from fdkd.pipeline.data.dataset import load_dataset
+    from fdkd.pipeline.export import INPUT_NAME
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    with np.load(run_dir / "calib.npz", allow_pickle=False) as z:
+        holds_inputs = INPUT_NAME in z.files
+    if holds_inputs:
+        return CalibrationRows(run_dir / "calib.npz", INPUT_NAME)
+    ds = load_dataset(Path(manifest["artifacts"]["dataset"]["path"]))
+    return CalibrationRows(run_dir / "calib.npz", INPUT_NAME, ds.x[manifest["student_modality"]], folder=run_dir)
+
+
 def plain_cpu_graph(run_dir: Path, out: Path) -> Path | None:
     """The plain CPU INT8 graph (the build's calibrator, nothing searched) written to ``out`` when the run's
     ``student.int8cpu.onnx`` is a gate-searched one, so the table shows both; None when the run's is the plain one."""
@@ -110,7 +126,7 @@ def plain_cpu_graph(run_dir: Path, out: Path) -> Path | None:
 
     cfg = json.loads((run_dir / "manifest.json").read_text())["config"]
     q = cfg["quantize"]
-    quantize_int8(run_dir / "student.onnx", out, run_dir / "calib.npz", INPUT_NAME, cfg["build"]["int8_method"],
+    quantize_int8(run_dir / "student.onnx", out, run_calibration(run_dir), INPUT_NAME, cfg["build"]["int8_method"],
                   exclude=tuple(q["exclude"]), percentile=q["percentile"], target="cpu")
     return out
 
