@@ -21,6 +21,14 @@ from pathlib import Path
 import numpy as np
 
 CHUNK = 256  # rows per read where a stage walks many rows (as fdkd.pipeline.data.rows.CHUNK)
+CHUNK_BYTES = 16 << 20  # and a model call's input at most this large (27 rows of 3x224x224: a runtime's activations
+#                         for 256 such rows are gigabytes)
+
+
+def chunk_size(x, size: int = CHUNK) -> int:
+    """Rows per model call over ``x``: ``size``, fewer where that many rows would pass ``CHUNK_BYTES``."""
+    row_bytes = 4 * int(np.prod(x.shape[1:])) if len(x.shape) > 1 else 4
+    return max(1, min(size, CHUNK_BYTES // max(row_bytes, 1)))
 
 
 def row_sha256(features: np.ndarray) -> np.ndarray:
@@ -115,14 +123,14 @@ def gather(x, rows: np.ndarray, folder: Path | None,
 
 def parts(x, size: int = CHUNK) -> Iterator[tuple[int, int, np.ndarray]]:
     """(lo, hi, ``x[lo:hi]``) over every row of ``x``: one part for a dense array (its old single call), chunks of
-    ``size`` rows otherwise."""
+    ``size`` rows otherwise (fewer where the rows are large: ``chunk_size``)."""
     if is_dense(x):
         yield 0, len(x), x
         return
     if len(x) == 0:  # one empty call, as a dense array's
         yield 0, 0, np.zeros((0, *x.shape[1:]), np.float32)
         return
-    for lo, hi in row_chunks(len(x), size):
+    for lo, hi in row_chunks(len(x), chunk_size(x, size)):
         yield lo, hi, np.asarray(x[lo:hi], np.float32)
 
 

@@ -50,7 +50,16 @@ from fdkd.pipeline.data.rows import StreamRows, is_streamed
 from fdkd.pipeline.ema import WeightAverage
 from fdkd.pipeline.objectives import Objective
 
-EVAL_BATCH = 512
+EVAL_BATCH = 512  # rows per eval-mode batch, at most: fewer where a row is large (``eval_batch``)
+EVAL_BATCH_BYTES = 16 << 20  # an eval batch's input at most this large: 27 rows of 3x224x224, 512 of the main job's
+
+
+def eval_batch(x) -> int:
+    """Rows per eval-mode batch of ``x``: ``EVAL_BATCH``, fewer where that many rows' input would pass
+    ``EVAL_BATCH_BYTES`` (a batch of 512 RGB images at 224x224 is 308 MB of input and gigabytes of activations; the
+    main job's 16 KB rows stay at 512, so its numbers do not move)."""
+    row_bytes = 4 * int(np.prod(x.shape[1:])) if len(x.shape) > 1 else 4
+    return max(1, min(EVAL_BATCH, EVAL_BATCH_BYTES // max(row_bytes, 1)))
 
 
 def setup(cfg: RunConfig) -> None:
@@ -117,18 +126,19 @@ def features(model: nn.Module, x: torch.Tensor, tap: str = "post") -> tuple[torc
 @torch.no_grad()
 def predict(model: nn.Module, x, with_features: bool = False, tap: str = "post", rows=None, workers: int = 0):
     """Batched eval-mode forward: logits [N, C] (and the ``tap`` features [N, D]) of ``x[rows]`` (every row of
-    ``x`` without ``rows``). ``x``: a tensor, or a ``StreamRows`` whose rows are decoded one batch of ``EVAL_BATCH``
+    ``x`` without ``rows``). ``x``: a tensor, or a ``StreamRows`` whose rows are decoded one batch of ``eval_batch(x)``
     at a time (ahead, in ``workers`` DataLoader processes): the same batches either way, so the same numbers."""
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
     feats, logits = [], []
     if is_streamed(x):
         idx = np.arange(len(x), dtype=np.int64) if rows is None else _row_array(rows)
-        parts = (torch.from_numpy(b) for b in
-                 x.batches([idx[s : s + EVAL_BATCH] for s in range(0, len(idx), EVAL_BATCH)], workers))
+        b = eval_batch(x)
+        parts = (torch.from_numpy(p) for p in x.batches([idx[s : s + b] for s in range(0, len(idx), b)], workers))
     else:
         x = x if rows is None else x[rows]
-        parts = (x[s : s + EVAL_BATCH] for s in range(0, len(x), EVAL_BATCH))
+        b = eval_batch(x)
+        parts = (x[s : s + b] for s in range(0, len(x), b))
     for part in parts:
         f_head, f = features(model, part.to(device), tap)
         feats.append(f)
@@ -254,7 +264,7 @@ class Joint(nn.Module):
 def teacher_outputs(teacher: nn.Module, x, acc: Accel, tap: str = "post", rows=None, out: Path | None = None,
                     workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher (features, logits) for ``x[rows]`` (every row of ``x`` without ``rows``): each rank computes one
-    contiguous shard once, in batches of ``EVAL_BATCH``, then every rank holds the full cache.
+    contiguous shard once, in batches of ``eval_batch(x)``, then every rank holds the full cache.
 
     Dense ``x``: all ranks gather it into memory (equal-size shards, padded, for all_gather). A streamed ``x``
     (``StreamRows``) with ``out`` (a path prefix in the stage's folder): each rank writes its shard into
@@ -319,7 +329,8 @@ def _memmap_outputs(teacher: nn.Module, x: StreamRows, rows: np.ndarray, lo: int
     if len(rows):
         maps = [open_memmap(path, mode="r+") for path in paths]
         pos = lo
-        parts = x.batches([rows[s : s + EVAL_BATCH] for s in range(0, len(rows), EVAL_BATCH)], workers)
+        b = eval_batch(x)
+        parts = x.batches([rows[s : s + b] for s in range(0, len(rows), b)], workers)
         teacher.eval()
         device = next(iter(teacher.parameters()), torch.empty(0)).device
         with torch.no_grad():
@@ -752,7 +763,8 @@ def _predict_many(models: list[nn.Module], x: StreamRows, rows, workers: int) ->
     for m in models:
         m.eval()
     outs: list[list[torch.Tensor]] = [[] for _ in models]
-    for part in x.batches([idx[s : s + EVAL_BATCH] for s in range(0, len(idx), EVAL_BATCH)], workers):
+    b = eval_batch(x)
+    for part in x.batches([idx[s : s + b] for s in range(0, len(idx), b)], workers):
         part = torch.from_numpy(part)
         for m, out in zip(models, outs, strict=True):
             device = next(iter(m.parameters()), torch.empty(0)).device

@@ -231,3 +231,18 @@ def test_stages_on_the_on_disk_store_stream(tiny_cfg, tiny_teachers, tiny_datase
     dpath, dres = distill.run(_cfg(root, "st-store-kd-dense", *sets))
     _same(spath, dpath)
     assert results["student"]["test_acc"] == dres["student"]["test_acc"]
+
+
+def test_eval_batches_are_bounded_in_bytes_and_keep_the_main_jobs_size():
+    """Eval-mode batches (and the model calls of export/quantize/validate over streamed rows) shrink for large rows:
+    512 RGB images at 224x224 in one call took gigabytes of activations; the main job's 1x40x101 rows keep 512."""
+    import torch
+
+    from fdkd.row_features import CHUNK, CHUNK_BYTES, chunk_size
+
+    assert train.eval_batch(torch.zeros(2, 1, 40, 101)) == train.EVAL_BATCH
+    big = torch.zeros(2, 3, 224, 224)
+    assert train.eval_batch(big) == 27 and 27 * big[0].numel() * 4 <= train.EVAL_BATCH_BYTES
+    assert train.eval_batch(torch.zeros(2, 3, 4096, 4096)) == 1
+    assert chunk_size(np.zeros((2, 1, 40, 101), np.float32)) == CHUNK
+    assert chunk_size(np.zeros((2, 3, 224, 224), np.float32)) * 3 * 224 * 224 * 4 <= CHUNK_BYTES
