@@ -257,9 +257,20 @@ def fdkd_run(args, base: dict, kind: str, n: int, manifest: Path, shape: generat
     kb, procs, count = sampler.peak()
     _emit(args, base, stage="run", status="done" if rc == 0 else f"exit {rc}", wall_s=round(t_end - t_start, 2),
           rows=n, peak_pss_mib=_kib(kb), procs=procs, pss_samples=count, disk_dataset_mb=_mb(du_mb(ds)),
-          disk_run_mb=_mb(du_mb(run_dir)), stages_run=ran, log=str(log), command=" ".join(["fdkd", "run", *cmd[2:]]))
+          disk_run_mb=_mb(du_mb(run_dir)), stages_run=ran, test_accuracy=_accuracy(run_dir), log=str(log),
+          command=" ".join(["fdkd", "run", *cmd[2:]]))
     if rc != 0:
         print(f"  fdkd run exited {rc}; its output: {log}", flush=True)
+
+
+def _accuracy(run_dir: Path) -> dict[str, float]:
+    """Test accuracy of the teacher and the trained student (validation.json), {} before validation ran."""
+    try:
+        arts = json.loads((run_dir / "validation.json").read_text())["artifacts"]
+    except (OSError, KeyError, ValueError):
+        return {}
+    return {a["name"]: a["metrics"]["accuracy"] for a in arts
+            if a["name"] in ("teacher", "student.pt") and "accuracy" in a.get("metrics", {})}
 
 
 def _mb(x: float | None) -> float | None:
@@ -336,13 +347,14 @@ def render(records: list[dict]) -> str:
         out += ["", f"### Session {session} ({first['cpu']}, {first['cpus']} CPUs, commit {first['commit']}, "
                 f"{first['path']} path)", "",
                 f"CPU flags: {' '.join(first['flags']) or '-'}.", "",
-                "| kind | N | stage | status | wall s | rows | samples/s | peak PSS MiB (procs) | dataset MB | run MB "
-                "| load 1/5/15 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| kind | N | stage | status | wall s | rows | samples/s | peak PSS MiB (procs) | sources MB "
+                "| dataset MB | run MB | load 1/5/15 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in mine:
             out.append(f"| {r['kind']} | {r['n']} | {r['stage']} | {r['status']} | {_fmt(r.get('wall_s'))} | "
                        f"{_fmt(r.get('rows'))} | {_fmt(r.get('samples_per_s'))} | "
                        f"{_fmt(r.get('peak_pss_mib'))}{' (' + str(r['procs']) + ')' if r.get('procs') else ''} | "
-                       f"{_fmt(r.get('disk_dataset_mb', r.get('disk_sources_mb')))} | {_fmt(r.get('disk_run_mb'))} | "
+                       f"{_fmt(r.get('disk_sources_mb'))} | {_fmt(r.get('disk_dataset_mb'))} | "
+                       f"{_fmt(r.get('disk_run_mb'))} | "
                        f"{' / '.join(map(str, r['load']))} |")
         out += ["", *verdicts(mine)]
     return "\n".join(out) + "\n\n"
@@ -367,6 +379,10 @@ def verdicts(recs: list[dict]) -> list[str]:
             text += (f"; target < 3 GB ({PSS_ABS_TARGET_MIB:,.0f} MiB) at 50,000: "
                      + (f"{'met' if runs[50000]['peak_pss_mib'] < PSS_ABS_TARGET_MIB else 'not met'}" if 50000 in runs
                         else "not measured (no 50,000 record)") + ".")
+            acc = [f"N={k}: teacher {r['test_accuracy']['teacher']:.2f}, student {r['test_accuracy']['student.pt']:.2f}"
+                   for k, r in sorted(runs.items()) if {"teacher", "student.pt"} <= set(r.get("test_accuracy", {}))]
+            if acc:
+                text += " Test accuracy after one epoch each: " + "; ".join(acc) + "."
             if any(r["status"] != "done" for r in runs.values()):
                 text += " Not every run ended cleanly: " + ", ".join(f"N={k} {r['status']}" for k, r in runs.items()
                                                                   if r["status"] != "done") + "."
