@@ -141,8 +141,8 @@ def _base_record(args, kind: str, n: int, path: str, shape: generate.Shape) -> d
                             text=True).stdout.strip()
     return {"bench": "data-scale", "session": args.session, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
             "cpu": cpu_model(), "flags": simd_flags(), "cpus": os.cpu_count(), "commit": commit, "path": path,
-            "kind": kind, "n": n, "tiny": args.tiny, "shape": {"size": shape.size, "seconds": shape.seconds,
-                                                              "rate": shape.rate, "student": shape.student}}
+            "note": args.note, "kind": kind, "n": n, "tiny": args.tiny,
+            "shape": {"size": shape.size, "seconds": shape.seconds, "rate": shape.rate, "student": shape.student}}
 
 
 def _emit(args, base: dict, **fields) -> dict:
@@ -345,7 +345,7 @@ def render(records: list[dict]) -> str:
         mine = [r for r in recs if r["session"] == session]
         first = mine[0]
         out += ["", f"### Session {session} ({first['cpu']}, {first['cpus']} CPUs, commit {first['commit']}, "
-                f"{first['path']} path)", "",
+                f"{first['path']} path)", "", *([f"Tree: {first['note']}", ""] if first.get("note") else []),
                 f"CPU flags: {' '.join(first['flags']) or '-'}.", "",
                 "| kind | N | stage | status | wall s | rows | samples/s | peak PSS MiB (procs) | sources MB "
                 "| dataset MB | run MB | load 1/5/15 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -420,6 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tiny", action="store_true", help="24-pair sizes of 32x32 and 0.2 s clips, tiny models")
     p.add_argument("--redo", action="store_true", help="delete each size's run and dataset and measure again")
     p.add_argument("--keep-sources", action="store_true")
+    p.add_argument("--note", default="", help="what tree this is, where the commit alone does not say (records)")
     p.add_argument("--tables", action="store_true", help=f"write {RESULTS.relative_to(ROOT)} from --records")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
