@@ -65,7 +65,7 @@ def test_tiny_bench_writes_a_record_per_stage(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     recs = [json.loads(line) for line in records.read_text().splitlines()]
     stages = [r["stage"] for r in recs]
-    assert stages[:2] == ["generate", "raw_decode"]
+    assert stages[0] == "generate" and stages.index("raw_decode") > stages.index("run")
     for s in ("data", "teacher", "distill", "export", "calibrate", "quantize", "validate", "run"):
         assert s in stages, (s, stages, out.stdout[-2000:])
     run = next(r for r in recs if r["stage"] == "run")
@@ -97,7 +97,7 @@ def test_tiny_bench_writes_a_record_per_stage(tmp_path):
 
 @pytest.mark.parametrize("ratio_ok", [True, False])
 def test_verdicts_read_the_targets(ratio_ok):
-    base = {"kind": "audio", "status": "done"}
+    base = {"kind": "audio", "status": "done", "load": [1.0, 1.0, 1.0]}
     recs = [base | {"n": 2000, "stage": "run", "peak_pss_mib": 1000.0},
             base | {"n": 50000, "stage": "run", "peak_pss_mib": 1100.0 if ratio_ok else 1500.0},
             base | {"n": 2000, "stage": "raw_decode", "samples_per_s": 100.0},
