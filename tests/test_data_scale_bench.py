@@ -101,7 +101,11 @@ def test_verdicts_read_the_targets(ratio_ok):
     recs = [base | {"n": 2000, "stage": "run", "peak_pss_mib": 1000.0},
             base | {"n": 50000, "stage": "run", "peak_pss_mib": 1100.0 if ratio_ok else 1500.0},
             base | {"n": 2000, "stage": "raw_decode", "samples_per_s": 100.0},
-            base | {"n": 2000, "stage": "loader", "samples_per_s": 150.0, "workers": 2}]
+            base | {"n": 2000, "stage": "loader", "samples_per_s": 150.0, "workers": 2},
+            base | {"n": 2000, "stage": "teacher", "peak_pss_mib": 500.0},
+            base | {"n": 50000, "stage": "teacher", "peak_pss_mib": 1000.0}]
     lines = scale.verdicts(recs)
+    assert "teacher 500 -> 1000 MiB (2.00x)" in lines[1]
+    del lines[1]
     assert ("within the ratio" in lines[0]) == ratio_ok and "< 3 GB (2,861 MiB) at 50,000: met" in lines[0]
     assert "150 %" in lines[1] and ": met on this machine" in lines[1]

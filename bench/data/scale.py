@@ -403,6 +403,16 @@ def verdicts(recs: list[dict]) -> list[str]:
                 text += " Not every run ended cleanly: " + ", ".join(f"N={k} {r['status']}" for k, r in runs.items()
                                                                   if r["status"] != "done") + "."
             lines.append(text)
+        sizes = sorted({r["n"] for r in recs if r["kind"] == kind and r.get("peak_pss_mib")})
+        if len(sizes) > 1:  # each stage's peak at the smallest and the largest N: which stage grows with N
+            lo, hi = sizes[0], sizes[-1]
+            peaks = {(r["n"], r["stage"]): r["peak_pss_mib"] for r in recs
+                     if r["kind"] == kind and r.get("peak_pss_mib") and r["stage"] in RUN_STAGES}
+            both = [s for s in RUN_STAGES if (lo, s) in peaks and (hi, s) in peaks]
+            if both:
+                lines.append(f"- {kind}, each stage's peak PSS, N={lo} -> N={hi}: " + "; ".join(
+                    f"{s} {peaks[lo, s]:.0f} -> {peaks[hi, s]:.0f} MiB ({peaks[hi, s] / peaks[lo, s]:.2f}x)"
+                    for s in both) + ".")
         for n in sorted({r["n"] for r in recs if r["kind"] == kind}):
             raw = next((r for r in recs if (r["kind"], r["n"], r["stage"]) == (kind, n, "raw_decode")), None)
             ld = next((r for r in recs if (r["kind"], r["n"], r["stage"]) == (kind, n, "loader")), None)
