@@ -107,5 +107,5 @@ def test_verdicts_read_the_targets(ratio_ok):
     lines = scale.verdicts(recs)
     assert "teacher 500 -> 1000 MiB (2.00x)" in lines[1]
     del lines[1]
-    assert ("within the ratio" in lines[0]) == ratio_ok and "< 3 GB (2,861 MiB) at 50,000: met" in lines[0]
+    assert ("50,000 pairs): met" in lines[0]) == ratio_ok and "< 3 GB (2,861 MiB) at 50,000: met" in lines[0]
     assert "150 %" in lines[1] and ": met on this machine" in lines[1]
