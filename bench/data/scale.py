@@ -155,13 +155,14 @@ def _emit(args, base: dict, **fields) -> dict:
     return rec
 
 
-def _have(args, kind: str, n: int, path: str, stage: str) -> bool:
+def _have(args, base: dict, stage: str) -> bool:
+    """Whether the records hold ``stage`` for this kind, N and path measured at this commit (a resumed size)."""
     if args.redo or not args.records.exists():
         return False
+    key = ("kind", "n", "path", "tiny", "commit")
     for line in args.records.read_text().splitlines():
         r = json.loads(line)
-        if (r.get("kind"), r.get("n"), r.get("path"), r.get("stage"), r.get("tiny")) == (kind, n, path, stage,
-                                                                                         args.tiny):
+        if r.get("stage") == stage and all(r.get(k) == base[k] for k in key):
             return True
     return False
 
@@ -332,11 +333,11 @@ def bench_size(args, kind: str, n: int) -> None:
               disk_sources_mb=_mb(du_mb(src)))
     fdkd_run(args, base, kind, n, manifest, shape, streaming)
     ds = dataset_path(run_dir)
-    if not _have(args, kind, n, path, "raw_decode"):
+    if not _have(args, base, "raw_decode"):
         specs = _specs(ds) if streaming and ds is not None and ds.exists() else None
         _emit(args, base, stage="raw_decode", status="done", load_start=_load(),
               **raw_decode_rate(manifest, shape, specs=specs))
-    if streaming and ds is not None and ds.exists() and not _have(args, kind, n, path, "loader"):
+    if streaming and ds is not None and ds.exists() and not _have(args, base, "loader"):
         _emit(args, base, stage="loader", status="done", workers=WORKERS, batch=BATCH, load_start=_load(),
               **loader_rate(ds))
     if not args.keep_sources:
