@@ -116,8 +116,9 @@ class StreamRows:
 
         loader = torch.utils.data.DataLoader(_Batches(self, [_as_rows(b, len(self)) for b in batches]),
                                              batch_size=None, shuffle=False, num_workers=workers,
-                                             prefetch_factor=2, collate_fn=_identity)
-        yield from loader
+                                             prefetch_factor=2, collate_fn=_identity, worker_init_fn=_one_thread)
+        for batch in loader:
+            yield batch.numpy()
 
     def materialize(self) -> np.ndarray:
         """Every row, dense (a dataset that fits in memory), decoded chunk by chunk."""
@@ -131,6 +132,16 @@ def _identity(x):
     return x
 
 
+def _one_thread(_worker: int) -> None:
+    """A DataLoader worker computes with one thread (torch's default there) in numpy's BLAS too: ``workers``
+    processes each spawning a BLAS pool per core would oversubscribe the CPUs the training needs."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn brings it; without it BLAS keeps its own count
+        return
+    threadpool_limits(1)
+
+
 class _Batches:
     """Map-style dataset whose item k is batch k (DataLoader workers each decode whole batches)."""
 
@@ -140,8 +151,12 @@ class _Batches:
     def __len__(self) -> int:
         return len(self.list)
 
-    def __getitem__(self, k: int) -> np.ndarray:
-        return self.rows[self.list[k]]
+    def __getitem__(self, k: int):
+        import torch
+
+        # a tensor crosses to the main process in shared memory; a numpy batch (38 MB for 64 RGB images at 224x224)
+        # would be pickled through a pipe
+        return torch.from_numpy(self.rows[self.list[k]])
 
 
 def chunk_bounds(n: int, size: int = CHUNK) -> list[tuple[int, int]]:
