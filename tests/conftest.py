@@ -11,6 +11,16 @@ os.environ.setdefault("FDKD_QUIET", "1")
 torch.set_num_threads(1)  # deterministic, and the 2 cores are shared with the test runner
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts at the one thread set above: a training stage with ``threads`` set (tests/test_determinism.py
+    runs at 2) changes torch's count for the whole process, and a session fixture built after it (the served run)
+    would then train other weights and serve another graph depending on which tests ran first."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 def tiny_overrides(tmp_root, labelled: float | None = 1.0) -> list[str]:
     """The tiny runs' overrides. Every label kept by default (the built-in run keeps 5 %: ``labelled=None`` keeps
     that, as tests/test_run.py's main-job runs do); the partly labelled mechanics have tests of their own."""
