@@ -123,7 +123,7 @@ def test_resume_after_sigkill_gives_identical_artifacts(reference):
     assert "teacher: up to date, skipped" in resumed.stderr
     for name in COMPARED:
         a, b = root / "runs" / "r" / name, root / "runs" / "r-ref" / name
-        assert artifacts.sha256_file(a) == artifacts.sha256_file(b), name
+        assert artifacts.sha256_file(a) == artifacts.sha256_file(b), (name, resumed.stderr[-3000:])
     again = _cli(root, "r")
     assert again.stderr.count("up to date, skipped") == 8  # all 8 stages; build stays skipped on this machine
 
