@@ -17,6 +17,9 @@ from functools import lru_cache
 import numpy as np
 
 
+LOGMEL_CHUNK_BYTES = 32 << 20  # float32 STFT frames per log-mel chunk (AudioFrontend.logmel)
+
+
 @dataclass(frozen=True)
 class AudioFrontend:
     """Log-mel spectrogram of a fixed-length mono clip: [samples] -> [1, n_mels, frames].
@@ -72,12 +75,15 @@ class AudioFrontend:
         fbank = np.ascontiguousarray(mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min,
                                                      self.f_max).T)
         out = np.empty((len(waves), self.n_mels, self.frames), np.float32)
-        for start in range(0, len(waves), 128):  # chunks keep the [N, T, n_fft] frames in cache
-            padded = np.pad(waves[start : start + 128], ((0, 0), (pad, pad)), mode="reflect")
+        # chunks of rows whose [n, T, n_fft] frames stay within LOGMEL_CHUNK_BYTES (128 rows of 1 s clips; 26 of
+        # 3 s: 128 took ~250 MB of temporaries); rows are independent, so the chunking does not change a value
+        step = max(1, min(128, LOGMEL_CHUNK_BYTES // (4 * self.frames * self.n_fft)))
+        for start in range(0, len(waves), step):
+            padded = np.pad(waves[start : start + step], ((0, 0), (pad, pad)), mode="reflect")
             spec = np.fft.rfft(padded[:, idx] * window, axis=-1)  # [n, T, n_fft/2+1]
             power = spec.real**2 + spec.imag**2
             mel = (power.reshape(-1, power.shape[-1]) @ fbank).reshape(*power.shape[:2], -1)
-            out[start : start + 128] = np.log(mel + self.log_floor).transpose(0, 2, 1)
+            out[start : start + step] = np.log(mel + self.log_floor).transpose(0, 2, 1)
         return out
 
     def fitted(self, train_waves: np.ndarray) -> AudioFrontend:
@@ -141,9 +147,10 @@ class ImageFrontend:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Raw pixel arrays [N, C, H, W] (0..max_value) -> standardised float32."""
-        x = np.asarray(images, dtype=np.float32) / self.max_value
-        return ((x - _per_channel(self.mean, self.channels)) / _per_channel(self.std, self.channels)).astype(
-            np.float32)
+        x = np.array(images, dtype=np.float32)  # a copy: the arithmetic below runs in place, one array in memory
+        np.divide(x, self.max_value, out=x)
+        np.subtract(x, _per_channel(self.mean, self.channels), out=x)
+        return np.divide(x, _per_channel(self.std, self.channels), out=x)
 
 
 @dataclass(frozen=True)

@@ -419,6 +419,47 @@ def test_the_loaders_memory_does_not_grow_with_the_number_of_rows(tmp_path):
     assert peaks[1600] < 0.5 * 1600 * 3 * 64 * 64 * 4, peaks  # under half of what the dense features would take
 
 
+def test_a_batch_decodes_in_bounded_groups_with_the_numbers_of_one_pass(tmp_path, monkeypatch):
+    """``x[rows]`` runs the frontend on groups of raw samples up to DECODE_BYTES: a batch's temporaries do not grow
+    with its row count (340 rows of 3 s clips took ~500 MB per DataLoader worker at once), same values."""
+    from fdkd.pipeline.data import rows as rows_mod
+
+    x = load_dataset(_rgb_dataset(tmp_path / "ds", 240), in_memory=False).x["image"]
+    one_pass = np.asarray(x.frontend(np.stack([x.source.raw(r, "image") for r in range(240)])), np.float32)
+    monkeypatch.setattr(rows_mod, "DECODE_BYTES", 20 * 3 * 64 * 64)  # 20 raw rows per group (8 MB in use)
+    peaks = {}
+    for n in (30, 240):
+        tracemalloc.start()
+        got = x[np.arange(n)]
+        peaks[n] = tracemalloc.get_traced_memory()[1] - got.nbytes  # beyond the batch's own output
+        tracemalloc.stop()
+        np.testing.assert_array_equal(got, one_pass[:n])
+    assert peaks[240] < 1.5 * peaks[30], peaks  # a group's temporaries, not the batch's
+    monkeypatch.setattr(rows_mod, "DECODE_BYTES", 1)  # one row per group
+    np.testing.assert_array_equal(x[np.arange(50)], one_pass[:50])
+
+
+def test_log_mel_chunks_bound_their_temporaries_and_change_no_value(monkeypatch):
+    from fdkd.serving import preprocess
+
+    waves = (np.random.default_rng(0).standard_normal((70, 48000)) * 0.1).astype(np.float32)
+    fe = AudioFrontend(clip_samples=48000)
+    whole = fe.logmel(waves)  # 3 s clips: 54 rows per chunk at the default 32 MB
+    for chunk_bytes in (1, 4 * fe.frames * fe.n_fft * 7):  # one row, seven rows per chunk
+        monkeypatch.setattr(preprocess, "LOGMEL_CHUNK_BYTES", chunk_bytes)
+        np.testing.assert_array_equal(fe.logmel(waves), whole)
+    tracemalloc.start()
+    fe.logmel(waves)
+    small = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    monkeypatch.setattr(preprocess, "LOGMEL_CHUNK_BYTES", 1 << 40)  # every row in one chunk (128 at most)
+    tracemalloc.start()
+    fe.logmel(waves)
+    big = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert small < 0.3 * big, (small, big)
+
+
 def test_a_dataset_reads_through_fsspec(built):
     fsspec = pytest.importorskip("fsspec", reason="fsspec is not installed: URL datasets need it")
     fs = fsspec.filesystem("memory")
