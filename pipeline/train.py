@@ -49,17 +49,17 @@ from fdkd.pipeline.config import OptimConfig, RunConfig
 from fdkd.pipeline.data.rows import StreamRows, is_streamed
 from fdkd.pipeline.ema import WeightAverage
 from fdkd.pipeline.objectives import Objective
+from fdkd.row_features import chunk_size
 
 EVAL_BATCH = 512  # rows per eval-mode batch, at most: fewer where a row is large (``eval_batch``)
-EVAL_BATCH_BYTES = 16 << 20  # an eval batch's input at most this large: 27 rows of 3x224x224, 512 of the main job's
 
 
 def eval_batch(x) -> int:
     """Rows per eval-mode batch of ``x``: ``EVAL_BATCH``, fewer where that many rows' input would pass
-    ``EVAL_BATCH_BYTES`` (a batch of 512 RGB images at 224x224 is 308 MB of input and gigabytes of activations; the
-    main job's 16 KB rows stay at 512, so its numbers do not move)."""
-    row_bytes = 4 * int(np.prod(x.shape[1:])) if len(x.shape) > 1 else 4
-    return max(1, min(EVAL_BATCH, EVAL_BATCH_BYTES // max(row_bytes, 1)))
+    ``fdkd.row_features.CHUNK_BYTES`` (16 MB: a batch of 512 RGB images at 224x224 is 308 MB of input and gigabytes
+    of activations; the main job's 16 KB rows stay at 512, so its numbers do not move). The same bound as the
+    export, calibration and validation stages' model calls (``row_features.chunk_size``)."""
+    return chunk_size(x, EVAL_BATCH)
 
 
 def setup(cfg: RunConfig) -> None:

@@ -16,7 +16,6 @@ from functools import lru_cache
 
 import numpy as np
 
-
 LOGMEL_CHUNK_BYTES = 32 << 20  # float32 STFT frames per log-mel chunk (AudioFrontend.logmel)
 
 

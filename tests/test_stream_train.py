@@ -242,7 +242,7 @@ def test_eval_batches_are_bounded_in_bytes_and_keep_the_main_jobs_size():
 
     assert train.eval_batch(torch.zeros(2, 1, 40, 101)) == train.EVAL_BATCH
     big = torch.zeros(2, 3, 224, 224)
-    assert train.eval_batch(big) == 27 and 27 * big[0].numel() * 4 <= train.EVAL_BATCH_BYTES
+    assert train.eval_batch(big) == 27 and 27 * big[0].numel() * 4 <= CHUNK_BYTES
     assert train.eval_batch(torch.zeros(2, 3, 4096, 4096)) == 1
     assert chunk_size(np.zeros((2, 1, 40, 101), np.float32)) == CHUNK
     assert chunk_size(np.zeros((2, 3, 224, 224), np.float32)) * 3 * 224 * 224 * 4 <= CHUNK_BYTES
