@@ -122,6 +122,7 @@ class StreamRows:
             return
         import torch
 
+        release_free_heap()  # forked workers share this process's pages: not the heap a data build left freed
         loader = torch.utils.data.DataLoader(_Batches(self, [_as_rows(b, len(self)) for b in batches]),
                                              batch_size=None, shuffle=False, num_workers=workers,
                                              prefetch_factor=2, collate_fn=_identity, worker_init_fn=_one_thread)
@@ -134,6 +135,37 @@ class StreamRows:
         for lo, hi in chunk_bounds(len(self)):
             out[lo:hi] = self[lo:hi]
         return out
+
+
+def release_free_heap() -> bool:
+    """Collect garbage and hand the heap's free pages back to the OS (glibc's ``malloc_trim``), before forking
+    DataLoader workers. glibc keeps freed heap memory resident: a process that built the dataset (``fdkd run``)
+    keeps the build's freed heap, every forked worker maps it (it counts in the tree's memory, and a page a worker
+    touches is copied). False where there is no glibc (macOS, musl): nothing to do."""
+    import gc
+
+    gc.collect()
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is False:
+        import ctypes
+
+        try:
+            lib = ctypes.CDLL("libc.so.6")
+            _LIBC = lib if hasattr(lib, "malloc_trim") else None
+        except OSError:
+            _LIBC = None
+    return _LIBC
+
+
+_LIBC = False  # not looked up yet
 
 
 def _identity(x):
