@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from fdkd import artifacts
 from fdkd.pipeline.config import RunConfig, config_to_dict, dump_config
+from fdkd.pipeline.data.rows import release_free_heap
 from fdkd.pipeline.progress import console
 from fdkd.pipeline.run_manifest import RunManifest, library_versions
 
@@ -354,6 +355,7 @@ def _run(cfg: RunConfig, force: tuple[str, ...], stop_after: str | None, ml) -> 
                 manifest.record(o.name, o.path, stage, o.inputs, **o.extra)
             manifest.data["stages"][stage] = record | {"outputs": [o.name for o in outputs]}
             manifest.save()
+            release_free_heap()  # what the stage freed goes back to the OS, not on to the next stage (glibc)
         if stage == "data":
             ds_front = ctx.dataset.frontends[cfg.student_modality]
             manifest.data.update({"class_names": ctx.dataset.class_names, "student_modality": cfg.student_modality,
