@@ -202,5 +202,9 @@ def test_page_warns_when_the_server_serves_an_unvalidated_artifact(served_run, p
         assert "failed its validation gate" in banner.inner_text()
     with running_server(served_run) as (url, _):
         page.goto(f"{url}/")
-        page.wait_for_function("document.getElementById('model-line').textContent.startsWith('model ')")
+        # polled from Playwright's isolated world: a string predicate (wait_for_function) is evaluated in the page,
+        # whose CSP (script-src 'self', no 'unsafe-eval') refuses it whenever the first check comes too early
+        from playwright.sync_api import expect
+
+        expect(page.locator("#model-line")).to_have_text(re.compile(r"^model "), timeout=20_000)
         assert page.locator("#unvalidated").is_hidden()
