@@ -14,6 +14,7 @@ A :class:`RowSource` is where raw samples come from: ``raw(row, modality, rng)``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -152,20 +153,16 @@ def release_free_heap() -> bool:
     return True
 
 
+@functools.cache
 def _libc():
-    global _LIBC
-    if _LIBC is False:
-        import ctypes
+    """glibc, where this process has it (its ``malloc_trim``); None elsewhere. Looked up once."""
+    import ctypes
 
-        try:
-            lib = ctypes.CDLL("libc.so.6")
-            _LIBC = lib if hasattr(lib, "malloc_trim") else None
-        except OSError:
-            _LIBC = None
-    return _LIBC
-
-
-_LIBC = False  # not looked up yet
+    try:
+        lib = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return lib if hasattr(lib, "malloc_trim") else None
 
 
 def _identity(x):
