@@ -72,7 +72,7 @@ class _Judge:
 
         self.cfg, self.x, self.y = cfg, x, y
         self.threads = cfg.validate_.threads or cfg.threads
-        self.ref = apply(load_runtime(fp32, threads=self.threads), x).argmax(1)
+        self.ref = apply(load_runtime(fp32, threads=self.threads, mem_pattern=False), x).argmax(1)
         self.ref_acc = float((self.ref == y).mean())
 
     def __call__(self, path: Path, target: str) -> dict:
@@ -80,7 +80,7 @@ class _Judge:
         from fdkd.serving.runtime import load_runtime
 
         opts, role = TARGETS[target]
-        pred = apply(load_runtime(path, threads=self.threads, **opts), self.x).argmax(1)
+        pred = apply(load_runtime(path, threads=self.threads, mem_pattern=False, **opts), self.x).argmax(1)
         entry = {"precision": "int8", "target": role,
                  "metrics": {"accuracy": float((pred == self.y).mean()),
                              "agree_student_pt": float((pred == self.ref).mean())}}

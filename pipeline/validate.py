@@ -252,7 +252,10 @@ def _run(cfg: RunConfig, ds, run_dir: Path, v, s_mod: str, t_mod: str, tmp: Path
         entry = {"name": art["name"], "sha256": sha, "precision": art["precision"], "target": art["target"],
                  "required": art["required"]}
         threads = v.threads or cfg.threads
-        opts = dict(art["options"], **({"threads": threads} if art["path"].suffix == ".onnx" else {}))
+        # ONNX Runtime sessions: the stage's threads, and no per-shape memory plan (a pass over the test split:
+        # its memory then does not depend on how many full chunks the split fills; ``OnnxRuntime``)
+        onnx = {"threads": threads, "mem_pattern": False} if art["path"].suffix == ".onnx" else {}
+        opts = dict(art["options"], **onnx)
         try:
             rt = load_runtime(art["path"], **opts)
         except (ImportError, RuntimeError) as e:  # no TensorRT / GPU here, or an engine for another GPU

@@ -14,7 +14,6 @@ A :class:`RowSource` is where raw samples come from: ``raw(row, modality, rng)``
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -146,23 +145,13 @@ def release_free_heap() -> bool:
     import gc
 
     gc.collect()
-    libc = _libc()
+    from fdkd.pipeline.numerics import glibc
+
+    libc = glibc()
     if libc is None:
         return False
     libc.malloc_trim(0)
     return True
-
-
-@functools.cache
-def _libc():
-    """glibc, where this process has it (its ``malloc_trim``); None elsewhere. Looked up once."""
-    import ctypes
-
-    try:
-        lib = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-    return lib if hasattr(lib, "malloc_trim") else None
 
 
 def _identity(x):
