@@ -48,6 +48,12 @@ def test_teacher_first_then_every_seed_then_the_doubled_attempt_where_a_curve_is
     again = science_v3.Bench(b.args).wanted()  # a fresh process reads the same records
     assert (again[0]["seed"], again[0]["epochs"]) == (0, b.args.cap)  # not flat: doubled
     assert len(again) == 4
+    few = low | {"seed": 1, "rows": ["none", "kd"]}  # a first attempt run with --rows none,kd
+    b.land(few, _run_rec(few["rows"], test, 0.5, flat=False))
+    rerun = next(j for j in science_v3.Bench(b.args).wanted() if (j["seed"], j["epochs"]) == (1, b.args.cap))
+    assert rerun["rows"] == ["none", "kd"]  # the doubled attempt trains what the first trained, not every row
+    cands = json.loads(next(s for s in rerun["sets"] if s.startswith("distill.auto.candidates=")).split("=", 1)[1])
+    assert [c["name"] for c in cands] == ["none", "kd"]
 
 
 def test_the_config_accepts_every_cells_candidates():

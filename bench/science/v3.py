@@ -179,9 +179,11 @@ class Bench:
         return {"kind": "teacher", "preset": preset, "threads": self.args.threads,
                 "sets": [*self.base_sets(preset), f"name={tag(preset, 'teacher')}", "seed=0"]}
 
-    def run_job_for(self, preset, axis, level, seed, epochs) -> dict:
-        rows = [r for r in rows_for(axis, level, self.args.part)
-                if not self.args.rows or r in self.args.rows.split(",")]
+    def run_job_for(self, preset, axis, level, seed, epochs, rows: list[str] | None = None) -> dict:
+        """One run; ``rows``: the candidates (a rerun at ``--cap`` trains its first attempt's, whatever ``--rows``
+        says now), else the cell's rows restricted by ``--rows``."""
+        rows = rows or [r for r in rows_for(axis, level, self.args.part)
+                        if not self.args.rows or r in self.args.rows.split(",")]
         if "none" not in rows:
             rows = ["none", *rows]  # auto's baseline
         sets = [*self.base_sets(preset), f"{AXES[axis]}={level}", "distill.method=auto", candidates_override(rows),
@@ -217,7 +219,7 @@ class Bench:
                     out.append(self.run_job_for(preset, axis, level, seed, a.epochs))
                 elif a.cap > a.epochs and not all(c["flat"] for c in first["candidates"]) \
                         and self.find(**key, epochs=a.cap) is None:
-                    out.append(self.run_job_for(preset, axis, level, seed, a.cap))
+                    out.append(self.run_job_for(preset, axis, level, seed, a.cap, rows=first.get("rows")))
         return out
 
     def land(self, job: dict, rec: dict) -> None:
