@@ -29,12 +29,11 @@ NameOpt = typer.Option(None, "--name", help="Run name (directory under runs_dir)
 @app.callback()
 def _numerics() -> None:
     """Before any command imports torch: OpenMP's idle threads sleep instead of spinning (a busy machine slows a
-    training stage in proportion instead of stalling it), MKL keeps the thread count it is given, and large
-    buffers are returned to the OS when freed (``fdkd.pipeline.numerics``)."""
-    from fdkd.pipeline.numerics import bound_heap, prepare_openmp
+    training stage in proportion instead of stalling it) and MKL keeps the thread count it is given
+    (``fdkd.pipeline.numerics``)."""
+    from fdkd.pipeline.numerics import prepare_openmp
 
     prepare_openmp()
-    bound_heap()
 
 
 def _fail(msg: str, code: int = 2):

@@ -23,9 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--result", type=Path, default=None, help="rank 0 writes {path, metrics} here as JSON")
     args = ap.parse_args(argv)
 
-    from fdkd.pipeline.numerics import bound_heap, prepare_openmp
+    from fdkd.pipeline.numerics import prepare_openmp
 
-    bound_heap()
     prepare_openmp()  # before torch loads (torchrun passes the CLI's environment on; a bare torchrun does not)
     from fdkd.pipeline import teacher
     from fdkd.pipeline.config import load_config

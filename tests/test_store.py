@@ -491,8 +491,8 @@ def _heap_run(bound: str, env: dict | None = None) -> tuple[int, int, int]:
 
 
 def test_bounded_heap_returns_a_freed_large_buffer_to_the_os():
-    """``bound_heap`` (every fdkd command and torchrun worker calls it): a 6 MB buffer is its own mapping, gone
-    from the process once freed. Without it glibc, having seen one such buffer freed, serves the next from the heap
+    """``bound_heap`` (opening a streamed dataset calls it): a 6 MB buffer is its own mapping, gone from the process
+    once freed. Without it glibc, having seen one such buffer freed, serves the next from the heap
     and keeps its 6 MB resident (how validation at 7,500 test rows grew past the same stage at 300)."""
     from fdkd.pipeline.numerics import glibc
 
@@ -505,6 +505,23 @@ def test_bounded_heap_returns_a_freed_large_buffer_to_the_os():
     assert bounded == 1 and inside == 0 and kept <= 1, (bounded, inside, kept)
     bounded, inside, kept = _heap_run("1", env | {"MALLOC_MMAP_THRESHOLD_": str(32 << 20)})  # the user's value wins
     assert bounded == 0 and inside == 1, (bounded, inside, kept)
+
+
+def test_a_streamed_dataset_bounds_the_heap_and_a_dense_one_leaves_the_default(built):
+    """``load_dataset``: streamed, the process's heap is bounded from then on (its stages walk the data in chunks);
+    in memory, glibc's default stays (the bound costs a page fault per fresh page of every large buffer)."""
+    from fdkd.pipeline.numerics import glibc
+
+    if glibc() is None or not Path("/proc/self/maps").exists():
+        pytest.skip("glibc's allocator on Linux only")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    load = f"from fdkd.pipeline.data.dataset import load_dataset; load_dataset({str(built)!r}, in_memory={{}})\n"
+    for in_memory, bounded in ((False, True), (True, False)):
+        script = load.format(in_memory) + _HEAP_SCRIPT
+        out = subprocess.run([sys.executable, "-c", script, "0"], capture_output=True, text=True, check=True,
+                             env=env).stdout.split()
+        _, inside, kept = (int(v) for v in out)
+        assert (inside == 0) == bounded, (in_memory, inside, kept)
 
 
 def test_onnx_runtime_without_a_memory_plan_gives_the_same_logits(tmp_path):

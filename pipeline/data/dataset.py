@@ -122,7 +122,9 @@ def load_dataset(path, in_memory: bool | str = "auto", memory_mb: float = MEMORY
     ``in_memory``: True decodes every row into one dense float32 array per modality (chunk by chunk, into arrays
     allocated once); False gives :class:`~fdkd.pipeline.data.rows.StreamRows` that decode rows when indexed;
     "auto" (``data.in_memory``'s default) is dense when the features fit ``memory_mb`` (``data.memory_mb``).
-    The frontends were fitted on the training split when the dataset was built.
+    The frontends were fitted on the training split when the dataset was built. Opening a streamed dataset bounds
+    this process's heap for the rest of its life (``fdkd.pipeline.numerics.bound_heap``; forked DataLoader workers
+    inherit it).
 
     The dense features of the most recently loaded dataset (up to ``MEMO_MAX_BYTES``) are kept in memory: ``fdkd
     run`` reads the same dataset in several stages, and the log-mel of every clip is most of a load's cost. Every
@@ -143,6 +145,9 @@ def load_dataset(path, in_memory: bool | str = "auto", memory_mb: float = MEMORY
     store = Store(path)  # a StoreError (a ValueError) names a missing or truncated shard
     dense = in_memory is True or (in_memory == "auto" and dense_bytes(store) <= memory_mb * 2**20)
     if not dense:
+        from fdkd.pipeline.numerics import bound_heap
+
+        bound_heap()  # a stage walking a streamed split chunk by chunk: its memory must not grow with the chunks
         return _streamed(store, record)
     if key is not None and _LAST is not None and _LAST[0] == key:
         store.close()
