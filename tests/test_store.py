@@ -484,9 +484,10 @@ print(int(bounded), int(inside), rss() - before)
 """
 
 
-def _heap_run(bound: str, env: dict | None = None) -> tuple[int, int, int]:
-    out = subprocess.run([sys.executable, "-c", _HEAP_SCRIPT, bound], capture_output=True, text=True, check=True,
-                         env=env).stdout.split()
+def _heap_run(bound: str, env: dict | None = None, first: str = "") -> tuple[int, int, int]:
+    """``_HEAP_SCRIPT`` in a fresh interpreter, after ``first`` (more code); ``bound`` "1" calls ``bound_heap``."""
+    out = subprocess.run([sys.executable, "-c", first + _HEAP_SCRIPT, bound], capture_output=True, text=True,
+                         check=True, env=env).stdout.split()
     return tuple(int(v) for v in out)
 
 
@@ -517,10 +518,7 @@ def test_a_streamed_dataset_bounds_the_heap_and_a_dense_one_leaves_the_default(b
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     load = f"from fdkd.pipeline.data.dataset import load_dataset; load_dataset({str(built)!r}, in_memory={{}})\n"
     for in_memory, bounded in ((False, True), (True, False)):
-        script = load.format(in_memory) + _HEAP_SCRIPT
-        out = subprocess.run([sys.executable, "-c", script, "0"], capture_output=True, text=True, check=True,
-                             env=env).stdout.split()
-        _, inside, kept = (int(v) for v in out)
+        _, inside, kept = _heap_run("0", env, load.format(in_memory))
         assert (inside == 0) == bounded, (in_memory, inside, kept)
 
 
